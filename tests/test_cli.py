@@ -1,0 +1,207 @@
+"""The `mnist` command and the lab's scripts, driven as a user drives them."""
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import REPO_ROOT
+from typer.testing import CliRunner
+
+from mnist_classifier.checkpoint import build_payload, save_checkpoint
+from mnist_classifier.cli import app
+from mnist_classifier.config import TrainConfig
+from mnist_classifier.data import RAW_SHA256
+from mnist_classifier.model import SimpleCNN
+
+runner = CliRunner()
+
+
+def test_help_lists_every_verb():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for verb in ("train", "evaluate", "data"):
+        assert verb in result.output
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--epochs", "0"], "epochs must be at least 1 (got 0)"),
+        (["--epochs", "-1"], "epochs must be at least 1"),
+        (["--batch-size", "0"], "batch_size must be at least 1"),
+        (["--lr", "0"], "lr must be greater than 0"),
+        (["--lr", "-0.01"], "lr must be greater than 0"),
+        (["--device", "tpu"], "device must be one of auto, cpu, cuda, mps"),
+        (["--precision", "fp8"], "precision must be one of"),
+    ],
+)
+def test_bad_training_arguments_exit_2_with_one_line_before_any_work(arguments, message, tmp_path):
+    output_dir = tmp_path / "models"
+    result = runner.invoke(app, ["train", *arguments, "--output-dir", str(output_dir)])
+    assert result.exit_code == 2
+    assert result.output.strip() == f"error: {result.output.strip()[7:]}"  # one line
+    assert len(result.output.strip().splitlines()) == 1
+    assert message in result.output
+    assert not output_dir.exists()  # nothing was started
+
+
+def test_unwritable_output_dir_exits_2(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = runner.invoke(app, ["train", "--output-dir", str(blocker / "models")])
+    assert result.exit_code == 2
+    assert "cannot be written" in result.output
+
+
+def test_cuda_when_there_is_none_exits_2():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result = runner.invoke(app, ["train", "--device", "cuda"])
+    assert result.exit_code == 2 and "no CUDA GPU is available" in result.output
+
+
+def test_type_errors_from_the_parser_exit_2():
+    result = runner.invoke(app, ["train", "--epochs", "many"])
+    assert result.exit_code == 2 and "Invalid value for '--epochs'" in result.output
+
+
+def test_evaluate_missing_checkpoint_says_train_first(tmp_path):
+    result = runner.invoke(app, ["evaluate", "--checkpoint", str(tmp_path / "nope.pt")])
+    assert result.exit_code == 1
+    assert "Train a model first: python train_mnist.py" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_evaluate_truncated_checkpoint_is_one_clear_error(tmp_path):
+    path = tmp_path / "cut.pt"
+    model = SimpleCNN()
+    save_checkpoint(
+        path,
+        build_payload(
+            model=model,
+            optimizer=torch.optim.Adam(model.parameters()),
+            epoch=1,
+            validation_loss=1.0,
+            validation_accuracy=10.0,
+            config=TrainConfig(),
+            extra={},
+        ),
+    )
+    path.write_bytes(path.read_bytes()[:1000])
+    result = runner.invoke(app, ["evaluate", "--checkpoint", str(path)])
+    assert result.exit_code == 1
+    assert result.output.startswith("error: ") and "Traceback" not in result.output
+
+
+@pytest.mark.slow
+def test_data_reports_route_and_digests(mnist_dir, tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    shutil.copytree(mnist_dir / "MNIST" / "raw", raw)
+    result = runner.invoke(app, ["data", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "found on disk" in result.output
+    for digest in RAW_SHA256.values():
+        assert digest in result.output
+
+
+@pytest.mark.slow
+def test_data_refuses_an_altered_file_and_names_it(mnist_dir, tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    shutil.copytree(mnist_dir / "MNIST" / "raw", raw)
+    labels = raw / "t10k-labels-idx1-ubyte"
+    content = bytearray(labels.read_bytes())
+    content[100] ^= 1
+    labels.write_bytes(bytes(content))
+    result = runner.invoke(app, ["data", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "t10k-labels-idx1-ubyte" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.slow
+def test_train_then_evaluate_with_every_flag(mnist_dir, tmp_path):
+    output_dir = tmp_path / "out"
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "32",
+            "--lr",
+            "0.002",
+            "--seed",
+            "3",
+            "--device",
+            "cpu",
+            "--precision",
+            "fp32",
+            "--data-dir",
+            str(mnist_dir),
+            "--output-dir",
+            str(output_dir),
+            "--validation-size",
+            "500",
+            "--max-train-images",
+            "640",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "Epoch 1 [0/640 (0%)]" in result.output
+    assert "Total trainable parameters: 421,642" in result.output
+    assert "Validation samples: 500" in result.output
+    saved = torch.load(output_dir / "checkpoint_epoch_2.pt", weights_only=True)
+    assert saved["config"]["batch_size"] == 32 and saved["config"]["lr"] == 0.002
+    assert saved["config"]["seed"] == 3
+    assert (output_dir / "best_model.pt").is_file()
+
+    result = runner.invoke(
+        app,
+        [
+            "evaluate",
+            "--checkpoint",
+            str(output_dir / "checkpoint_epoch_2.pt"),
+            "--batch-size",
+            "128",
+            "--data-dir",
+            str(mnist_dir),
+            "--show-samples",
+            "3",
+            "--device",
+            "cpu",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "Test samples: 10000" in result.output
+    assert "  - Epoch: 2" in result.output
+    assert "Correct predictions: " in result.output and "/10000" in result.output
+    assert result.output.count("  Digit ") == 10
+    assert "Sample 3: " in result.output and "Sample 4: " not in result.output
+
+
+def test_scripts_and_module_offer_the_same_flags_as_the_package():
+    def help_text(*command):
+        completed = subprocess.run(
+            [sys.executable, *command, "--help"], cwd=REPO_ROOT, capture_output=True, text=True
+        )
+        assert completed.returncode == 0, completed.stderr
+        return completed.stdout
+
+    train_help = help_text("train_mnist.py")
+    for flag in (
+        "--epochs",
+        "--batch-size",
+        "--lr",
+        "--seed",
+        "--device",
+        "--data-dir",
+        "--output-dir",
+    ):
+        assert flag in train_help
+    evaluate_help = help_text("test_mnist.py")
+    for flag in ("--checkpoint", "--batch-size", "--data-dir", "--show-samples"):
+        assert flag in evaluate_help
+    assert "./models/staging/mnist/best_model.pt" in evaluate_help
+    assert "train" in help_text("-m", "mnist_classifier")

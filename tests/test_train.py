@@ -1,0 +1,58 @@
+import dataclasses
+
+import pytest
+import torch
+
+from mnist_classifier.checkpoint import SCHEMA_VERSION, load_checkpoint
+from mnist_classifier.config import make_config
+from mnist_classifier.train import train
+
+pytestmark = pytest.mark.slow  # reads the real MNIST files
+
+
+def _small_config(mnist_dir, output_dir, **overrides):
+    values = {
+        "epochs": 2,
+        "max_train_images": 1024,
+        "validation_size": 500,
+        "data_dir": str(mnist_dir),
+        "output_dir": str(output_dir),
+        "device": "cpu",
+    }
+    return make_config({**values, **overrides})
+
+
+def test_writes_the_labs_checkpoints_with_the_labs_keys(mnist_dir, tmp_path):
+    result = train(_small_config(mnist_dir, tmp_path))
+
+    names = sorted(path.name for path in tmp_path.iterdir())
+    assert names == ["best_model.pt", "checkpoint_epoch_1.pt", "checkpoint_epoch_2.pt"]
+    raw = torch.load(tmp_path / "checkpoint_epoch_2.pt", weights_only=True)
+    for key in ("model_state_dict", "optimizer_state_dict", "epoch", "loss", "accuracy"):
+        assert key in raw
+    assert raw["epoch"] == 2 and raw["schema_version"] == SCHEMA_VERSION
+    assert raw["config"] == dataclasses.asdict(result.config)
+    assert not any(key.startswith(("module.", "_orig_mod.")) for key in raw["model_state_dict"])
+    assert raw["accuracy"] == pytest.approx(100 * result.epochs[1].validation_accuracy)
+
+    best = load_checkpoint(tmp_path / "best_model.pt")
+    assert best.epoch == result.best.epoch
+    assert best.validation_accuracy == pytest.approx(100 * result.best.validation_accuracy)
+
+
+def test_learns_and_validation_accuracy_is_measured_on_held_out_images(mnist_dir, tmp_path):
+    result = train(_small_config(mnist_dir, tmp_path, epochs=3, max_train_images=4096))
+    assert result.epochs[-1].train_loss < result.epochs[0].train_loss
+    assert result.best.validation_accuracy > 0.85
+
+
+def test_same_seed_same_weights_other_seed_other_weights(mnist_dir, tmp_path):
+    def final_weights(seed, folder):
+        train(_small_config(mnist_dir, tmp_path / folder, epochs=1, seed=seed))
+        return torch.load(tmp_path / folder / "checkpoint_epoch_1.pt", weights_only=True)[
+            "model_state_dict"
+        ]
+
+    first, again, other = final_weights(7, "a"), final_weights(7, "b"), final_weights(8, "c")
+    assert all(torch.equal(first[key], again[key]) for key in first)
+    assert not all(torch.equal(first[key], other[key]) for key in first)
