@@ -56,3 +56,38 @@ def test_same_seed_same_weights_other_seed_other_weights(mnist_dir, tmp_path):
     first, again, other = final_weights(7, "a"), final_weights(7, "b"), final_weights(8, "c")
     assert all(torch.equal(first[key], again[key]) for key in first)
     assert not all(torch.equal(first[key], other[key]) for key in first)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_both_precisions_train_and_record_themselves(mnist_dir, tmp_path, precision):
+    config = _small_config(
+        mnist_dir, tmp_path, epochs=3, max_train_images=512, precision=precision, batch_size=64
+    )
+    result = train(config)
+    losses = [epoch.train_loss for epoch in result.epochs]
+    assert losses[-1] < losses[0] * 0.8, losses
+    assert result.precision == precision
+    assert torch.load(tmp_path / "best_model.pt", weights_only=True)["precision"] == precision
+
+
+def test_one_cycle_schedule_is_stepped_once_per_optimizer_step(mnist_dir, tmp_path):
+    config = _small_config(
+        mnist_dir,
+        tmp_path,
+        epochs=2,
+        max_train_images=640,
+        batch_size=64,
+        schedule="onecycle",
+        lr=0.01,
+    )
+    train(config)
+    saved = torch.load(tmp_path / "checkpoint_epoch_2.pt", weights_only=True)
+    final_lr = saved["optimizer_state_dict"]["param_groups"][0]["lr"]
+    reference_optimizer = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=0.01)
+    reference = torch.optim.lr_scheduler.OneCycleLR(
+        reference_optimizer, max_lr=0.01, total_steps=20
+    )
+    for _ in range(20):  # 640 images / 64 per batch * 2 epochs, stepped as the loop steps
+        reference_optimizer.step()
+        reference.step()
+    assert final_lr == pytest.approx(reference_optimizer.param_groups[0]["lr"], rel=1e-6, abs=1e-12)

@@ -55,6 +55,9 @@ def _fail(message: str, code: int) -> typer.Exit:
 
 @app.command()
 def train(
+    preset: Annotated[
+        str, typer.Option(help="Starting settings: lab (the handout's) or fast (99% quickest).")
+    ] = "lab",
     epochs: Annotated[
         int | None, typer.Option(help="Passes over the training set. [default: 5]")
     ] = None,
@@ -81,7 +84,7 @@ def train(
 ) -> None:
     """Train the SimpleCNN with the lab's settings; checkpoints every epoch and the best model."""
     from mnist_classifier.checkpoint import check_output_dir
-    from mnist_classifier.config import ConfigError, make_config
+    from mnist_classifier.config import PRESETS, ConfigError, make_config
     from mnist_classifier.data import DataError
     from mnist_classifier.device import DeviceError, resolve_device, resolve_precision
     from mnist_classifier.reporting import ConsoleTrainingObserver
@@ -99,8 +102,10 @@ def train(
         "validation_size": validation_size,
         "max_train_images": max_train_images,
     }
+    if preset not in PRESETS:
+        raise _fail(f"preset must be one of {', '.join(PRESETS)} (got {preset!r})", EXIT_USAGE)
     try:
-        config = make_config(overrides)
+        config = make_config(overrides, base=make_config(PRESETS[preset]))
         resolve_precision(config.precision, resolve_device(config.device))
         check_output_dir(config.output_dir)
     except (ConfigError, DeviceError) as error:

@@ -96,6 +96,17 @@ def load_train_validation(config: TrainConfig) -> tuple[MnistFiles, Split, Split
     return mnist_files, train_split, validation_split
 
 
+def make_scheduler(
+    config: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """The learning-rate schedule, stepped once per optimizer step."""
+    if config.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch
+        )
+    return None
+
+
 def train(config: TrainConfig, observer: TrainingObserver | None = None) -> TrainResult:
     observer = observer or TrainingObserver()
     device = resolve_device(config.device)
@@ -110,7 +121,13 @@ def train(config: TrainConfig, observer: TrainingObserver | None = None) -> Trai
     train_split, validation_split = train_split.to(device), validation_split.to(device)
 
     model = SimpleCNN().to(device=device, memory_format=memory_format)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    # The fused kernel updates all parameters in one pass: same arithmetic, fewer launches.
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=config.lr, fused=device.type in ("cpu", "cuda") or None
+    )
+    scheduler = make_scheduler(
+        config, optimizer, steps_per_epoch=-(-len(train_split) // config.batch_size)
+    )
     # fp16 needs loss scaling to keep small gradients from flushing to zero; bf16 and fp32 do not.
     grad_scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     output_dir = Path(config.output_dir)
@@ -142,11 +159,13 @@ def train(config: TrainConfig, observer: TrainingObserver | None = None) -> Trai
         ):
             with autocast(device, precision):
                 logits = model(normalize(images, memory_format))  # (B, 10)
-            loss = F.cross_entropy(logits.float(), labels)
+            loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             grad_scaler.scale(loss).backward()
             grad_scaler.step(optimizer)
             grad_scaler.update()
+            if scheduler is not None:
+                scheduler.step()
 
             loss_sum += loss.detach() * len(labels)
             correct += (logits.argmax(dim=1) == labels).sum()

@@ -1,0 +1,74 @@
+"""Test accuracy over seeds: the headline numbers come with their spread.
+
+    python benchmarks/accuracy.py [--preset lab|fast] [--seeds 3] [--device auto]
+
+Trains one model per seed with the chosen settings (the lab's, or the fast preset), evaluates
+the last epoch's weights on the 10,000 test images, and prints one row per seed and the median.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+from pathlib import Path
+
+from mnist_classifier.batching import Split
+from mnist_classifier.checkpoint import load_checkpoint
+from mnist_classifier.config import FAST_PRESET, make_config
+from mnist_classifier.data import load_split
+from mnist_classifier.device import resolve_device
+from mnist_classifier.evaluate import evaluate
+from mnist_classifier.train import train
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--preset", choices=("lab", "fast"), default="lab")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--data-dir", default=str(REPO_ROOT / "data"))
+    arguments = parser.parse_args()
+
+    preset = FAST_PRESET if arguments.preset == "fast" else {}
+    device = resolve_device(arguments.device)
+    test_split = Split(*load_split(arguments.data_dir, train=False)).to(device)
+    print(f"Preset: {arguments.preset} {preset or '(Adam 1e-3, batch 64, 5 epochs)'} on {device}")
+    print("| seed | test accuracy | best validation accuracy | training s/epoch | training s |")
+    print("|---:|---:|---:|---:|---:|")
+    accuracies, seconds = [], []
+    for seed in range(1, arguments.seeds + 1):
+        with tempfile.TemporaryDirectory() as output_dir:
+            config = make_config(
+                {
+                    **preset,
+                    "seed": seed,
+                    "device": arguments.device,
+                    "data_dir": arguments.data_dir,
+                    "output_dir": output_dir,
+                }
+            )
+            result = train(config)
+            model = load_checkpoint(result.epochs[-1].checkpoint).model.to(device)
+        accuracy = evaluate(model, test_split, device=device).accuracy
+        total = sum(epoch.seconds for epoch in result.epochs)
+        accuracies.append(accuracy)
+        seconds.append(total)
+        print(
+            f"| {seed} | {accuracy:.2%} | {result.best.validation_accuracy:.2%} | "
+            f"{total / len(result.epochs):.1f} | {total:.1f} |",
+            flush=True,
+        )
+    print(
+        f"\nMedian test accuracy {statistics.median(accuracies):.2%} "
+        f"(min {min(accuracies):.2%}, max {max(accuracies):.2%}); "
+        f"median training time {statistics.median(seconds):.1f} s"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,257 @@
+"""Training speed, side by side: the conventional pipeline (A) against this project's engine (B).
+
+    python benchmarks/train_speed.py [--rounds 2] [--steps N] [--skip-fast]
+
+A is the pipeline the lab describes, written plainly below: torchvision's MNIST dataset with
+per-sample ToTensor + Normalize, DataLoader(batch_size=64, shuffle=True), the lab's SimpleCNN,
+Adam 1e-3, fp32. B is `mnist_classifier.train.train` on the lab's settings. Both take the same
+number of optimizer steps (one epoch of the 55,000 training images by default) on the same
+machine, each in its own process so that its peak RSS is its own, alternating A, B, A, B.
+Reported: images/s, the ratio B/A, peak RSS, test accuracy; then the fast preset's time to 99%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+LAB_BATCH_SIZE = 64
+
+
+def run_baseline(data_dir: str, steps: int) -> dict:
+    """(A) The conventional pipeline, as a tutorial writes it."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+    from torch.utils.data import DataLoader, Subset
+    from torchvision import datasets, transforms
+
+    from mnist_classifier.batching import split_train_validation
+
+    class LabSimpleCNN(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(1, 32, 3, padding=1)
+            self.conv2 = nn.Conv2d(32, 64, 3, padding=1)
+            self.pool = nn.MaxPool2d(2, 2)
+            self.dropout1 = nn.Dropout(0.25)
+            self.fc1 = nn.Linear(64 * 7 * 7, 128)
+            self.dropout2 = nn.Dropout(0.5)
+            self.fc2 = nn.Linear(128, 10)
+
+        def forward(self, x):
+            x = self.pool(F.relu(self.conv1(x)))
+            x = self.dropout1(self.pool(F.relu(self.conv2(x))))
+            x = x.view(-1, 64 * 7 * 7)
+            x = self.dropout2(F.relu(self.fc1(x)))
+            return self.fc2(x)
+
+    torch.manual_seed(1)
+    transform = transforms.Compose(
+        [transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))]
+    )
+    train_set = datasets.MNIST(data_dir, train=True, transform=transform)
+    test_set = datasets.MNIST(data_dir, train=False, transform=transform)
+    # The same 55,000 training images as B: the hold-out is chosen by the same function.
+    indices = torch.arange(len(train_set))
+    train_part, _ = split_train_validation(indices, indices, 5000, split_seed=0)
+    train_loader = DataLoader(
+        Subset(train_set, train_part.labels.tolist()), LAB_BATCH_SIZE, shuffle=True
+    )
+    test_loader = DataLoader(test_set, batch_size=1000)
+
+    model = LabSimpleCNN()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.train()
+    images_seen, step = 0, 0
+    start = time.perf_counter()
+    while step < steps:
+        for images, labels in train_loader:
+            optimizer.zero_grad()
+            loss = F.cross_entropy(model(images), labels)
+            loss.backward()
+            optimizer.step()
+            images_seen += len(labels)
+            step += 1
+            if step == steps:
+                break
+    seconds = time.perf_counter() - start
+
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for images, labels in test_loader:
+            correct += (model(images).argmax(1) == labels).sum().item()
+    return {
+        "images_per_second": images_seen / seconds,
+        "seconds": seconds,
+        "test_accuracy": correct / len(test_set),
+    }
+
+
+def run_engine(data_dir: str, steps: int, config_overrides: dict | None = None) -> dict:
+    """(B) This project's engine, through the same `train()` the CLI calls."""
+    import torch
+
+    from mnist_classifier.batching import Split
+    from mnist_classifier.config import make_config
+    from mnist_classifier.data import load_split
+    from mnist_classifier.device import resolve_device
+    from mnist_classifier.evaluate import evaluate
+    from mnist_classifier.train import train
+
+    overrides = config_overrides or {}
+    steps_per_epoch = -(-55_000 // overrides.get("batch_size", LAB_BATCH_SIZE))
+    epochs = overrides.pop("epochs", max(1, round(steps / steps_per_epoch)))
+    with tempfile.TemporaryDirectory() as output_dir:
+        config = make_config(
+            {"data_dir": data_dir, "output_dir": output_dir, "epochs": epochs, **overrides}
+        )
+        result = train(config)
+        device = resolve_device(config.device)
+        test_split = Split(*load_split(data_dir, train=False)).to(device)
+        last = result.epochs[-1]
+        state = torch.load(last.checkpoint, weights_only=True)["model_state_dict"]
+    from mnist_classifier.model import SimpleCNN
+
+    model = SimpleCNN().to(device)
+    model.load_state_dict(state)
+    accuracy = evaluate(model, test_split, device=device).accuracy
+    seconds = sum(epoch.seconds for epoch in result.epochs)
+    images = sum(epoch.images_per_second * epoch.seconds for epoch in result.epochs)
+    return {"images_per_second": images / seconds, "seconds": seconds, "test_accuracy": accuracy}
+
+
+def _in_child(role: str, arguments: argparse.Namespace, extra: dict | None = None) -> dict:
+    """Run one measurement in a fresh process; its peak RSS comes from the kernel's accounting."""
+    command = [
+        sys.executable,
+        __file__,
+        "--worker",
+        role,
+        "--data-dir",
+        arguments.data_dir,
+        "--steps",
+        str(arguments.steps),
+        "--overrides",
+        json.dumps(extra or {}),
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, cwd=REPO_ROOT, text=True)
+    output = process.stdout.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    if status != 0:
+        raise SystemExit(f"benchmark worker {role} failed (status {status})")
+    result = json.loads(output.strip().splitlines()[-1])
+    result["peak_rss_mib"] = usage.ru_maxrss / 1024  # Linux reports KiB
+    return result
+
+
+def _machine() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (
+        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"CPU capability {torch.backends.cpu.get_cpu_capability()}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data-dir", default=str(REPO_ROOT / "data"))
+    parser.add_argument("--rounds", type=int, default=2, help="A/B pairs, alternating")
+    parser.add_argument(
+        "--steps", type=int, default=-(-55_000 // LAB_BATCH_SIZE), help="optimizer steps each"
+    )
+    parser.add_argument(
+        "--fast-seeds", type=int, default=3, help="seeds for the fast preset (0 to skip)"
+    )
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--overrides", default="{}", help=argparse.SUPPRESS)
+    arguments = parser.parse_args()
+
+    if arguments.worker:
+        overrides = json.loads(arguments.overrides)
+        if arguments.worker == "A":
+            result = run_baseline(arguments.data_dir, arguments.steps)
+        else:
+            result = run_engine(arguments.data_dir, arguments.steps, overrides)
+        print(json.dumps(result))
+        return
+
+    from mnist_classifier.data import ensure_mnist
+
+    ensure_mnist(arguments.data_dir)
+    print(f"Machine: {_machine()}")
+    print(
+        f"Lab settings (Adam 1e-3, batch 64), {arguments.steps} optimizer steps each, "
+        f"{arguments.rounds} alternating rounds\n"
+    )
+    runs: dict[str, list[dict]] = {"A": [], "B": []}
+    for round_index in range(arguments.rounds):
+        for role in ("A", "B"):
+            result = _in_child(role, arguments)
+            runs[role].append(result)
+            print(
+                f"  round {round_index + 1} {role}: {result['images_per_second']:8,.0f} images/s  "
+                f"peak RSS {result['peak_rss_mib']:6,.0f} MiB  "
+                f"test accuracy {result['test_accuracy']:.2%}",
+                flush=True,
+            )
+
+    def median(role, key):
+        return statistics.median(run[key] for run in runs[role])
+
+    print("\n| pipeline | images/s | peak RSS (MiB) | test accuracy |")
+    print("|---|---:|---:|---:|")
+    for role, name in (("A", "A: torchvision Dataset + DataLoader"), ("B", "B: this engine")):
+        print(
+            f"| {name} | {median(role, 'images_per_second'):,.0f} | "
+            f"{median(role, 'peak_rss_mib'):,.0f} | {median(role, 'test_accuracy'):.2%} |"
+        )
+    ratio = median("B", "images_per_second") / median("A", "images_per_second")
+    rss_ratio = median("B", "peak_rss_mib") / median("A", "peak_rss_mib")
+    print(f"\nSpeed B/A: {ratio:.2f}x   Peak RSS B/A: {rss_ratio:.2f}x")
+
+    if arguments.fast_seeds:
+        _fast_preset(arguments)
+
+
+def _fast_preset(arguments: argparse.Namespace) -> None:
+    from mnist_classifier.config import FAST_PRESET
+
+    print(f"\nFast preset ({FAST_PRESET}), {arguments.fast_seeds} seeds:")
+    results = []
+    for seed in range(1, arguments.fast_seeds + 1):
+        result = _in_child("B", arguments, {**FAST_PRESET, "seed": seed})
+        results.append(result)
+        print(
+            f"  seed {seed}: {result['seconds']:.1f} s of training, "
+            f"test accuracy {result['test_accuracy']:.2%}",
+            flush=True,
+        )
+    seconds = statistics.median(result["seconds"] for result in results)
+    lowest = min(result["test_accuracy"] for result in results)
+    print(f"Time to 99%: median {seconds:.1f} s of training; lowest test accuracy {lowest:.2%}")
+
+
+if __name__ == "__main__":
+    main()
