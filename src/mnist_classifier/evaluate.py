@@ -1,4 +1,5 @@
-"""Evaluate a model on a split: loss, accuracy, per-class accuracy, predictions. Never prints."""
+"""Evaluate a model on a split: loss, accuracy, per-class accuracy, predictions and their
+probabilities (for calibration and confidence). Never prints."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ class EvalResult:
     per_class_correct: tuple[int, ...]  # indexed by digit
     per_class_total: tuple[int, ...]
     predictions: torch.Tensor  # int64 (N,), on the CPU, in the split's order
+    # float32 (N, 10) softmax of the logits, on the CPU, in the split's order.
+    probabilities: torch.Tensor | None = None
 
     @property
     def accuracy(self) -> float:
@@ -28,6 +31,13 @@ class EvalResult:
 
     def class_accuracy(self, digit: int) -> float:
         return self.per_class_correct[digit] / max(self.per_class_total[digit], 1)
+
+    @property
+    def confidences(self) -> torch.Tensor:
+        """float32 (N,): the probability the model gave its own prediction."""
+        if self.probabilities is None:
+            raise ValueError("this EvalResult was made without probabilities")
+        return self.probabilities.gather(1, self.predictions.unsqueeze(1)).squeeze(1)
 
 
 def evaluate(
@@ -45,6 +55,7 @@ def evaluate(
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     predictions = []
+    probabilities = []
     with torch.inference_mode():
         for images, labels in ordered_batches(split, batch_size):
             images, labels = images.to(device), labels.to(device)
@@ -52,6 +63,7 @@ def evaluate(
                 logits = model(normalize(images, memory_format))
             loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum")
             predictions.append(logits.argmax(dim=1))
+            probabilities.append(torch.softmax(logits.float(), dim=1))
     model.train(was_training)
 
     predicted = torch.cat(predictions).cpu()
@@ -66,4 +78,5 @@ def evaluate(
         per_class_correct=tuple(per_class_correct.tolist()),
         per_class_total=tuple(per_class_total.tolist()),
         predictions=predicted,
+        probabilities=torch.cat(probabilities).cpu(),
     )

@@ -1,0 +1,113 @@
+"""The evaluation report's figures, drawn to PNG files: part of the reporting layer.
+
+matplotlib with the Agg backend (files only, no display needed); image grids are laid out by
+`torchvision.utils.make_grid`, with each cell's caption drawn in a band above the digit.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # before pyplot: draw to files, never open a window
+
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from torchvision.utils import make_grid  # noqa: E402
+
+from mnist_classifier.metrics import Calibration  # noqa: E402
+
+DPI = 120
+CAPTION_BAND = 14  # pixels above each 28x28 digit for its caption
+GRID_PADDING = 2
+
+
+def save_confusion_heatmap(confusion: torch.Tensor, path: Path) -> None:
+    num_classes = confusion.shape[0]
+    figure, axes = plt.subplots(figsize=(7.5, 6.5), dpi=DPI)
+    image = axes.imshow(confusion.numpy(), cmap="Blues")
+    largest = int(confusion.max())
+    for true in range(num_classes):
+        for predicted in range(num_classes):
+            count = int(confusion[true, predicted])
+            colour = "white" if count > largest / 2 else "black"
+            axes.text(predicted, true, str(count), ha="center", va="center", fontsize=8, c=colour)
+    axes.set_xticks(range(num_classes))
+    axes.set_yticks(range(num_classes))
+    axes.set_xlabel("Predicted digit")
+    axes.set_ylabel("True digit")
+    axes.set_title("Confusion matrix (test set)")
+    figure.colorbar(image, ax=axes, label="Images")
+    _save(figure, path)
+
+
+def save_reliability_diagram(calibration: Calibration, path: Path) -> None:
+    edges = calibration.bin_edges
+    width = edges[1] - edges[0]
+    centres = [(low + high) / 2 for low, high in zip(edges[:-1], edges[1:], strict=True)]
+    filled = [count > 0 for count in calibration.bin_count]
+    figure, (top, bottom) = plt.subplots(
+        2, 1, figsize=(6.5, 7), dpi=DPI, sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    top.bar(
+        [c for c, f in zip(centres, filled, strict=True) if f],
+        [a for a, f in zip(calibration.bin_accuracy, filled, strict=True) if f],
+        width=width * 0.95,
+        edgecolor="black",
+        label="Accuracy in bin",
+    )
+    top.plot([0, 1], [0, 1], "--", c="grey", label="Perfect calibration")
+    top.set_ylabel("Accuracy")
+    top.set_ylim(0, 1)
+    top.set_title(
+        "Reliability diagram "
+        f"(ECE = {100 * calibration.expected_calibration_error:.2f}%, "
+        f"{len(calibration.bin_count)} bins)"
+    )
+    top.legend(loc="upper left")
+    bottom.bar(centres, calibration.bin_count, width=width * 0.95, color="grey")
+    bottom.set_yscale("log")
+    bottom.set_ylabel("Images (log)")
+    bottom.set_xlabel("Confidence (top-class probability)")
+    bottom.set_xlim(0, 1)
+    _save(figure, path)
+
+
+def save_digit_grid(
+    images: torch.Tensor, captions: list[str], colours: list[str], title: str, path: Path
+) -> None:
+    """uint8 (N, 28, 28) digits in a grid, each with a one-line caption above it."""
+    count = len(images)
+    columns = min(count, 8) or 1
+    rows = max(math.ceil(count / columns), 1)
+    # A white band above each digit holds its caption; make_grid pads and tiles the cells.
+    cells = torch.ones(max(count, 1), 1, CAPTION_BAND + 28, 28)
+    if count:
+        cells[:, 0, CAPTION_BAND:, :] = 1.0 - images.float() / 255  # dark ink on white: legible
+    grid = make_grid(cells, nrow=columns, padding=GRID_PADDING, pad_value=1.0)
+    cell_height, cell_width = CAPTION_BAND + 28 + GRID_PADDING, 28 + GRID_PADDING
+    figure, axes = plt.subplots(figsize=(1.35 * columns + 0.4, 1.7 * rows + 0.6), dpi=DPI)
+    axes.imshow(grid[0].numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    for index, (caption, colour) in enumerate(zip(captions, colours, strict=True)):
+        row, column = divmod(index, columns)
+        axes.text(
+            GRID_PADDING + column * cell_width + 14,
+            GRID_PADDING + row * cell_height + CAPTION_BAND / 2,
+            caption,
+            ha="center",
+            va="center",
+            fontsize=7.5,
+            color=colour,
+        )
+    axes.set_axis_off()
+    axes.set_title(title, fontsize=10)
+    _save(figure, path)
+
+
+def _save(figure, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
