@@ -1,0 +1,149 @@
+"""Predict the digit in user image files with a checkpoint (torch) or an exported ONNX model.
+
+Each file is preprocessed by `preprocess.preprocess_image` (the MNIST recipe), then run through
+a backend that maps uint8 (B, 28, 28) images to (B, 10) logits; softmax lives here, not in the
+model. A file that fails becomes a `Prediction` with `error` set, and the others go on.
+Never prints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from mnist_classifier.preprocess import (
+    IMAGE_SUFFIXES,
+    ImageError,
+    preprocess_image,
+    read_image_file,
+)
+
+TOP_K = 3
+ONNX_MEAN_KEY = "mnist_classifier.mean"  # metadata that `mnist export` writes into the .onnx
+ONNX_STD_KEY = "mnist_classifier.std"
+
+
+@dataclass(frozen=True)
+class Prediction:
+    file: str
+    digit: int | None = None
+    probability: float | None = None
+    top3: list[tuple[int, float]] = field(default_factory=list)  # (digit, probability), best first
+    error: str | None = None
+
+    def to_dict(self) -> dict:
+        if self.error is not None:
+            return {"file": self.file, "error": self.error}
+        return {
+            "file": self.file,
+            "digit": self.digit,
+            "probability": self.probability,
+            "top3": [{"digit": digit, "probability": p} for digit, p in self.top3],
+        }
+
+
+class Backend(Protocol):
+    def logits(self, images: torch.Tensor) -> np.ndarray:
+        """uint8 (B, 28, 28) -> float32 (B, 10) logits."""
+        ...
+
+
+class TorchBackend:
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model.eval()
+
+    def logits(self, images: torch.Tensor) -> np.ndarray:
+        from mnist_classifier.batching import normalize
+
+        with torch.inference_mode():
+            return self.model(normalize(images)).float().numpy()
+
+
+class OnnxBackend:
+    """onnxruntime on an exported model: needs no checkpoint and no training code."""
+
+    def __init__(self, model_path: Path | str) -> None:
+        import onnxruntime
+
+        self.session = onnxruntime.InferenceSession(
+            str(model_path), providers=["CPUExecutionProvider"]
+        )
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        self.mean = float(metadata[ONNX_MEAN_KEY])
+        self.std = float(metadata[ONNX_STD_KEY])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def logits(self, images: torch.Tensor) -> np.ndarray:
+        # The same arithmetic as batching.normalize, in numpy float32.
+        scaled = images.numpy().astype(np.float32)[:, None, :, :] / np.float32(255.0)
+        normalized = (scaled - np.float32(self.mean)) / np.float32(self.std)
+        return self.session.run(None, {self.input_name: normalized})[0]
+
+
+def collect_image_files(paths: Iterable[Path]) -> list[Path]:
+    """Named files as given (so a bad one is reported), folders expanded to their image files."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files.extend(
+                sorted(
+                    child
+                    for child in path.rglob("*")
+                    if child.is_file() and child.suffix.lower() in IMAGE_SUFFIXES
+                )
+            )
+        else:
+            files.append(path)
+    return files
+
+
+def predict_files(
+    files: Iterable[Path], backend: Backend, save_preprocessed: Path | None = None
+) -> list[Prediction]:
+    """One Prediction per file, in order; unusable files carry their reason in `error`."""
+    predictions: list[Prediction | None] = []
+    images: list[torch.Tensor] = []
+    positions: list[int] = []
+    files = list(files)
+    for index, path in enumerate(files):
+        try:
+            image = preprocess_image(read_image_file(path))
+        except ImageError as error:
+            predictions.append(Prediction(file=str(path), error=str(error)))
+            continue
+        predictions.append(None)
+        images.append(image)
+        positions.append(index)
+        if save_preprocessed is not None:
+            _save_preprocessed(image, save_preprocessed, path, index)
+
+    if images:
+        probabilities = softmax(backend.logits(torch.stack(images)))
+        for position, row in zip(positions, probabilities, strict=True):
+            predictions[position] = prediction_from_probabilities(str(files[position]), row)
+    return [prediction for prediction in predictions if prediction is not None]
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    exponentials = np.exp(shifted)
+    return exponentials / exponentials.sum(axis=1, keepdims=True)
+
+
+def prediction_from_probabilities(file: str, probabilities: np.ndarray) -> Prediction:
+    order = np.argsort(-probabilities, kind="stable")[:TOP_K]
+    top = [(int(digit), float(probabilities[digit])) for digit in order]
+    return Prediction(file=file, digit=top[0][0], probability=top[0][1], top3=top)
+
+
+def _save_preprocessed(image: torch.Tensor, folder: Path, source: Path, index: int) -> None:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    # The index keeps two files of the same name from different folders apart.
+    Image.fromarray(image.numpy()).save(folder / f"{index:04d}-{source.stem}.png")
