@@ -1,0 +1,168 @@
+"""Export a checkpoint's model as ONNX, TorchScript or safetensors, and prove each export right.
+
+Every export is checked at once against the eager model on the first 1,000 test images: the
+exported model's logits must be within `PARITY_TOLERANCE` of the eager logits and give the same
+predictions, or `ExportError` is raised. Never prints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mnist_classifier.batching import normalize
+from mnist_classifier.checkpoint import ARCHITECTURE
+from mnist_classifier.data import MNIST_MEAN, MNIST_STD
+from mnist_classifier.model import IMAGE_SIZE, NUM_CLASSES, SimpleCNN
+from mnist_classifier.predict import ONNX_MEAN_KEY, ONNX_STD_KEY
+
+FORMATS = ("onnx", "torchscript", "safetensors")
+PARITY_IMAGES = 1000
+PARITY_TOLERANCE = 1e-4  # max |exported - eager| logit
+ONNX_OPSET = 18
+
+
+class ExportError(RuntimeError):
+    """An export failed or does not match the eager model; one line, naming what."""
+
+
+@dataclass(frozen=True)
+class Parity:
+    images: int
+    max_abs_logit_difference: float
+    predictions_identical: bool
+
+    @property
+    def passed(self) -> bool:
+        return self.predictions_identical and self.max_abs_logit_difference <= PARITY_TOLERANCE
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    format: str
+    output: Path
+    files: tuple[Path, ...]  # everything written (the model, and a sidecar where there is one)
+    parity: Parity
+    checker: str  # what produced the exported logits
+
+
+def export_model(
+    model: SimpleCNN, export_format: str, output: Path, parity_images: torch.Tensor
+) -> ExportResult:
+    """Write `model` in `export_format` to `output`, then check it on `parity_images` (uint8)."""
+    if export_format not in FORMATS:
+        raise ExportError(f"format must be one of {', '.join(FORMATS)} (got {export_format!r})")
+    model = model.cpu().eval()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    inputs = normalize(parity_images.cpu())  # (N, 1, 28, 28)
+    with torch.inference_mode():
+        eager_logits = model(inputs).numpy()
+    exporter = {"onnx": _onnx, "torchscript": _torchscript, "safetensors": _safetensors}
+    files, exported_logits, checker = exporter[export_format](model, output, inputs)
+    parity = compare_logits(eager_logits, exported_logits)
+    result = ExportResult(export_format, output, files, parity, checker)
+    if not parity.passed:
+        raise ExportError(
+            f"{output} does not match the eager model on {parity.images} test images: "
+            f"max |logit difference| {parity.max_abs_logit_difference:.3g} "
+            f"(limit {PARITY_TOLERANCE:g}), predictions identical: {parity.predictions_identical}"
+        )
+    return result
+
+
+def compare_logits(eager: np.ndarray, exported: np.ndarray) -> Parity:
+    return Parity(
+        images=len(eager),
+        max_abs_logit_difference=float(np.abs(eager - exported).max()),
+        predictions_identical=bool((eager.argmax(axis=1) == exported.argmax(axis=1)).all()),
+    )
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _onnx(model: SimpleCNN, output: Path, inputs: torch.Tensor):
+    import onnx
+    import onnxruntime
+
+    example = torch.zeros(2, 1, IMAGE_SIZE, IMAGE_SIZE)
+    # The torch.export-based exporter (torch's default since 2.9); the TorchScript one is
+    # deprecated. `verbose=False` keeps its progress lines off our stdout.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (example,),
+            str(output),
+            dynamo=True,
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_shapes=({0: torch.export.Dim("batch")},),
+            opset_version=ONNX_OPSET,
+            verbose=False,
+        )
+    # Normalisation travels inside the file, so onnxruntime users need nothing else.
+    onnx_model = onnx.load(str(output))
+    for key, value in ((ONNX_MEAN_KEY, MNIST_MEAN), (ONNX_STD_KEY, MNIST_STD)):
+        entry = onnx_model.metadata_props.add()
+        entry.key, entry.value = key, repr(value)
+    onnx.checker.check_model(onnx_model)
+    onnx.save(onnx_model, str(output))
+
+    session = onnxruntime.InferenceSession(str(output), providers=["CPUExecutionProvider"])
+    logits = session.run(None, {"images": inputs.numpy()})[0]
+    return (output,), logits, f"onnxruntime {onnxruntime.__version__}"
+
+
+def _torchscript(model: SimpleCNN, output: Path, inputs: torch.Tensor):
+    example = torch.zeros(2, 1, IMAGE_SIZE, IMAGE_SIZE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit's deprecation notice
+        traced = torch.jit.trace(model, example)
+        torch.jit.save(traced, str(output))
+        loaded = torch.jit.load(str(output), map_location="cpu")
+    with torch.inference_mode():
+        logits = loaded(inputs).numpy()
+    return (output,), logits, "torch.jit.load"
+
+
+def _safetensors(model: SimpleCNN, output: Path, inputs: torch.Tensor):
+    from safetensors.torch import load_file, save_file
+
+    state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
+    save_file(state, str(output), metadata={"architecture": ARCHITECTURE})
+    sidecar = output.with_suffix(output.suffix + ".json")
+    description = {
+        "architecture": ARCHITECTURE,
+        "input": {"shape": ["batch", 1, IMAGE_SIZE, IMAGE_SIZE], "dtype": "float32"},
+        "output": {"shape": ["batch", NUM_CLASSES], "meaning": "logits (softmax for p)"},
+        "normalization": {
+            "mean": MNIST_MEAN,
+            "std": MNIST_STD,
+            "formula": "(pixel / 255 - mean) / std, white digit on black",
+        },
+        "weights_file": output.name,
+        "weights_sha256": sha256_file(output),
+    }
+    temporary = sidecar.with_name(f".{sidecar.name}.tmp")
+    temporary.write_text(json.dumps(description, indent=2) + "\n")
+    os.replace(temporary, sidecar)
+
+    rebuilt = SimpleCNN()
+    rebuilt.load_state_dict(load_file(str(output)))
+    rebuilt.eval()
+    with torch.inference_mode():
+        logits = rebuilt(inputs).numpy()
+    return (output, sidecar), logits, "safetensors load_file into a fresh SimpleCNN"
