@@ -129,16 +129,46 @@ def evaluate(
         int, typer.Option(min=0, help="How many test predictions to list.")
     ] = 10,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+    output_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where report.json and the figures go.",
+            show_default="./reports/<checkpoint file name without .pt>",
+        ),
+    ] = None,
+    output_format: Annotated[
+        str, typer.Option("--format", help="text (the lab's report and more) or json (stdout).")
+    ] = "text",
+    grid_size: Annotated[
+        int, typer.Option(min=0, help="Images in the misclassified and sample-prediction grids.")
+    ] = 32,
 ) -> None:
-    """Evaluate a checkpoint on the 10,000-image test set: accuracy, per-class, samples."""
+    """Evaluate a checkpoint on the 10,000-image test set: accuracy, per-class, samples.
+
+    Also writes a report folder: report.json, confusion_matrix.png, misclassified.png,
+    sample_predictions.png and reliability_diagram.png (precision/recall/F1, most-confused
+    pairs, expected calibration error).
+    """
     from mnist_classifier.batching import Split
     from mnist_classifier.checkpoint import CheckpointError, load_checkpoint
     from mnist_classifier.config import DEVICES
     from mnist_classifier.data import DataError, load_split
     from mnist_classifier.device import DeviceError, resolve_device
     from mnist_classifier.evaluate import evaluate as run_evaluation
-    from mnist_classifier.reporting import print_checkpoint_info, print_evaluation
+    from mnist_classifier.evaluation_report import build_report, write_report_files
+    from mnist_classifier.reporting import (
+        print_checkpoint_info,
+        print_evaluation,
+        print_json,
+        print_report_details,
+    )
 
+    if output_format not in OUTPUT_FORMATS:
+        raise _fail(
+            f"format must be one of {', '.join(OUTPUT_FORMATS)} (got {output_format!r})", EXIT_USAGE
+        )
+    text = output_format == "text"
+    say = print if text else _quiet
     if device not in DEVICES:
         raise _fail(f"device must be one of {', '.join(DEVICES)} (got {device!r})", EXIT_USAGE)
     try:
@@ -150,19 +180,48 @@ def evaluate(
     except CheckpointError as error:
         raise _fail(str(error), EXIT_FAILURE) from None
 
-    print(f"Using device: {target}")
-    print("Loading MNIST test set...")
+    say(f"Using device: {target}")
+    say("Loading MNIST test set...")
     try:
         test_split = Split(*load_split(data_dir, train=False))
     except DataError as error:
         raise _fail(str(error), EXIT_FAILURE) from None
-    print(f"Test samples: {len(test_split)}")
-    print_checkpoint_info(loaded)
-    print("\nTesting model...")
+    say(f"Test samples: {len(test_split)}")
+    if text:
+        print_checkpoint_info(loaded)
+    say("\nTesting model...")
     result = run_evaluation(
         loaded.model.to(target), test_split.to(target), batch_size=batch_size, device=target
     )
-    print_evaluation(result, test_split, show_samples)
+    report = build_report(
+        result,
+        test_split.labels,
+        checkpoint={
+            "path": str(loaded.path),
+            "epoch": loaded.epoch,
+            "validation_accuracy_percent": loaded.validation_accuracy,
+        },
+        grid_size=grid_size,
+    )
+    report_dir = output_dir or Path("./reports") / checkpoint.stem
+    try:
+        files = write_report_files(report, test_split.images, report_dir, grid_size=grid_size)
+    except OSError as error:
+        raise _fail(
+            f"cannot write the report to {report_dir}: {error.strerror or error}", EXIT_FAILURE
+        ) from None
+    if text:
+        print_evaluation(result, test_split, show_samples)
+        print_report_details(report, {name: str(path) for name, path in files.items()})
+    else:
+        print_json({**report, "files": {name: str(path) for name, path in files.items()}})
+
+
+OUTPUT_FORMATS = ("text", "json")
+
+
+def _quiet(*_args) -> None:
+    """`print` for --format json, where stdout holds the JSON alone."""
 
 
 @app.command()
@@ -176,3 +235,130 @@ def data(data_dir: DataDirOption = None) -> None:
     except DataError as error:
         raise _fail(str(error), EXIT_FAILURE) from None
     print_data(files)
+
+
+@app.command()
+def predict(
+    paths: Annotated[
+        list[Path], typer.Argument(help="Image files (PNG, JPEG, BMP, GIF, TIFF) or folders.")
+    ],
+    checkpoint: Annotated[
+        Path,
+        typer.Option(help="Checkpoint (torch backend).", show_default=f"./{DEFAULT_CHECKPOINT}"),
+    ] = DEFAULT_CHECKPOINT,
+    backend: Annotated[str, typer.Option(help="torch or onnxruntime.")] = "torch",
+    model: Annotated[
+        Path | None, typer.Option(help="Exported .onnx model (onnxruntime backend).")
+    ] = None,
+    output_format: Annotated[
+        str, typer.Option("--format", help="text (a table) or json (a list, on stdout).")
+    ] = "text",
+    save_preprocessed: Annotated[
+        Path | None, typer.Option(help="Folder for the 28x28 images the model actually saw.")
+    ] = None,
+) -> None:
+    """Predict the digit in each image: digit, probability and top 3.
+
+    Images are prepared as MNIST was: greyscale, dark-on-light inverted, cropped to the ink,
+    scaled to fit 20x20 and centred by mass in 28x28. A file that cannot be used is reported
+    on one line and the rest still run; the exit code is then 2.
+    """
+    from mnist_classifier.reporting import print_json, print_predictions
+
+    if output_format not in OUTPUT_FORMATS:
+        raise _fail(
+            f"format must be one of {', '.join(OUTPUT_FORMATS)} (got {output_format!r})", EXIT_USAGE
+        )
+    if backend not in PREDICT_BACKENDS:
+        raise _fail(
+            f"backend must be one of {', '.join(PREDICT_BACKENDS)} (got {backend!r})", EXIT_USAGE
+        )
+    if backend == "onnxruntime":
+        if model is None:
+            raise _fail(
+                "--backend onnxruntime needs --model PATH.onnx (see mnist export)", EXIT_USAGE
+            )
+        runner = _onnx_backend(model)
+    else:
+        runner = _torch_backend(checkpoint)
+
+    from mnist_classifier.predict import collect_image_files, predict_files
+
+    predictions = predict_files(collect_image_files(paths), runner, save_preprocessed)
+    if output_format == "json":
+        print_json([prediction.to_dict() for prediction in predictions])
+        from mnist_classifier.reporting import print_error
+
+        for prediction in predictions:
+            if prediction.error is not None:
+                print_error(f"{prediction.file}: {prediction.error}")
+    else:
+        print_predictions(predictions)
+    if not predictions:
+        raise _fail("no image files found in the given paths", EXIT_USAGE)
+    if any(prediction.error is not None for prediction in predictions):
+        raise typer.Exit(EXIT_USAGE)
+
+
+PREDICT_BACKENDS = ("torch", "onnxruntime")
+
+
+def _torch_backend(checkpoint: Path):
+    from mnist_classifier.checkpoint import CheckpointError, load_checkpoint
+    from mnist_classifier.predict import TorchBackend
+
+    try:
+        return TorchBackend(load_checkpoint(checkpoint).model)
+    except CheckpointError as error:
+        raise _fail(str(error), EXIT_FAILURE) from None
+
+
+def _onnx_backend(model: Path):
+    from mnist_classifier.predict import OnnxBackend
+
+    if not model.is_file():
+        raise _fail(f"ONNX model not found: {model}", EXIT_FAILURE)
+    try:
+        return OnnxBackend(model)
+    except Exception as error:  # onnxruntime raises its own exception types for bad files
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise _fail(
+            f"{model} is not a usable exported ONNX model: {detail}", EXIT_FAILURE
+        ) from None
+
+
+@app.command()
+def export(
+    output: Annotated[Path, typer.Option(help="File to write (safetensors adds a .json sidecar).")],
+    export_format: Annotated[
+        str, typer.Option("--format", help="onnx, torchscript or safetensors.")
+    ] = "onnx",
+    checkpoint: Annotated[
+        Path, typer.Option(help="Checkpoint to export.", show_default=f"./{DEFAULT_CHECKPOINT}")
+    ] = DEFAULT_CHECKPOINT,
+    data_dir: Annotated[
+        Path, typer.Option(help="MNIST, for the parity check.", show_default="./data")
+    ] = Path("./data"),
+) -> None:
+    """Export a checkpoint and check it against the eager model on 1,000 test images."""
+    from mnist_classifier.checkpoint import CheckpointError, load_checkpoint
+    from mnist_classifier.data import DataError, load_split
+    from mnist_classifier.export import FORMATS, PARITY_IMAGES, ExportError, export_model
+    from mnist_classifier.reporting import print_export
+
+    if export_format not in FORMATS:
+        raise _fail(
+            f"format must be one of {', '.join(FORMATS)} (got {export_format!r})", EXIT_USAGE
+        )
+    try:
+        loaded = load_checkpoint(checkpoint)
+        images, _labels = load_split(data_dir, train=False)
+    except (CheckpointError, DataError) as error:
+        raise _fail(str(error), EXIT_FAILURE) from None
+    try:
+        result = export_model(loaded.model, export_format, output, images[:PARITY_IMAGES])
+    except ExportError as error:
+        raise _fail(str(error), EXIT_FAILURE) from None
+    except OSError as error:
+        raise _fail(f"cannot write {output}: {error.strerror or error}", EXIT_FAILURE) from None
+    print_export(result)

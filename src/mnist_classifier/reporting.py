@@ -7,6 +7,7 @@ handout, so its expected output reads the same here.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import torch
 from rich.console import Console
@@ -171,3 +172,69 @@ def print_evaluation(result: EvalResult, split: Split, show_samples: int) -> Non
     for index, (predicted, actual) in enumerate(zip(predictions, labels, strict=True)):
         mark = "✓" if predicted == actual else "✗"
         print(f"  Sample {index + 1}: Predicted={predicted}, Actual={actual} {mark}")
+
+
+def print_json(value) -> None:
+    """Machine output: the JSON alone on stdout."""
+    import json
+
+    sys.stdout.write(json.dumps(value, indent=2) + "\n")
+
+
+def print_report_details(report: dict, files: dict) -> None:
+    """The evaluation report beyond the lab's text: per-class P/R/F1, confusion, calibration."""
+    print(f"\nPer-Class Precision / Recall / F1:\n{THIN_RULE}")
+    print("  Digit  Precision  Recall      F1  Support")
+    for row in report["per_class"]:
+        print(
+            f"  {row['digit']:>5}  {100 * row['precision']:>8.2f}%  {100 * row['recall']:>5.2f}%"
+            f"  {100 * row['f1']:>5.2f}%  {row['support']:>7}"
+        )
+    print(f"  Macro F1: {100 * report['macro_f1']:.2f}%")
+
+    confusion = report["confusion_matrix"]
+    print(f"\nConfusion Matrix (rows: true digit, columns: predicted):\n{THIN_RULE}")
+    print("       " + "".join(f"{digit:>6}" for digit in range(len(confusion))))
+    for digit, row in enumerate(confusion):
+        print(f"  {digit:>5}" + "".join(f"{count:>6}" for count in row))
+
+    print(f"\nMost Confused Pairs:\n{THIN_RULE}")
+    for pair in report["most_confused_pairs"]:
+        print(f"  {pair['true_digit']} predicted as {pair['predicted_digit']}: {pair['count']}")
+    if not report["most_confused_pairs"]:
+        print("  none: every test image was classified correctly")
+
+    ece = report["calibration"]["expected_calibration_error"]
+    print(f"\nCalibration: expected calibration error {100 * ece:.2f}%")
+    print(f"\nReport written to {Path(files['report']).parent}:")
+    for path in files.values():
+        print(f"  {path}")
+
+
+def print_predictions(predictions: list) -> None:
+    """One row per file: digit, probability, top 3; failures to stderr, one line each."""
+    from rich.table import Table
+
+    table = Table("File", "Digit", "Probability", "Top 3", box=None, pad_edge=False)
+    for prediction in predictions:
+        if prediction.error is None:
+            top3 = "  ".join(f"{digit}: {100 * p:.1f}%" for digit, p in prediction.top3)
+            table.add_row(
+                prediction.file, str(prediction.digit), f"{100 * prediction.probability:.1f}%", top3
+            )
+    if table.row_count:
+        console.print(table)
+    for prediction in predictions:
+        if prediction.error is not None:
+            print_error(f"{prediction.file}: {prediction.error}")
+
+
+def print_export(result) -> None:
+    parity = result.parity
+    for path in result.files:
+        print(f"Wrote {path}")
+    print(
+        f"Parity on {parity.images} test images ({result.checker} vs eager PyTorch): "
+        f"max |logit difference| {parity.max_abs_logit_difference:.3g}, "
+        f"predictions identical: {'yes' if parity.predictions_identical else 'no'}"
+    )
