@@ -1,6 +1,6 @@
 """Test accuracy over seeds: the headline numbers come with their spread.
 
-    python benchmarks/accuracy.py [--preset lab|fast] [--seeds 3] [--device auto]
+    python benchmarks/accuracy.py [--preset lab|fast] [--seeds 3] [--device auto] [--set k=v]
 
 Trains one model per seed with the chosen settings (the lab's, or the fast preset), evaluates
 the last epoch's weights on the 10,000 test images, and prints one row per seed and the median.
@@ -12,6 +12,8 @@ import argparse
 import statistics
 import tempfile
 from pathlib import Path
+
+import yaml
 
 from mnist_classifier.batching import Split
 from mnist_classifier.checkpoint import load_checkpoint
@@ -31,13 +33,21 @@ def main() -> None:
     parser.add_argument("--preset", choices=("lab", "fast"), default="lab")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="auto")
     parser.add_argument("--data-dir", default=str(REPO_ROOT / "data"))
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key"
+    )
     arguments = parser.parse_args()
 
     preset = FAST_PRESET if arguments.preset == "fast" else {}
+    for assignment in arguments.set:
+        key, _, value = assignment.partition("=")
+        preset = {**preset, key: yaml.safe_load(value)}
     device = resolve_device(arguments.device)
     test_split = Split(*load_split(arguments.data_dir, train=False)).to(device)
-    print(f"Preset: {arguments.preset} {preset or '(Adam 1e-3, batch 64, 5 epochs)'} on {device}")
+    settings = preset or "(Adam 1e-3, batch 64, 5 epochs)"
+    print(f"Preset: {arguments.preset} {settings} on {device}, precision {arguments.precision}")
     print("| seed | test accuracy | best validation accuracy | training s/epoch | training s |")
     print("|---:|---:|---:|---:|---:|")
     accuracies, seconds = [], []
@@ -48,6 +58,7 @@ def main() -> None:
                     **preset,
                     "seed": seed,
                     "device": arguments.device,
+                    "precision": arguments.precision,
                     "data_dir": arguments.data_dir,
                     "output_dir": output_dir,
                 }
