@@ -1,6 +1,7 @@
-"""`mnist evaluate`'s report: JSON-only stdout, the files, and numbers that agree with each other."""
+"""`mnist evaluate`'s report: JSON-only stdout, the files, numbers that agree with each other."""
 
 import json
+from pathlib import Path
 
 import pytest
 from trained_model import tiny_checkpoint
@@ -23,7 +24,7 @@ def test_json_report_is_the_only_stdout_and_matches_the_files(mnist_dir, tmp_pat
 
     assert report == json.loads((tmp_path / "report" / "report.json").read_text())
     for name in ("confusion_matrix", "misclassified", "sample_predictions", "reliability_diagram"):
-        assert open(report["files"][name], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+        assert Path(report["files"][name]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     confusion = report["confusion_matrix"]
     assert sum(map(sum, confusion)) == report["test_images"] == 10_000

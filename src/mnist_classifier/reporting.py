@@ -184,7 +184,7 @@ def print_json(value) -> None:
 def print_report_details(report: dict, files: dict) -> None:
     """The evaluation report beyond the lab's text: per-class P/R/F1, confusion, calibration."""
     print(f"\nPer-Class Precision / Recall / F1:\n{THIN_RULE}")
-    print("  Digit  Precision  Recall      F1  Support")
+    print("  Class  Precision  Recall      F1  Support")
     for row in report["per_class"]:
         print(
             f"  {row['digit']:>5}  {100 * row['precision']:>8.2f}%  {100 * row['recall']:>5.2f}%"
