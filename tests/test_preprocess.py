@@ -40,7 +40,9 @@ def test_dark_on_light_is_inverted_cropped_scaled_to_20_and_centred_by_mass():
     mass = digit.astype(float)
     centre_row = (mass.sum(axis=1) * np.arange(28)).sum() / mass.sum()
     centre_column = (mass.sum(axis=0) * np.arange(28)).sum() / mass.sum()
-    assert centre_row == pytest.approx(13.5, abs=0.5) and centre_column == pytest.approx(13.5, abs=0.5)
+    assert centre_row == pytest.approx(13.5, abs=0.5) and centre_column == pytest.approx(
+        13.5, abs=0.5
+    )
     assert digit.max() == 255 and digit[0, 0] == 0  # white ink on black, as MNIST
 
 
@@ -86,10 +88,7 @@ def _png_header_only(width: int, height: int) -> bytes:
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
     pixels = zlib.compress(b"\x00" * (width + 1) * 16)  # a few rows: the rest is "missing"
     return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", pixels)
-        + chunk(b"IEND", b"")
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
     )
 
 
