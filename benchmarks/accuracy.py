@@ -1,8 +1,8 @@
 """Test accuracy over seeds: the headline numbers come with their spread.
 
-    python benchmarks/accuracy.py [--preset lab|fast] [--seeds 3] [--device auto] [--set k=v]
+    python benchmarks/accuracy.py [--config configs/fast.yaml] [--seeds 3] [--set k=v]
 
-Trains one model per seed with the chosen settings (the lab's, or the fast preset), evaluates
+Trains one model per seed with the chosen config (default: the lab's), evaluates
 the last epoch's weights on the 10,000 test images, and prints one row per seed and the median.
 """
 
@@ -13,11 +13,9 @@ import statistics
 import tempfile
 from pathlib import Path
 
-import yaml
-
 from mnist_classifier.batching import Split
 from mnist_classifier.checkpoint import load_checkpoint
-from mnist_classifier.config import FAST_PRESET, make_config
+from mnist_classifier.config import load_config, parse_assignment
 from mnist_classifier.data import load_split
 from mnist_classifier.device import resolve_device
 from mnist_classifier.evaluate import evaluate
@@ -30,7 +28,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--preset", choices=("lab", "fast"), default="lab")
+    parser.add_argument(
+        "--config", default=str(REPO_ROOT / "configs" / "seed.yaml"), help="a file in configs/"
+    )
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto")
@@ -40,28 +40,27 @@ def main() -> None:
     )
     arguments = parser.parse_args()
 
-    preset = FAST_PRESET if arguments.preset == "fast" else {}
-    for assignment in arguments.set:
-        key, _, value = assignment.partition("=")
-        preset = {**preset, key: yaml.safe_load(value)}
+    overrides = dict(parse_assignment(assignment) for assignment in arguments.set)
     device = resolve_device(arguments.device)
     test_split = Split(*load_split(arguments.data_dir, train=False)).to(device)
-    settings = preset or "(Adam 1e-3, batch 64, 5 epochs)"
-    print(f"Preset: {arguments.preset} {settings} on {device}, precision {arguments.precision}")
+    print(
+        f"Config: {arguments.config} {overrides or ''} on {device}, precision {arguments.precision}"
+    )
     print("| seed | test accuracy | best validation accuracy | training s/epoch | training s |")
     print("|---:|---:|---:|---:|---:|")
     accuracies, seconds = [], []
     for seed in range(1, arguments.seeds + 1):
         with tempfile.TemporaryDirectory() as output_dir:
-            config = make_config(
+            config = load_config(
+                arguments.config,
                 {
-                    **preset,
+                    **overrides,
                     "seed": seed,
                     "device": arguments.device,
                     "precision": arguments.precision,
-                    "data_dir": arguments.data_dir,
+                    "data.data_dir": arguments.data_dir,
                     "output_dir": output_dir,
-                }
+                },
             )
             result = train(config)
             model = load_checkpoint(result.epochs[-1].checkpoint).model.to(device)

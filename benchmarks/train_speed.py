@@ -103,18 +103,19 @@ def run_engine(data_dir: str, steps: int, config_overrides: dict | None = None) 
     import torch
 
     from mnist_classifier.batching import Split
-    from mnist_classifier.config import make_config
+    from mnist_classifier.config import load_config
     from mnist_classifier.data import load_split
     from mnist_classifier.device import resolve_device
     from mnist_classifier.evaluate import evaluate
     from mnist_classifier.train import train
 
-    overrides = config_overrides or {}
-    steps_per_epoch = -(-55_000 // overrides.get("batch_size", LAB_BATCH_SIZE))
-    epochs = overrides.pop("epochs", max(1, round(steps / steps_per_epoch)))
+    overrides = dict(config_overrides or {})
+    config_file = overrides.pop("config_file", None)
+    if config_file is None:  # the lab's settings, for as many epochs as `steps` takes
+        overrides["epochs"] = max(1, round(steps / -(-55_000 // LAB_BATCH_SIZE)))
     with tempfile.TemporaryDirectory() as output_dir:
-        config = make_config(
-            {"data_dir": data_dir, "output_dir": output_dir, "epochs": epochs, **overrides}
+        config = load_config(
+            config_file, {**overrides, "data.data_dir": data_dir, "output_dir": output_dir}
         )
         result = train(config)
         device = resolve_device(config.device)
@@ -236,12 +237,11 @@ def main() -> None:
 
 
 def _fast_preset(arguments: argparse.Namespace) -> None:
-    from mnist_classifier.config import FAST_PRESET
-
-    print(f"\nFast preset ({FAST_PRESET}), {arguments.fast_seeds} seeds:")
+    fast_config = str(REPO_ROOT / "configs" / "fast.yaml")
+    print(f"\nFast preset (configs/fast.yaml), {arguments.fast_seeds} seeds:")
     results = []
     for seed in range(1, arguments.fast_seeds + 1):
-        result = _in_child("B", arguments, {**FAST_PRESET, "seed": seed})
+        result = _in_child("B", arguments, {"config_file": fast_config, "seed": seed})
         results.append(result)
         print(
             f"  seed {seed}: {result['seconds']:.1f} s of training, "

@@ -13,13 +13,14 @@ pytestmark = pytest.mark.slow  # reads the real MNIST files
 def _small_config(mnist_dir, output_dir, **overrides):
     values = {
         "epochs": 2,
-        "max_train_images": 1024,
-        "validation_size": 500,
-        "data_dir": str(mnist_dir),
+        "data.max_train_images": 1024,
+        "data.validation_size": 500,
+        "data.data_dir": str(mnist_dir),
         "output_dir": str(output_dir),
         "device": "cpu",
     }
-    return make_config({**values, **overrides})
+    # Keyword names use "__" for the config's dots: data__max_train_images=512.
+    return make_config({**values, **{key.replace("__", "."): v for key, v in overrides.items()}})
 
 
 def test_writes_the_labs_checkpoints_with_the_labs_keys(mnist_dir, tmp_path):
@@ -41,7 +42,7 @@ def test_writes_the_labs_checkpoints_with_the_labs_keys(mnist_dir, tmp_path):
 
 
 def test_learns_and_validation_accuracy_is_measured_on_held_out_images(mnist_dir, tmp_path):
-    result = train(_small_config(mnist_dir, tmp_path, epochs=3, max_train_images=4096))
+    result = train(_small_config(mnist_dir, tmp_path, epochs=3, data__max_train_images=4096))
     assert result.epochs[-1].train_loss < result.epochs[0].train_loss
     assert result.best.validation_accuracy > 0.85
 
@@ -61,7 +62,12 @@ def test_same_seed_same_weights_other_seed_other_weights(mnist_dir, tmp_path):
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_both_precisions_train_and_record_themselves(mnist_dir, tmp_path, precision):
     config = _small_config(
-        mnist_dir, tmp_path, epochs=3, max_train_images=512, precision=precision, batch_size=64
+        mnist_dir,
+        tmp_path,
+        epochs=3,
+        data__max_train_images=512,
+        precision=precision,
+        batch_size=64,
     )
     result = train(config)
     losses = [epoch.train_loss for epoch in result.epochs]
@@ -75,9 +81,9 @@ def test_one_cycle_schedule_is_stepped_once_per_optimizer_step(mnist_dir, tmp_pa
         mnist_dir,
         tmp_path,
         epochs=2,
-        max_train_images=640,
+        data__max_train_images=640,
         batch_size=64,
-        schedule="onecycle",
+        schedule__name="onecycle",
         lr=0.01,
     )
     train(config)

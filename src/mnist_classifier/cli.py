@@ -25,10 +25,13 @@ app = typer.Typer(
 )
 
 
-def run_script(command) -> None:
-    """Run one command as a stand-alone script (the lab's train_mnist.py / test_mnist.py)."""
+def run_script(command, defaults: dict | None = None) -> None:
+    """Run one command as a stand-alone script (the lab's train_mnist.py / test_mnist.py).
+
+    `defaults` replaces option defaults by parameter name, e.g. the lab's checkpoint folder.
+    """
     script = typer.Typer(**APP_SETTINGS)
-    script.command()(command)
+    script.command(context_settings={"default_map": defaults or {}})(command)
     script()
 
 
@@ -53,16 +56,30 @@ def _fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
+ConfigFileOption = Annotated[
+    Path | None,
+    typer.Option("--config", help="YAML config file (see configs/); flags override it."),
+]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override any config key: --set schedule.name=cosine (repeatable)."),
+]
+QuietOption = Annotated[bool, typer.Option("--quiet", help="Only one line per epoch.")]
+
+
 @app.command()
 def train(
-    preset: Annotated[
-        str, typer.Option(help="Starting settings: lab (the handout's) or fast (99% quickest).")
-    ] = "lab",
+    config_file: ConfigFileOption = None,
     epochs: Annotated[
         int | None, typer.Option(help="Passes over the training set. [default: 5]")
     ] = None,
     batch_size: Annotated[int | None, typer.Option(help="Images per step. [default: 64]")] = None,
-    lr: Annotated[float | None, typer.Option(help="Adam learning rate. [default: 0.001]")] = None,
+    lr: Annotated[
+        float | None, typer.Option(help="Adam (peak) learning rate. [default: 0.001]")
+    ] = None,
+    schedule: Annotated[
+        str | None, typer.Option(help="none, step, cosine or onecycle. [default: none]")
+    ] = None,
     seed: Annotated[
         int | None, typer.Option(help="Seed for weights, dropout and batch order. [default: 1]")
     ] = None,
@@ -73,7 +90,8 @@ def train(
     ] = None,
     data_dir: DataDirOption = None,
     output_dir: Annotated[
-        Path | None, typer.Option(help="Where checkpoints go. [default: ./models/staging/mnist]")
+        Path | None,
+        typer.Option(help="Where checkpoints go. [default: the run directory]"),
     ] = None,
     validation_size: Annotated[
         int | None, typer.Option(help="Training images held out for validation. [default: 5000]")
@@ -81,39 +99,156 @@ def train(
     max_train_images: Annotated[
         int | None, typer.Option(help="Train on only this many images (0 = all). [default: 0]")
     ] = None,
+    runs_dir: Annotated[
+        Path | None, typer.Option(help="Where run directories go. [default: ./runs]")
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="The run's name, after its start time. [default: run]")
+    ] = None,
+    assignments: SetOption = None,
+    quiet: QuietOption = False,
 ) -> None:
-    """Train the SimpleCNN with the lab's settings; checkpoints every epoch and the best model."""
-    from mnist_classifier.checkpoint import check_output_dir
-    from mnist_classifier.config import PRESETS, ConfigError, make_config
-    from mnist_classifier.data import DataError
-    from mnist_classifier.device import DeviceError, resolve_device, resolve_precision
-    from mnist_classifier.reporting import ConsoleTrainingObserver
-    from mnist_classifier.train import train as run_training
+    """Train the SimpleCNN (the lab's settings unless told otherwise).
 
+    Settings resolve as defaults < --config file < flags. Each run gets
+    <runs-dir>/<UTC time>-<name>/ with its config, provenance, metrics.csv, TensorBoard
+    events, curves.png and (unless --output-dir says otherwise) its checkpoints.
+    """
     overrides = {
         "epochs": epochs,
         "batch_size": batch_size,
         "lr": lr,
+        "schedule.name": schedule,
         "seed": seed,
         "device": device,
         "precision": precision,
-        "data_dir": str(data_dir) if data_dir else None,
+        "data.data_dir": str(data_dir) if data_dir else None,
         "output_dir": str(output_dir) if output_dir else None,
-        "validation_size": validation_size,
-        "max_train_images": max_train_images,
+        "data.validation_size": validation_size,
+        "data.max_train_images": max_train_images,
+        "runs_dir": str(runs_dir) if runs_dir else None,
+        "name": name,
     }
-    if preset not in PRESETS:
-        raise _fail(f"preset must be one of {', '.join(PRESETS)} (got {preset!r})", EXIT_USAGE)
+    config = _resolve_config(config_file, assignments, overrides)
+    _train_one_run(config, quiet)
+
+
+def _resolve_config(config_file: Path | None, assignments: list[str] | None, overrides: dict):
+    """Defaults < file < --set < typed flags; every error here is a usage error (exit 2)."""
+    from mnist_classifier.checkpoint import check_output_dir
+    from mnist_classifier.config import ConfigError, load_config, parse_assignment
+    from mnist_classifier.device import DeviceError, resolve_device, resolve_precision
+
     try:
-        config = make_config(overrides, base=make_config(PRESETS[preset]))
+        settings = dict(parse_assignment(assignment) for assignment in assignments or [])
+        settings.update({key: value for key, value in overrides.items() if value is not None})
+        config = load_config(config_file, settings)
         resolve_precision(config.precision, resolve_device(config.device))
-        check_output_dir(config.output_dir)
+        check_output_dir(config.output_dir or config.runs_dir)
     except (ConfigError, DeviceError) as error:
         raise _fail(str(error), EXIT_USAGE) from None
+    return config
+
+
+def _train_one_run(config, quiet: bool) -> Path:
+    """Train in a new run directory, printing progress; returns the run directory."""
+    from mnist_classifier.data import DataError
+    from mnist_classifier.reporting import ConsoleTrainingObserver, print_run_dir
+    from mnist_classifier.runs import RunRecorder, create_run_dir
+    from mnist_classifier.train import train as run_training
+
+    run_dir = create_run_dir(config.runs_dir, config.name)
+    print_run_dir(run_dir)
     try:
-        run_training(config, ConsoleTrainingObserver())
+        run_training(
+            config, [ConsoleTrainingObserver(quiet=quiet), RunRecorder(run_dir)], run_dir=run_dir
+        )
     except DataError as error:
         raise _fail(str(error), EXIT_FAILURE) from None
+    return run_dir
+
+
+config_app = typer.Typer(help="Inspect the training configuration.", **APP_SETTINGS)
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("show")
+def config_show(config_file: ConfigFileOption = None, assignments: SetOption = None) -> None:
+    """Print the resolved config (defaults < --config file < --set) as YAML."""
+    from mnist_classifier.reporting import print_config
+
+    print_config(_resolve_config(config_file, assignments, {}))
+
+
+@app.command()
+def runs(
+    names: Annotated[
+        list[str] | None, typer.Argument(help="Only runs whose folder name contains one of these.")
+    ] = None,
+    runs_dir: Annotated[Path, typer.Option(help="Where run directories are.")] = Path("./runs"),
+    output_format: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
+    plot: Annotated[
+        Path | None, typer.Option(help="Also draw the runs' learning curves into this PNG.")
+    ] = None,
+) -> None:
+    """Compare runs: the hyper-parameters that differ, best validation and test accuracy."""
+    from mnist_classifier.reporting import print_runs
+    from mnist_classifier.runs import comparison_rows, list_runs
+
+    if output_format not in ("table", "csv", "json"):
+        raise _fail(f"--format must be table, csv or json (got {output_format!r})", EXIT_USAGE)
+    records = list_runs(runs_dir, names)
+    if not records:
+        raise _fail(f"no runs found in {runs_dir}; train one first: mnist train", EXIT_FAILURE)
+    print_runs(comparison_rows(records), output_format)
+    if plot:
+        from mnist_classifier.figures import save_learning_curves
+
+        save_learning_curves({record.name: record.metrics for record in records}, plot)
+        if output_format == "table":
+            print(f"Learning curves: {plot}")
+
+
+@app.command()
+def sweep(
+    config_file: ConfigFileOption = None,
+    grid: Annotated[
+        list[str] | None,
+        typer.Option(help="KEY=V1,V2,... ; runs every combination (repeatable)."),
+    ] = None,
+    assignments: SetOption = None,
+    runs_dir: Annotated[
+        Path | None, typer.Option(help="Where run directories go. [default: ./runs]")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet/--verbose", help="One line per epoch.")] = True,
+) -> None:
+    """Train every combination of the --grid values in turn, then compare the runs."""
+    import dataclasses
+
+    from mnist_classifier.config import ConfigError
+    from mnist_classifier.reporting import print_runs
+    from mnist_classifier.runs import comparison_rows, grid_overrides, read_run
+
+    if not grid:
+        raise _fail("sweep needs at least one --grid KEY=V1,V2", EXIT_USAGE)
+    try:
+        combinations = grid_overrides(grid)
+    except ConfigError as error:
+        raise _fail(str(error), EXIT_USAGE) from None
+    base = {"runs_dir": str(runs_dir) if runs_dir else None}
+    # Resolve every combination before training any, so a bad value costs nothing.
+    configs = []
+    for combination in combinations:
+        label = "-".join(f"{key.split('.')[-1]}={value}" for key, value in combination.items())
+        config = _resolve_config(config_file, assignments, {**base, **combination})
+        configs.append(dataclasses.replace(config, name=f"{config.name}-{label}"))
+    run_dirs = []
+    for index, config in enumerate(configs, start=1):
+        print(f"\n=== sweep run {index}/{len(configs)}: {config.name} ===")
+        run_dirs.append(_train_one_run(config, quiet))
+    print()
+    records = [read_run(run_dir) for run_dir in run_dirs]
+    print_runs(comparison_rows(records), "table")
 
 
 @app.command()
@@ -162,6 +297,7 @@ def evaluate(
         print_json,
         print_report_details,
     )
+    from mnist_classifier.runs import record_test_accuracy
 
     if output_format not in OUTPUT_FORMATS:
         raise _fail(
@@ -210,6 +346,9 @@ def evaluate(
         raise _fail(
             f"cannot write the report to {report_dir}: {error.strerror or error}", EXIT_FAILURE
         ) from None
+    # A checkpoint inside a run directory gets its test accuracy into that run's summary,
+    # so `mnist runs` can show it beside the validation figures.
+    record_test_accuracy(loaded.path, result.accuracy)
     if text:
         print_evaluation(result, test_split, show_samples)
         print_report_details(report, {name: str(path) for name, path in files.items()})

@@ -111,3 +111,28 @@ def _save(figure, path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
+
+
+def save_learning_curves(curves: dict[str, list[dict]], path: Path) -> None:
+    """Loss and accuracy against epoch; one line pair per run in `curves` (name -> metric rows)."""
+    figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=DPI)
+    for run_index, (name, rows) in enumerate(curves.items()):
+        colour = f"C{run_index % 10}"
+        epochs = [int(row["epoch"]) for row in rows]
+        for axes, metric, scale in ((loss_axes, "loss", 1.0), (accuracy_axes, "accuracy", 100.0)):
+            for split, style in (("train", "--"), ("validation", "-")):
+                values = [float(row[f"{split}_{metric}"]) * scale for row in rows]
+                label = f"{name} {split}" if len(curves) > 1 else split
+                axes.plot(
+                    epochs, values, style, color=colour, marker="o", markersize=3, label=label
+                )
+    loss_axes.set_title("Cross-entropy loss")
+    loss_axes.set_ylabel("loss")
+    accuracy_axes.set_title("Accuracy")
+    accuracy_axes.set_ylabel("accuracy (%)")
+    for axes in (loss_axes, accuracy_axes):
+        axes.set_xlabel("epoch")
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=8)
+        axes.xaxis.get_major_locator().set_params(integer=True)
+    _save(figure, path)

@@ -6,7 +6,10 @@ handout, so its expected output reads the same here.
 
 from __future__ import annotations
 
+import csv
+import json
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -18,6 +21,7 @@ from rich.progress import (
     TextColumn,
     TimeRemainingColumn,
 )
+from rich.table import Table
 
 from mnist_classifier.batching import Split
 from mnist_classifier.checkpoint import LoadedCheckpoint
@@ -56,16 +60,23 @@ def print_data(files: MnistFiles) -> None:
 
 
 class ConsoleTrainingObserver(TrainingObserver):
-    """The lab's console output; a live progress bar instead of its lines on a terminal."""
+    """The lab's console output; a live progress bar instead of its lines on a terminal.
 
-    def __init__(self, live: bool | None = None) -> None:
+    `quiet` keeps only the per-epoch summaries and the final result.
+    """
+
+    def __init__(self, live: bool | None = None, quiet: bool = False) -> None:
         self.live = sys.stdout.isatty() if live is None else live
+        self.quiet = quiet
         self._progress: Progress | None = None
         self._task = None
         self._batches = 0
         self._images_seen = 0
+        self._epoch_start = 0.0
 
     def started(self, config: TrainConfig, setup: TrainSetup) -> None:
+        if self.quiet:
+            return
         print(f"Using device: {setup.device} (precision: {setup.precision})")
         print(describe_data(setup.data))
         print(f"Train samples: {setup.train_size}")
@@ -76,52 +87,80 @@ class ConsoleTrainingObserver(TrainingObserver):
         print("\nModel architecture:")
         print(setup.model)
         print(f"\nTotal trainable parameters: {setup.parameter_count:,}")
+        print(f"Checkpoints go to: {setup.checkpoint_dir}")
         print(f"\nStarting training for {config.epochs} epochs...")
 
     def epoch_started(self, epoch: int, total_epochs: int, images_total: int) -> None:
-        print(f"\n{RULE}\nEpoch {epoch}/{total_epochs}\n{RULE}")
+        if not self.quiet:
+            print(f"\n{RULE}\nEpoch {epoch}/{total_epochs}\n{RULE}")
         self._batches = 0
         self._images_seen = 0
-        if self.live:
+        self._epoch_start = time.perf_counter()
+        if self.live and not self.quiet:
             self._progress = Progress(
                 TextColumn(f"Epoch {epoch}"),
                 BarColumn(),
                 MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]}"),
+                TextColumn("loss {task.fields[loss]}  acc {task.fields[accuracy]}"),
+                TextColumn("{task.fields[speed]} img/s"),
                 TimeRemainingColumn(),
                 console=console,
                 transient=True,
             )
-            self._task = self._progress.add_task("train", total=images_total, loss="-")
+            self._task = self._progress.add_task(
+                "train", total=images_total, loss="-", accuracy="-", speed="-"
+            )
             self._progress.start()
 
     def batch_done(
-        self, epoch: int, images_seen: int, images_total: int, loss: torch.Tensor
+        self,
+        epoch: int,
+        images_seen: int,
+        images_total: int,
+        loss: torch.Tensor,
+        correct: torch.Tensor,
     ) -> None:
         # The lab counts the images before this batch, so its first line reads [0/N (0%)].
         images_before, self._images_seen = self._images_seen, images_seen
         batch_index = self._batches
         self._batches += 1
+        if self.quiet or batch_index % LOG_INTERVAL_BATCHES != 0:
+            if self._progress is not None:
+                self._progress.update(self._task, completed=images_seen)
+            return
         if self._progress is not None:
-            fields = (
-                {"loss": f"{loss.item():.4f}"} if batch_index % LOG_INTERVAL_BATCHES == 0 else {}
+            elapsed = max(time.perf_counter() - self._epoch_start, 1e-9)
+            self._progress.update(
+                self._task,
+                completed=images_seen,
+                loss=f"{loss.item():.4f}",
+                accuracy=f"{100 * correct.item() / images_seen:.2f}%",
+                speed=f"{images_seen / elapsed:,.0f}",
             )
-            self._progress.update(self._task, completed=images_seen, **fields)
-        elif batch_index % LOG_INTERVAL_BATCHES == 0:
-            print(
-                f"Epoch {epoch} [{images_before}/{images_total} "
-                f"({100.0 * images_before / images_total:.0f}%)]\tLoss: {loss.item():.6f}",
-                flush=True,
-            )
+            return
+        print(
+            f"Epoch {epoch} [{images_before}/{images_total} "
+            f"({100.0 * images_before / images_total:.0f}%)]\tLoss: {loss.item():.6f}",
+            flush=True,
+        )
 
     def epoch_done(self, result: EpochResult) -> None:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+        if self.quiet:
+            print(
+                f"epoch {result.epoch}: train loss {result.train_loss:.4f}, "
+                f"validation accuracy {100 * result.validation_accuracy:.2f}%, "
+                f"{result.seconds:.1f}s",
+                flush=True,
+            )
+            return
         print(
             f"Training: Loss: {result.train_loss:.4f}, "
             f"Accuracy: {100 * result.train_accuracy:.2f}% "
-            f"({result.seconds:.1f}s, {result.images_per_second:,.0f} images/s)"
+            f"({result.seconds:.1f}s, {result.images_per_second:,.0f} images/s, "
+            f"lr {result.learning_rate:.3g})"
         )
         print(
             f"\nValidation: Average loss: {result.validation_loss:.4f}, "
@@ -133,12 +172,51 @@ class ConsoleTrainingObserver(TrainingObserver):
 
     def finished(self, result: TrainResult) -> None:
         best = result.best
-        print(f"\n{RULE}\nTraining completed!")
+        print(f"\n{RULE}\nTraining completed! ({result.stop_reason})")
         print(
             f"Best validation accuracy: {100 * best.validation_accuracy:.2f}% (epoch {best.epoch})"
         )
         print(f"Best model: {result.best_checkpoint}")
         print(RULE)
+
+
+def print_run_dir(run_dir) -> None:
+    print(f"Run directory: {run_dir}  (tensorboard --logdir {run_dir.parent})")
+
+
+def print_config(config: TrainConfig) -> None:
+    import yaml
+
+    print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+
+
+def print_runs(rows: list[dict], output_format: str) -> None:
+    """The run comparison as a Rich table, CSV or JSON."""
+    if output_format == "json":
+        print(json.dumps(rows, indent=2))
+        return
+    columns = list(rows[0]) if rows else ["run"]
+    if output_format == "csv":
+        writer = csv.DictWriter(sys.stdout, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        return
+    table = Table(show_lines=False)
+    for column in columns:
+        table.add_column(column, overflow="fold", no_wrap=column == "run")
+    for row in rows:
+        table.add_row(*(_cell(column, row[column]) for column in columns))
+    console.print(table)
+
+
+def _cell(column: str, value) -> str:
+    if value is None:
+        return "-"
+    if column.endswith("accuracy"):
+        return f"{value:.2%}"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
 
 
 def print_checkpoint_info(checkpoint: LoadedCheckpoint) -> None:

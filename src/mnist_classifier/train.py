@@ -1,12 +1,15 @@
 """The training loop: data, model, optimiser, then one flat loop over epochs, top to bottom.
 
-`train(config)` computes and returns a TrainResult; what the user sees while it runs goes
-through a TrainingObserver, whose default does nothing. The console one is in reporting.py.
+`train(config)` computes and returns a TrainResult. What the user sees while it runs, and
+what is logged to disk beside the checkpoints, goes through TrainingObservers (reporting.py
+prints, runs.py records); the default observer does nothing.
 """
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +18,7 @@ import torch.nn.functional as F
 
 from mnist_classifier.batching import Split, normalize, shuffled_batches, split_train_validation
 from mnist_classifier.checkpoint import build_payload, save_checkpoint
-from mnist_classifier.config import TrainConfig
+from mnist_classifier.config import ConfigError, TrainConfig
 from mnist_classifier.data import MnistFiles, ensure_mnist, load_split
 from mnist_classifier.device import autocast, memory_format_for, resolve_device, resolve_precision
 from mnist_classifier.evaluate import evaluate
@@ -24,7 +27,7 @@ from mnist_classifier.model import SimpleCNN, count_parameters
 
 @dataclass(frozen=True)
 class TrainSetup:
-    """What was decided before the first step, for the observer to show."""
+    """What was decided before the first step, for observers to show or record."""
 
     device: torch.device
     precision: str
@@ -33,11 +36,14 @@ class TrainSetup:
     validation_size: int
     model: torch.nn.Module
     parameter_count: int
+    checkpoint_dir: Path
+    validation_images: torch.Tensor  # the first validation images, uint8 (N, 28, 28), CPU
 
 
 @dataclass(frozen=True)
 class EpochResult:
     epoch: int
+    learning_rate: float  # at the epoch's first step
     train_loss: float
     train_accuracy: float  # 0..1, over the epoch's batches with dropout on (the lab's figure)
     validation_loss: float
@@ -48,12 +54,15 @@ class EpochResult:
     is_best: bool
 
 
-@dataclass(frozen=True)
+@dataclass
 class TrainResult:
     config: TrainConfig
     device: str
     precision: str
+    checkpoint_dir: Path
     epochs: list[EpochResult] = field(default_factory=list)
+    stop_reason: str = ""
+    wall_seconds: float = 0.0
 
     @property
     def best(self) -> EpochResult:
@@ -61,37 +70,70 @@ class TrainResult:
 
     @property
     def best_checkpoint(self) -> Path:
-        return self.best.checkpoint.parent / "best_model.pt"
+        return self.checkpoint_dir / "best_model.pt"
 
 
 class TrainingObserver:
-    """Hooks for progress display; every method is optional and none may change training."""
+    """Hooks for progress display and logging; none of them may change training."""
 
     def started(self, config: TrainConfig, setup: TrainSetup) -> None: ...
 
     def epoch_started(self, epoch: int, total_epochs: int, images_total: int) -> None: ...
 
     def batch_done(
-        self, epoch: int, images_seen: int, images_total: int, loss: torch.Tensor
+        self,
+        epoch: int,
+        images_seen: int,
+        images_total: int,
+        loss: torch.Tensor,
+        correct: torch.Tensor,
     ) -> None:
-        """`loss` is the batch's mean loss as a tensor: reading it is the observer's choice."""
+        """`loss` is the batch's mean loss and `correct` the epoch's running count of right
+        answers, both as device tensors: reading them (a GPU sync) is the observer's choice."""
 
     def epoch_done(self, result: EpochResult) -> None: ...
 
     def finished(self, result: TrainResult) -> None: ...
 
 
+class Observers(TrainingObserver):
+    """Several observers as one, called in order."""
+
+    def __init__(self, observers: Sequence[TrainingObserver]) -> None:
+        self.observers = list(observers)
+
+    def started(self, config, setup):
+        for observer in self.observers:
+            observer.started(config, setup)
+
+    def epoch_started(self, epoch, total_epochs, images_total):
+        for observer in self.observers:
+            observer.epoch_started(epoch, total_epochs, images_total)
+
+    def batch_done(self, epoch, images_seen, images_total, loss, correct):
+        for observer in self.observers:
+            observer.batch_done(epoch, images_seen, images_total, loss, correct)
+
+    def epoch_done(self, result):
+        for observer in self.observers:
+            observer.epoch_done(result)
+
+    def finished(self, result):
+        for observer in self.observers:
+            observer.finished(result)
+
+
 def load_train_validation(config: TrainConfig) -> tuple[MnistFiles, Split, Split]:
     """The verified training images, split into the training part and the fixed hold-out."""
-    mnist_files = ensure_mnist(config.data_dir)
-    images, labels = load_split(config.data_dir, train=True)
+    data = config.data
+    mnist_files = ensure_mnist(data.data_dir)
+    images, labels = load_split(data.data_dir, train=True)
     train_split, validation_split = split_train_validation(
-        images, labels, config.validation_size, config.split_seed
+        images, labels, data.validation_size, data.split_seed
     )
-    if config.max_train_images:
+    if data.max_train_images:
         train_split = Split(
-            train_split.images[: config.max_train_images],
-            train_split.labels[: config.max_train_images],
+            train_split.images[: data.max_train_images], train_split.labels[: data.max_train_images]
         )
     return mnist_files, train_split, validation_split
 
@@ -99,16 +141,65 @@ def load_train_validation(config: TrainConfig) -> tuple[MnistFiles, Split, Split
 def make_scheduler(
     config: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int
 ) -> torch.optim.lr_scheduler.LRScheduler | None:
-    """The learning-rate schedule, stepped once per optimizer step."""
-    if config.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch
+    """torch's own schedulers, stepped once per optimizer step (so epochs are in steps)."""
+    schedule = config.schedule
+    total_steps = config.epochs * steps_per_epoch
+    warmup_steps = min(round(schedule.warmup_epochs * steps_per_epoch), total_steps - 1)
+    schedulers = torch.optim.lr_scheduler
+    if schedule.name == "onecycle":
+        rising_fraction = warmup_steps / total_steps if warmup_steps else 0.3  # torch's default
+        return schedulers.OneCycleLR(
+            optimizer, max_lr=config.lr, total_steps=total_steps, pct_start=rising_fraction
         )
-    return None
+    if schedule.name == "step":
+        main = schedulers.StepLR(
+            optimizer, step_size=schedule.step_size * steps_per_epoch, gamma=schedule.gamma
+        )
+    elif schedule.name == "cosine":
+        main = schedulers.CosineAnnealingLR(optimizer, T_max=max(total_steps - warmup_steps, 1))
+    elif warmup_steps:
+        main = schedulers.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    else:
+        return None
+    if not warmup_steps:
+        return main
+    warmup = schedulers.LinearLR(optimizer, start_factor=0.1, total_iters=warmup_steps)
+    return schedulers.SequentialLR(optimizer, [warmup, main], milestones=[warmup_steps])
 
 
-def train(config: TrainConfig, observer: TrainingObserver | None = None) -> TrainResult:
-    observer = observer or TrainingObserver()
+class EarlyStopping:
+    """Counts epochs without an improvement larger than `min_delta` in the chosen metric."""
+
+    def __init__(self, metric: str, patience: int, min_delta: float) -> None:
+        self.metric, self.patience, self.min_delta = metric, patience, min_delta
+        self.best = math.inf if metric == "validation_loss" else -math.inf
+        self.epochs_without_improvement = 0
+
+    def should_stop(self, result: EpochResult) -> bool:
+        value = getattr(result, self.metric)
+        if self.metric == "validation_loss":
+            improved = value < self.best - self.min_delta
+        else:
+            improved = value > self.best + self.min_delta
+        if improved:
+            self.best, self.epochs_without_improvement = value, 0
+        else:
+            self.epochs_without_improvement += 1
+        return 0 < self.patience <= self.epochs_without_improvement
+
+
+def train(
+    config: TrainConfig,
+    observer: TrainingObserver | Sequence[TrainingObserver] | None = None,
+    run_dir: Path | None = None,
+) -> TrainResult:
+    """Train per `config`; checkpoints go to `config.output_dir`, or else to `run_dir`."""
+    if not isinstance(observer, TrainingObserver):
+        observer = Observers(observer or [])
+    if not config.output_dir and run_dir is None:
+        raise ConfigError("output_dir is empty and there is no run directory to hold checkpoints")
+    checkpoint_dir = Path(config.output_dir) if config.output_dir else Path(run_dir)
+    wall_start = time.perf_counter()
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
     memory_format = memory_format_for(device)
@@ -125,12 +216,15 @@ def train(config: TrainConfig, observer: TrainingObserver | None = None) -> Trai
     optimizer = torch.optim.Adam(
         model.parameters(), lr=config.lr, fused=device.type in ("cpu", "cuda") or None
     )
-    scheduler = make_scheduler(
-        config, optimizer, steps_per_epoch=-(-len(train_split) // config.batch_size)
-    )
+    steps_per_epoch = math.ceil(len(train_split) / config.batch_size)
+    scheduler = make_scheduler(config, optimizer, steps_per_epoch)
     # fp16 needs loss scaling to keep small gradients from flushing to zero; bf16 and fp32 do not.
     grad_scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    output_dir = Path(config.output_dir)
+    early_stopping = EarlyStopping(
+        config.early_stopping.metric,
+        config.early_stopping.patience,
+        config.early_stopping.min_delta,
+    )
 
     setup = TrainSetup(
         device=device,
@@ -140,13 +234,18 @@ def train(config: TrainConfig, observer: TrainingObserver | None = None) -> Trai
         validation_size=len(validation_split),
         model=model,
         parameter_count=count_parameters(model),
+        checkpoint_dir=checkpoint_dir,
+        validation_images=validation_split.images[:64].cpu(),
     )
     observer.started(config, setup)
-    result = TrainResult(config=config, device=str(device), precision=precision)
+    result = TrainResult(
+        config=config, device=str(device), precision=precision, checkpoint_dir=checkpoint_dir
+    )
     best_validation_accuracy = -1.0
 
     for epoch in range(1, config.epochs + 1):
         observer.epoch_started(epoch, config.epochs, len(train_split))
+        learning_rate = optimizer.param_groups[0]["lr"]
         model.train()
         # Running sums stay on the device: reading them every step would stall a GPU.
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -170,7 +269,7 @@ def train(config: TrainConfig, observer: TrainingObserver | None = None) -> Trai
             loss_sum += loss.detach() * len(labels)
             correct += (logits.argmax(dim=1) == labels).sum()
             images_seen += len(labels)
-            observer.batch_done(epoch, images_seen, len(train_split), loss.detach())
+            observer.batch_done(epoch, images_seen, len(train_split), loss.detach(), correct)
 
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -205,13 +304,14 @@ def train(config: TrainConfig, observer: TrainingObserver | None = None) -> Trai
                 "torch_version": str(torch.__version__),  # TorchVersion is not a plain str
             },
         )
-        checkpoint_path = output_dir / f"checkpoint_epoch_{epoch}.pt"
+        checkpoint_path = checkpoint_dir / f"checkpoint_epoch_{epoch}.pt"
         save_checkpoint(checkpoint_path, payload)
         if is_best:
-            save_checkpoint(output_dir / "best_model.pt", payload)
+            save_checkpoint(checkpoint_dir / "best_model.pt", payload)
 
         epoch_result = EpochResult(
             epoch=epoch,
+            learning_rate=learning_rate,
             train_loss=train_loss,
             train_accuracy=train_accuracy,
             validation_loss=validation.loss,
@@ -223,6 +323,15 @@ def train(config: TrainConfig, observer: TrainingObserver | None = None) -> Trai
         )
         result.epochs.append(epoch_result)
         observer.epoch_done(epoch_result)
+        if early_stopping.should_stop(epoch_result):
+            stopping = config.early_stopping
+            result.stop_reason = (
+                f"early stopping after epoch {epoch}: {stopping.metric} did not improve by more "
+                f"than {stopping.min_delta} for {stopping.patience} epochs"
+            )
+            break
 
+    result.stop_reason = result.stop_reason or f"completed all {config.epochs} epochs"
+    result.wall_seconds = time.perf_counter() - wall_start
     observer.finished(result)
     return result

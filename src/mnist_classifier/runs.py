@@ -1,0 +1,256 @@
+"""Run directories: one folder per training run, holding everything needed to compare runs.
+
+    <runs_dir>/<UTC time>-<name>/
+        config.yaml       the resolved config
+        provenance.json   git commit, versions, device, seed, data digests, command line
+        metrics.csv       one row per epoch
+        events.out.tfevents.*   TensorBoard: scalars, learning rate, validation images, hparams
+        curves.png        loss and accuracy against epoch
+        summary.json      best epoch, stop reason, wall time (and test accuracy once evaluated)
+        *.pt              checkpoints, unless --output-dir sends them elsewhere
+
+RunRecorder writes them as a TrainingObserver; the rest of this module reads them back.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import platform
+import subprocess
+import sys
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mnist_classifier.config import ConfigError, flatten, parse_assignment
+from mnist_classifier.train import EpochResult, TrainingObserver, TrainResult, TrainSetup
+
+METRIC_COLUMNS = (
+    "epoch",
+    "train_loss",
+    "train_accuracy",
+    "validation_loss",
+    "validation_accuracy",
+    "learning_rate",
+    "seconds",
+    "images_per_second",
+)
+# Keys that differ between any two runs without being a choice worth comparing.
+NOT_HYPERPARAMETERS = {"name", "runs_dir", "output_dir", "data.data_dir", "device"}
+
+
+def create_run_dir(runs_dir: Path | str, name: str) -> Path:
+    """A new, empty folder named by the UTC start time, so runs sort by date."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    runs_dir = Path(runs_dir)
+    for attempt in itertools.count(1):
+        suffix = "" if attempt == 1 else f"-{attempt}"
+        candidate = runs_dir / f"{stamp}-{name}{suffix}"
+        try:
+            candidate.mkdir(parents=True)
+            return candidate
+        except FileExistsError:
+            continue
+    raise AssertionError("unreachable")
+
+
+def _git(*arguments: str) -> str | None:
+    try:
+        completed = subprocess.run(
+            ["git", *arguments],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            cwd=Path(__file__).resolve().parent,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return completed.stdout.strip() if completed.returncode == 0 else None
+
+
+def provenance(config_seed: int, setup: TrainSetup) -> dict[str, Any]:
+    import torch
+    import torchvision
+
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": None if status is None else bool(status),
+        "python": platform.python_version(),
+        "torch": str(torch.__version__),
+        "torchvision": str(torchvision.__version__),
+        "platform": platform.platform(),
+        "device": str(setup.device),
+        "precision": setup.precision,
+        "seed": config_seed,
+        "data_route": setup.data.route,
+        "data_sha256": dict(setup.data.sha256),
+        "command_line": sys.argv,
+        "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+class RunRecorder(TrainingObserver):
+    """Writes a run directory's files as training goes; each epoch's row lands as it finishes."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.rows: list[dict[str, Any]] = []
+        self.writer = None
+        self.config = None
+
+    def started(self, config, setup: TrainSetup) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+        from torchvision.utils import make_grid
+
+        self.config = config
+        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        (self.run_dir / "provenance.json").write_text(
+            json.dumps(provenance(config.seed, setup), indent=2) + "\n"
+        )
+        with open(self.run_dir / "metrics.csv", "w", newline="") as handle:
+            csv.writer(handle).writerow(METRIC_COLUMNS)
+        self.writer = SummaryWriter(log_dir=str(self.run_dir))
+        images = setup.validation_images.unsqueeze(1)  # (N, 1, 28, 28) uint8
+        self.writer.add_image("validation_batch", make_grid(images, nrow=8, pad_value=255), 0)
+
+    def epoch_done(self, result: EpochResult) -> None:
+        row = {column: getattr(result, column) for column in METRIC_COLUMNS}
+        self.rows.append(row)
+        with open(self.run_dir / "metrics.csv", "a", newline="") as handle:
+            csv.writer(handle).writerow([row[column] for column in METRIC_COLUMNS])
+        for column in METRIC_COLUMNS[1:]:
+            group = column.split("_")[0] if column.startswith(("train", "validation")) else "speed"
+            tag = "learning_rate" if column == "learning_rate" else f"{group}/{column}"
+            self.writer.add_scalar(tag, row[column], result.epoch)
+        self.writer.flush()
+
+    def finished(self, result: TrainResult) -> None:
+        from mnist_classifier.figures import save_learning_curves
+
+        best = result.best
+        summary = {
+            "best_epoch": best.epoch,
+            "best_validation_accuracy": best.validation_accuracy,
+            "best_validation_loss": best.validation_loss,
+            "epochs_run": len(result.epochs),
+            "stop_reason": result.stop_reason,
+            "wall_seconds": result.wall_seconds,
+            "checkpoint_dir": str(result.checkpoint_dir),
+        }
+        _write_json(self.run_dir / "summary.json", summary)
+        hparams = {
+            key: value if isinstance(value, (int, float, str, bool)) else str(value)
+            for key, value in flatten(self.config.to_dict()).items()
+            if key not in NOT_HYPERPARAMETERS
+        }
+        self.writer.add_hparams(
+            hparams,
+            {
+                "hparam/best_validation_accuracy": best.validation_accuracy,
+                "hparam/final_validation_loss": result.epochs[-1].validation_loss,
+            },
+            run_name=".",  # in this run's folder, beside its scalars
+        )
+        self.writer.close()
+        save_learning_curves({self.run_dir.name: self.rows}, self.run_dir / "curves.png")
+
+
+def _write_json(path: Path, value: dict[str, Any]) -> None:
+    temporary = path.with_suffix(".json.tmp")
+    temporary.write_text(json.dumps(value, indent=2) + "\n")
+    temporary.replace(path)
+
+
+def record_test_accuracy(checkpoint: Path, accuracy: float) -> Path | None:
+    """If `checkpoint` lives in a run directory, add the test accuracy to its summary."""
+    summary_path = Path(checkpoint).resolve().parent / "summary.json"
+    if not summary_path.is_file():
+        return None
+    summary = json.loads(summary_path.read_text())
+    summary["test_accuracy"] = accuracy
+    summary["test_checkpoint"] = Path(checkpoint).name
+    _write_json(summary_path, summary)
+    return summary_path
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One finished (or running) run as read back from its folder."""
+
+    path: Path
+    config: dict[str, Any]  # flattened
+    summary: dict[str, Any]
+    metrics: list[dict[str, float]]
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def started(self) -> str:
+        return "-".join(self.path.name.split("-")[:2])
+
+
+def read_run(path: Path) -> RunRecord:
+    config = yaml.safe_load((path / "config.yaml").read_text()) or {}
+    summary_path = path / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    metrics_path = path / "metrics.csv"
+    metrics = []
+    if metrics_path.is_file():
+        with open(metrics_path, newline="") as handle:
+            metrics = [
+                {key: float(value) for key, value in row.items()} for row in csv.DictReader(handle)
+            ]
+    return RunRecord(path=path, config=flatten(config), summary=summary, metrics=metrics)
+
+
+def list_runs(runs_dir: Path | str, names: list[str] | None = None) -> list[RunRecord]:
+    """Runs under `runs_dir`, oldest first; `names` keeps those whose folder name contains one."""
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        return []
+    folders = sorted(path for path in runs_dir.iterdir() if (path / "config.yaml").is_file())
+    if names:
+        folders = [path for path in folders if any(name in path.name for name in names)]
+    return [read_run(path) for path in folders]
+
+
+def differing_keys(runs: list[RunRecord]) -> list[str]:
+    """The config keys whose values are not the same in every listed run."""
+    keys = sorted({key for run in runs for key in run.config} - NOT_HYPERPARAMETERS)
+    return [key for key in keys if len({repr(run.config.get(key)) for run in runs}) > 1]
+
+
+def comparison_rows(runs: list[RunRecord]) -> list[dict[str, Any]]:
+    """One row per run: name, date, the differing hyper-parameters, results."""
+    keys = differing_keys(runs)
+    rows = []
+    for run in runs:
+        row: dict[str, Any] = {"run": run.name, "started_utc": run.started}
+        row.update({key: run.config.get(key) for key in keys})
+        row["best_validation_accuracy"] = run.summary.get("best_validation_accuracy")
+        row["test_accuracy"] = run.summary.get("test_accuracy")
+        row["epochs"] = run.summary.get("epochs_run", len(run.metrics))
+        row["wall_seconds"] = run.summary.get("wall_seconds")
+        rows.append(row)
+    return rows
+
+
+def grid_overrides(grid: list[str]) -> list[dict[str, Any]]:
+    """['lr=0.001,0.003', 'batch_size=64,128'] -> the 4 override dicts of their product."""
+    axes = []
+    for entry in grid:
+        key, separator, values_text = entry.partition("=")
+        texts = [text for text in values_text.split(",") if text.strip()]
+        if not separator or not key.strip() or not texts:
+            raise ConfigError(f"--grid needs KEY=V1,V2,... (got {entry!r})")
+        values = [parse_assignment(f"{key}={text}")[1] for text in texts]
+        axes.append([(key.strip(), value) for value in values])
+    return [dict(combination) for combination in itertools.product(*axes)]

@@ -1,0 +1,189 @@
+"""Run directories, TensorBoard logs, early stopping, `mnist runs` and `mnist sweep`, for real."""
+
+import csv
+import json
+
+import pytest
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from typer.testing import CliRunner
+
+from mnist_classifier.checkpoint import load_checkpoint
+from mnist_classifier.cli import app
+from mnist_classifier.config import config_from_dict
+from mnist_classifier.data import RAW_SHA256
+from mnist_classifier.runs import list_runs, record_test_accuracy
+
+pytestmark = pytest.mark.slow
+runner = CliRunner()
+
+
+def _train(mnist_dir, runs_dir, *arguments):
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--data-dir",
+            str(mnist_dir),
+            "--runs-dir",
+            str(runs_dir),
+            "--max-train-images",
+            "512",
+            "--validation-size",
+            "500",
+            "--device",
+            "cpu",
+            *arguments,
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_a_run_writes_every_artifact(mnist_dir, tmp_path):
+    _train(
+        mnist_dir,
+        tmp_path,
+        "--epochs",
+        "2",
+        "--name",
+        "artifacts",
+        "--schedule",
+        "step",
+        "--set",
+        "schedule.gamma=0.5",
+    )
+    (run_dir,) = list(tmp_path.iterdir())
+    assert run_dir.name.endswith("-artifacts") and run_dir.name[:8].isdigit()
+
+    config = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    assert config.schedule.gamma == 0.5 and config.name == "artifacts"
+
+    provenance = json.loads((run_dir / "provenance.json").read_text())
+    for key in (
+        "git_commit",
+        "git_dirty",
+        "python",
+        "torch",
+        "torchvision",
+        "device",
+        "seed",
+        "command_line",
+    ):
+        assert key in provenance
+    assert provenance["data_sha256"] == RAW_SHA256
+
+    with open(run_dir / "metrics.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["epoch"] for row in rows] == ["1", "2"]
+    # Step decay by 0.5 each epoch, by hand: 1e-3 then 5e-4.
+    assert [float(row["learning_rate"]) for row in rows] == pytest.approx([1e-3, 5e-4])
+
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    for tag in (
+        "train/train_loss",
+        "train/train_accuracy",
+        "validation/validation_loss",
+        "validation/validation_accuracy",
+        "learning_rate",
+    ):
+        assert tag in scalars
+    assert [event.step for event in events.Scalars("validation/validation_accuracy")] == [1, 2]
+    assert "validation_batch" in events.Tags()["images"]
+    plugins = EventAccumulator(str(run_dir)).Reload().PluginTagToContent("hparams")
+    assert plugins  # the hparams summary with the final metrics
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["stop_reason"] == "completed all 2 epochs"
+    assert (run_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    best = load_checkpoint(run_dir / "best_model.pt")
+    assert best.epoch == summary["best_epoch"]
+    assert (run_dir / "checkpoint_epoch_2.pt").is_file()
+
+
+def test_early_stopping_stops_on_a_forced_plateau(mnist_dir, tmp_path):
+    # A learning rate of 1e-12 cannot move the weights: validation accuracy stays flat.
+    _train(
+        mnist_dir,
+        tmp_path,
+        "--epochs",
+        "10",
+        "--lr",
+        "1e-12",
+        "--name",
+        "plateau",
+        "--set",
+        "early_stopping.patience=2",
+        "--quiet",
+    )
+    (run_dir,) = list(tmp_path.iterdir())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["epochs_run"] == 3  # epoch 1 sets the best; 2 and 3 fail to beat it
+    assert summary["best_epoch"] == 1
+    assert "early stopping after epoch 3" in summary["stop_reason"]
+    assert not (run_dir / "checkpoint_epoch_4.pt").exists()
+
+
+def test_sweep_then_runs_compares_what_differs(mnist_dir, tmp_path):
+    swept = runner.invoke(
+        app,
+        [
+            "sweep",
+            "--grid",
+            "lr=0.001,0.003",
+            "--set",
+            "epochs=1",
+            "--set",
+            "data.max_train_images=512",
+            "--set",
+            "data.validation_size=500",
+            "--set",
+            f"data.data_dir={mnist_dir}",
+            "--set",
+            "device=cpu",
+            "--runs-dir",
+            str(tmp_path),
+        ],
+    )
+    assert swept.exit_code == 0, swept.output
+    records = list_runs(tmp_path)
+    assert [record.config["lr"] for record in records] == [0.001, 0.003]
+    assert all(record.name.endswith(f"run-lr={record.config['lr']}") for record in records)
+
+    record_test_accuracy(records[0].path / "best_model.pt", 0.5)
+    listed = runner.invoke(app, ["runs", "--runs-dir", str(tmp_path), "--format", "json"])
+    assert listed.exit_code == 0, listed.output
+    rows = json.loads(listed.output)
+    assert [row["lr"] for row in rows] == [0.001, 0.003]
+    assert "epochs" in rows[0] and "batch_size" not in rows[0]  # only what differs
+    assert rows[0]["test_accuracy"] == 0.5 and rows[1]["test_accuracy"] is None
+    assert all(0 < row["best_validation_accuracy"] <= 1 for row in rows)
+
+    as_csv = runner.invoke(app, ["runs", "--runs-dir", str(tmp_path), "--format", "csv"])
+    assert list(csv.DictReader(as_csv.output.splitlines()))[1]["lr"] == "0.003"
+
+    plot = tmp_path / "curves.png"
+    chosen = runner.invoke(
+        app,
+        ["runs", "lr=0.003", "--runs-dir", str(tmp_path), "--plot", str(plot), "--format", "json"],
+    )
+    assert chosen.exit_code == 0, chosen.output
+    assert [row["run"][-8:] for row in json.loads(chosen.output)] == ["lr=0.003"]
+    assert plot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_runs_with_nothing_to_list_says_so(tmp_path):
+    result = runner.invoke(app, ["runs", "--runs-dir", str(tmp_path)])
+    assert result.exit_code == 1 and "no runs found" in result.output
+
+
+def test_sweep_rejects_a_bad_grid_before_training(tmp_path):
+    result = runner.invoke(app, ["sweep", "--grid", "lr", "--runs-dir", str(tmp_path)])
+    assert result.exit_code == 2 and "KEY=V1,V2" in result.output
+    result = runner.invoke(
+        app, ["sweep", "--grid", "schedule.name=step,linear", "--runs-dir", str(tmp_path)]
+    )
+    assert result.exit_code == 2 and "schedule.name must be one of" in result.output
+    assert not any(tmp_path.iterdir())
