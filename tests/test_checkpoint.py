@@ -1,3 +1,4 @@
+import hashlib
 import os
 import pickle
 from pathlib import Path
@@ -6,11 +7,15 @@ import pytest
 import torch
 
 from mnist_classifier.checkpoint import (
+    PAUSE_INSIDE_SAVE,
     CheckpointError,
     build_payload,
     check_output_dir,
+    copy_checkpoint,
     load_checkpoint,
+    remove_stale_temporaries,
     save_checkpoint,
+    trust_checkpoint,
 )
 from mnist_classifier.config import ConfigError, TrainConfig
 from mnist_classifier.model import SimpleCNN
@@ -44,7 +49,10 @@ def test_round_trip_restores_weights_and_metadata(tmp_path):
     assert not loaded.model.training
     # Tensors and plain values only: the strict loader reads it without any allow-list.
     torch.load(path, weights_only=True)
-    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]  # no temporary left behind
+    # The file and its sha256sum-format digest, and no temporary left behind.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt", "model.pt.sha256"]
+    digest_line = (tmp_path / "model.pt.sha256").read_text()
+    assert digest_line == f"{hashlib.sha256(path.read_bytes()).hexdigest()}  model.pt\n"
 
 
 def test_missing_checkpoint_says_to_train_first(tmp_path):
@@ -56,6 +64,9 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path):
     path = tmp_path / "model.pt"
     save_checkpoint(path, _payload())
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="model.pt does not match its digest"):
+        load_checkpoint(path)
+    trust_checkpoint(path)  # even when someone vouches for it, it is not readable
     with pytest.raises(CheckpointError, match="model.pt is not a readable PyTorch checkpoint"):
         load_checkpoint(path)
 
@@ -63,6 +74,7 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path):
 def test_a_text_file_is_not_a_checkpoint(tmp_path):
     path = tmp_path / "notes.pt"
     path.write_text("hello")
+    trust_checkpoint(path)
     with pytest.raises(CheckpointError, match="notes.pt is not a readable PyTorch checkpoint"):
         load_checkpoint(path)
 
@@ -70,6 +82,7 @@ def test_a_text_file_is_not_a_checkpoint(tmp_path):
 def test_a_foreign_state_dict_is_not_our_checkpoint(tmp_path):
     path = tmp_path / "foreign.pt"
     torch.save(SimpleCNN().state_dict(), path)
+    trust_checkpoint(path)
     with pytest.raises(CheckpointError, match="not a mnist-classifier checkpoint"):
         load_checkpoint(path)
 
@@ -104,6 +117,7 @@ def test_a_checkpoint_carrying_code_is_refused_and_the_code_never_runs(tmp_path,
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pt"
     torch.save(_payload(loss=_CreatesAFile(marker)), path, pickle_protocol=protocol)
+    trust_checkpoint(path)  # so that the refusal comes from the loader itself
     with pytest.raises(CheckpointError, match="evil.pt was refused.*could run code"):
         load_checkpoint(path)
     assert not marker.exists()
@@ -119,3 +133,69 @@ def test_output_dir_that_cannot_be_written_is_a_config_error(tmp_path):
         read_only.mkdir(mode=0o500)
         with pytest.raises(ConfigError):
             check_output_dir(read_only)
+
+
+def test_a_single_flipped_byte_in_tensor_data_is_detected(tmp_path):
+    path = tmp_path / "model.pt"
+    model = SimpleCNN()
+    save_checkpoint(path, _payload(model))
+    content = bytearray(path.read_bytes())
+    # Flip a byte inside fc1's weights (the bulk of the file), not in the zip's directory.
+    weights = model.fc1.weight.detach().numpy().tobytes()
+    offset = bytes(content).find(weights[:64])
+    assert offset > 0
+    content[offset + 1000] ^= 0x01
+    path.write_bytes(bytes(content))
+    with pytest.raises(CheckpointError, match="does not match its digest"):
+        load_checkpoint(path)
+
+
+def test_a_checkpoint_without_its_digest_file_is_refused(tmp_path):
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, _payload())
+    (tmp_path / "model.pt.sha256").unlink()
+    with pytest.raises(CheckpointError, match="no digest file model.pt.sha256.*sha256sum"):
+        load_checkpoint(path)
+
+
+def test_an_interrupted_save_leaves_a_file_its_digest_vouches_for(tmp_path, monkeypatch):
+    path = tmp_path / "best_model.pt"
+    save_checkpoint(path, _payload(epoch=1))
+    old_bytes = path.read_bytes()
+
+    real_replace = os.replace
+
+    def killed_before_the_rename(source, destination):
+        if Path(destination) == path:  # the checkpoint itself, not its digest file
+            raise KeyboardInterrupt  # stands in for the process dying here
+        real_replace(source, destination)
+
+    monkeypatch.setattr(os, "replace", killed_before_the_rename)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, _payload(epoch=2))
+    monkeypatch.undo()
+    # The old file is still there and still verifies, though the digest file lists both.
+    assert path.read_bytes() == old_bytes
+    assert len((tmp_path / "best_model.pt.sha256").read_text().splitlines()) == 2
+    assert load_checkpoint(path).epoch == 1
+
+
+def test_stale_temporaries_are_removed(tmp_path):
+    stale = tmp_path / ".checkpoint_epoch_3.pt.abcd1234.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    keep = tmp_path / "checkpoint_epoch_2.pt"
+    keep.write_bytes(b"x")
+    assert remove_stale_temporaries(tmp_path) == [stale]
+    assert not stale.exists() and keep.exists()
+
+
+def test_copy_is_verified_and_carries_its_digest(tmp_path):
+    source = tmp_path / "a.pt"
+    save_checkpoint(source, _payload())
+    copy_checkpoint(source, tmp_path / "stage" / "best_model.pt")
+    assert load_checkpoint(tmp_path / "stage" / "best_model.pt").epoch == 3
+    source.write_bytes(source.read_bytes()[:-10])
+    with pytest.raises(CheckpointError):
+        copy_checkpoint(source, tmp_path / "stage2" / "best_model.pt")
+    assert not (tmp_path / "stage2" / "best_model.pt").exists()
+    assert PAUSE_INSIDE_SAVE == 0.0  # the crash test's hook is off in normal use

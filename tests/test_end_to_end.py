@@ -26,7 +26,7 @@ def test_lab_commands_train_one_epoch_then_evaluate_above_97_percent(mnist_dir, 
     training = _run([str(REPO_ROOT / "train_mnist.py"), "--epochs", "1"], cwd=tmp_path)
     assert "Checkpoint saved: models/staging/mnist/checkpoint_epoch_1.pt" in training
     staging = tmp_path / "models" / "staging" / "mnist"
-    assert sorted(path.name for path in staging.iterdir()) == [
+    assert sorted(path.name for path in staging.glob("*.pt")) == [
         "best_model.pt",
         "checkpoint_epoch_1.pt",
     ]

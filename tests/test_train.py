@@ -26,8 +26,9 @@ def _small_config(mnist_dir, output_dir, **overrides):
 def test_writes_the_labs_checkpoints_with_the_labs_keys(mnist_dir, tmp_path):
     result = train(_small_config(mnist_dir, tmp_path))
 
-    names = sorted(path.name for path in tmp_path.iterdir())
+    names = sorted(path.name for path in tmp_path.glob("*.pt"))
     assert names == ["best_model.pt", "checkpoint_epoch_1.pt", "checkpoint_epoch_2.pt"]
+    assert all((tmp_path / f"{name}.sha256").is_file() for name in names)
     raw = torch.load(tmp_path / "checkpoint_epoch_2.pt", weights_only=True)
     for key in ("model_state_dict", "optimizer_state_dict", "epoch", "loss", "accuracy"):
         assert key in raw

@@ -1,15 +1,24 @@
-"""Checkpoint files: what goes in them, and the one safe way to read them back.
+"""Checkpoint files: what goes in them, how they are written, and the one way to read them.
 
 A checkpoint is a dict of tensors and plain values only (schema below), so that
 `torch.load(..., weights_only=True)` reads it and no file can run code on load.
+
+Writing survives a crash at any instant. Each checkpoint has a sidecar `<name>.sha256` in
+`sha256sum` format. A save writes the new file to a temporary name and fsyncs it, adds the new
+digest to the sidecar (which then accepts the old file and the new one), renames the file into
+place, fsyncs the folder, and finally rewrites the sidecar with the new digest alone. Whenever
+the process dies, the file on disk is the old one or the new one, and the sidecar vouches for
+it; a stray temporary is ignored and removed at the next start.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import re
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,10 +26,13 @@ from typing import Any
 import torch
 
 from mnist_classifier.config import ConfigError, TrainConfig, config_from_dict
+from mnist_classifier.data import sha256_of
 from mnist_classifier.model import SimpleCNN
 
 SCHEMA_VERSION = 1
 ARCHITECTURE = "SimpleCNN"
+DIGEST_SUFFIX = ".sha256"
+TEMPORARY_SUFFIX = ".tmp"
 # The lab's keys first; the rest are ours.
 REQUIRED_KEYS = (
     "model_state_dict",
@@ -32,10 +44,17 @@ REQUIRED_KEYS = (
     "architecture",
     "config",
 )
+# Seconds to sleep inside a save, between writing and renaming; only the crash test sets it,
+# to make "killed in the middle of a save" a wide enough target.
+PAUSE_INSIDE_SAVE = 0.0
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint is missing, unreadable, not ours, or of another architecture; names the file."""
+    """A checkpoint is missing, unreadable, altered, not ours, or of another architecture."""
+
+
+class CheckpointSaveError(RuntimeError):
+    """A checkpoint could not be written; the files that were there before are untouched."""
 
 
 @dataclass(frozen=True)
@@ -49,21 +68,118 @@ class LoadedCheckpoint:
     raw: dict[str, Any]
 
 
-def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """Write atomically: a reader, or a crash, sees the old file or the new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def digest_path(path: Path) -> Path:
+    return path.with_name(path.name + DIGEST_SUFFIX)
+
+
+def _fsync_directory(directory: Path) -> None:
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _write_file_atomically(path: Path, write, before_rename=None) -> None:
+    """`write(handle)` to a temporary beside `path`, fsync it, call `before_rename(temporary)`,
+    rename it over `path`, fsync the folder. On any failure the temporary is removed."""
     descriptor, temporary = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
+        dir=path.parent, prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX
     )
     try:
         with os.fdopen(descriptor, "wb") as handle:
-            torch.save(payload, handle)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        if before_rename is not None:
+            before_rename(Path(temporary))
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+    _fsync_directory(path.parent)
+
+
+def _write_digests(path: Path, digests: list[str]) -> None:
+    lines = "".join(f"{digest}  {path.name}\n" for digest in digests)
+    _write_file_atomically(digest_path(path), lambda handle: handle.write(lines.encode()))
+
+
+def _accepted_digests(path: Path) -> list[str]:
+    try:
+        lines = digest_path(path).read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return []
+    return [line.split()[0] for line in lines if line.strip()]
+
+
+def _current_digest(path: Path) -> list[str]:
+    """The digest of the file now at `path`, if its sidecar vouches for it; else nothing."""
+    if not path.exists():
+        return []
+    current = sha256_of(path)
+    return [current] if current in _accepted_digests(path) else []
+
+
+def trust_checkpoint(path: Path) -> str:
+    """Record the digest of a file as it is now: for checkpoints you obtained and trust."""
+    digest = sha256_of(path)
+    _write_digests(Path(path), [digest])
+    return digest
+
+
+def _commit_with_digest(path: Path, write) -> str:
+    """The save protocol of the module docstring; returns the new file's SHA-256."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new_digest = ""
+
+    def vouch_for_both(temporary: Path) -> None:
+        nonlocal new_digest
+        new_digest = sha256_of(temporary)
+        _write_digests(path, [*_current_digest(path), new_digest])
+        if PAUSE_INSIDE_SAVE:
+            time.sleep(PAUSE_INSIDE_SAVE)
+
+    _write_file_atomically(path, write, before_rename=vouch_for_both)
+    _write_digests(path, [new_digest])
+    return new_digest
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> str:
+    """Write `payload` to `path` crash-safely (see the module docstring); returns its SHA-256.
+
+    Raises CheckpointSaveError, leaving every earlier file as it was, when the write fails,
+    e.g. with no space left on the device.
+    """
+    try:
+        return _commit_with_digest(path, lambda handle: torch.save(payload, handle))
+    except OSError as error:
+        reason = "no space left on the device" if error.errno == errno.ENOSPC else str(error)
+        raise CheckpointSaveError(
+            f"could not save {path}: {reason}; the checkpoints saved before are intact"
+        ) from None
+
+
+def remove_stale_temporaries(directory: Path) -> list[Path]:
+    """Delete the temporaries a killed save left behind; returns what was removed."""
+    if not directory.is_dir():
+        return []
+    stale = [path for path in directory.glob(f".*{TEMPORARY_SUFFIX}") if path.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+def delete_checkpoint(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    digest_path(path).unlink(missing_ok=True)
+
+
+def copy_checkpoint(source: Path, destination: Path) -> str:
+    """Copy a checkpoint that verifies, with the same crash-safe protocol as a save."""
+    load_checkpoint(source)  # never copy what would not load
+    data = Path(source).read_bytes()
+    return _commit_with_digest(destination, lambda handle: handle.write(data))
 
 
 def build_payload(
@@ -96,6 +212,19 @@ def load_checkpoint(path: Path | str) -> LoadedCheckpoint:
         raise CheckpointError(
             f"checkpoint not found: {path}. Train a model first: python train_mnist.py "
             "(or mnist train), then check it exists: ls -lh ./models/staging/mnist/"
+        )
+    accepted = _accepted_digests(path)
+    if not accepted:
+        raise CheckpointError(
+            f"{path} has no digest file {digest_path(path).name} beside it, so it cannot be "
+            f"verified; if you trust the file, create one: sha256sum {path.name} > "
+            f"{digest_path(path).name}"
+        )
+    actual = sha256_of(path)
+    if actual not in accepted:
+        raise CheckpointError(
+            f"{path} does not match its digest (SHA-256 {actual[:16]}..., expected "
+            f"{accepted[-1][:16]}...): the file is truncated or altered"
         )
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)

@@ -105,6 +105,20 @@ def train(
     name: Annotated[
         str | None, typer.Option(help="The run's name, after its start time. [default: run]")
     ] = None,
+    keep_last: Annotated[
+        int | None,
+        typer.Option(help="Keep only the newest K epoch checkpoints (0 = all). [default: 0]"),
+    ] = None,
+    resume: Annotated[
+        str | None,
+        typer.Option(
+            help="Continue a run exactly: a checkpoint_epoch_N.pt path, or 'auto' for the "
+            "newest valid one in the output (or latest run) directory."
+        ),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Resume even though batch size, seed, etc. changed.")
+    ] = False,
     assignments: SetOption = None,
     quiet: QuietOption = False,
 ) -> None:
@@ -128,9 +142,10 @@ def train(
         "data.max_train_images": max_train_images,
         "runs_dir": str(runs_dir) if runs_dir else None,
         "name": name,
+        "keep_last": keep_last,
     }
     config = _resolve_config(config_file, assignments, overrides)
-    _train_one_run(config, quiet)
+    _train_one_run(config, quiet, resume=resume, force=force)
 
 
 def _resolve_config(config_file: Path | None, assignments: list[str] | None, overrides: dict):
@@ -150,20 +165,47 @@ def _resolve_config(config_file: Path | None, assignments: list[str] | None, ove
     return config
 
 
-def _train_one_run(config, quiet: bool) -> Path:
-    """Train in a new run directory, printing progress; returns the run directory."""
+def _train_one_run(config, quiet: bool, resume: str | None = None, force: bool = False) -> Path:
+    """Train in a run directory (a new one, or the resumed run's), printing progress."""
+    from mnist_classifier.checkpoint import CheckpointError, CheckpointSaveError
     from mnist_classifier.data import DataError
     from mnist_classifier.reporting import ConsoleTrainingObserver, print_run_dir
-    from mnist_classifier.runs import RunRecorder, create_run_dir
+    from mnist_classifier.runs import RunRecorder, create_run_dir, latest_run_dir
+    from mnist_classifier.train import ResumeError, TrainingDiverged, find_resume_checkpoint
     from mnist_classifier.train import train as run_training
 
-    run_dir = create_run_dir(config.runs_dir, config.name)
-    print_run_dir(run_dir)
-    try:
-        run_training(
-            config, [ConsoleTrainingObserver(quiet=quiet), RunRecorder(run_dir)], run_dir=run_dir
+    resume_from = None
+    if resume == "auto":
+        search_dir = (
+            Path(config.output_dir)
+            if config.output_dir
+            else latest_run_dir(config.runs_dir, config.name)
         )
-    except DataError as error:
+        try:
+            resume_from, skipped = find_resume_checkpoint(search_dir) if search_dir else (None, [])
+        except ResumeError as error:
+            raise _fail(str(error), EXIT_FAILURE) from None
+        for line in skipped:
+            print(line)
+        print(
+            f"Resuming from {resume_from}"
+            if resume_from
+            else "No checkpoint to resume: starting fresh"
+        )
+    elif resume:
+        resume_from = Path(resume)
+    # A checkpoint inside a run directory continues that run's logs; otherwise start new ones.
+    if resume_from is not None and (resume_from.parent / "config.yaml").is_file():
+        run_dir = resume_from.parent
+    else:
+        run_dir = create_run_dir(config.runs_dir, config.name)
+    print_run_dir(run_dir)
+    observers = [ConsoleTrainingObserver(quiet=quiet), RunRecorder(run_dir)]
+    try:
+        run_training(config, observers, run_dir=run_dir, resume_from=resume_from, force=force)
+    except ResumeError as error:
+        raise _fail(str(error), EXIT_USAGE) from None
+    except (DataError, CheckpointError, CheckpointSaveError, TrainingDiverged) as error:
         raise _fail(str(error), EXIT_FAILURE) from None
     return run_dir
 

@@ -145,6 +145,9 @@ class TrainConfig:
     runs_dir: str = "./runs"  # each run writes <runs_dir>/<UTC time>-<name>/
     name: str = "run"
     output_dir: str = ""  # where checkpoints go; "" = the run's own directory
+    keep_last: int = (
+        0  # keep only the newest K epoch checkpoints (best and resumed-from stay); 0 = all
+    )
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -169,6 +172,7 @@ class TrainConfig:
         _require(
             self.eval_batch_size >= 1, "eval_batch_size", "must be at least 1", self.eval_batch_size
         )
+        _require(self.keep_last >= 0, "keep_last", "must be 0 (keep all) or more", self.keep_last)
         _require(
             bool(self.name) and "/" not in self.name and not self.name.startswith("."),
             "name",

@@ -18,6 +18,7 @@ import csv
 import itertools
 import json
 import platform
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -57,6 +58,19 @@ def create_run_dir(runs_dir: Path | str, name: str) -> Path:
         except FileExistsError:
             continue
     raise AssertionError("unreachable")
+
+
+def latest_run_dir(runs_dir: Path | str, name: str) -> Path | None:
+    """The newest run directory of that name (they sort by their UTC start time)."""
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        return None
+    matching = sorted(
+        path
+        for path in runs_dir.iterdir()
+        if path.is_dir() and re.fullmatch(rf"\d{{8}}-\d{{6}}-{re.escape(name)}(-\d+)?", path.name)
+    )
+    return matching[-1] if matching else None
 
 
 def _git(*arguments: str) -> str | None:
@@ -110,12 +124,32 @@ class RunRecorder(TrainingObserver):
 
         self.config = config
         (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-        (self.run_dir / "provenance.json").write_text(
-            json.dumps(provenance(config.seed, setup), indent=2) + "\n"
-        )
-        with open(self.run_dir / "metrics.csv", "w", newline="") as handle:
-            csv.writer(handle).writerow(METRIC_COLUMNS)
-        self.writer = SummaryWriter(log_dir=str(self.run_dir))
+        provenance_path = self.run_dir / "provenance.json"
+        this_start = provenance(config.seed, setup)
+        if setup.start_epoch > 1 and provenance_path.is_file():
+            # A resumed run keeps its origin and adds this start to the record.
+            record = json.loads(provenance_path.read_text())
+            record.setdefault("resumptions", []).append(
+                {"from_epoch": setup.start_epoch - 1, **this_start}
+            )
+        else:
+            record = this_start
+        _write_json(provenance_path, record)
+
+        metrics_path = self.run_dir / "metrics.csv"
+        kept: list[dict[str, str]] = []
+        if setup.start_epoch > 1 and metrics_path.is_file():
+            with open(metrics_path, newline="") as handle:
+                kept = [
+                    row for row in csv.DictReader(handle) if int(row["epoch"]) < setup.start_epoch
+                ]
+        self.rows = [{key: float(value) for key, value in row.items()} for row in kept]
+        with open(metrics_path, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS)
+            writer.writeheader()
+            writer.writerows(kept)
+        # purge_step hides events a killed run logged beyond the epoch it resumes from.
+        self.writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=setup.start_epoch)
         images = setup.validation_images.unsqueeze(1)  # (N, 1, 28, 28) uint8
         self.writer.add_image("validation_batch", make_grid(images, nrow=8, pad_value=255), 0)
 

@@ -7,18 +7,30 @@ prints, runs.py records); the default observer does nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import random
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from mnist_classifier.batching import Split, normalize, shuffled_batches, split_train_validation
-from mnist_classifier.checkpoint import build_payload, save_checkpoint
-from mnist_classifier.config import ConfigError, TrainConfig
+from mnist_classifier.checkpoint import (
+    CheckpointError,
+    LoadedCheckpoint,
+    build_payload,
+    delete_checkpoint,
+    load_checkpoint,
+    remove_stale_temporaries,
+    save_checkpoint,
+)
+from mnist_classifier.config import ConfigError, TrainConfig, flatten
 from mnist_classifier.data import MnistFiles, ensure_mnist, load_split
 from mnist_classifier.device import autocast, memory_format_for, resolve_device, resolve_precision
 from mnist_classifier.evaluate import evaluate
@@ -38,6 +50,7 @@ class TrainSetup:
     parameter_count: int
     checkpoint_dir: Path
     validation_images: torch.Tensor  # the first validation images, uint8 (N, 28, 28), CPU
+    start_epoch: int  # 1, or the epoch after the checkpoint a resumed run continues from
 
 
 @dataclass(frozen=True)
@@ -188,12 +201,129 @@ class EarlyStopping:
         return 0 < self.patience <= self.epochs_without_improvement
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss or a metric became NaN or infinite; nothing from that epoch was saved."""
+
+
+class ResumeError(RuntimeError):
+    """A run cannot be resumed from the given checkpoint(s); says which and why."""
+
+
+# Changing these between a checkpoint and its resumption would silently change the run.
+RESUME_MUST_MATCH = (
+    "batch_size",
+    "lr",
+    "label_smoothing",
+    "seed",
+    "schedule.name",
+    "schedule.warmup_epochs",
+    "schedule.step_size",
+    "schedule.gamma",
+    "data.validation_size",
+    "data.split_seed",
+    "data.max_train_images",
+)
+
+
+def rng_states(batch_order_generator: torch.Generator) -> dict:
+    """Every random stream training draws from, as tensors and plain values."""
+    numpy_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": random.getstate(),
+        "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
+        "batch_order": batch_order_generator.get_state(),
+    }
+
+
+def restore_rng_states(states: dict, batch_order_generator: torch.Generator) -> None:
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, *rest = states["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
+    batch_order_generator.set_state(states["batch_order"])
+
+
+def check_resumable(checkpoint: LoadedCheckpoint, config: TrainConfig, data_sha256: dict) -> None:
+    """Refuse a resumption that would not continue the same run (override with --force)."""
+    saved, wanted = flatten(checkpoint.config.to_dict()), flatten(config.to_dict())
+    keys = list(RESUME_MUST_MATCH)
+    if config.schedule.name in ("cosine", "onecycle"):
+        keys.append("epochs")  # these schedules are laid out over the whole run
+    changed = [
+        f"{key} {saved[key]!r} -> {wanted[key]!r}" for key in keys if saved[key] != wanted[key]
+    ]
+    if checkpoint.raw.get("data_sha256") != data_sha256:
+        changed.append("the data set's digests")
+    if "rng_state" not in checkpoint.raw:
+        changed.append("the checkpoint holds no training state to resume")
+    if changed:
+        raise ResumeError(
+            f"refusing to resume from {checkpoint.path}: {'; '.join(changed)} "
+            "(use --force to resume anyway)"
+        )
+
+
+def _epoch_number(path: Path) -> int:
+    match = re.fullmatch(r"checkpoint_epoch_(\d+)\.pt", path.name)
+    return int(match.group(1)) if match else -1
+
+
+def epoch_checkpoints(directory: Path) -> list[Path]:
+    """checkpoint_epoch_N.pt files in `directory`, newest epoch first."""
+    if not directory.is_dir():
+        return []
+    found = [path for path in directory.glob("checkpoint_epoch_*.pt") if _epoch_number(path) > 0]
+    return sorted(found, key=_epoch_number, reverse=True)
+
+
+def find_resume_checkpoint(directory: Path) -> tuple[Path | None, list[str]]:
+    """The newest epoch checkpoint that passes every check, and why newer ones were skipped.
+
+    None when there are no checkpoints at all; ResumeError when there are some but none is valid,
+    so a run never silently starts again from scratch.
+    """
+    skipped = []
+    candidates = epoch_checkpoints(directory)
+    for path in candidates:
+        try:
+            load_checkpoint(path)
+        except CheckpointError as error:
+            skipped.append(f"skipped {path.name}: {error}")
+            continue
+        return path, skipped
+    if candidates:
+        raise ResumeError(
+            f"no valid checkpoint to resume from in {directory}:\n  " + "\n  ".join(skipped)
+        )
+    return None, skipped
+
+
+def _epoch_record(result: EpochResult) -> dict:
+    return {**dataclasses.asdict(result), "checkpoint": str(result.checkpoint)}
+
+
+def _epoch_from_record(record: dict) -> EpochResult:
+    return EpochResult(**{**record, "checkpoint": Path(record["checkpoint"])})
+
+
 def train(
     config: TrainConfig,
     observer: TrainingObserver | Sequence[TrainingObserver] | None = None,
     run_dir: Path | None = None,
+    resume_from: Path | None = None,
+    force: bool = False,
 ) -> TrainResult:
-    """Train per `config`; checkpoints go to `config.output_dir`, or else to `run_dir`."""
+    """Train per `config`; checkpoints go to `config.output_dir`, or else to `run_dir`.
+
+    `resume_from` continues a run from an epoch checkpoint exactly where it stopped: same
+    weights, optimizer and schedule state, early-stopping counters and random streams, so the
+    result is bit-identical to a run that was never interrupted (on the same device).
+    """
     if not isinstance(observer, TrainingObserver):
         observer = Observers(observer or [])
     if not config.output_dir and run_dir is None:
@@ -225,6 +355,28 @@ def train(
         config.early_stopping.patience,
         config.early_stopping.min_delta,
     )
+    result = TrainResult(
+        config=config, device=str(device), precision=precision, checkpoint_dir=checkpoint_dir
+    )
+    best_validation_accuracy = -1.0
+    global_step = 0
+    start_epoch = 1
+    remove_stale_temporaries(checkpoint_dir)  # what a killed save left behind
+    if resume_from is not None:
+        resumed = load_checkpoint(resume_from)
+        if not force:
+            check_resumable(resumed, config, dict(mnist_files.sha256))
+        state = resumed.raw
+        model.load_state_dict(state["model_state_dict"])
+        optimizer.load_state_dict(state["optimizer_state_dict"])
+        if scheduler is not None and state.get("scheduler_state_dict"):
+            scheduler.load_state_dict(state["scheduler_state_dict"])
+        restore_rng_states(state["rng_state"], batch_order_generator)
+        result.epochs.extend(_epoch_from_record(record) for record in state["history"])
+        best_validation_accuracy = max(epoch.validation_accuracy for epoch in result.epochs)
+        early_stopping.best, early_stopping.epochs_without_improvement = state["early_stopping"]
+        global_step = state["global_step"]
+        start_epoch = state["epoch"] + 1
 
     setup = TrainSetup(
         device=device,
@@ -236,14 +388,11 @@ def train(
         parameter_count=count_parameters(model),
         checkpoint_dir=checkpoint_dir,
         validation_images=validation_split.images[:64].cpu(),
+        start_epoch=start_epoch,
     )
     observer.started(config, setup)
-    result = TrainResult(
-        config=config, device=str(device), precision=precision, checkpoint_dir=checkpoint_dir
-    )
-    best_validation_accuracy = -1.0
 
-    for epoch in range(1, config.epochs + 1):
+    for epoch in range(start_epoch, config.epochs + 1):
         observer.epoch_started(epoch, config.epochs, len(train_split))
         learning_rate = optimizer.param_groups[0]["lr"]
         model.train()
@@ -265,6 +414,7 @@ def train(
             grad_scaler.update()
             if scheduler is not None:
                 scheduler.step()
+            global_step += 1
 
             loss_sum += loss.detach() * len(labels)
             correct += (logits.argmax(dim=1) == labels).sum()
@@ -282,11 +432,30 @@ def train(
             device=device,
             precision=precision,
         )
-        is_best = validation.accuracy > best_validation_accuracy
-        best_validation_accuracy = max(best_validation_accuracy, validation.accuracy)
-
         train_loss = loss_sum.item() / images_seen
         train_accuracy = correct.item() / images_seen
+        if not (math.isfinite(train_loss) and math.isfinite(validation.loss)):
+            raise TrainingDiverged(
+                f"training diverged in epoch {epoch}: training loss {train_loss}, validation "
+                f"loss {validation.loss}; nothing from this epoch was saved. Try a lower --lr."
+            )
+        is_best = validation.accuracy > best_validation_accuracy
+        best_validation_accuracy = max(best_validation_accuracy, validation.accuracy)
+        checkpoint_path = checkpoint_dir / f"checkpoint_epoch_{epoch}.pt"
+        epoch_result = EpochResult(
+            epoch=epoch,
+            learning_rate=learning_rate,
+            train_loss=train_loss,
+            train_accuracy=train_accuracy,
+            validation_loss=validation.loss,
+            validation_accuracy=validation.accuracy,
+            seconds=train_seconds,
+            images_per_second=images_seen / train_seconds,
+            checkpoint=checkpoint_path,
+            is_best=is_best,
+        )
+        result.epochs.append(epoch_result)
+        stop = early_stopping.should_stop(epoch_result)
         payload = build_payload(
             model=model,
             optimizer=optimizer,
@@ -302,28 +471,27 @@ def train(
                 "device": str(device),
                 "data_sha256": dict(mnist_files.sha256),
                 "torch_version": str(torch.__version__),  # TorchVersion is not a plain str
+                # What an exact resume needs, all tensors and plain values:
+                "scheduler_state_dict": scheduler.state_dict() if scheduler is not None else {},
+                "rng_state": rng_states(batch_order_generator),
+                "global_step": global_step,
+                "early_stopping": [early_stopping.best, early_stopping.epochs_without_improvement],
+                "history": [_epoch_record(past) for past in result.epochs],
             },
         )
-        checkpoint_path = checkpoint_dir / f"checkpoint_epoch_{epoch}.pt"
-        save_checkpoint(checkpoint_path, payload)
+        # The best model first: once an epoch's checkpoint exists, best_model.pt is at least
+        # as new, whenever the process is killed.
         if is_best:
             save_checkpoint(checkpoint_dir / "best_model.pt", payload)
+        save_checkpoint(checkpoint_path, payload)
+        if config.keep_last:
+            keep = {checkpoint_path, result.best.checkpoint, Path(resume_from or "")}
+            for old in epoch_checkpoints(checkpoint_dir)[config.keep_last :]:
+                if old not in keep:
+                    delete_checkpoint(old)
 
-        epoch_result = EpochResult(
-            epoch=epoch,
-            learning_rate=learning_rate,
-            train_loss=train_loss,
-            train_accuracy=train_accuracy,
-            validation_loss=validation.loss,
-            validation_accuracy=validation.accuracy,
-            seconds=train_seconds,
-            images_per_second=images_seen / train_seconds,
-            checkpoint=checkpoint_path,
-            is_best=is_best,
-        )
-        result.epochs.append(epoch_result)
         observer.epoch_done(epoch_result)
-        if early_stopping.should_stop(epoch_result):
+        if stop:
             stopping = config.early_stopping
             result.stop_reason = (
                 f"early stopping after epoch {epoch}: {stopping.metric} did not improve by more "

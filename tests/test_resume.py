@@ -1,0 +1,223 @@
+"""Exact resume: a run killed after epoch k and resumed in a fresh process ends bit-identical."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import REPO_ROOT
+
+from mnist_classifier import train as train_module
+from mnist_classifier.checkpoint import CheckpointSaveError, digest_path
+from mnist_classifier.config import make_config
+from mnist_classifier.train import (
+    ResumeError,
+    TrainingDiverged,
+    find_resume_checkpoint,
+    train,
+)
+
+pytestmark = pytest.mark.slow
+EPOCHS = 4
+
+
+def _settings(mnist_dir, output_dir, **overrides):
+    return {
+        "epochs": EPOCHS,
+        "batch_size": 64,
+        "data.max_train_images": 384,
+        "data.validation_size": 300,
+        "data.data_dir": str(mnist_dir),
+        "output_dir": str(output_dir),
+        "device": "cpu",
+        "schedule.name": "onecycle",  # a schedule whose state matters
+        **overrides,
+    }
+
+
+def _worker(settings, record, *arguments):
+    completed = subprocess.run(
+        [
+            sys.executable,
+            str(REPO_ROOT / "tests" / "resume_worker.py"),
+            json.dumps(settings),
+            str(record),
+            *arguments,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr
+    return torch.load(record, weights_only=True)
+
+
+def _state_equal(first, second):
+    if isinstance(first, torch.Tensor):
+        return torch.equal(first, second)
+    if isinstance(first, dict):
+        return first.keys() == second.keys() and all(
+            _state_equal(first[k], second[k]) for k in first
+        )
+    if isinstance(first, (list, tuple)):
+        return len(first) == len(second) and all(map(_state_equal, first, second))
+    return first == second
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(mnist_dir, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    record = _worker(_settings(mnist_dir, folder / "checkpoints"), folder / "record.pt")
+    return folder / "checkpoints", record
+
+
+@pytest.mark.parametrize("killed_after", [1, 2, 3])
+def test_resume_in_a_fresh_process_is_bit_identical(
+    mnist_dir, tmp_path, uninterrupted, killed_after
+):
+    full_dir, full = uninterrupted
+    # The state a run killed after epoch k leaves behind: its checkpoints up to k.
+    resumed_dir = tmp_path / "checkpoints"
+    resumed_dir.mkdir()
+    for epoch in range(1, killed_after + 1):
+        for path in (full_dir / f"checkpoint_epoch_{epoch}.pt",):
+            shutil.copy(path, resumed_dir / path.name)
+            shutil.copy(digest_path(path), digest_path(resumed_dir / path.name))
+    resume_from = resumed_dir / f"checkpoint_epoch_{killed_after}.pt"
+
+    resumed = _worker(
+        _settings(mnist_dir, resumed_dir), tmp_path / "record.pt", "--resume", str(resume_from)
+    )
+
+    steps_per_epoch = len(full["losses"]) // EPOCHS
+    assert resumed["losses"] == full["losses"][killed_after * steps_per_epoch :]
+    assert all(map(torch.equal, resumed["orders"], full["orders"][killed_after:]))
+    assert _state_equal(resumed["model"], full["model"])
+    assert _state_equal(resumed["optimizer"], full["optimizer"])
+
+
+def test_without_the_random_state_restore_the_resume_would_differ(
+    mnist_dir, tmp_path, uninterrupted
+):
+    full_dir, full = uninterrupted
+    resumed_dir = tmp_path / "checkpoints"
+    resumed_dir.mkdir()
+    source = full_dir / "checkpoint_epoch_2.pt"
+    shutil.copy(source, resumed_dir / source.name)
+    shutil.copy(digest_path(source), digest_path(resumed_dir / source.name))
+
+    resumed = _worker(
+        _settings(mnist_dir, resumed_dir),
+        tmp_path / "record.pt",
+        "--resume",
+        str(resumed_dir / source.name),
+        "--no-rng-restore",
+    )
+    assert not all(map(torch.equal, resumed["orders"], full["orders"][2:]))
+    assert not _state_equal(resumed["model"], full["model"])
+
+
+def test_resume_refuses_a_changed_batch_size_unless_forced(mnist_dir, tmp_path, uninterrupted):
+    full_dir, _ = uninterrupted
+    checkpoint = full_dir / "checkpoint_epoch_1.pt"
+    changed = make_config(_settings(mnist_dir, tmp_path, batch_size=32))
+    with pytest.raises(ResumeError, match="batch_size 64 -> 32.*--force"):
+        train(changed, resume_from=checkpoint)
+    other_seed = make_config(_settings(mnist_dir, tmp_path, seed=9))
+    with pytest.raises(ResumeError, match="seed 1 -> 9"):
+        train(other_seed, resume_from=checkpoint)
+    result = train(
+        make_config(_settings(mnist_dir, tmp_path, epochs=2, **{"schedule.name": "none"})),
+        resume_from=checkpoint,
+        force=True,
+    )
+    assert [epoch.epoch for epoch in result.epochs] == [1, 2]
+
+
+def test_auto_picks_the_newest_valid_checkpoint_and_says_what_it_skipped(tmp_path, uninterrupted):
+    full_dir, _ = uninterrupted
+    for path in full_dir.glob("checkpoint_epoch_*"):
+        shutil.copy(path, tmp_path / path.name)
+    newest = tmp_path / f"checkpoint_epoch_{EPOCHS}.pt"
+    content = bytearray(newest.read_bytes())
+    content[len(content) // 2] ^= 0xFF
+    newest.write_bytes(bytes(content))
+
+    chosen, skipped = find_resume_checkpoint(tmp_path)
+    assert chosen == tmp_path / f"checkpoint_epoch_{EPOCHS - 1}.pt"
+    assert len(skipped) == 1 and "does not match its digest" in skipped[0]
+
+    for path in tmp_path.glob("checkpoint_epoch_*.pt"):
+        path.write_bytes(b"garbage")
+    with pytest.raises(ResumeError, match="no valid checkpoint"):
+        find_resume_checkpoint(tmp_path)
+    assert find_resume_checkpoint(tmp_path / "empty") == (None, [])
+
+
+def test_a_nan_loss_stops_training_and_never_becomes_the_best(mnist_dir, tmp_path, monkeypatch):
+    calls = {"count": 0}
+    real_cross_entropy = F.cross_entropy
+
+    def nan_in_the_second_epoch(logits, labels, **kwargs):
+        calls["count"] += 1
+        loss = real_cross_entropy(logits, labels, **kwargs)
+        return loss * float("nan") if calls["count"] > 7 else loss  # 6 steps + 1 validation
+
+    monkeypatch.setattr(train_module.F, "cross_entropy", nan_in_the_second_epoch)
+    config = make_config(_settings(mnist_dir, tmp_path, **{"schedule.name": "none"}))
+    with pytest.raises(TrainingDiverged, match="diverged in epoch 2"):
+        train(config)
+    assert sorted(path.name for path in tmp_path.glob("*.pt")) == [
+        "best_model.pt",
+        "checkpoint_epoch_1.pt",
+    ]
+    best = torch.load(tmp_path / "best_model.pt", weights_only=True)
+    assert best["epoch"] == 1
+    assert all(torch.isfinite(tensor).all() for tensor in best["model_state_dict"].values())
+
+
+def test_a_full_disk_stops_the_run_and_leaves_earlier_checkpoints_intact(
+    mnist_dir, tmp_path, monkeypatch
+):
+    import errno
+
+    from mnist_classifier import checkpoint as checkpoint_module
+
+    config = make_config(_settings(mnist_dir, tmp_path, **{"schedule.name": "none"}))
+    real_save = torch.save
+    saves = {"count": 0}
+    before = {}
+
+    def disk_fills_up_at_the_third_save(payload, handle):
+        saves["count"] += 1
+        if saves["count"] <= 2:  # epoch 1: best_model.pt and checkpoint_epoch_1.pt
+            real_save(payload, handle)
+            return
+        # What is on disk now, but for this save's own temporary, must survive untouched.
+        before.update(
+            {p.name: p.read_bytes() for p in tmp_path.iterdir() if not p.name.startswith(".")}
+        )
+        handle.write(b"partial bytes")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", disk_fills_up_at_the_third_save)
+    with pytest.raises(CheckpointSaveError, match="no space left on the device"):
+        train(config)
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert len(before) == 4  # two checkpoints and their digests
+    assert after == before  # byte-identical, and no temporary left behind
+
+
+def test_keep_last_deletes_old_epochs_but_never_the_best(mnist_dir, tmp_path):
+    config = make_config(
+        _settings(mnist_dir, tmp_path, keep_last=1, lr=1e-12, **{"schedule.name": "none"})
+    )
+    train(config)  # a flat run: epoch 1 stays the best
+    assert sorted(path.name for path in tmp_path.glob("checkpoint_epoch_*.pt")) == [
+        "checkpoint_epoch_1.pt",
+        f"checkpoint_epoch_{EPOCHS}.pt",
+    ]
+    assert not (tmp_path / "checkpoint_epoch_2.pt.sha256").exists()
