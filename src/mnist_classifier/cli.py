@@ -543,3 +543,84 @@ def export(
     except OSError as error:
         raise _fail(f"cannot write {output}: {error.strerror or error}", EXIT_FAILURE) from None
     print_export(result)
+
+
+@app.command()
+def serve(
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="Checkpoint to serve (torch backend), instead of --stage.")
+    ] = None,
+    stage: Annotated[
+        str | None,
+        typer.Option(
+            help="Registry stage to serve: <models-dir>/<stage>/mnist/best_model.pt.",
+            show_default="production",
+        ),
+    ] = None,
+    models_dir: Annotated[Path, typer.Option(help="The model registry's folder.")] = Path(
+        "./models"
+    ),
+    backend: Annotated[str, typer.Option(help="torch or onnxruntime.")] = "torch",
+    model: Annotated[
+        Path | None, typer.Option(help="Exported .onnx model (onnxruntime backend).")
+    ] = None,
+    host: Annotated[
+        str, typer.Option(help="Address to listen on; 0.0.0.0 opens it to the network.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
+    timeout: Annotated[
+        float, typer.Option(min=0.01, help="Seconds a prediction may take before it answers 504.")
+    ] = 10.0,
+) -> None:
+    """Serve predictions over HTTP, with a page to draw a digit on at /.
+
+    The model is loaded once, now: a checkpoint through the safe loader (a registry stage by
+    default), or with --backend onnxruntime an exported --model. API: POST /predict,
+    POST /predict/batch, GET /model, GET /health; its schema at /openapi.json.
+    """
+    if backend not in PREDICT_BACKENDS:
+        raise _fail(
+            f"backend must be one of {', '.join(PREDICT_BACKENDS)} (got {backend!r})", EXIT_USAGE
+        )
+    if checkpoint is not None and stage is not None:
+        raise _fail("give --checkpoint or --stage, not both", EXIT_USAGE)
+    if backend == "onnxruntime" and (model is None or checkpoint or stage):
+        raise _fail("--backend onnxruntime serves --model PATH.onnx alone", EXIT_USAGE)
+    if backend == "torch" and model is not None:
+        raise _fail("--model is for --backend onnxruntime; use --checkpoint", EXIT_USAGE)
+
+    import logging
+
+    import uvicorn
+
+    from mnist_classifier.serve.app import create_app
+    from mnist_classifier.serve.loading import (
+        ServeError,
+        load_checkpoint_model,
+        load_onnx_model,
+        stage_checkpoint,
+    )
+
+    try:
+        if model is not None:
+            served = load_onnx_model(model)
+        elif checkpoint is not None:
+            served = load_checkpoint_model(checkpoint)
+        else:
+            stage = stage or "production"
+            served = load_checkpoint_model(stage_checkpoint(models_dir, stage), stage=stage)
+    except ServeError as error:
+        raise _fail(str(error), EXIT_FAILURE) from None
+    server_app = create_app(served.predictor, served.info, request_timeout_s=timeout)
+    settings = uvicorn.Config(server_app, host=host, port=port)  # also sets up uvicorn's logs
+    log = logging.getLogger("uvicorn.error")
+    log.info(
+        "Serving %s (%s, stage %s, sha256 %s)",
+        served.info.file_name,
+        served.info.backend,
+        served.info.stage or "none",
+        served.info.digest[:12],
+    )
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("Listening on %s: other machines can reach this server", host)
+    uvicorn.Server(settings).run()

@@ -1,0 +1,355 @@
+"""The HTTP API and drawing page: `create_app(predictor, model_info)` builds it, nothing more.
+
+The model is loaded before this app exists (see `loading.py`); no endpoint loads or accepts a
+model. Every request is refused with a 4xx and a one-line JSON `detail` before it can cost
+anything when it is too big (413), of the wrong content type (415), malformed (422) or not a
+usable image (400). Decoding and inference run in a worker thread under a deadline (504), so a
+slow request never blocks `/health` or the other requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import re
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from importlib import resources
+from typing import Protocol
+
+import numpy as np
+import torch
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse, JSONResponse
+from PIL import Image
+from pydantic import BaseModel, ValidationError
+from starlette.datastructures import UploadFile
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from mnist_classifier.preprocess import ImageError, preprocess_image
+from mnist_classifier.serve.schemas import (
+    MAX_BATCH_IMAGES,
+    NUM_CLASSES,
+    BatchInput,
+    BatchPredictionResponse,
+    ErrorResponse,
+    HealthResponse,
+    ImageInput,
+    ModelInfo,
+    PredictionResponse,
+    PredictionResult,
+)
+
+MAX_BODY_BYTES = 1 << 20  # 1 MiB: a drawn digit is a few KiB, a phone photo must be shrunk first
+DEFAULT_REQUEST_TIMEOUT_S = 10.0
+# Threads that decode and run the model. torch already spreads one forward pass over the cores,
+# so a few threads keep them busy; more would only queue inside torch.
+DEFAULT_INFERENCE_THREADS = 4
+# At most this many validation problems are listed in a 422, so a 28x28 array of NaN answers
+# with three lines, not 784.
+MAX_LISTED_PROBLEMS = 3
+DATA_URL_PREFIX = re.compile(r"data:image/[A-Za-z0-9.+-]+;base64,")
+
+ERROR_RESPONSES: dict[int | str, dict] = {
+    400: {"model": ErrorResponse, "description": "Not a usable image, or invalid JSON."},
+    413: {"model": ErrorResponse, "description": "Request body over 1 MiB."},
+    415: {"model": ErrorResponse, "description": "Not multipart/form-data or JSON."},
+    422: {"model": ErrorResponse, "description": "Well-formed but wrong fields or values."},
+    504: {"model": ErrorResponse, "description": "Inference took longer than the deadline."},
+}
+
+
+class Predictor(Protocol):
+    def probabilities(self, images: torch.Tensor) -> np.ndarray:
+        """uint8 (B, 28, 28) -> (B, 10) probabilities."""
+        ...
+
+
+# An uploaded file's bytes, or a validated 28x28 array from JSON.
+ImageSource = bytes | np.ndarray
+
+
+def create_app(
+    predictor: Predictor,
+    model_info: ModelInfo,
+    *,
+    request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    inference_threads: int = DEFAULT_INFERENCE_THREADS,
+) -> FastAPI:
+    # The app's own pool, not the event loop's default one: a request that timed out leaves
+    # its thread running, and nothing that stops the loop should wait for it.
+    inference_pool = ThreadPoolExecutor(inference_threads, thread_name_prefix="mnist-inference")
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        inference_pool.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(
+        title="MNIST digit classifier",
+        version="1",
+        description=(
+            "Predicts the handwritten digit in an image with one model, loaded at start. "
+            "`GET /` is a page to draw a digit on."
+        ),
+        lifespan=lifespan,
+    )
+    app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
+    identity = model_info.identity
+    index_html = resources.files(__package__).joinpath("static/index.html").read_text("utf-8")
+
+    async def predict_sources(sources: list[ImageSource]) -> list[PredictionResult]:
+        try:
+            # A thread cannot be stopped: on timeout it finishes in the background while the
+            # event loop answers 504 and goes on serving.
+            inference = asyncio.get_running_loop().run_in_executor(
+                inference_pool, _predict, predictor, sources
+            )
+            return await asyncio.wait_for(inference, timeout=request_timeout_s)
+        except asyncio.TimeoutError:
+            raise HTTPException(
+                504, f"prediction took longer than {request_timeout_s:g} s and was abandoned"
+            ) from None
+        except _UnusableImage as error:
+            where = f"image {error.index}: " if len(sources) > 1 else ""
+            raise HTTPException(400, f"{where}{error.reason}") from None
+
+    @app.post(
+        "/predict",
+        response_model=PredictionResponse,
+        responses=ERROR_RESPONSES,
+        openapi_extra=_request_body("ImageInput", file_field="file", many=False),
+        summary="Predict the digit in one image",
+    )
+    async def predict(request: Request) -> PredictionResponse:
+        """Send a file as multipart field `file`, or JSON with `image` (base64) or `pixels`."""
+        sources = await _read_sources(request, batch=False)
+        (result,) = await predict_sources(sources)
+        return PredictionResponse(**result.model_dump(), model=identity)
+
+    @app.post(
+        "/predict/batch",
+        response_model=BatchPredictionResponse,
+        responses=ERROR_RESPONSES,
+        openapi_extra=_request_body("BatchInput", file_field="files", many=True),
+        summary=f"Predict the digits in up to {MAX_BATCH_IMAGES} images",
+    )
+    async def predict_batch(request: Request) -> BatchPredictionResponse:
+        """Send files as repeated multipart fields `files`, or JSON `{"images": [...]}`.
+
+        One unusable image refuses the whole batch, naming its index.
+        """
+        sources = await _read_sources(request, batch=True)
+        return BatchPredictionResponse(predictions=await predict_sources(sources), model=identity)
+
+    @app.get("/health", response_model=HealthResponse)
+    async def health() -> HealthResponse:
+        return HealthResponse(status="ok", model=identity)
+
+    @app.get("/model", response_model=ModelInfo)
+    async def model() -> ModelInfo:
+        """The served model: digest, stage, checkpoint metadata and model-card metrics."""
+        return model_info
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(index_html)
+
+    def openapi() -> dict:
+        # The JSON request bodies are parsed by hand (so that one endpoint takes multipart or
+        # JSON); their models are added to the schema here, where `_request_body` refers to them.
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for body_model in (ImageInput, BatchInput):
+                body_schema = body_model.model_json_schema(
+                    ref_template="#/components/schemas/{model}"
+                )
+                components.update(body_schema.pop("$defs", {}))
+                components[body_model.__name__] = body_schema
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
+    return app
+
+
+class BodySizeLimit:
+    """Refuse request bodies over `max_bytes` with 413, by Content-Length and by counting.
+
+    Content-Length is checked first, so an honest large upload is refused before it is read.
+    The body is then read here, counting, whatever the header said: a chunked request (no
+    Content-Length) or one that lies is cut off as soon as it passes the limit. The counted
+    body (at most `max_bytes`) is handed on to the app.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                await _refuse(scope, receive, send, 400, "Content-Length is not a number")
+                return
+            if int(declared) > self.max_bytes:
+                await _refuse(scope, receive, send, 413, self._too_large())
+                return
+        chunks: list[bytes] = []
+        received = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # the client left; nobody to answer
+            chunk = message.get("body", b"")
+            received += len(chunk)
+            if received > self.max_bytes:
+                await _refuse(scope, receive, send, 413, self._too_large())
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        body_sent = False
+
+        async def receive_counted_body() -> Message:
+            nonlocal body_sent
+            if not body_sent:
+                body_sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # after the body: only http.disconnect
+
+        await self.app(scope, receive_counted_body, send)
+
+    def _too_large(self) -> str:
+        return f"request body is over the {self.max_bytes:,}-byte limit"
+
+
+async def _refuse(scope: Scope, receive: Receive, send: Send, status: int, detail: str) -> None:
+    await JSONResponse({"detail": detail}, status_code=status)(scope, receive, send)
+
+
+async def _read_sources(request: Request, *, batch: bool) -> list[ImageSource]:
+    """The images of a request, parsed and validated; any problem is an HTTPException 4xx."""
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type == "application/json":
+        body_model: type[BaseModel] = BatchInput if batch else ImageInput
+        try:
+            parsed = body_model.model_validate_json(await request.body())
+        except ValidationError as error:
+            raise _validation_failure(error) from None
+        inputs = parsed.images if isinstance(parsed, BatchInput) else [parsed]
+        return [_source_from_json(item, index, batch) for index, item in enumerate(inputs)]
+    if media_type == "multipart/form-data":
+        return await _sources_from_form(request, "files" if batch else "file", batch)
+    raise HTTPException(
+        415,
+        "Content-Type must be multipart/form-data (with a file field) or application/json",
+    )
+
+
+async def _sources_from_form(request: Request, field: str, batch: bool) -> list[ImageSource]:
+    # Starlette answers 400 itself for a malformed multipart body or too many files.
+    async with request.form(max_files=MAX_BATCH_IMAGES, max_fields=MAX_BATCH_IMAGES) as form:
+        uploads = form.getlist(field)
+        if not uploads:
+            raise HTTPException(422, f"the multipart form needs a file field named {field!r}")
+        if not batch and len(uploads) > 1:
+            raise HTTPException(422, "POST /predict takes one file; use /predict/batch for more")
+        if not all(isinstance(upload, UploadFile) for upload in uploads):
+            raise HTTPException(422, f"the form field {field!r} must be a file, not text")
+        return [await upload.read() for upload in uploads]
+
+
+def _source_from_json(item: ImageInput, index: int, batch: bool) -> ImageSource:
+    if item.pixels is not None:
+        return np.asarray(item.pixels, dtype=np.float64)  # (28, 28), validated
+    encoded = DATA_URL_PREFIX.sub("", item.image or "", count=1)
+    try:
+        return base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        where = f"images.{index}." if batch else ""
+        raise HTTPException(400, f"{where}image is not valid base64") from None
+
+
+def _validation_failure(error: ValidationError) -> HTTPException:
+    problems = error.errors(include_url=False, include_input=False, include_context=False)
+    if problems and problems[0]["type"] == "json_invalid":
+        return HTTPException(400, problems[0]["msg"])  # e.g. "Invalid JSON: recursion limit..."
+    lines = [
+        f"{'.'.join(str(part) for part in problem['loc']) or 'body'}: {problem['msg']}"
+        for problem in problems[:MAX_LISTED_PROBLEMS]
+    ]
+    if len(problems) > MAX_LISTED_PROBLEMS:
+        lines.append(f"and {len(problems) - MAX_LISTED_PROBLEMS} more")
+    return HTTPException(422, "; ".join(lines))
+
+
+class _UnusableImage(Exception):
+    def __init__(self, index: int, reason: str) -> None:
+        super().__init__(reason)
+        self.index = index
+        self.reason = reason
+
+
+def _predict(predictor: Predictor, sources: list[ImageSource]) -> list[PredictionResult]:
+    """Preprocess each image as `mnist predict` does, then one forward pass for all of them."""
+    images = []
+    for index, source in enumerate(sources):
+        try:
+            images.append(preprocess_image(_as_image(source)))
+        except ImageError as error:
+            raise _UnusableImage(index, str(error)) from None
+    batch = torch.stack(images)  # (B, 28, 28) uint8
+    probabilities = np.asarray(predictor.probabilities(batch), dtype=np.float64)
+    if probabilities.shape != (len(images), NUM_CLASSES):
+        raise RuntimeError(f"predictor answered shape {probabilities.shape}")
+    return [
+        PredictionResult(
+            digit=int(row.argmax()), probabilities=row.tolist(), preprocessed=image.tolist()
+        )
+        for image, row in zip(images, probabilities, strict=True)
+    ]
+
+
+def _as_image(source: ImageSource) -> bytes | Image.Image:
+    if isinstance(source, bytes):
+        return source
+    # JSON pixels: 0..1 when nothing is above 1, else 0..255 (both validated to lie in 0..255).
+    scaled = source * 255.0 if source.max() <= 1.0 else source
+    return Image.fromarray(np.round(scaled).astype(np.uint8))
+
+
+def _request_body(json_model: str, *, file_field: str, many: bool) -> dict:
+    """OpenAPI for a body that is either multipart files or a JSON document."""
+    file_schema = {"type": "string", "format": "binary"}
+    if many:
+        file_schema = {"type": "array", "items": file_schema, "maxItems": MAX_BATCH_IMAGES}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {file_field: file_schema},
+                        "required": [file_field],
+                    }
+                },
+                "application/json": {"schema": {"$ref": f"#/components/schemas/{json_model}"}},
+            },
+        }
+    }

@@ -1,0 +1,105 @@
+"""Load the one model a server answers with: a checkpoint, a registry stage, or an ONNX export.
+
+Everything here happens once, at start; no endpoint loads a model. A registry stage NAME is the
+folder `<models_dir>/<NAME>/mnist/` holding `best_model.pt` and, when the registry wrote one,
+`model_card.json` (whose metrics `GET /model` shows).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mnist_classifier.checkpoint import ARCHITECTURE, CheckpointError, load_checkpoint
+from mnist_classifier.data import sha256_of
+from mnist_classifier.predict import Backend, OnnxBackend, TorchBackend, softmax
+from mnist_classifier.serve.schemas import ModelInfo
+
+CHECKPOINT_NAME = "best_model.pt"
+MODEL_CARD_NAME = "model_card.json"
+# A stage name becomes a folder name: no separators or dots, so it cannot leave models_dir.
+STAGE_NAME = re.compile(r"[A-Za-z0-9_-]+")
+
+
+class ServeError(RuntimeError):
+    """The model to serve cannot be found or loaded; one line naming what."""
+
+
+class BackendPredictor:
+    """uint8 (B, 28, 28) images -> float64 (B, 10) probabilities, through a predict backend."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+
+    def probabilities(self, images: torch.Tensor) -> np.ndarray:
+        return softmax(self.backend.logits(images))
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    predictor: BackendPredictor
+    info: ModelInfo
+
+
+def stage_checkpoint(models_dir: Path, stage: str) -> Path:
+    if not STAGE_NAME.fullmatch(stage):
+        raise ServeError(f"stage must be a plain name like production (got {stage!r})")
+    return models_dir / stage / "mnist" / CHECKPOINT_NAME
+
+
+def load_checkpoint_model(checkpoint: Path, stage: str | None = None) -> ServedModel:
+    """The torch backend on a checkpoint read by the safe loader; the model card if beside it."""
+    try:
+        loaded = load_checkpoint(checkpoint)
+    except CheckpointError as error:
+        raise ServeError(str(error)) from None
+    model_card = _read_model_card(checkpoint.parent / MODEL_CARD_NAME)
+    metrics = model_card.get("metrics") if model_card else None
+    info = ModelInfo(
+        digest=sha256_of(checkpoint),
+        stage=stage,
+        backend="torch",
+        file_name=checkpoint.name,
+        architecture=ARCHITECTURE,
+        epoch=loaded.epoch,
+        validation_accuracy=loaded.validation_accuracy,
+        metrics=metrics if isinstance(metrics, dict) else None,
+        model_card=model_card,
+    )
+    return ServedModel(BackendPredictor(TorchBackend(loaded.model)), info)
+
+
+def load_onnx_model(model_path: Path) -> ServedModel:
+    """onnxruntime on a file written by `mnist export` (it carries the normalisation)."""
+    if not model_path.is_file():
+        raise ServeError(f"ONNX model not found: {model_path}")
+    try:
+        backend = OnnxBackend(model_path)
+    except Exception as error:  # onnxruntime raises its own exception types for bad files
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ServeError(f"{model_path} is not a usable exported ONNX model: {detail}") from None
+    info = ModelInfo(
+        digest=sha256_of(model_path),
+        stage=None,
+        backend="onnxruntime",
+        file_name=model_path.name,
+        architecture=ARCHITECTURE,
+    )
+    return ServedModel(BackendPredictor(backend), info)
+
+
+def _read_model_card(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        card = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ServeError(f"{path} is not readable JSON: {error}") from None
+    if not isinstance(card, dict):
+        raise ServeError(f"{path} should hold a JSON object")
+    return card

@@ -1,0 +1,412 @@
+"""`mnist serve`'s API through FastAPI's TestClient: every endpoint and every kind of bad input.
+
+Most tests use `ChecksumPredictor`, a fake whose answer is a known function of the exact image
+it receives, so they check that the API hands the model `preprocess_image`'s output (the oracle)
+and reports the model's answer unchanged. The tests marked slow use the tiny trained model and
+compare against its own logits.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from PIL import Image
+from test_preprocess import _png_header_only
+from trained_model import tiny_checkpoint
+from typer.testing import CliRunner
+
+from mnist_classifier.batching import normalize
+from mnist_classifier.checkpoint import load_checkpoint, save_checkpoint
+from mnist_classifier.cli import app as cli_app
+from mnist_classifier.data import load_split
+from mnist_classifier.preprocess import preprocess_image
+from mnist_classifier.serve.app import MAX_BODY_BYTES, create_app
+from mnist_classifier.serve.loading import load_checkpoint_model, stage_checkpoint
+from mnist_classifier.serve.schemas import MAX_BATCH_IMAGES, ModelInfo
+
+DIGEST = "ab" * 32
+MODEL_INFO = ModelInfo(
+    digest=DIGEST,
+    stage="production",
+    backend="torch",
+    file_name="best_model.pt",
+    architecture="SimpleCNN",
+    epoch=3,
+    validation_accuracy=98.5,
+    metrics={"test_accuracy": 0.99},
+    model_card={"metrics": {"test_accuracy": 0.99}},
+)
+
+
+def checksum_digit(image: torch.Tensor) -> int:
+    return int(image.to(torch.int64).sum()) % 10
+
+
+class ChecksumPredictor:
+    """Puts 0.91 on (sum of the image's pixels) mod 10 and 0.01 on every other digit."""
+
+    def probabilities(self, images: torch.Tensor) -> np.ndarray:
+        assert images.dtype == torch.uint8 and images.shape[1:] == (28, 28)
+        probabilities = np.full((len(images), 10), 0.01)
+        for row, image in enumerate(images):
+            probabilities[row, checksum_digit(image)] = 0.91
+        return probabilities
+
+
+class BlockedPredictor:
+    """Never answers until released: a model stuck on a request."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def probabilities(self, images: torch.Tensor) -> np.ndarray:
+        self.release.wait(timeout=30)
+        return np.full((len(images), 10), 0.1)
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def drawn_seven() -> np.ndarray:
+    """A dark "7" on white paper, as a user would draw it: 200x200 pixels."""
+    paper = np.full((200, 200), 255, dtype=np.uint8)
+    paper[40:56, 40:160] = 0  # the top bar
+    for row in range(56, 170):
+        column = 160 - (row - 56) * 70 // 114  # the diagonal, down to the left
+        paper[row, column - 8 : column + 8] = 0
+    return paper
+
+
+SEVEN_PNG = png_bytes(drawn_seven())
+SEVEN_SEEN = preprocess_image(SEVEN_PNG)  # the oracle: what the model must be given
+
+
+@pytest.fixture(scope="module")
+def client() -> TestClient:
+    return TestClient(create_app(ChecksumPredictor(), MODEL_INFO))
+
+
+def post_file(client: TestClient, data: bytes, content_type: str = "image/png"):
+    return client.post("/predict", files={"file": ("digit.png", data, content_type)})
+
+
+def assert_clean_error(response, status: int | tuple[int, ...]) -> str:
+    """A 4xx with a one-line JSON detail: no traceback, no file path."""
+    assert response.status_code in (status if isinstance(status, tuple) else (status,))
+    detail = response.json()["detail"]
+    assert isinstance(detail, str) and detail
+    for leak in ("Traceback", ".py", "/work", "/tmp", "site-packages", "\n"):
+        assert leak not in detail
+    return detail
+
+
+def assert_predicts_seven_correctly(client: TestClient) -> None:
+    assert client.get("/health").json()["status"] == "ok"
+    answer = post_file(client, SEVEN_PNG).json()
+    assert answer["preprocessed"] == SEVEN_SEEN.tolist()
+    assert answer["digit"] == checksum_digit(SEVEN_SEEN)
+
+
+# --- Answers ----------------------------------------------------------------------------------
+
+
+def test_predict_gives_the_model_the_preprocessed_image_and_reports_its_answer(client):
+    response = post_file(client, SEVEN_PNG)
+    assert response.status_code == 200
+    answer = response.json()
+    assert answer["preprocessed"] == SEVEN_SEEN.tolist()
+    expected = checksum_digit(SEVEN_SEEN)
+    assert answer["digit"] == expected
+    assert answer["probabilities"] == [0.91 if d == expected else 0.01 for d in range(10)]
+    assert answer["model"] == {"digest": DIGEST, "stage": "production"}
+
+
+def test_json_base64_with_or_without_data_url_prefix_answers_as_the_upload_does(client):
+    upload = post_file(client, SEVEN_PNG).json()
+    encoded = base64.b64encode(SEVEN_PNG).decode()
+    for image in (encoded, "data:image/png;base64," + encoded):
+        assert client.post("/predict", json={"image": image}).json() == upload
+
+
+def test_pixels_in_0_255_and_in_0_1_are_the_same_image(client):
+    mnist_like = SEVEN_SEEN.numpy()  # light ink on black, 28x28
+    as_bytes = client.post("/predict", json={"pixels": mnist_like.tolist()}).json()
+    as_fractions = client.post("/predict", json={"pixels": (mnist_like / 255).tolist()}).json()
+    assert as_bytes == as_fractions
+    assert as_bytes["preprocessed"] == preprocess_image(Image.fromarray(mnist_like)).tolist()
+
+
+def test_batch_answers_each_image_as_predict_does_in_order(client):
+    images = [SEVEN_PNG, png_bytes(255 - drawn_seven().T), png_bytes(drawn_seven()[::-1])]
+    singles = [post_file(client, image).json() for image in images]
+    files = [("files", (f"{i}.png", image, "image/png")) for i, image in enumerate(images)]
+    batch = client.post("/predict/batch", files=files).json()
+    assert batch["model"] == singles[0]["model"]
+    assert batch["predictions"] == [
+        {key: single[key] for key in ("digit", "probabilities", "preprocessed")}
+        for single in singles
+    ]
+    encoded = [{"image": base64.b64encode(image).decode()} for image in images]
+    assert client.post("/predict/batch", json={"images": encoded}).json() == batch
+
+
+def test_batch_over_the_limit_and_batch_with_one_bad_image_are_refused(client):
+    too_many = [{"pixels": SEVEN_SEEN.tolist()}] * (MAX_BATCH_IMAGES + 1)
+    assert_clean_error(client.post("/predict/batch", json={"images": too_many}), 422)
+    just_enough = client.post("/predict/batch", json={"images": too_many[:MAX_BATCH_IMAGES]})
+    assert len(just_enough.json()["predictions"]) == MAX_BATCH_IMAGES
+    files = [("files", ("a.png", SEVEN_PNG, "image/png")), ("files", ("b.png", b"nope", "x/y"))]
+    detail = assert_clean_error(client.post("/predict/batch", files=files), 400)
+    assert detail.startswith("image 1: not an image")
+
+
+def test_health_model_and_page(client):
+    health = client.get("/health").json()
+    assert health == {"status": "ok", "model": {"digest": DIGEST, "stage": "production"}}
+    assert client.get("/model").json() == MODEL_INFO.model_dump()
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert '<canvas id="pad"' in page.text and "pointerdown" in page.text
+    # Offline: nothing fetched from another origin.
+    assert "http://" not in page.text and "https://" not in page.text and "//cdn" not in page.text
+
+
+def test_openapi_documents_both_body_kinds_the_answers_and_the_errors(client):
+    schema = client.get("/openapi.json").json()
+    components = schema["components"]["schemas"]
+    for path, json_model, answer_model in [
+        ("/predict", "ImageInput", "PredictionResponse"),
+        ("/predict/batch", "BatchInput", "BatchPredictionResponse"),
+    ]:
+        operation = schema["paths"][path]["post"]
+        content = operation["requestBody"]["content"]
+        assert content["application/json"]["schema"]["$ref"] == f"#/components/schemas/{json_model}"
+        assert "multipart/form-data" in content
+        responses = operation["responses"]
+        assert responses["200"]["content"]["application/json"]["schema"]["$ref"].endswith(
+            answer_model
+        )
+        for status in ("400", "413", "415", "422", "504"):
+            assert responses[status]["content"]["application/json"]["schema"]["$ref"].endswith(
+                "ErrorResponse"
+            )
+    assert set(components["ImageInput"]["properties"]) == {"image", "pixels"}
+    assert "ImageInput" in json.dumps(components["BatchInput"])
+    # Every reference points at a schema that is there.
+    for reference in set(_references(schema)):
+        assert reference.removeprefix("#/components/schemas/") in components
+    assert schema["paths"]["/model"]["get"]["responses"]["200"]["content"]
+
+
+def _references(node):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "$ref":
+                yield value
+            else:
+                yield from _references(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _references(value)
+
+
+# --- Size limit -------------------------------------------------------------------------------
+
+
+def json_body_of_size(size: int) -> bytes:
+    """A valid predict request padded with JSON whitespace to exactly `size` bytes."""
+    body = json.dumps({"image": base64.b64encode(SEVEN_PNG).decode()}).encode()
+    return body + b" " * (size - len(body))
+
+
+def test_a_body_of_exactly_1_mib_is_served_and_one_byte_more_is_413(client):
+    headers = {"content-type": "application/json"}
+    exactly = client.post("/predict", content=json_body_of_size(MAX_BODY_BYTES), headers=headers)
+    assert exactly.status_code == 200
+    assert exactly.json()["digit"] == checksum_digit(SEVEN_SEEN)
+    over = client.post("/predict", content=json_body_of_size(MAX_BODY_BYTES + 1), headers=headers)
+    assert_clean_error(over, 413)
+    upload = post_file(client, SEVEN_PNG + b"\0" * MAX_BODY_BYTES)
+    assert_clean_error(upload, 413)
+
+
+def test_a_chunked_or_lying_body_over_1_mib_is_413_as_it_streams(client):
+    body = json_body_of_size(MAX_BODY_BYTES + 1)
+    chunks = (body[start : start + 65536] for start in range(0, len(body), 65536))
+    chunked = client.post("/predict", content=chunks, headers={"content-type": "application/json"})
+    assert_clean_error(chunked, 413)
+    lying = client.post(
+        "/predict",
+        content=body,
+        headers={"content-type": "application/json", "content-length": "100"},
+    )
+    assert_clean_error(lying, 413)
+    assert_predicts_seven_correctly(client)
+
+
+# --- Bad input: never a 5xx, and the server carries on ------------------------------------------
+
+
+def raw_json(body: bytes) -> dict:
+    return {"content": body, "headers": {"content-type": "application/json"}}
+
+
+def upload(data: bytes) -> dict:
+    return {"files": {"file": ("digit.png", data, "image/png")}}
+
+
+def pixels_literal(value: bytes) -> bytes:
+    """`{"pixels": 28x28 of value}` written by hand: json.dumps will not write NaN as asked."""
+    row = b"[" + b",".join([value] * 28) + b"]"
+    return b'{"pixels": [' + b",".join([row] * 28) + b"]}"
+
+
+BLANK_PNG = png_bytes(np.full((64, 64), 250, dtype=np.uint8))
+DEEP_JSON = b'{"pixels": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+
+BAD_REQUESTS = {
+    # name: (request keyword arguments, expected status)
+    "text/plain": ({"content": b"7", "headers": {"content-type": "text/plain"}}, 415),
+    "no content type": ({"content": b"\x89PNG"}, 415),
+    "xml": ({"content": b"<digit/>", "headers": {"content-type": "application/xml"}}, 415),
+    "not an image": (upload(b"hello, world"), 400),
+    "truncated png": (upload(SEVEN_PNG[:200]), 400),
+    "blank image": (upload(BLANK_PNG), 400),
+    "empty file": (upload(b""), 400),
+    "eps": (upload(b"%!PS-Adobe-3.0 EPSF-3.0\n"), 400),
+    "bomb": (upload(_png_header_only(10_000, 10_000)), 400),
+    "form urlencoded": ({"data": {"image": "7"}}, 415),
+    "form without file": ({"files": {"picture": ("a.png", SEVEN_PNG, "image/png")}}, 422),
+    "file field as text": ({"files": {"other": ("a.png", SEVEN_PNG)}, "data": {"file": "x"}}, 422),
+    "invalid json": (raw_json(b"{"), 400),
+    "deeply nested json": (raw_json(DEEP_JSON), 400),
+    "json list": ({"json": [1, 2, 3]}, 422),
+    "neither field": ({"json": {}}, 422),
+    "both fields": ({"json": {"image": "AAAA", "pixels": [[0] * 28] * 28}}, 422),
+    "unknown field": ({"json": {"picture": "AAAA"}}, 422),
+    "bad base64": ({"json": {"image": "not base64!"}}, 400),
+    "base64 of text": ({"json": {"image": base64.b64encode(b"hello").decode()}}, 400),
+    "27 rows": ({"json": {"pixels": [[0] * 28] * 27}}, 422),
+    "29 columns": ({"json": {"pixels": [[0] * 29] * 28}}, 422),
+    "flat 784": ({"json": {"pixels": [0] * 784}}, 422),
+    "3-d pixels": ({"json": {"pixels": [[[0]] * 28] * 28}}, 422),
+    "string pixels": ({"json": {"pixels": [["a"] * 28] * 28}}, 422),
+    "NaN": (raw_json(pixels_literal(b"NaN")), 422),
+    "Infinity": (raw_json(pixels_literal(b"Infinity")), 422),
+    "256": ({"json": {"pixels": [[256] * 28] * 28}}, 422),
+    "negative": ({"json": {"pixels": [[-1] * 28] * 28}}, 422),
+    "blank pixels": ({"json": {"pixels": [[0] * 28] * 28}}, 400),
+    "batch of none": ({"json": {"images": []}}, 422),
+}
+
+
+@pytest.mark.parametrize("name", BAD_REQUESTS)
+def test_bad_input_is_a_clean_4xx_and_the_server_still_predicts(client, name):
+    request, status = BAD_REQUESTS[name]
+    path = "/predict/batch" if "images" in request.get("json", {}) else "/predict"
+    assert_clean_error(client.post(path, **request), status)
+    assert_predicts_seven_correctly(client)
+
+
+def test_a_stuck_model_answers_504_in_time_and_health_still_answers():
+    predictor = BlockedPredictor()
+    client = TestClient(create_app(predictor, MODEL_INFO, request_timeout_s=0.3))
+    try:
+        started = time.perf_counter()
+        response = post_file(client, SEVEN_PNG)
+        assert time.perf_counter() - started < 5
+        assert "0.3 s" in assert_clean_error(response, 504)
+        # The worker thread is still stuck, yet the server answers.
+        assert client.get("/health").json()["status"] == "ok"
+    finally:
+        predictor.release.set()
+
+
+# --- The CLI and the model loader -----------------------------------------------------------------
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ["--checkpoint", "a.pt", "--stage", "production"],
+        ["--backend", "onnxruntime"],
+        ["--backend", "onnxruntime", "--model", "m.onnx", "--stage", "staging"],
+        ["--model", "m.onnx"],
+        ["--backend", "tensorflow"],
+    ],
+)
+def test_serve_refuses_contradictory_options_before_loading_anything(arguments):
+    result = runner.invoke(cli_app, ["serve", *arguments])
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output
+
+
+def test_serve_names_the_missing_stage_checkpoint(tmp_path):
+    result = runner.invoke(cli_app, ["serve", "--models-dir", str(tmp_path)])
+    assert result.exit_code == 1
+    assert str(tmp_path / "production" / "mnist" / "best_model.pt") in result.output
+
+
+def test_a_stage_name_cannot_leave_the_models_folder(tmp_path):
+    result = runner.invoke(cli_app, ["serve", "--models-dir", str(tmp_path), "--stage", "../x"])
+    assert result.exit_code == 1
+    assert "plain name" in result.output
+
+
+@pytest.fixture(scope="module")
+def trained_checkpoint(mnist_dir):
+    return tiny_checkpoint(mnist_dir)
+
+
+@pytest.mark.slow
+def test_a_stage_is_served_with_its_digest_and_model_card_metrics(trained_checkpoint, tmp_path):
+    from mnist_classifier.data import sha256_of
+
+    checkpoint = stage_checkpoint(tmp_path, "production")
+    # Saved, not copied, so that whatever the checkpoint format keeps beside the file is there.
+    save_checkpoint(checkpoint, torch.load(trained_checkpoint, weights_only=True))
+    card = {"stage": "production", "metrics": {"test_accuracy": 0.91, "test_loss": 0.3}}
+    (checkpoint.parent / "model_card.json").write_text(json.dumps(card))
+    served = load_checkpoint_model(checkpoint, stage="production")
+    client = TestClient(create_app(served.predictor, served.info))
+    model = client.get("/model").json()
+    assert model["digest"] == sha256_of(checkpoint)
+    assert model["stage"] == "production"
+    assert model["metrics"] == card["metrics"]
+    assert model["model_card"] == card
+    assert model["epoch"] == 1 and model["file_name"] == "best_model.pt"
+    assert "path" not in json.dumps(model)  # where the file lives is the operator's business
+
+
+@pytest.mark.slow
+def test_predictions_are_the_trained_models_own(trained_checkpoint, mnist_dir):
+    served = load_checkpoint_model(trained_checkpoint)
+    client = TestClient(create_app(served.predictor, served.info))
+    images, labels = load_split(mnist_dir, train=False)
+    uploads = [png_bytes(255 - image.numpy()) for image in images[:32]]  # dark ink on white
+    files = [("files", (f"{i}.png", data, "image/png")) for i, data in enumerate(uploads)]
+    answers = client.post("/predict/batch", files=files).json()["predictions"]
+    # The oracle: the checkpoint's model on the same preprocessed images, softmax by hand.
+    seen = torch.stack([preprocess_image(data) for data in uploads])
+    with torch.inference_mode():
+        expected = torch.softmax(load_checkpoint(trained_checkpoint).model(normalize(seen)), 1)
+    returned = torch.tensor([answer["probabilities"] for answer in answers], dtype=torch.float64)
+    torch.testing.assert_close(returned, expected.double(), atol=1e-6, rtol=0)
+    assert [answer["digit"] for answer in answers] == expected.argmax(1).tolist()
+    assert (expected.argmax(1) == labels[:32]).float().mean() >= 0.8  # a real model, not noise
+    single = post_file(client, uploads[0]).json()  # alone, not in a batch of 32
+    assert single["digit"] == answers[0]["digit"]
+    np.testing.assert_allclose(single["probabilities"], answers[0]["probabilities"], atol=1e-6)
