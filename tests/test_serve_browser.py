@@ -1,0 +1,129 @@
+"""The drawing page in a real browser: Debian's Chromium, driven by Playwright, against a real
+uvicorn server on a free loopback port. Strokes drawn with the mouse must be predicted as the
+digit they draw.
+
+Playwright's own browser download (`playwright install`) is never used: `make test` installs
+Chromium from the distribution. Without it this test skips, except under CI=true, where a
+missing browser is a failure and not a silent skip.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import uvicorn
+from trained_model import tiny_checkpoint
+
+from mnist_classifier.serve.app import create_app
+from mnist_classifier.serve.loading import load_checkpoint_model
+
+pytestmark = pytest.mark.slow  # trains the tiny model and starts a browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",  # CI runs as root, where Chromium's sandbox refuses to start
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
+PAD = "#pad"
+# Strokes in the 280x280 canvas's own pixels, checked to be read as their digit by the tiny
+# model: a "7" is a top bar and a long diagonal, a "1" one upright line.
+STROKES = {
+    "7": [[(70, 60), (210, 60), (120, 235)]],
+    "1": [[(150, 40), (140, 240)]],
+}
+
+
+def free_loopback_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server_url(mnist_dir):
+    served = load_checkpoint_model(tiny_checkpoint(mnist_dir), stage="test")
+    port = free_loopback_port()
+    settings = uvicorn.Config(
+        create_app(served.predictor, served.info), host="127.0.0.1", port=port, log_level="warning"
+    )
+    server = uvicorn.Server(settings)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}/"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        reason = f"{CHROMIUM} is missing: apt-get install -y chromium (make test does this)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+        )
+        yield browser
+        browser.close()
+
+
+def draw(page, strokes) -> None:
+    box = page.locator(PAD).bounding_box()
+    scale = box["width"] / 280  # the canvas is shown smaller in a narrow window
+    for stroke in strokes:
+        (x, y), *rest = stroke
+        page.mouse.move(box["x"] + x * scale, box["y"] + y * scale)
+        page.mouse.down()
+        for x, y in rest:
+            page.mouse.move(box["x"] + x * scale, box["y"] + y * scale, steps=12)
+        page.mouse.up()
+
+
+def shown_prediction(page) -> str:
+    page.wait_for_function(
+        "document.getElementById('result').dataset.pending === 'false'"
+        " && document.getElementById('digit').textContent !== ''",
+        timeout=10_000,
+    )
+    return page.locator("#digit").text_content()
+
+
+@pytest.mark.parametrize(
+    ("digit", "width"), [("7", 900), ("1", 360)], ids=["seven-wide", "one-narrow"]
+)
+def test_a_digit_drawn_with_the_mouse_is_predicted(browser, server_url, tmp_path, digit, width):
+    page = browser.new_page(viewport={"width": width, "height": 720})
+    page.goto(server_url)
+    assert page.locator("#model").text_content().startswith("Model tiny_model.pt, stage test")
+    draw(page, STROKES[digit])
+    assert shown_prediction(page) == digit
+    # The bars and the 28x28 image the model saw are drawn.
+    assert page.locator(".bars li.best").count() == 1
+    seen_ink = page.evaluate(
+        "Array.from(document.getElementById('seen').getContext('2d')"
+        ".getImageData(0, 0, 28, 28).data).filter((v, i) => i % 4 === 0 && v > 128).length"
+    )
+    assert seen_ink > 20
+    page.wait_for_timeout(300)  # let the bars' 0.15 s transition finish before the picture
+    page.screenshot(path=str(tmp_path / f"page-{digit}-{width}px.png"), full_page=True)
+
+    page.click("#clear")
+    assert page.locator("#digit").text_content() == ""
+    page.close()
