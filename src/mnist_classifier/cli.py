@@ -56,6 +56,24 @@ def _fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
+StageOption = Annotated[
+    str | None,
+    typer.Option(help="Use the registry's model of this stage (e.g. production) instead."),
+]
+ModelsDirOption = Annotated[Path, typer.Option(help="The registry's root folder.")]
+
+
+def _stage_or_checkpoint(stage: str | None, models_dir: Path, checkpoint: Path) -> Path:
+    if stage is None:
+        return checkpoint
+    from mnist_classifier.registry import RegistryError, stage_checkpoint
+
+    try:
+        return stage_checkpoint(models_dir, stage)
+    except RegistryError as error:
+        raise _fail(str(error), EXIT_USAGE) from None
+
+
 ConfigFileOption = Annotated[
     Path | None,
     typer.Option("--config", help="YAML config file (see configs/); flags override it."),
@@ -319,6 +337,8 @@ def evaluate(
     grid_size: Annotated[
         int, typer.Option(min=0, help="Images in the misclassified and sample-prediction grids.")
     ] = 32,
+    stage: StageOption = None,
+    models_dir: ModelsDirOption = Path("./models"),
 ) -> None:
     """Evaluate a checkpoint on the 10,000-image test set: accuracy, per-class, samples.
 
@@ -353,6 +373,7 @@ def evaluate(
         target = resolve_device(device)
     except DeviceError as error:
         raise _fail(str(error), EXIT_USAGE) from None
+    checkpoint = _stage_or_checkpoint(stage, models_dir, checkpoint)
     try:
         loaded = load_checkpoint(checkpoint)
     except CheckpointError as error:
@@ -437,6 +458,8 @@ def predict(
     save_preprocessed: Annotated[
         Path | None, typer.Option(help="Folder for the 28x28 images the model actually saw.")
     ] = None,
+    stage: StageOption = None,
+    models_dir: ModelsDirOption = Path("./models"),
 ) -> None:
     """Predict the digit in each image: digit, probability and top 3.
 
@@ -461,7 +484,7 @@ def predict(
             )
         runner = _onnx_backend(model)
     else:
-        runner = _torch_backend(checkpoint)
+        runner = _torch_backend(_stage_or_checkpoint(stage, models_dir, checkpoint))
 
     from mnist_classifier.predict import collect_image_files, predict_files
 
@@ -624,3 +647,63 @@ def serve(
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("Listening on %s: other machines can reach this server", host)
     uvicorn.Server(settings).run()
+
+
+@app.command()
+def promote(
+    name: Annotated[str, typer.Option(help="The model's name in the registry.")] = "mnist",
+    from_stage: Annotated[
+        str, typer.Option("--from", help="A stage, or a checkpoint path (e.g. a run's best).")
+    ] = "staging",
+    to_stage: Annotated[str, typer.Option("--to", help="The stage to promote to.")] = "production",
+    min_test_accuracy: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Refuse below this test accuracy (0..1).")
+    ] = 0.97,
+    models_dir: ModelsDirOption = Path("./models"),
+    data_dir: Annotated[Path, typer.Option(help="Where MNIST lives.")] = Path("./data"),
+) -> None:
+    """Evaluate a candidate on the test set and, if good enough, copy it to the next stage.
+
+    Writes models/<to>/<name>/best_model.pt with a model_card.json, and appends to
+    models/history.jsonl.
+    """
+    from mnist_classifier.checkpoint import CheckpointError
+    from mnist_classifier.data import DataError
+    from mnist_classifier.registry import (
+        PromotionRefused,
+        RegistryError,
+        resolve_source,
+    )
+    from mnist_classifier.registry import (
+        promote as run_promotion,
+    )
+    from mnist_classifier.reporting import print_promotion
+
+    try:
+        candidate = resolve_source(models_dir, from_stage, name)
+        promotion = run_promotion(
+            candidate,
+            models_dir=models_dir,
+            name=name,
+            to_stage=to_stage,
+            min_test_accuracy=min_test_accuracy,
+            data_dir=data_dir,
+            from_label=from_stage,
+        )
+    except RegistryError as error:
+        raise _fail(str(error), EXIT_USAGE) from None
+    except (CheckpointError, DataError, PromotionRefused) as error:
+        raise _fail(str(error), EXIT_FAILURE) from None
+    print_promotion(promotion)
+
+
+@app.command()
+def models(models_dir: ModelsDirOption = Path("./models")) -> None:
+    """List what each registry stage holds: epoch, validation and test accuracy, status."""
+    from mnist_classifier.registry import list_models
+    from mnist_classifier.reporting import print_runs
+
+    rows = list_models(models_dir)
+    if not rows:
+        raise _fail(f"no models in {models_dir}; train one: python train_mnist.py", EXIT_FAILURE)
+    print_runs(rows, "table")

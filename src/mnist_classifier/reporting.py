@@ -316,3 +316,13 @@ def print_export(result) -> None:
         f"max |logit difference| {parity.max_abs_logit_difference:.3g}, "
         f"predictions identical: {'yes' if parity.predictions_identical else 'no'}"
     )
+
+
+def print_promotion(promotion) -> None:
+    card = promotion.model_card
+    metrics = card["metrics"]
+    print(
+        f"Promoted {card['promoted_from']} -> {card['stage']}: {promotion.destination} "
+        f"(test accuracy {metrics['test_accuracy']:.2%}, epoch {card['epoch']})"
+    )
+    print(f"Model card: {promotion.destination.parent / 'model_card.json'}")

@@ -8,22 +8,19 @@ folder `<models_dir>/<NAME>/mnist/` holding `best_model.pt` and, when the regist
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from mnist_classifier import registry
 from mnist_classifier.checkpoint import ARCHITECTURE, CheckpointError, load_checkpoint
 from mnist_classifier.data import sha256_of
 from mnist_classifier.predict import Backend, OnnxBackend, TorchBackend, softmax
 from mnist_classifier.serve.schemas import ModelInfo
 
-CHECKPOINT_NAME = "best_model.pt"
-MODEL_CARD_NAME = "model_card.json"
-# A stage name becomes a folder name: no separators or dots, so it cannot leave models_dir.
-STAGE_NAME = re.compile(r"[A-Za-z0-9_-]+")
+MODEL_CARD_NAME = registry.MODEL_CARD_NAME
 
 
 class ServeError(RuntimeError):
@@ -47,9 +44,10 @@ class ServedModel:
 
 
 def stage_checkpoint(models_dir: Path, stage: str) -> Path:
-    if not STAGE_NAME.fullmatch(stage):
-        raise ServeError(f"stage must be a plain name like production (got {stage!r})")
-    return models_dir / stage / "mnist" / CHECKPOINT_NAME
+    try:
+        return registry.stage_checkpoint(models_dir, stage)
+    except registry.RegistryError as error:
+        raise ServeError(str(error)) from None
 
 
 def load_checkpoint_model(checkpoint: Path, stage: str | None = None) -> ServedModel:

@@ -1,0 +1,166 @@
+"""The model registry: stages are plain folders, promotion is a verified, audited copy.
+
+    models/<stage>/<name>/best_model.pt (+ .sha256)   the model of that stage
+    models/<stage>/<name>/model_card.json             what it scored, where it came from
+    models/history.jsonl                              one line per promotion, appended
+
+`mnist train`'s lab-compatible output lands in models/staging/mnist/; `promote` evaluates a
+candidate on the test set and copies it to the next stage only if it meets the threshold.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from mnist_classifier.checkpoint import copy_checkpoint, load_checkpoint
+from mnist_classifier.data import sha256_of
+
+CHECKPOINT_NAME = "best_model.pt"
+MODEL_CARD_NAME = "model_card.json"
+HISTORY_NAME = "history.jsonl"
+# A stage or model name becomes a folder name: no separators or dots, so it cannot escape.
+PLAIN_NAME = re.compile(r"[A-Za-z0-9_-]+")
+
+
+class RegistryError(RuntimeError):
+    """A stage or model is missing or misnamed; one line naming what."""
+
+
+class PromotionRefused(RuntimeError):
+    """The candidate scored below the promotion threshold; nothing was copied."""
+
+
+def stage_checkpoint(models_dir: Path | str, stage: str, name: str = "mnist") -> Path:
+    for label, value in (("stage", stage), ("name", name)):
+        if not PLAIN_NAME.fullmatch(value):
+            raise RegistryError(f"{label} must be a plain name like production (got {value!r})")
+    return Path(models_dir) / stage / name / CHECKPOINT_NAME
+
+
+def resolve_source(models_dir: Path | str, source: str, name: str) -> Path:
+    """`--from` is a stage name, or a path to a checkpoint (e.g. a run's best_model.pt)."""
+    if PLAIN_NAME.fullmatch(source) and not source.endswith(".pt"):
+        return stage_checkpoint(models_dir, source, name)
+    return Path(source)
+
+
+@dataclass(frozen=True)
+class Promotion:
+    destination: Path
+    model_card: dict[str, Any]
+
+
+def _git_commit() -> str | None:
+    from mnist_classifier.runs import _git
+
+    return _git("rev-parse", "HEAD")
+
+
+def promote(
+    candidate: Path,
+    *,
+    models_dir: Path | str,
+    name: str,
+    to_stage: str,
+    min_test_accuracy: float,
+    data_dir: Path | str,
+    from_label: str,
+) -> Promotion:
+    """Evaluate `candidate` on the test set; copy it to `to_stage` if it meets the threshold."""
+    from mnist_classifier.batching import Split
+    from mnist_classifier.data import ensure_mnist, load_split
+    from mnist_classifier.evaluate import evaluate
+
+    destination = stage_checkpoint(models_dir, to_stage, name)
+    loaded = load_checkpoint(candidate)  # verified: digest, weights_only, schema, shapes
+    mnist_files = ensure_mnist(data_dir)
+    result = evaluate(loaded.model, Split(*load_split(data_dir, train=False)))
+    if result.accuracy < min_test_accuracy:
+        raise PromotionRefused(
+            f"{candidate} scored {result.accuracy:.2%} on the test set, below the required "
+            f"{min_test_accuracy:.2%}; nothing was promoted"
+        )
+    digest = copy_checkpoint(candidate, destination)
+    model_card = {
+        "name": name,
+        "stage": to_stage,
+        "promoted_from": from_label,
+        "source_checkpoint": str(candidate),
+        "parent_checkpoint_sha256": sha256_of(candidate),
+        "checkpoint_sha256": digest,
+        "promoted_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "git_commit": _git_commit(),
+        "epoch": loaded.epoch,
+        "metrics": {
+            "test_accuracy": result.accuracy,
+            "test_loss": result.loss,
+            "test_correct": result.correct,
+            "test_total": result.total,
+            "per_class_accuracy": [result.class_accuracy(digit) for digit in range(10)],
+            "validation_accuracy": loaded.validation_accuracy / 100.0,
+            "validation_loss": loaded.validation_loss,
+        },
+        "threshold": {"min_test_accuracy": min_test_accuracy},
+        "config": loaded.config.to_dict(),
+        "data_sha256": dict(mnist_files.sha256),
+    }
+    _write_json_atomically(destination.parent / MODEL_CARD_NAME, model_card)
+    _append_history(
+        Path(models_dir) / HISTORY_NAME,
+        {
+            "time_utc": model_card["promoted_utc"],
+            "name": name,
+            "from": from_label,
+            "to": to_stage,
+            "checkpoint_sha256": digest,
+            "test_accuracy": result.accuracy,
+        },
+    )
+    return Promotion(destination=destination, model_card=model_card)
+
+
+def _write_json_atomically(path: Path, value: dict[str, Any]) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    with open(temporary, "w") as handle:
+        json.dump(value, handle, indent=2)
+        handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def _append_history(path: Path, entry: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # One write() of one line in append mode: entries never interleave or half-land.
+    with open(path, "a") as handle:
+        handle.write(json.dumps(entry) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def list_models(models_dir: Path | str) -> list[dict[str, Any]]:
+    """One row per <stage>/<name> holding a best_model.pt."""
+    rows = []
+    for checkpoint in sorted(Path(models_dir).glob(f"*/*/{CHECKPOINT_NAME}")):
+        card_path = checkpoint.parent / MODEL_CARD_NAME
+        card = json.loads(card_path.read_text()) if card_path.is_file() else {}
+        row = {
+            "stage": checkpoint.parent.parent.name,
+            "name": checkpoint.parent.name,
+            "test_accuracy": card.get("metrics", {}).get("test_accuracy"),
+            "promoted_utc": card.get("promoted_utc"),
+        }
+        try:
+            loaded = load_checkpoint(checkpoint)
+            row.update(epoch=loaded.epoch, validation_accuracy=loaded.validation_accuracy / 100)
+            row["status"] = "ok"
+        except Exception as error:  # a listing reports a broken file, it does not stop at it
+            row.update(epoch=None, validation_accuracy=None, status=f"invalid: {error}")
+        rows.append(row)
+    return rows
