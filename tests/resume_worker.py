@@ -35,9 +35,9 @@ def main() -> None:
     orders: list[torch.Tensor] = []
     original_batches = train_module.shuffled_batches
 
-    def recording_batches(split, batch_size, generator):
+    def recording_batches(split, batch_size, generator, ranks=None):
         labels = []
-        for images, batch_labels in original_batches(split, batch_size, generator):
+        for images, batch_labels in original_batches(split, batch_size, generator, ranks):
             labels.append(batch_labels)
             yield images, batch_labels
         orders.append(torch.cat(labels))

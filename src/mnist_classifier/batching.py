@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from mnist_classifier.data import MNIST_MEAN, MNIST_STD
+from mnist_classifier.distributed import Ranks, shard
 
 
 @dataclass(frozen=True)
@@ -54,10 +55,14 @@ def normalize(images: torch.Tensor, memory_format=torch.contiguous_format) -> to
 
 
 def shuffled_batches(
-    split: Split, batch_size: int, generator: torch.Generator
+    split: Split, batch_size: int, generator: torch.Generator, ranks: Ranks | None = None
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """One epoch in a fresh random order drawn from `generator`; the last batch may be short."""
-    order = torch.randperm(len(split), generator=generator).to(split.labels.device)
+    """One epoch in a fresh random order drawn from `generator`; the last batch may be short.
+
+    Under data-parallel training every rank draws the same order and takes its own shard.
+    """
+    order = torch.randperm(len(split), generator=generator)
+    order = shard(order, ranks or Ranks()).to(split.labels.device)
     for start in range(0, len(order), batch_size):
         indices = order[start : start + batch_size]
         yield split.images[indices], split.labels[indices]

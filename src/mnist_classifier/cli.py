@@ -5,6 +5,7 @@ torch is imported inside the commands so that `mnist --help` answers at once.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -137,6 +138,14 @@ def train(
     force: Annotated[
         bool, typer.Option("--force", help="Resume even though batch size, seed, etc. changed.")
     ] = False,
+    nproc: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Data-parallel processes on this machine (launches torchrun); --batch-size "
+            "is per process.",
+        ),
+    ] = 1,
     assignments: SetOption = None,
     quiet: QuietOption = False,
 ) -> None:
@@ -163,7 +172,39 @@ def train(
         "keep_last": keep_last,
     }
     config = _resolve_config(config_file, assignments, overrides)
+    from mnist_classifier.distributed import launch_with_torchrun, launched_by_torchrun
+
+    if nproc > 1 and not launched_by_torchrun():
+        raise typer.Exit(_launch_ranks(nproc, config, launch_with_torchrun))
     _train_one_run(config, quiet, resume=resume, force=force)
+
+
+def _launch_ranks(nproc: int, config, launch) -> int:
+    """Run this same command under torchrun with `nproc` processes; returns the exit code."""
+    import sys
+
+    arguments = sys.argv[1:]
+    if arguments[:1] == ["train"]:
+        arguments = arguments[1:]
+    forwarded, skip_next = [], False
+    for argument in arguments:
+        if skip_next:
+            skip_next = False
+        elif argument == "--nproc":
+            skip_next = True
+        elif not argument.startswith("--nproc="):
+            forwarded.append(argument)
+    if config.output_dir:  # e.g. train_mnist.py's lab folder, which `mnist train` lacks
+        forwarded += ["--output-dir", config.output_dir]
+    code = launch(nproc, forwarded)
+    if code != 0:
+        from mnist_classifier.reporting import print_error
+
+        print_error(
+            f"distributed training failed (torchrun exit code {code}); "
+            "the failing rank's error is above"
+        )
+    return code
 
 
 def _resolve_config(config_file: Path | None, assignments: list[str] | None, overrides: dict):
@@ -212,19 +253,25 @@ def _train_one_run(config, quiet: bool, resume: str | None = None, force: bool =
         )
     elif resume:
         resume_from = Path(resume)
-    # A checkpoint inside a run directory continues that run's logs; otherwise start new ones.
-    if resume_from is not None and (resume_from.parent / "config.yaml").is_file():
+    # Under torchrun only rank 0 keeps a run directory; the others compute and stay quiet.
+    rank = int(os.environ.get("RANK", "0"))
+    if rank != 0:
+        run_dir, observers = None, []
+    elif resume_from is not None and (resume_from.parent / "config.yaml").is_file():
+        # A checkpoint inside a run directory continues that run's logs.
         run_dir = resume_from.parent
     else:
         run_dir = create_run_dir(config.runs_dir, config.name)
-    print_run_dir(run_dir)
-    observers = [ConsoleTrainingObserver(quiet=quiet), RunRecorder(run_dir)]
+    if rank == 0:
+        print_run_dir(run_dir)
+        observers = [ConsoleTrainingObserver(quiet=quiet), RunRecorder(run_dir)]
+    where = f"rank {rank}: " if "RANK" in os.environ else ""
     try:
         run_training(config, observers, run_dir=run_dir, resume_from=resume_from, force=force)
     except ResumeError as error:
-        raise _fail(str(error), EXIT_USAGE) from None
+        raise _fail(where + str(error), EXIT_USAGE) from None
     except (DataError, CheckpointError, CheckpointSaveError, TrainingDiverged) as error:
-        raise _fail(str(error), EXIT_FAILURE) from None
+        raise _fail(where + str(error), EXIT_FAILURE) from None
     return run_dir
 
 

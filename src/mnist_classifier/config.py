@@ -141,6 +141,9 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | mps
     precision: str = "auto"  # auto | fp32 | bf16 | fp16; auto = bf16 only where it is native
     eval_batch_size: int = 1000  # evaluation keeps no activations for backward: big batches
+    distributed_backend: str = (
+        "auto"  # under torchrun: auto (nccl on CUDA, gloo on CPU) | gloo | nccl
+    )
     # --- output ---
     runs_dir: str = "./runs"  # each run writes <runs_dir>/<UTC time>-<name>/
     name: str = "run"
@@ -171,6 +174,12 @@ class TrainConfig:
         )
         _require(
             self.eval_batch_size >= 1, "eval_batch_size", "must be at least 1", self.eval_batch_size
+        )
+        _require(
+            self.distributed_backend in ("auto", "gloo", "nccl"),
+            "distributed_backend",
+            "must be auto, gloo or nccl",
+            self.distributed_backend,
         )
         _require(self.keep_last >= 0, "keep_last", "must be 0 (keep all) or more", self.keep_last)
         _require(

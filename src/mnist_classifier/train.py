@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 
 from mnist_classifier.batching import Split, normalize, shuffled_batches, split_train_validation
 from mnist_classifier.checkpoint import (
@@ -33,6 +34,15 @@ from mnist_classifier.checkpoint import (
 from mnist_classifier.config import ConfigError, TrainConfig, flatten
 from mnist_classifier.data import MnistFiles, ensure_mnist, load_split
 from mnist_classifier.device import autocast, memory_format_for, resolve_device, resolve_precision
+from mnist_classifier.distributed import (
+    all_reduce_sum,
+    barrier,
+    gather_objects,
+    init_distributed,
+    rank_device,
+    shard,
+    shutdown,
+)
 from mnist_classifier.evaluate import evaluate
 from mnist_classifier.model import SimpleCNN, count_parameters
 
@@ -248,7 +258,9 @@ def restore_rng_states(states: dict, batch_order_generator: torch.Generator) -> 
     batch_order_generator.set_state(states["batch_order"])
 
 
-def check_resumable(checkpoint: LoadedCheckpoint, config: TrainConfig, data_sha256: dict) -> None:
+def check_resumable(
+    checkpoint: LoadedCheckpoint, config: TrainConfig, data_sha256: dict, world_size: int = 1
+) -> None:
     """Refuse a resumption that would not continue the same run (override with --force)."""
     saved, wanted = flatten(checkpoint.config.to_dict()), flatten(config.to_dict())
     keys = list(RESUME_MUST_MATCH)
@@ -259,6 +271,8 @@ def check_resumable(checkpoint: LoadedCheckpoint, config: TrainConfig, data_sha2
     ]
     if checkpoint.raw.get("data_sha256") != data_sha256:
         changed.append("the data set's digests")
+    if checkpoint.raw.get("world_size", 1) != world_size:
+        changed.append(f"processes {checkpoint.raw.get('world_size', 1)} -> {world_size}")
     if "rng_state" not in checkpoint.raw:
         changed.append("the checkpoint holds no training state to resume")
     if changed:
@@ -324,13 +338,18 @@ def train(
     weights, optimizer and schedule state, early-stopping counters and random streams, so the
     result is bit-identical to a run that was never interrupted (on the same device).
     """
-    if not isinstance(observer, TrainingObserver):
-        observer = Observers(observer or [])
-    if not config.output_dir and run_dir is None:
-        raise ConfigError("output_dir is empty and there is no run directory to hold checkpoints")
-    checkpoint_dir = Path(config.output_dir) if config.output_dir else Path(run_dir)
     wall_start = time.perf_counter()
     device = resolve_device(config.device)
+    # Under torchrun: join the group; rank 0 alone prints, logs and writes checkpoints.
+    ranks = init_distributed(device, config.distributed_backend)
+    device = rank_device(device, ranks)
+    if not isinstance(observer, TrainingObserver):
+        observer = Observers(observer or [])
+    if not ranks.is_main:
+        observer = TrainingObserver()
+    if not config.output_dir and run_dir is None and ranks.is_main:
+        raise ConfigError("output_dir is empty and there is no run directory to hold checkpoints")
+    checkpoint_dir = Path(config.output_dir or run_dir or ".")
     precision = resolve_precision(config.precision, device)
     memory_format = memory_format_for(device)
 
@@ -338,15 +357,35 @@ def train(
     torch.manual_seed(config.seed)
     batch_order_generator = torch.Generator().manual_seed(config.seed)
 
+    # Rank 0 obtains and verifies the data while the others wait, then they only verify it.
+    if not ranks.is_main:
+        barrier()
     mnist_files, train_split, validation_split = load_train_validation(config)
+    if ranks.is_main:
+        barrier()
     train_split, validation_split = train_split.to(device), validation_split.to(device)
+    # Each rank validates its share; the sums are reduced, so all ranks report the same.
+    validation_shard = Split(
+        validation_split.images[ranks.rank :: ranks.world_size],
+        validation_split.labels[ranks.rank :: ranks.world_size],
+    )
 
     model = SimpleCNN().to(device=device, memory_format=memory_format)
+    if ranks.enabled:
+        # Same initial weights everywhere (DDP also broadcasts rank 0's), own dropout per rank.
+        torch.manual_seed(config.seed + ranks.rank)
+    # DDP averages gradients across ranks in backward; `model` stays the unwrapped module, so
+    # checkpoints never carry a "module." prefix.
+    trained_model = (
+        DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if ranks.enabled
+        else model
+    )
     # The fused kernel updates all parameters in one pass: same arithmetic, fewer launches.
     optimizer = torch.optim.Adam(
         model.parameters(), lr=config.lr, fused=device.type in ("cpu", "cuda") or None
     )
-    steps_per_epoch = math.ceil(len(train_split) / config.batch_size)
+    steps_per_epoch = math.ceil(math.ceil(len(train_split) / ranks.world_size) / config.batch_size)
     scheduler = make_scheduler(config, optimizer, steps_per_epoch)
     # fp16 needs loss scaling to keep small gradients from flushing to zero; bf16 and fp32 do not.
     grad_scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
@@ -361,17 +400,19 @@ def train(
     best_validation_accuracy = -1.0
     global_step = 0
     start_epoch = 1
-    remove_stale_temporaries(checkpoint_dir)  # what a killed save left behind
+    if ranks.is_main:
+        remove_stale_temporaries(checkpoint_dir)  # what a killed save left behind
     if resume_from is not None:
         resumed = load_checkpoint(resume_from)
         if not force:
-            check_resumable(resumed, config, dict(mnist_files.sha256))
+            check_resumable(resumed, config, dict(mnist_files.sha256), ranks.world_size)
         state = resumed.raw
         model.load_state_dict(state["model_state_dict"])
         optimizer.load_state_dict(state["optimizer_state_dict"])
         if scheduler is not None and state.get("scheduler_state_dict"):
             scheduler.load_state_dict(state["scheduler_state_dict"])
-        restore_rng_states(state["rng_state"], batch_order_generator)
+        by_rank = state.get("rng_state_by_rank") or [state["rng_state"]]
+        restore_rng_states(by_rank[ranks.rank % len(by_rank)], batch_order_generator)
         result.epochs.extend(_epoch_from_record(record) for record in state["history"])
         best_validation_accuracy = max(epoch.validation_accuracy for epoch in result.epochs)
         early_stopping.best, early_stopping.epochs_without_improvement = state["early_stopping"]
@@ -402,11 +443,11 @@ def train(
         images_seen = 0
         epoch_start = time.perf_counter()
 
-        for images, labels in shuffled_batches(
-            train_split, config.batch_size, batch_order_generator
-        ):
+        images_this_rank = len(shard(torch.arange(len(train_split)), ranks))
+        batches = shuffled_batches(train_split, config.batch_size, batch_order_generator, ranks)
+        for images, labels in batches:
             with autocast(device, precision):
-                logits = model(normalize(images, memory_format))  # (B, 10)
+                logits = trained_model(normalize(images, memory_format))  # (B, 10)
             loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             grad_scaler.scale(loss).backward()
@@ -419,7 +460,7 @@ def train(
             loss_sum += loss.detach() * len(labels)
             correct += (logits.argmax(dim=1) == labels).sum()
             images_seen += len(labels)
-            observer.batch_done(epoch, images_seen, len(train_split), loss.detach(), correct)
+            observer.batch_done(epoch, images_seen, images_this_rank, loss.detach(), correct)
 
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -427,41 +468,64 @@ def train(
 
         validation = evaluate(
             model,
-            validation_split,
+            validation_shard,
             batch_size=config.eval_batch_size,
             device=device,
             precision=precision,
         )
-        train_loss = loss_sum.item() / images_seen
-        train_accuracy = correct.item() / images_seen
-        if not (math.isfinite(train_loss) and math.isfinite(validation.loss)):
+        # Sums over ranks (the identity in one process): every rank gets the same figures.
+        (
+            loss_sum,
+            correct,
+            images_seen,
+            validation_loss_sum,
+            validation_correct,
+            validation_total,
+        ) = all_reduce_sum(
+            loss_sum,
+            correct,
+            torch.tensor(images_seen, device=device),
+            torch.tensor(validation.loss * validation.total, device=device),
+            torch.tensor(validation.correct, device=device),
+            torch.tensor(validation.total, device=device),
+        )
+        train_loss = loss_sum.item() / images_seen.item()
+        train_accuracy = correct.item() / images_seen.item()
+        validation_loss = validation_loss_sum.item() / validation_total.item()
+        validation_accuracy = validation_correct.item() / validation_total.item()
+        if not (math.isfinite(train_loss) and math.isfinite(validation_loss)):
             raise TrainingDiverged(
                 f"training diverged in epoch {epoch}: training loss {train_loss}, validation "
-                f"loss {validation.loss}; nothing from this epoch was saved. Try a lower --lr."
+                f"loss {validation_loss}; nothing from this epoch was saved. Try a lower --lr."
             )
-        is_best = validation.accuracy > best_validation_accuracy
-        best_validation_accuracy = max(best_validation_accuracy, validation.accuracy)
+        is_best = validation_accuracy > best_validation_accuracy
+        best_validation_accuracy = max(best_validation_accuracy, validation_accuracy)
         checkpoint_path = checkpoint_dir / f"checkpoint_epoch_{epoch}.pt"
         epoch_result = EpochResult(
             epoch=epoch,
             learning_rate=learning_rate,
             train_loss=train_loss,
             train_accuracy=train_accuracy,
-            validation_loss=validation.loss,
-            validation_accuracy=validation.accuracy,
+            validation_loss=validation_loss,
+            validation_accuracy=validation_accuracy,
             seconds=train_seconds,
-            images_per_second=images_seen / train_seconds,
+            images_per_second=images_seen.item() / train_seconds,
             checkpoint=checkpoint_path,
             is_best=is_best,
         )
         result.epochs.append(epoch_result)
         stop = early_stopping.should_stop(epoch_result)
+        rng_by_rank = gather_objects(rng_states(batch_order_generator))  # a collective: all ranks
+        if not ranks.is_main:
+            if stop:
+                break
+            continue
         payload = build_payload(
             model=model,
             optimizer=optimizer,
             epoch=epoch,
-            validation_loss=validation.loss,
-            validation_accuracy=100.0 * validation.accuracy,
+            validation_loss=validation_loss,
+            validation_accuracy=100.0 * validation_accuracy,
             config=config,
             extra={
                 "train_loss": train_loss,
@@ -473,7 +537,9 @@ def train(
                 "torch_version": str(torch.__version__),  # TorchVersion is not a plain str
                 # What an exact resume needs, all tensors and plain values:
                 "scheduler_state_dict": scheduler.state_dict() if scheduler is not None else {},
-                "rng_state": rng_states(batch_order_generator),
+                "rng_state": rng_by_rank[0],
+                "rng_state_by_rank": rng_by_rank if ranks.enabled else [],
+                "world_size": ranks.world_size,
                 "global_step": global_step,
                 "early_stopping": [early_stopping.best, early_stopping.epochs_without_improvement],
                 "history": [_epoch_record(past) for past in result.epochs],
@@ -500,6 +566,7 @@ def train(
             break
 
     result.stop_reason = result.stop_reason or f"completed all {config.epochs} epochs"
+    shutdown()
     result.wall_seconds = time.perf_counter() - wall_start
     observer.finished(result)
     return result
