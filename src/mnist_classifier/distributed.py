@@ -55,10 +55,12 @@ def init_distributed(device: torch.device, backend: str = "auto") -> Ranks:
 
 
 def rank_device(device: torch.device, ranks: Ranks) -> torch.device:
-    """Each rank on its own GPU; CPU ranks share the CPU."""
+    """Each rank on its own GPU; CPU ranks share the CPU. More ranks than GPUs share them
+    round-robin (for trying DDP on one GPU; that needs the gloo backend, as nccl refuses)."""
     if device.type == "cuda" and ranks.enabled:
-        torch.cuda.set_device(ranks.local_rank)
-        return torch.device("cuda", ranks.local_rank)
+        index = ranks.local_rank % torch.cuda.device_count()
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
     return device
 
 
