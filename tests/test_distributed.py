@@ -1,6 +1,7 @@
 """Data-parallel training with torchrun on CPU (gloo): two real processes on a real subset."""
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -103,6 +104,8 @@ def test_a_failing_rank_fails_the_job_and_names_itself(mnist_dir, tmp_path):
     )
     assert completed.returncode != 0
     assert "injected failure on rank 1" in completed.stderr
+    # torchrun's own summary names the rank that failed first, and ends the others.
+    assert re.search(r"Root Cause.*?rank\s*:\s*1 \(local_rank: 1\)", completed.stderr, re.S)
     assert time.monotonic() - start < 150  # failed, did not hang
 
 
