@@ -17,3 +17,35 @@ def mnist_dir() -> Path:
 
     ensure_mnist(DATA_DIR)
     return DATA_DIR
+
+
+def checkpoint_payload(model=None, **changes) -> dict:
+    """A valid checkpoint dict for a (by default untrained) SimpleCNN; `changes` override keys."""
+    import torch
+
+    from mnist_classifier.checkpoint import build_payload
+    from mnist_classifier.config import TrainConfig
+    from mnist_classifier.model import SimpleCNN
+
+    model = model or SimpleCNN()
+    payload = build_payload(
+        model=model,
+        optimizer=torch.optim.Adam(model.parameters()),
+        epoch=3,
+        validation_loss=0.05,
+        validation_accuracy=98.5,
+        config=TrainConfig(),
+        extra={},
+    )
+    payload.update(changes)
+    return payload
+
+
+class CreatesAFile:
+    """Pickles to a call of Path.touch: loading it with a full unpickler would create `target`."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+
+    def __reduce__(self):
+        return (Path.touch, (self.target,))

@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import CreatesAFile, checkpoint_payload
 
 from mnist_classifier.checkpoint import (
     PAUSE_INSIDE_SAVE,
     CheckpointError,
-    build_payload,
     check_output_dir,
     copy_checkpoint,
     load_checkpoint,
@@ -21,25 +21,10 @@ from mnist_classifier.config import ConfigError, TrainConfig
 from mnist_classifier.model import SimpleCNN
 
 
-def _payload(model=None, **changes):
-    model = model or SimpleCNN()
-    payload = build_payload(
-        model=model,
-        optimizer=torch.optim.Adam(model.parameters()),
-        epoch=3,
-        validation_loss=0.05,
-        validation_accuracy=98.5,
-        config=TrainConfig(),
-        extra={},
-    )
-    payload.update(changes)
-    return payload
-
-
 def test_round_trip_restores_weights_and_metadata(tmp_path):
     model = SimpleCNN()
     path = tmp_path / "model.pt"
-    save_checkpoint(path, _payload(model))
+    save_checkpoint(path, checkpoint_payload(model))
 
     loaded = load_checkpoint(path)
     assert (loaded.epoch, loaded.validation_loss, loaded.validation_accuracy) == (3, 0.05, 98.5)
@@ -62,7 +47,7 @@ def test_missing_checkpoint_says_to_train_first(tmp_path):
 
 def test_truncated_checkpoint_is_a_clear_error(tmp_path):
     path = tmp_path / "model.pt"
-    save_checkpoint(path, _payload())
+    save_checkpoint(path, checkpoint_payload())
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(CheckpointError, match="model.pt does not match its digest"):
         load_checkpoint(path)
@@ -92,31 +77,23 @@ def test_another_architecture_is_named_as_such(tmp_path):
     other.fc1 = torch.nn.Linear(3136, 256)
     other.fc2 = torch.nn.Linear(256, 10)
     path = tmp_path / "wide.pt"
-    save_checkpoint(path, _payload(other))
+    save_checkpoint(path, checkpoint_payload(other))
     with pytest.raises(CheckpointError, match="another architecture"):
         load_checkpoint(path)
 
 
 def test_newer_schema_is_refused(tmp_path):
     path = tmp_path / "future.pt"
-    save_checkpoint(path, _payload(schema_version=99))
+    save_checkpoint(path, checkpoint_payload(schema_version=99))
     with pytest.raises(CheckpointError, match="schema version 99"):
         load_checkpoint(path)
-
-
-class _CreatesAFile:
-    def __init__(self, target: Path) -> None:
-        self.target = target
-
-    def __reduce__(self):
-        return (Path.touch, (self.target,))
 
 
 @pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
 def test_a_checkpoint_carrying_code_is_refused_and_the_code_never_runs(tmp_path, protocol):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pt"
-    torch.save(_payload(loss=_CreatesAFile(marker)), path, pickle_protocol=protocol)
+    torch.save(checkpoint_payload(loss=CreatesAFile(marker)), path, pickle_protocol=protocol)
     trust_checkpoint(path)  # so that the refusal comes from the loader itself
     with pytest.raises(CheckpointError, match="evil.pt was refused.*could run code"):
         load_checkpoint(path)
@@ -138,7 +115,7 @@ def test_output_dir_that_cannot_be_written_is_a_config_error(tmp_path):
 def test_a_single_flipped_byte_in_tensor_data_is_detected(tmp_path):
     path = tmp_path / "model.pt"
     model = SimpleCNN()
-    save_checkpoint(path, _payload(model))
+    save_checkpoint(path, checkpoint_payload(model))
     content = bytearray(path.read_bytes())
     # Flip a byte inside fc1's weights (the bulk of the file), not in the zip's directory.
     weights = model.fc1.weight.detach().numpy().tobytes()
@@ -152,7 +129,7 @@ def test_a_single_flipped_byte_in_tensor_data_is_detected(tmp_path):
 
 def test_a_checkpoint_without_its_digest_file_is_refused(tmp_path):
     path = tmp_path / "model.pt"
-    save_checkpoint(path, _payload())
+    save_checkpoint(path, checkpoint_payload())
     (tmp_path / "model.pt.sha256").unlink()
     with pytest.raises(CheckpointError, match="no digest file model.pt.sha256.*sha256sum"):
         load_checkpoint(path)
@@ -160,7 +137,7 @@ def test_a_checkpoint_without_its_digest_file_is_refused(tmp_path):
 
 def test_an_interrupted_save_leaves_a_file_its_digest_vouches_for(tmp_path, monkeypatch):
     path = tmp_path / "best_model.pt"
-    save_checkpoint(path, _payload(epoch=1))
+    save_checkpoint(path, checkpoint_payload(epoch=1))
     old_bytes = path.read_bytes()
 
     real_replace = os.replace
@@ -172,7 +149,7 @@ def test_an_interrupted_save_leaves_a_file_its_digest_vouches_for(tmp_path, monk
 
     monkeypatch.setattr(os, "replace", killed_before_the_rename)
     with pytest.raises(KeyboardInterrupt):
-        save_checkpoint(path, _payload(epoch=2))
+        save_checkpoint(path, checkpoint_payload(epoch=2))
     monkeypatch.undo()
     # The old file is still there and still verifies, though the digest file lists both.
     assert path.read_bytes() == old_bytes
@@ -191,7 +168,7 @@ def test_stale_temporaries_are_removed(tmp_path):
 
 def test_copy_is_verified_and_carries_its_digest(tmp_path):
     source = tmp_path / "a.pt"
-    save_checkpoint(source, _payload())
+    save_checkpoint(source, checkpoint_payload())
     copy_checkpoint(source, tmp_path / "stage" / "best_model.pt")
     assert load_checkpoint(tmp_path / "stage" / "best_model.pt").epoch == 3
     source.write_bytes(source.read_bytes()[:-10])

@@ -6,14 +6,12 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, checkpoint_payload
 from typer.testing import CliRunner
 
-from mnist_classifier.checkpoint import build_payload, save_checkpoint
+from mnist_classifier.checkpoint import save_checkpoint
 from mnist_classifier.cli import app
-from mnist_classifier.config import TrainConfig
 from mnist_classifier.data import RAW_SHA256
-from mnist_classifier.model import SimpleCNN
 
 runner = CliRunner()
 
@@ -76,19 +74,7 @@ def test_evaluate_missing_checkpoint_says_train_first(tmp_path):
 
 def test_evaluate_truncated_checkpoint_is_one_clear_error(tmp_path):
     path = tmp_path / "cut.pt"
-    model = SimpleCNN()
-    save_checkpoint(
-        path,
-        build_payload(
-            model=model,
-            optimizer=torch.optim.Adam(model.parameters()),
-            epoch=1,
-            validation_loss=1.0,
-            validation_accuracy=10.0,
-            config=TrainConfig(),
-            extra={},
-        ),
-    )
+    save_checkpoint(path, checkpoint_payload())
     path.write_bytes(path.read_bytes()[:1000])
     result = runner.invoke(app, ["evaluate", "--checkpoint", str(path)])
     assert result.exit_code == 1

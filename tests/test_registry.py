@@ -3,18 +3,17 @@
 import json
 import pickle
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import CreatesAFile, checkpoint_payload
 from PIL import Image
 from trained_model import tiny_checkpoint
 from typer.testing import CliRunner
 
-from mnist_classifier.checkpoint import build_payload, load_checkpoint, trust_checkpoint
+from mnist_classifier.checkpoint import load_checkpoint, trust_checkpoint
 from mnist_classifier.cli import app
-from mnist_classifier.config import TrainConfig, make_config
-from mnist_classifier.model import SimpleCNN
+from mnist_classifier.config import make_config
 from mnist_classifier.serve.loading import ServeError, load_checkpoint_model
 from mnist_classifier.train import train
 
@@ -94,28 +93,11 @@ def test_a_stage_name_cannot_leave_the_registry(models_dir, mnist_dir):
     assert result.exit_code == 2 and "plain name" in result.output
 
 
-class _CreatesAFile:
-    def __init__(self, target: Path) -> None:
-        self.target = target
-
-    def __reduce__(self):
-        return (Path.touch, (self.target,))
-
-
 def test_a_code_carrying_checkpoint_is_refused_on_every_path(mnist_dir, tmp_path):
     marker = tmp_path / "pwned"
     evil = tmp_path / "models" / "staging" / "mnist" / "best_model.pt"
     evil.parent.mkdir(parents=True)
-    model = SimpleCNN()
-    payload = build_payload(
-        model=model,
-        optimizer=torch.optim.Adam(model.parameters()),
-        epoch=1,
-        validation_loss=0.1,
-        validation_accuracy=99.0,
-        config=TrainConfig(),
-        extra={"rng_state": _CreatesAFile(marker)},
-    )
+    payload = checkpoint_payload(rng_state=CreatesAFile(marker))
     torch.save(payload, evil, pickle_protocol=pickle.HIGHEST_PROTOCOL)
     trust_checkpoint(evil)  # its digest is right: only the loader itself stands in the way
     image = tmp_path / "digit.png"
