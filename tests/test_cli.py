@@ -132,6 +132,8 @@ def test_train_then_evaluate_with_every_flag(mnist_dir, tmp_path):
             "500",
             "--max-train-images",
             "640",
+            "--runs-dir",
+            str(tmp_path / "runs"),
         ],
     )
     assert result.exit_code == 0, result.output
@@ -157,6 +159,8 @@ def test_train_then_evaluate_with_every_flag(mnist_dir, tmp_path):
             "3",
             "--device",
             "cpu",
+            "--output-dir",
+            str(tmp_path / "report"),
         ],
     )
     assert result.exit_code == 0, result.output

@@ -100,6 +100,7 @@ def test_a_run_writes_every_artifact(mnist_dir, tmp_path):
     assert (run_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     best = load_checkpoint(run_dir / "best_model.pt")
     assert best.epoch == summary["best_epoch"]
+    assert best.raw["run_dir"] == str(run_dir.resolve())
     assert (run_dir / "checkpoint_epoch_2.pt").is_file()
 
 
@@ -187,3 +188,14 @@ def test_sweep_rejects_a_bad_grid_before_training(tmp_path):
     )
     assert result.exit_code == 2 and "schedule.name must be one of" in result.output
     assert not any(tmp_path.iterdir())
+
+
+def test_test_accuracy_reaches_the_run_that_wrote_a_checkpoint_kept_elsewhere(tmp_path):
+    run_dir = tmp_path / "runs" / "20260101-000000-run"
+    run_dir.mkdir(parents=True)
+    (run_dir / "summary.json").write_text('{"best_epoch": 2}')
+    staged = tmp_path / "models" / "staging" / "mnist" / "best_model.pt"
+    assert record_test_accuracy(staged, 0.99, str(run_dir)) == run_dir / "summary.json"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary == {"best_epoch": 2, "test_accuracy": 0.99, "test_checkpoint": str(staged)}
+    assert record_test_accuracy(staged, 0.99, "") is None  # no run to tell

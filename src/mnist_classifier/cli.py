@@ -458,7 +458,7 @@ def evaluate(
         ) from None
     # A checkpoint inside a run directory gets its test accuracy into that run's summary,
     # so `mnist runs` can show it beside the validation figures.
-    record_test_accuracy(loaded.path, result.accuracy)
+    record_test_accuracy(loaded.path, result.accuracy, loaded.raw.get("run_dir", ""))
     if text:
         print_evaluation(result, test_split, show_samples)
         print_report_details(report, {name: str(path) for name, path in files.items()})

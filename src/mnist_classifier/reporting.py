@@ -203,10 +203,21 @@ def print_runs(rows: list[dict], output_format: str) -> None:
         return
     table = Table(show_lines=False)
     for column in columns:
-        table.add_column(column, overflow="fold", no_wrap=column == "run")
+        table.add_column(SHORT_HEADERS.get(column, column), overflow="fold", no_wrap=True)
     for row in rows:
         table.add_row(*(_cell(column, row[column]) for column in columns))
-    console.print(table)
+    # Logs and pipes get whole rows rather than Rich's 80-column default.
+    Console(highlight=False, width=None if sys.stdout.isatty() else 200).print(table)
+
+
+SHORT_HEADERS = {
+    "started_utc": "started (UTC)",
+    "best_validation_accuracy": "best validation",
+    "test_accuracy": "test",
+    "wall_seconds": "seconds",
+    "validation_accuracy": "validation",
+    "promoted_utc": "promoted (UTC)",
+}
 
 
 def _cell(column: str, value) -> str:

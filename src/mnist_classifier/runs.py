@@ -201,16 +201,18 @@ def _write_json(path: Path, value: dict[str, Any]) -> None:
     temporary.replace(path)
 
 
-def record_test_accuracy(checkpoint: Path, accuracy: float) -> Path | None:
-    """If `checkpoint` lives in a run directory, add the test accuracy to its summary."""
-    summary_path = Path(checkpoint).resolve().parent / "summary.json"
-    if not summary_path.is_file():
-        return None
-    summary = json.loads(summary_path.read_text())
-    summary["test_accuracy"] = accuracy
-    summary["test_checkpoint"] = Path(checkpoint).name
-    _write_json(summary_path, summary)
-    return summary_path
+def record_test_accuracy(checkpoint: Path, accuracy: float, run_dir: str = "") -> Path | None:
+    """Add the test accuracy to the summary of the run that wrote `checkpoint`: the run
+    directory it names (`run_dir`, saved in every checkpoint) or else the folder it is in."""
+    for folder in (Path(run_dir) if run_dir else None, Path(checkpoint).resolve().parent):
+        summary_path = folder / "summary.json" if folder else None
+        if summary_path is not None and summary_path.is_file():
+            summary = json.loads(summary_path.read_text())
+            summary["test_accuracy"] = accuracy
+            summary["test_checkpoint"] = str(checkpoint)
+            _write_json(summary_path, summary)
+            return summary_path
+    return None
 
 
 @dataclass(frozen=True)

@@ -540,6 +540,8 @@ def train(
                 "rng_state": rng_by_rank[0],
                 "rng_state_by_rank": rng_by_rank if ranks.enabled else [],
                 "world_size": ranks.world_size,
+                # The run whose logs describe this checkpoint, even when it is saved elsewhere.
+                "run_dir": str(Path(run_dir).resolve()) if run_dir else "",
                 "global_step": global_step,
                 "early_stopping": [early_stopping.best, early_stopping.epochs_without_improvement],
                 "history": [_epoch_record(past) for past in result.epochs],
