@@ -14,6 +14,7 @@ it; a stray temporary is ignored and removed at the next start.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import pickle
 import re
@@ -98,6 +99,12 @@ def _write_file_atomically(path: Path, write, before_rename=None) -> None:
         Path(temporary).unlink(missing_ok=True)
         raise
     _fsync_directory(path.parent)
+
+
+def write_json_atomically(path: Path, value: dict[str, Any]) -> None:
+    """A JSON file (model card, run summary) written with the same crash-safe rename."""
+    text = json.dumps(value, indent=2) + "\n"
+    _write_file_atomically(Path(path), lambda handle: handle.write(text.encode()))
 
 
 def _write_digests(path: Path, digests: list[str]) -> None:

@@ -18,8 +18,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from mnist_classifier.checkpoint import copy_checkpoint, load_checkpoint
+from mnist_classifier.checkpoint import copy_checkpoint, load_checkpoint, write_json_atomically
 from mnist_classifier.data import sha256_of
+from mnist_classifier.runs import git_commit
 
 CHECKPOINT_NAME = "best_model.pt"
 MODEL_CARD_NAME = "model_card.json"
@@ -56,12 +57,6 @@ class Promotion:
     model_card: dict[str, Any]
 
 
-def _git_commit() -> str | None:
-    from mnist_classifier.runs import _git
-
-    return _git("rev-parse", "HEAD")
-
-
 def promote(
     candidate: Path,
     *,
@@ -95,7 +90,7 @@ def promote(
         "parent_checkpoint_sha256": sha256_of(candidate),
         "checkpoint_sha256": digest,
         "promoted_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "epoch": loaded.epoch,
         "metrics": {
             "test_accuracy": result.accuracy,
@@ -110,7 +105,7 @@ def promote(
         "config": loaded.config.to_dict(),
         "data_sha256": dict(mnist_files.sha256),
     }
-    _write_json_atomically(destination.parent / MODEL_CARD_NAME, model_card)
+    write_json_atomically(destination.parent / MODEL_CARD_NAME, model_card)
     _append_history(
         Path(models_dir) / HISTORY_NAME,
         {
@@ -123,16 +118,6 @@ def promote(
         },
     )
     return Promotion(destination=destination, model_card=model_card)
-
-
-def _write_json_atomically(path: Path, value: dict[str, Any]) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "w") as handle:
-        json.dump(value, handle, indent=2)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
 
 
 def _append_history(path: Path, entry: dict[str, Any]) -> None:

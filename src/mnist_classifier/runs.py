@@ -28,6 +28,7 @@ from typing import Any
 
 import yaml
 
+from mnist_classifier.checkpoint import write_json_atomically
 from mnist_classifier.config import ConfigError, flatten, parse_assignment
 from mnist_classifier.train import EpochResult, TrainingObserver, TrainResult, TrainSetup
 
@@ -73,6 +74,11 @@ def latest_run_dir(runs_dir: Path | str, name: str) -> Path | None:
     return matching[-1] if matching else None
 
 
+def git_commit() -> str | None:
+    """The checkout's HEAD commit, or None outside a git checkout."""
+    return _git("rev-parse", "HEAD")
+
+
 def _git(*arguments: str) -> str | None:
     try:
         completed = subprocess.run(
@@ -93,7 +99,7 @@ def provenance(config_seed: int, setup: TrainSetup) -> dict[str, Any]:
 
     status = _git("status", "--porcelain", "--untracked-files=no")
     return {
-        "git_commit": _git("rev-parse", "HEAD"),
+        "git_commit": git_commit(),
         "git_dirty": None if status is None else bool(status),
         "python": platform.python_version(),
         "torch": str(torch.__version__),
@@ -134,7 +140,7 @@ class RunRecorder(TrainingObserver):
             )
         else:
             record = this_start
-        _write_json(provenance_path, record)
+        write_json_atomically(provenance_path, record)
 
         metrics_path = self.run_dir / "metrics.csv"
         kept: list[dict[str, str]] = []
@@ -177,7 +183,7 @@ class RunRecorder(TrainingObserver):
             "wall_seconds": result.wall_seconds,
             "checkpoint_dir": str(result.checkpoint_dir),
         }
-        _write_json(self.run_dir / "summary.json", summary)
+        write_json_atomically(self.run_dir / "summary.json", summary)
         hparams = {
             key: value if isinstance(value, (int, float, str, bool)) else str(value)
             for key, value in flatten(self.config.to_dict()).items()
@@ -195,12 +201,6 @@ class RunRecorder(TrainingObserver):
         save_learning_curves({self.run_dir.name: self.rows}, self.run_dir / "curves.png")
 
 
-def _write_json(path: Path, value: dict[str, Any]) -> None:
-    temporary = path.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(value, indent=2) + "\n")
-    temporary.replace(path)
-
-
 def record_test_accuracy(checkpoint: Path, accuracy: float, run_dir: str = "") -> Path | None:
     """Add the test accuracy to the summary of the run that wrote `checkpoint`: the run
     directory it names (`run_dir`, saved in every checkpoint) or else the folder it is in."""
@@ -210,7 +210,7 @@ def record_test_accuracy(checkpoint: Path, accuracy: float, run_dir: str = "") -
             summary = json.loads(summary_path.read_text())
             summary["test_accuracy"] = accuracy
             summary["test_checkpoint"] = str(checkpoint)
-            _write_json(summary_path, summary)
+            write_json_atomically(summary_path, summary)
             return summary_path
     return None
 

@@ -433,6 +433,7 @@ def train(
     )
     observer.started(config, setup)
 
+    images_this_rank = len(shard(torch.arange(len(train_split)), ranks))  # same every epoch
     for epoch in range(start_epoch, config.epochs + 1):
         observer.epoch_started(epoch, config.epochs, len(train_split))
         learning_rate = optimizer.param_groups[0]["lr"]
@@ -443,7 +444,6 @@ def train(
         images_seen = 0
         epoch_start = time.perf_counter()
 
-        images_this_rank = len(shard(torch.arange(len(train_split)), ranks))
         batches = shuffled_batches(train_split, config.batch_size, batch_order_generator, ranks)
         for images, labels in batches:
             with autocast(device, precision):
