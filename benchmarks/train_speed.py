@@ -1,6 +1,6 @@
 """Training speed, side by side: the conventional pipeline (A) against this project's engine (B).
 
-    python benchmarks/train_speed.py [--rounds 2] [--steps N] [--skip-fast]
+    python benchmarks/train_speed.py [--rounds 2] [--steps N] [--fast-seeds 3]
 
 A is the pipeline the lab describes, written plainly below: torchvision's MNIST dataset with
 per-sample ToTensor + Normalize, DataLoader(batch_size=64, shuffle=True), the lab's SimpleCNN,
@@ -25,6 +25,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LAB_BATCH_SIZE = 64
+STEPS_PER_EPOCH = -(-55_000 // LAB_BATCH_SIZE)  # 860: the last batch of an epoch is short
 
 
 def run_baseline(data_dir: str, steps: int) -> dict:
@@ -111,8 +112,11 @@ def run_engine(data_dir: str, steps: int, config_overrides: dict | None = None) 
 
     overrides = dict(config_overrides or {})
     config_file = overrides.pop("config_file", None)
-    if config_file is None:  # the lab's settings, for as many epochs as `steps` takes
-        overrides["epochs"] = max(1, round(steps / -(-55_000 // LAB_BATCH_SIZE)))
+    if config_file is None:  # the lab's settings, for exactly `steps` optimizer steps
+        if steps < STEPS_PER_EPOCH:  # part of an epoch: train on that many full batches
+            overrides.update({"epochs": 1, "data.max_train_images": steps * LAB_BATCH_SIZE})
+        else:
+            overrides["epochs"] = steps // STEPS_PER_EPOCH
     with tempfile.TemporaryDirectory() as output_dir:
         config = load_config(
             config_file, {**overrides, "data.data_dir": data_dir, "output_dir": output_dir}
@@ -180,7 +184,10 @@ def main() -> None:
     parser.add_argument("--data-dir", default=str(REPO_ROOT / "data"))
     parser.add_argument("--rounds", type=int, default=2, help="A/B pairs, alternating")
     parser.add_argument(
-        "--steps", type=int, default=-(-55_000 // LAB_BATCH_SIZE), help="optimizer steps each"
+        "--steps",
+        type=int,
+        default=STEPS_PER_EPOCH,
+        help=f"optimizer steps each: fewer than {STEPS_PER_EPOCH} (one epoch), or whole epochs",
     )
     parser.add_argument(
         "--fast-seeds", type=int, default=3, help="seeds for the fast preset (0 to skip)"
@@ -188,6 +195,13 @@ def main() -> None:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--overrides", default="{}", help=argparse.SUPPRESS)
     arguments = parser.parse_args()
+    if arguments.steps < 1 or (
+        arguments.steps > STEPS_PER_EPOCH and arguments.steps % STEPS_PER_EPOCH
+    ):
+        parser.error(
+            f"--steps {arguments.steps}: give fewer than {STEPS_PER_EPOCH} steps (part of one "
+            f"epoch) or a multiple of {STEPS_PER_EPOCH} (whole epochs), so A and B take the same"
+        )
 
     if arguments.worker:
         overrides = json.loads(arguments.overrides)
