@@ -109,7 +109,9 @@ def test_a_failing_rank_fails_the_job_and_names_itself(mnist_dir, tmp_path):
     assert time.monotonic() - start < 150  # failed, did not hang
 
 
-def test_mnist_train_nproc_and_resume_under_ddp(mnist_dir, tmp_path):
+def test_mnist_train_nproc_and_resume_under_ddp_is_bit_identical(mnist_dir, tmp_path):
+    """1 epoch, then `--resume auto` to 2, ends on the weights of a straight 2-epoch DDP run:
+    each rank's dropout and the shared batch order continue where they stopped."""
     arguments = [
         "--nproc",
         "2",
@@ -136,4 +138,17 @@ def test_mnist_train_nproc_and_resume_under_ddp(mnist_dir, tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Resuming from" in resumed.stdout
     (run_dir,) = (tmp_path / "runs").iterdir()  # rank 1 made no run directory of its own
-    assert load_checkpoint(run_dir / "checkpoint_epoch_2.pt").raw["world_size"] == 2
+    resumed_checkpoint = load_checkpoint(run_dir / "checkpoint_epoch_2.pt")
+    assert resumed_checkpoint.raw["world_size"] == 2
+
+    straight_dir = tmp_path / "straight"
+    straight = subprocess.run(
+        [*command, "--epochs", "2", "--output-dir", str(straight_dir)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    expected = load_checkpoint(straight_dir / "checkpoint_epoch_2.pt").model.state_dict()
+    resumed_weights = resumed_checkpoint.model.state_dict()
+    assert all(torch.equal(resumed_weights[key], expected[key]) for key in expected)
