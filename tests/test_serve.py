@@ -410,3 +410,42 @@ def test_predictions_are_the_trained_models_own(trained_checkpoint, mnist_dir):
     single = post_file(client, uploads[0]).json()  # alone, not in a batch of 32
     assert single["digit"] == answers[0]["digit"]
     np.testing.assert_allclose(single["probabilities"], answers[0]["probabilities"], atol=1e-6)
+
+
+@pytest.mark.slow
+def test_the_onnxruntime_backend_serves_what_the_torch_backend_serves(
+    trained_checkpoint, mnist_dir, tmp_path
+):
+    from mnist_classifier.data import sha256_of
+    from mnist_classifier.export import export_model
+    from mnist_classifier.serve.loading import load_onnx_model
+
+    images, _ = load_split(mnist_dir, train=False)
+    onnx_path = tmp_path / "model.onnx"
+    export_model(load_checkpoint(trained_checkpoint).model, "onnx", onnx_path, images[:64])
+    uploads = [png_bytes(255 - image.numpy()) for image in images[:16]]
+    files = [("files", (f"{i}.png", data, "image/png")) for i, data in enumerate(uploads)]
+
+    answers = {}
+    for served in (load_checkpoint_model(trained_checkpoint), load_onnx_model(onnx_path)):
+        client = TestClient(create_app(served.predictor, served.info))
+        answers[served.info.backend] = client.post("/predict/batch", files=files).json()
+    model = client.get("/model").json()  # the onnxruntime server's
+    assert model["backend"] == "onnxruntime" and model["digest"] == sha256_of(onnx_path)
+
+    by_torch, by_onnx = answers["torch"]["predictions"], answers["onnxruntime"]["predictions"]
+    assert [a["digit"] for a in by_onnx] == [a["digit"] for a in by_torch]
+    np.testing.assert_allclose(
+        [a["probabilities"] for a in by_onnx], [a["probabilities"] for a in by_torch], atol=1e-5
+    )
+
+
+def test_serve_refuses_a_file_that_is_not_an_onnx_model(tmp_path):
+    not_a_model = tmp_path / "model.onnx"
+    not_a_model.write_bytes(b"these bytes are not a protobuf")
+    result = CliRunner().invoke(
+        cli_app, ["serve", "--backend", "onnxruntime", "--model", str(not_a_model)]
+    )
+    assert result.exit_code == 1
+    assert "is not a usable exported ONNX model" in result.output
+    assert "Traceback" not in result.output
