@@ -127,3 +127,23 @@ def test_a_digit_drawn_with_the_mouse_is_predicted(browser, server_url, tmp_path
     page.click("#clear")
     assert page.locator("#digit").text_content() == ""
     page.close()
+
+
+def test_the_api_docs_render_with_no_request_leaving_the_server(browser, server_url):
+    page = browser.new_page()
+    outside = []
+
+    def only_the_server(route):
+        if route.request.url.startswith(server_url):
+            route.continue_()
+        else:  # a CDN, say: this machine may have no internet, so the page must not need one
+            outside.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", only_the_server)
+    page.goto(server_url + "docs")
+    operations = page.locator(".opblock-summary-path")
+    operations.first.wait_for(timeout=15_000)
+    assert set(operations.all_text_contents()) >= {"/predict", "/predict/batch", "/model"}
+    assert outside == []
+    page.close()

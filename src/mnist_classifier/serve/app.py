@@ -24,6 +24,7 @@ import torch
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi_offline import FastAPIOffline
 from PIL import Image
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
@@ -89,7 +90,11 @@ def create_app(
         yield
         inference_pool.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(
+    # FastAPI's /docs page loads Swagger UI from a CDN; this one serves it from the installed
+    # package, so the docs work on a machine without internet. ReDoc is left out: its page
+    # still fetches a logo from its CDN.
+    app = FastAPIOffline(
+        redoc_url=None,
         title="MNIST digit classifier",
         version="1",
         description=(
