@@ -19,9 +19,8 @@ from mnist_classifier.device import autocast, memory_format_for, resolve_device,
 from mnist_classifier.model import SimpleCNN
 
 
-def images_per_second(
-    model, optimizer, device, precision, batch_size, steps
-) -> tuple[float, float]:
+def synthetic_training_step(model, optimizer, device, precision, batch_size):
+    """One of the engine's training steps, as a function, on a fixed batch of random images."""
     memory_format = memory_format_for(device)
     images = torch.randint(0, 256, (batch_size, 28, 28), dtype=torch.uint8, device=device)
     labels = torch.randint(0, 10, (batch_size,), device=device)
@@ -33,6 +32,14 @@ def images_per_second(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+
+    return step
+
+
+def images_per_second(
+    model, optimizer, device, precision, batch_size, steps
+) -> tuple[float, float]:
+    step = synthetic_training_step(model, optimizer, device, precision, batch_size)
 
     def synchronize():
         if device.type == "cuda":

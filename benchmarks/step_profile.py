@@ -14,10 +14,10 @@ import argparse
 import time
 
 import torch
-import torch.nn.functional as F
+from compile_speed import synthetic_training_step  # this folder is on sys.path when run
 from torch.profiler import ProfilerActivity, profile
 
-from mnist_classifier.batching import normalize
+from mnist_classifier.device import memory_format_for
 from mnist_classifier.model import SimpleCNN
 
 MATMUL_SIZE = 1024
@@ -45,17 +45,11 @@ def main() -> None:
     arguments = parser.parse_args()
     torch.manual_seed(0)
 
-    model = SimpleCNN().to(memory_format=torch.channels_last)
+    cpu = torch.device("cpu")
+    memory_format = memory_format_for(cpu)
+    model = SimpleCNN().to(memory_format=memory_format)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
-    images = torch.randint(0, 256, (arguments.batch_size, 28, 28), dtype=torch.uint8)
-    labels = torch.randint(0, 10, (arguments.batch_size,))
-
-    def step():
-        loss = F.cross_entropy(model(normalize(images, torch.channels_last)), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
+    step = synthetic_training_step(model, optimizer, cpu, "fp32", arguments.batch_size)
     step_ms = best_milliseconds(step, calls=arguments.steps)
     with profile(activities=[ProfilerActivity.CPU]) as profiler:
         for _ in range(arguments.steps):
@@ -69,9 +63,7 @@ def main() -> None:
     # conv2: (B, 32, 14, 14) -> (B, 64, 14, 14), 3x3; the backward pass does twice the forward's
     # arithmetic (gradients of its input and of its weights).
     conv2 = model.conv2
-    inputs = torch.randn(arguments.batch_size, 32, 14, 14).contiguous(
-        memory_format=torch.channels_last
-    )
+    inputs = torch.randn(arguments.batch_size, 32, 14, 14).contiguous(memory_format=memory_format)
     inputs.requires_grad_(True)
     output_gradient = torch.randn_like(conv2(inputs))
     forward_flop = 2 * arguments.batch_size * 14 * 14 * 64 * 32 * 9
