@@ -9,6 +9,7 @@ compare against its own logits.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import json
 import threading
@@ -28,11 +29,13 @@ from mnist_classifier.checkpoint import load_checkpoint, save_checkpoint
 from mnist_classifier.cli import app as cli_app
 from mnist_classifier.data import load_split
 from mnist_classifier.preprocess import preprocess_image
-from mnist_classifier.serve.app import MAX_BODY_BYTES, create_app
+from mnist_classifier.serve.app import create_app
+from mnist_classifier.serve.limits import DEFAULT_LIMITS
 from mnist_classifier.serve.loading import load_checkpoint_model, stage_checkpoint
 from mnist_classifier.serve.schemas import MAX_BATCH_IMAGES, ModelInfo
 
 DIGEST = "ab" * 32
+MAX_BODY_BYTES = DEFAULT_LIMITS.max_body_bytes
 MODEL_INFO = ModelInfo(
     digest=DIGEST,
     stage="production",
@@ -40,9 +43,8 @@ MODEL_INFO = ModelInfo(
     file_name="best_model.pt",
     architecture="SimpleCNN",
     epoch=3,
-    validation_accuracy=98.5,
+    validation_accuracy=0.985,
     metrics={"test_accuracy": 0.99},
-    model_card={"metrics": {"test_accuracy": 0.99}},
 )
 
 
@@ -92,9 +94,14 @@ SEVEN_PNG = png_bytes(drawn_seven())
 SEVEN_SEEN = preprocess_image(SEVEN_PNG)  # the oracle: what the model must be given
 
 
+def local_client(app) -> TestClient:
+    """A client that reaches the app as http://127.0.0.1, a host it serves by default."""
+    return TestClient(app, base_url="http://127.0.0.1")
+
+
 @pytest.fixture(scope="module")
 def client() -> TestClient:
-    return TestClient(create_app(ChecksumPredictor(), MODEL_INFO))
+    return local_client(create_app(ChecksumPredictor(), MODEL_INFO))
 
 
 def post_file(client: TestClient, data: bytes, content_type: str = "image/png"):
@@ -321,7 +328,8 @@ def test_bad_input_is_a_clean_4xx_and_the_server_still_predicts(client, name):
 
 def test_a_stuck_model_answers_504_in_time_and_health_still_answers():
     predictor = BlockedPredictor()
-    client = TestClient(create_app(predictor, MODEL_INFO, request_timeout_s=0.3))
+    limits = dataclasses.replace(DEFAULT_LIMITS, request_timeout_s=0.3)
+    client = local_client(create_app(predictor, MODEL_INFO, limits=limits))
     try:
         started = time.perf_counter()
         response = post_file(client, SEVEN_PNG)
@@ -381,7 +389,7 @@ def test_a_stage_is_served_with_its_digest_and_model_card_metrics(trained_checkp
     card = {"stage": "production", "metrics": {"test_accuracy": 0.91, "test_loss": 0.3}}
     (checkpoint.parent / "model_card.json").write_text(json.dumps(card))
     served = load_checkpoint_model(checkpoint, stage="production")
-    client = TestClient(create_app(served.predictor, served.info))
+    client = local_client(create_app(served.predictor, served.info))
     model = client.get("/model").json()
     assert model["digest"] == sha256_of(checkpoint)
     assert model["stage"] == "production"
@@ -394,7 +402,7 @@ def test_a_stage_is_served_with_its_digest_and_model_card_metrics(trained_checkp
 @pytest.mark.slow
 def test_predictions_are_the_trained_models_own(trained_checkpoint, mnist_dir):
     served = load_checkpoint_model(trained_checkpoint)
-    client = TestClient(create_app(served.predictor, served.info))
+    client = local_client(create_app(served.predictor, served.info))
     images, labels = load_split(mnist_dir, train=False)
     uploads = [png_bytes(255 - image.numpy()) for image in images[:32]]  # dark ink on white
     files = [("files", (f"{i}.png", data, "image/png")) for i, data in enumerate(uploads)]
@@ -428,7 +436,7 @@ def test_the_onnxruntime_backend_serves_what_the_torch_backend_serves(
 
     answers = {}
     for served in (load_checkpoint_model(trained_checkpoint), load_onnx_model(onnx_path)):
-        client = TestClient(create_app(served.predictor, served.info))
+        client = local_client(create_app(served.predictor, served.info))
         answers[served.info.backend] = client.post("/predict/batch", files=files).json()
     model = client.get("/model").json()  # the onnxruntime server's
     assert model["backend"] == "onnxruntime" and model["digest"] == sha256_of(onnx_path)

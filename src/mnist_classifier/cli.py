@@ -641,6 +641,13 @@ def serve(
     timeout: Annotated[
         float, typer.Option(min=0.01, help="Seconds a prediction may take before it answers 504.")
     ] = 10.0,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A Host name clients use to reach the server (repeatable; '*.example.org', "
+            "or '*' for any). Loopback names and the --host address are always allowed."
+        ),
+    ] = None,
 ) -> None:
     """Serve predictions over HTTP, with a page to draw a digit on at /.
 
@@ -658,12 +665,19 @@ def serve(
         raise _fail("--backend onnxruntime serves --model PATH.onnx alone", EXIT_USAGE)
     if backend == "torch" and model is not None:
         raise _fail("--model is for --backend onnxruntime; use --checkpoint", EXIT_USAGE)
+    from mnist_classifier.serve.server import allowed_hosts, host_pattern_problem, server_config
 
+    for pattern in allowed_host or []:
+        if problem := host_pattern_problem(pattern):
+            raise _fail(f"--allowed-host {problem}", EXIT_USAGE)
+
+    import dataclasses
     import logging
 
     import uvicorn
 
-    from mnist_classifier.serve.app import create_app
+    from mnist_classifier.serve.app import LOOPBACK_HOSTS, create_app
+    from mnist_classifier.serve.limits import DEFAULT_LIMITS
     from mnist_classifier.serve.loading import (
         ServeError,
         load_checkpoint_model,
@@ -681,8 +695,10 @@ def serve(
             served = load_checkpoint_model(stage_checkpoint(models_dir, stage), stage=stage)
     except ServeError as error:
         raise _fail(str(error), EXIT_FAILURE) from None
-    server_app = create_app(served.predictor, served.info, request_timeout_s=timeout)
-    settings = uvicorn.Config(server_app, host=host, port=port)  # also sets up uvicorn's logs
+    hosts = allowed_hosts(host, allowed_host or [])
+    limits = dataclasses.replace(DEFAULT_LIMITS, request_timeout_s=timeout)
+    server_app = create_app(served.predictor, served.info, limits=limits, allowed_hosts=hosts)
+    settings = server_config(server_app, host, port, limits)  # also sets up uvicorn's logs
     log = logging.getLogger("uvicorn.error")
     log.info(
         "Serving %s (%s, stage %s, sha256 %s)",
@@ -693,6 +709,10 @@ def serve(
     )
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("Listening on %s: other machines can reach this server", host)
+        log.info(
+            "Requests must name one of these hosts (add others with --allowed-host): %s",
+            ", ".join([*LOOPBACK_HOSTS, *hosts]),
+        )
     uvicorn.Server(settings).run()
 
 

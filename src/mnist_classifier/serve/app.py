@@ -2,9 +2,11 @@
 
 The model is loaded before this app exists (see `loading.py`); no endpoint loads or accepts a
 model. Every request is refused with a 4xx and a one-line JSON `detail` before it can cost
-anything when it is too big (413), of the wrong content type (415), malformed (422) or not a
-usable image (400). Decoding and inference run in a worker thread under a deadline (504), so a
-slow request never blocks `/health` or the other requests.
+anything when it names a host the server is not (400), frames its body ambiguously (400), is
+too big in bytes or declared pixels (413), too slow to arrive (408), of the wrong content type
+(415), malformed (422) or not a usable image (400). Decoding and inference run on worker
+threads within the budgets of `limits.py` (503 when full) and under a deadline (504), so a slow
+request never blocks `/health` or the other requests.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ import asyncio
 import base64
 import binascii
 import re
-from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Protocol
@@ -28,9 +30,16 @@ from fastapi_offline import FastAPIOffline
 from PIL import Image
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mnist_classifier.preprocess import ImageError, preprocess_image
+from mnist_classifier.serve.limits import (
+    DEFAULT_LIMITS,
+    PreparationLane,
+    ServerLimits,
+    declared_pixels,
+)
 from mnist_classifier.serve.schemas import (
     MAX_BATCH_IMAGES,
     NUM_CLASSES,
@@ -44,11 +53,8 @@ from mnist_classifier.serve.schemas import (
     PredictionResult,
 )
 
-MAX_BODY_BYTES = 1 << 20  # 1 MiB: a drawn digit is a few KiB, a phone photo must be shrunk first
-DEFAULT_REQUEST_TIMEOUT_S = 10.0
-# Threads that decode and run the model. torch already spreads one forward pass over the cores,
-# so a few threads keep them busy; more would only queue inside torch.
-DEFAULT_INFERENCE_THREADS = 4
+# Host headers accepted whatever the configuration: this machine's own names for itself.
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 # At most this many validation problems are listed in a 422, so a 28x28 array of NaN answers
 # with three lines, not 784.
 MAX_LISTED_PROBLEMS = 3
@@ -56,9 +62,11 @@ DATA_URL_PREFIX = re.compile(r"data:image/[A-Za-z0-9.+-]+;base64,")
 
 ERROR_RESPONSES: dict[int | str, dict] = {
     400: {"model": ErrorResponse, "description": "Not a usable image, or invalid JSON."},
-    413: {"model": ErrorResponse, "description": "Request body over 1 MiB."},
+    408: {"model": ErrorResponse, "description": "The body did not arrive in time."},
+    413: {"model": ErrorResponse, "description": "Body over 1 MiB, or too many pixels."},
     415: {"model": ErrorResponse, "description": "Not multipart/form-data or JSON."},
     422: {"model": ErrorResponse, "description": "Well-formed but wrong fields or values."},
+    503: {"model": ErrorResponse, "description": "Busy preparing other images: see Retry-After."},
     504: {"model": ErrorResponse, "description": "Inference took longer than the deadline."},
 }
 
@@ -77,18 +85,26 @@ def create_app(
     predictor: Predictor,
     model_info: ModelInfo,
     *,
-    request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
-    max_body_bytes: int = MAX_BODY_BYTES,
-    inference_threads: int = DEFAULT_INFERENCE_THREADS,
+    limits: ServerLimits = DEFAULT_LIMITS,
+    allowed_hosts: Sequence[str] = LOOPBACK_HOSTS,
 ) -> FastAPI:
-    # The app's own pool, not the event loop's default one: a request that timed out leaves
-    # its thread running, and nothing that stops the loop should wait for it.
-    inference_pool = ThreadPoolExecutor(inference_threads, thread_name_prefix="mnist-inference")
+    """`allowed_hosts`: the Host header names to serve (starlette patterns: "*.example.org",
+    or "*" for any); the loopback names are always among them."""
+    # The app's own pools, not the event loop's default one: a request that timed out leaves
+    # its thread running until its current image is done, and nothing that stops the loop
+    # should wait for it. Small requests (drawings from the page) have workers of their own.
+    small_requests = PreparationLane(
+        "small", limits.small_requests_pixel_budget, limits.workers_per_kind
+    )
+    large_requests = PreparationLane(
+        "large", limits.large_requests_pixel_budget, limits.workers_per_kind
+    )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
-        inference_pool.shutdown(wait=False, cancel_futures=True)
+        for lane in (small_requests, large_requests):
+            lane.pool.shutdown(wait=False, cancel_futures=True)
 
     # FastAPI's /docs page loads Swagger UI from a CDN; this one serves it from the installed
     # package, so the docs work on a machine without internet. ReDoc is left out: its page
@@ -103,25 +119,47 @@ def create_app(
         ),
         lifespan=lifespan,
     )
-    app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
+    # The last added runs first: the body's framing, size and time are settled before anything
+    # else answers, so that a refusal can close the connection on a body it has not read.
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=[*LOOPBACK_HOSTS, *allowed_hosts])
+    app.add_middleware(BodyLimits, max_bytes=limits.max_body_bytes, timeout_s=limits.body_timeout_s)
     identity = model_info.identity
     index_html = resources.files(__package__).joinpath("static/index.html").read_text("utf-8")
 
     async def predict_sources(sources: list[ImageSource]) -> list[PredictionResult]:
-        try:
-            # A thread cannot be stopped: on timeout it finishes in the background while the
-            # event loop answers 504 and goes on serving.
-            inference = asyncio.get_running_loop().run_in_executor(
-                inference_pool, _predict, predictor, sources
+        pixels = sum(declared_pixels(source) for source in sources)  # headers only, no decoding
+        if pixels > limits.max_request_pixels:
+            what = (
+                f"the {len(sources)} images declare" if len(sources) > 1 else "the image declares"
             )
-            return await asyncio.wait_for(inference, timeout=request_timeout_s)
+            raise HTTPException(
+                413,
+                f"{what} {pixels:,} pixels, over the {limits.max_request_pixels:,}-pixel limit "
+                "per request; send smaller images, or fewer at a time",
+            )
+        lane = small_requests if pixels <= limits.small_request_pixels else large_requests
+        abandoned = threading.Event()
+        job = lane.submit(pixels, _predict, predictor, sources, abandoned)
+        if job is None:
+            raise HTTPException(
+                503,
+                f"busy preparing other images; retry in {limits.retry_after_s} s",
+                headers={"Retry-After": str(limits.retry_after_s)},
+            )
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(job), limits.request_timeout_s)
         except asyncio.TimeoutError:
             raise HTTPException(
-                504, f"prediction took longer than {request_timeout_s:g} s and was abandoned"
+                504,
+                f"prediction took longer than {limits.request_timeout_s:g} s and was abandoned",
             ) from None
         except _UnusableImage as error:
             where = f"image {error.index}: " if len(sources) > 1 else ""
             raise HTTPException(400, f"{where}{error.reason}") from None
+        finally:
+            # A thread cannot be stopped, and a job already running is not cancelled by the
+            # timeout: this tells it to stop before its next image. Harmless once it is done.
+            abandoned.set()
 
     @app.post(
         "/predict",
@@ -157,7 +195,7 @@ def create_app(
 
     @app.get("/model", response_model=ModelInfo)
     async def model() -> ModelInfo:
-        """The served model: digest, stage, checkpoint metadata and model-card metrics."""
+        """The served model: digest, stage, epoch, validation accuracy and test metrics."""
         return model_info
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -188,22 +226,33 @@ def create_app(
     return app
 
 
-class BodySizeLimit:
-    """Refuse request bodies over `max_bytes` with 413, by Content-Length and by counting.
+class BodyLimits:
+    """Read each request's body once, here, within its limits: framing, size and time.
 
-    Content-Length is checked first, so an honest large upload is refused before it is read.
-    The body is then read here, counting, whatever the header said: a chunked request (no
-    Content-Length) or one that lies is cut off as soon as it passes the limit. The counted
-    body (at most `max_bytes`) is handed on to the app.
+    - Content-Length together with Transfer-Encoding is refused (400): the two disagree on
+      where the body ends, which is what request smuggling relies on (RFC 9112, 6.1).
+    - A Content-Length over `max_bytes` is refused (413) before anything is read.
+    - The body is then read, counting, whatever the header said: a chunked request or one that
+      lies is cut off as soon as it passes the limit (413), and one that has not all arrived
+      within `timeout_s` (a stalled upload) is cut off too (408).
+
+    Every refusal closes the connection, so the unread rest of a body is never taken for the
+    next request. The counted body (at most `max_bytes`) is handed on to the app.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        header_names = [name for name, _value in scope["headers"]]
+        if b"transfer-encoding" in header_names and b"content-length" in header_names:
+            detail = "a request may not have both Content-Length and Transfer-Encoding"
+            await _refuse(scope, receive, send, 400, detail)
             return
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None:
@@ -213,21 +262,17 @@ class BodySizeLimit:
             if int(declared) > self.max_bytes:
                 await _refuse(scope, receive, send, 413, self._too_large())
                 return
-        chunks: list[bytes] = []
-        received = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return  # the client left; nobody to answer
-            chunk = message.get("body", b"")
-            received += len(chunk)
-            if received > self.max_bytes:
-                await _refuse(scope, receive, send, 413, self._too_large())
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
+        try:
+            body = await asyncio.wait_for(self._read_body(receive), self.timeout_s)
+        except asyncio.TimeoutError:
+            detail = f"the request body did not arrive within {self.timeout_s:g} s"
+            await _refuse(scope, receive, send, 408, detail)
+            return
+        if body is None:
+            return  # the client left; nobody to answer
+        if len(body) > self.max_bytes:
+            await _refuse(scope, receive, send, 413, self._too_large())
+            return
         body_sent = False
 
         async def receive_counted_body() -> Message:
@@ -239,12 +284,27 @@ class BodySizeLimit:
 
         await self.app(scope, receive_counted_body, send)
 
+    async def _read_body(self, receive: Receive) -> bytes | None:
+        """The body, or its first `max_bytes` + 1 bytes; None when the client disconnects."""
+        chunks: list[bytes] = []
+        received = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            received += len(chunk)
+            chunks.append(chunk)
+            if received > self.max_bytes or not message.get("more_body", False):
+                return b"".join(chunks)
+
     def _too_large(self) -> str:
         return f"request body is over the {self.max_bytes:,}-byte limit"
 
 
 async def _refuse(scope: Scope, receive: Receive, send: Send, status: int, detail: str) -> None:
-    await JSONResponse({"detail": detail}, status_code=status)(scope, receive, send)
+    response = JSONResponse({"detail": detail}, status_code=status, headers={"connection": "close"})
+    await response(scope, receive, send)
 
 
 async def _read_sources(request: Request, *, batch: bool) -> list[ImageSource]:
@@ -303,6 +363,10 @@ def _validation_failure(error: ValidationError) -> HTTPException:
     return HTTPException(422, "; ".join(lines))
 
 
+class _Abandoned(Exception):
+    """The request timed out: nobody waits for the rest of its work."""
+
+
 class _UnusableImage(Exception):
     def __init__(self, index: int, reason: str) -> None:
         super().__init__(reason)
@@ -310,14 +374,23 @@ class _UnusableImage(Exception):
         self.reason = reason
 
 
-def _predict(predictor: Predictor, sources: list[ImageSource]) -> list[PredictionResult]:
-    """Preprocess each image as `mnist predict` does, then one forward pass for all of them."""
+def _predict(
+    predictor: Predictor, sources: list[ImageSource], abandoned: threading.Event
+) -> list[PredictionResult]:
+    """Preprocess each image as `mnist predict` does, then one forward pass for all of them.
+
+    Stops before the next image, or before the forward pass, once `abandoned` is set.
+    """
     images = []
     for index, source in enumerate(sources):
+        if abandoned.is_set():
+            raise _Abandoned
         try:
             images.append(preprocess_image(_as_image(source)))
         except ImageError as error:
             raise _UnusableImage(index, str(error)) from None
+    if abandoned.is_set():
+        raise _Abandoned
     batch = torch.stack(images)  # (B, 28, 28) uint8
     probabilities = np.asarray(predictor.probabilities(batch), dtype=np.float64)
     if probabilities.shape != (len(images), NUM_CLASSES):

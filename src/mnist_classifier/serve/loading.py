@@ -2,7 +2,7 @@
 
 Everything here happens once, at start; no endpoint loads a model. A registry stage NAME is the
 folder `<models_dir>/<NAME>/mnist/` holding `best_model.pt` and, when the registry wrote one,
-`model_card.json` (whose metrics `GET /model` shows).
+`model_card.json` (whose test metrics `GET /model` shows, and nothing else of it).
 """
 
 from __future__ import annotations
@@ -13,12 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 
 from mnist_classifier import registry
 from mnist_classifier.checkpoint import ARCHITECTURE, CheckpointError, load_checkpoint
 from mnist_classifier.data import sha256_of
 from mnist_classifier.predict import Backend, OnnxBackend, TorchBackend, softmax
-from mnist_classifier.serve.schemas import ModelInfo
+from mnist_classifier.serve.schemas import ModelInfo, ModelMetrics
 
 MODEL_CARD_NAME = registry.MODEL_CARD_NAME
 
@@ -56,8 +57,14 @@ def load_checkpoint_model(checkpoint: Path, stage: str | None = None) -> ServedM
         loaded = load_checkpoint(checkpoint)
     except CheckpointError as error:
         raise ServeError(str(error)) from None
-    model_card = _read_model_card(checkpoint.parent / MODEL_CARD_NAME)
+    card_path = checkpoint.parent / MODEL_CARD_NAME
+    model_card = _read_model_card(card_path)
     metrics = model_card.get("metrics") if model_card else None
+    try:
+        # The card's paths and git commit are this machine's business: only metrics go out.
+        served_metrics = ModelMetrics.model_validate(metrics) if metrics is not None else None
+    except ValidationError as error:
+        raise ServeError(f"{card_path}: metrics are not valid: {_first_problem(error)}") from None
     info = ModelInfo(
         digest=sha256_of(checkpoint),
         stage=stage,
@@ -65,9 +72,8 @@ def load_checkpoint_model(checkpoint: Path, stage: str | None = None) -> ServedM
         file_name=checkpoint.name,
         architecture=ARCHITECTURE,
         epoch=loaded.epoch,
-        validation_accuracy=loaded.validation_accuracy,
-        metrics=metrics if isinstance(metrics, dict) else None,
-        model_card=model_card,
+        validation_accuracy=loaded.validation_accuracy / 100,  # stored in percent, as the lab
+        metrics=served_metrics,
     )
     return ServedModel(BackendPredictor(TorchBackend(loaded.model)), info)
 
@@ -101,3 +107,8 @@ def _read_model_card(path: Path) -> dict | None:
     if not isinstance(card, dict):
         raise ServeError(f"{path} should hold a JSON object")
     return card
+
+
+def _first_problem(error: ValidationError) -> str:
+    problem = error.errors(include_url=False, include_input=False)[0]
+    return f"{'.'.join(str(part) for part in problem['loc']) or 'metrics'}: {problem['msg']}"

@@ -6,7 +6,7 @@ shape, a NaN or an out-of-range pixel is refused with one message before any wor
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -88,21 +88,36 @@ class BatchPredictionResponse(BaseModel):
     model: ModelIdentity
 
 
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class ModelMetrics(BaseModel):
+    """What the registry measured on the test set when it promoted the model."""
+
+    test_accuracy: Fraction | None = Field(default=None, description="0..1")
+    test_loss: float | None = None
+    per_class_accuracy: list[Fraction] | None = Field(
+        default=None,
+        min_length=NUM_CLASSES,
+        max_length=NUM_CLASSES,
+        description="Accuracy (0..1) on the test images of each digit 0..9.",
+    )
+
+
 class ModelInfo(BaseModel):
+    """What a client needs to know of the served model: never where it lives on this machine."""
+
     digest: str = Field(description="SHA-256 of the served model file.")
     stage: str | None = Field(description="Registry stage it was loaded from, if any.")
     backend: str = Field(description="torch or onnxruntime.")
     file_name: str = Field(description="The model file's name (not its path).")
     architecture: str
     epoch: int | None = Field(default=None, description="Training epoch of the checkpoint.")
-    validation_accuracy: float | None = Field(
-        default=None, description="Validation accuracy (percent) stored in the checkpoint."
+    validation_accuracy: Fraction | None = Field(
+        default=None, description="Validation accuracy (0..1) at that epoch."
     )
-    metrics: dict[str, Any] | None = Field(
-        default=None, description="The `metrics` of the registry's model_card.json, if any."
-    )
-    model_card: dict[str, Any] | None = Field(
-        default=None, description="The whole model_card.json beside the checkpoint, if any."
+    metrics: ModelMetrics | None = Field(
+        default=None, description="From the registry's model card, when it has one."
     )
 
     @property

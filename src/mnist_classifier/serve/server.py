@@ -1,0 +1,122 @@
+"""The HTTP server around the app: uvicorn, with the limits of `limits.py` on connections.
+
+uvicorn bounds what it can on its own: idle kept-alive connections (`timeout_keep_alive`),
+header size (h11's 16 KiB), open connections (`limit_concurrency`, 503 beyond it). It has no
+deadline for a request's headers, so a client that sends them a byte at a time (slowloris), or
+connects and sends nothing, would hold its connection forever; `HeaderDeadlineH11Protocol`
+closes such connections. Bodies are timed by the app (`app.BodyLimits`), which can answer 408.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import ipaddress
+import logging
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import h11
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from mnist_classifier.serve.limits import ServerLimits
+
+WILDCARD_ADDRESSES = ("0.0.0.0", "::", "")
+# A name or IPv4 address, optionally under a leading "*." (any subdomain), or "*" for any host:
+# the patterns starlette's TrustedHostMiddleware takes.
+HOST_PATTERN = re.compile(r"\*|(\*\.)?[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
+
+log = logging.getLogger("uvicorn.error")
+
+
+class HeaderDeadlineH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol, closing a connection whose request headers are not in on time.
+
+    The deadline runs from the connection's opening, and on a kept-alive connection from the
+    first byte of each new request (uvicorn's keep-alive timeout covers the silence before it).
+    """
+
+    def __init__(self, *args: Any, header_timeout_s: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.header_timeout_s = header_timeout_s
+        self.header_deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._start_header_deadline()
+
+    def data_received(self, data: bytes) -> None:
+        if self.header_deadline is None and self.conn.their_state is h11.IDLE:
+            self._start_header_deadline()  # a new request on a kept-alive connection
+        super().data_received(data)
+        if self.conn.their_state is not h11.IDLE:  # its headers are in
+            self._cancel_header_deadline()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_header_deadline()
+        super().connection_lost(exc)
+
+    def _start_header_deadline(self) -> None:
+        self.header_deadline = self.loop.call_later(self.header_timeout_s, self._headers_late)
+
+    def _cancel_header_deadline(self) -> None:
+        if self.header_deadline is not None:
+            self.header_deadline.cancel()
+            self.header_deadline = None
+
+    def _headers_late(self) -> None:
+        self.header_deadline = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            log.warning(
+                "Closed a connection whose request headers did not arrive within %g s",
+                self.header_timeout_s,
+            )
+            self.transport.close()
+
+
+def server_config(
+    app: Any, host: str, port: int, limits: ServerLimits, **options: Any
+) -> uvicorn.Config:
+    """uvicorn's settings for `app` with `limits`; `options` go to uvicorn.Config as they are."""
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        # Always h11, with the header deadline: uvicorn's default picks httptools when it is
+        # installed, whose handling of odd requests differs.
+        http=functools.partial(HeaderDeadlineH11Protocol, header_timeout_s=limits.header_timeout_s),
+        timeout_keep_alive=limits.keep_alive_timeout_s,
+        limit_concurrency=limits.max_connections,
+        **options,
+    )
+
+
+def allowed_hosts(listen_host: str, extra: Sequence[str]) -> list[str]:
+    """The Host names to serve besides the loopback ones: the address listened on, unless it is
+    a wildcard, and `extra`. IPv6 addresses are written as in a Host header, in brackets."""
+    names = [] if listen_host in WILDCARD_ADDRESSES else [listen_host]
+    return [_as_host_header(name) for name in [*names, *extra]]
+
+
+def host_pattern_problem(pattern: str) -> str | None:
+    """Why `pattern` cannot be an allowed host, or None when it can."""
+    if _is_ipv6(pattern) or HOST_PATTERN.fullmatch(pattern):
+        return None
+    return (
+        f"{pattern!r} is not a host name or address (no scheme, port or path), "
+        "'*.example.org', or '*' for any"
+    )
+
+
+def _is_ipv6(name: str) -> bool:
+    try:
+        return isinstance(ipaddress.ip_address(name.strip("[]")), ipaddress.IPv6Address)
+    except ValueError:
+        return False
+
+
+def _as_host_header(name: str) -> str:
+    name = name.lower()
+    return f"[{name.strip('[]')}]" if _is_ipv6(name) else name
