@@ -1,0 +1,343 @@
+"""The server's bounds (`serve/limits.py`, `serve/server.py`) and its hygiene.
+
+The app-level bounds are checked through TestClient with small limits, against the counts they
+are computed from. What happens on the wire (stalled headers and bodies, a request with both
+Content-Length and Transfer-Encoding, the number of open connections) is checked against a
+real uvicorn server on a free 127.0.0.1 port, in a thread, with raw sockets; every exchange has
+a deadline. The load test under costly images runs `mnist serve` in its own process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import http.client
+import io
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+import torch
+import uvicorn
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+from test_preprocess import _png_header_only
+from test_serve import (
+    MODEL_INFO,
+    SEVEN_PNG,
+    ChecksumPredictor,
+    assert_clean_error,
+    local_client,
+    png_bytes,
+)
+from typer.testing import CliRunner
+
+import mnist_classifier.serve.app as app_module
+from mnist_classifier.checkpoint import save_checkpoint
+from mnist_classifier.cli import app as cli_app
+from mnist_classifier.serve.app import create_app
+from mnist_classifier.serve.limits import DEFAULT_LIMITS, ServerLimits
+from mnist_classifier.serve.loading import ServeError, load_checkpoint_model, stage_checkpoint
+from mnist_classifier.serve.server import allowed_hosts, server_config
+
+HOST = "127.0.0.1"  # loopback only: nothing here listens on the network
+DRAWN_PIXELS = (255 - np.asarray(Image.open(io.BytesIO(SEVEN_PNG)).resize((28, 28)))).tolist()
+
+
+def small_limits(**changes) -> ServerLimits:
+    return dataclasses.replace(DEFAULT_LIMITS, **changes)
+
+
+def batch_of(images: list[bytes]) -> list:
+    return [("files", (f"{i}.png", data, "image/png")) for i, data in enumerate(images)]
+
+
+# --- Pixels per request -------------------------------------------------------------------------
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(sides=st.lists(st.integers(1, 300), min_size=1, max_size=6))
+def test_a_request_declaring_too_many_pixels_in_all_is_refused_before_decoding(sides):
+    # Header-only PNGs: decoding them fails (400), so a 413 means nothing was decoded.
+    limits = small_limits(max_request_pixels=100_000, large_requests_pixel_budget=100_000)
+    client = local_client(create_app(ChecksumPredictor(), MODEL_INFO, limits=limits))
+    images = [_png_header_only(side, 100) for side in sides]
+    declared = sum(side * 100 for side in sides)  # the oracle
+    response = client.post("/predict/batch", files=batch_of(images))
+    if declared > limits.max_request_pixels:
+        detail = assert_clean_error(response, 413)
+        assert f"{declared:,} pixels" in detail and "100,000-pixel limit" in detail
+    else:
+        assert "pixel" not in assert_clean_error(response, 400)
+
+
+# --- Work in preparation at once ----------------------------------------------------------------
+
+
+class FirstCallBlocks(ChecksumPredictor):
+    """The first batch waits until released (a costly request in progress); others answer."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.first_call = threading.Event()
+
+    def probabilities(self, images: torch.Tensor) -> np.ndarray:
+        if not self.first_call.is_set():
+            self.first_call.set()
+            self.release.wait(timeout=30)
+        return super().probabilities(images)
+
+
+def test_a_full_budget_answers_503_with_retry_after_while_small_requests_still_run():
+    seven_pixels = 200 * 200  # SEVEN_PNG
+    limits = small_limits(
+        max_request_pixels=seven_pixels,
+        large_requests_pixel_budget=seven_pixels,  # one such request at a time
+        small_request_pixels=28 * 28,
+        small_requests_pixel_budget=28 * 28,
+    )
+    predictor = FirstCallBlocks()
+    client = local_client(create_app(predictor, MODEL_INFO, limits=limits))
+    first: dict = {}
+    holder = threading.Thread(target=lambda: first.update(r=client.post("/predict", **upload())))
+    holder.start()
+    try:
+        assert predictor.first_call.wait(timeout=10)
+        busy = client.post("/predict", **upload())
+        assert "retry in 2 s" in assert_clean_error(busy, 503)
+        assert busy.headers["retry-after"] == str(limits.retry_after_s)
+        # A drawing-sized request has workers and a budget of its own.
+        small = client.post("/predict", json={"pixels": DRAWN_PIXELS})
+        assert small.status_code == 200
+    finally:
+        predictor.release.set()
+        holder.join(timeout=30)
+    assert first["r"].status_code == 200
+    assert client.post("/predict", **upload()).status_code == 200  # the budget was given back
+
+
+def upload(data: bytes = SEVEN_PNG) -> dict:
+    return {"files": {"file": ("digit.png", data, "image/png")}}
+
+
+def test_a_timed_out_batch_stops_preparing_its_remaining_images(monkeypatch):
+    prepared = []
+
+    def slow_preprocess(source):
+        time.sleep(0.1)
+        prepared.append(source)
+        return torch.zeros(28, 28, dtype=torch.uint8)
+
+    monkeypatch.setattr(app_module, "preprocess_image", slow_preprocess)
+    limits = small_limits(request_timeout_s=0.25)
+    client = local_client(create_app(ChecksumPredictor(), MODEL_INFO, limits=limits))
+    images = [png_bytes(np.full((8, 8), i, dtype=np.uint8)) for i in range(30)]
+    assert_clean_error(client.post("/predict/batch", files=batch_of(images)), 504)
+    time.sleep(0.5)
+    stopped_at = len(prepared)
+    time.sleep(0.5)
+    # Left alone, the worker would have gone on to prepare all 30 (3 s).
+    assert len(prepared) == stopped_at <= 5
+
+
+# --- Host header, /model ------------------------------------------------------------------------
+
+
+def test_an_unexpected_host_header_is_refused_unless_allowed():
+    app = create_app(ChecksumPredictor(), MODEL_INFO)
+    for host in ("127.0.0.1:8000", "localhost", "[::1]:8000"):
+        assert local_client(app).get("/health", headers={"host": host}).status_code == 200
+    for host in ("evil.example", "127.0.0.1.evil.example", "digits.example.org"):
+        refused = local_client(app).get("/health", headers={"host": host})
+        assert refused.status_code == 400 and refused.text == "Invalid host header"
+    opened = create_app(ChecksumPredictor(), MODEL_INFO, allowed_hosts=["digits.example.org"])
+    assert local_client(opened).get("/", headers={"host": "digits.example.org:80"}).is_success
+    assert local_client(opened).get("/", headers={"host": "evil.example"}).status_code == 400
+    # What `mnist serve --host H --allowed-host ...` allows besides the loopback names.
+    assert allowed_hosts("0.0.0.0", []) == []
+    assert allowed_hosts("192.168.1.5", ["Digits.Lan"]) == ["192.168.1.5", "digits.lan"]
+    assert allowed_hosts("::", ["fe80::1", "*.example.org"]) == ["[fe80::1]", "*.example.org"]
+
+
+@pytest.mark.parametrize("pattern", ["http://digits.lan", "digits.lan:8000", "a*b", "", "x/y"])
+def test_serve_refuses_an_allowed_host_that_is_not_a_host_name(pattern):
+    result = CliRunner().invoke(cli_app, ["serve", "--allowed-host", pattern])
+    assert result.exit_code == 2
+    assert "--allowed-host" in result.output and "Traceback" not in result.output
+
+
+def test_model_gives_digest_stage_and_fractions_but_no_paths_or_git_commit(tmp_path):
+    from conftest import checkpoint_payload
+
+    checkpoint = stage_checkpoint(tmp_path, "production")
+    save_checkpoint(checkpoint, checkpoint_payload(validation_accuracy=98.5))  # percent
+    card = {
+        "source_checkpoint": str(tmp_path / "runs" / "best_model.pt"),
+        "git_commit": "0123456789abcdef",
+        "config": {"data": {"dir": str(tmp_path / "data")}},
+        "metrics": {"test_accuracy": 0.991, "test_loss": 0.03, "per_class_accuracy": [0.99] * 10},
+    }
+    (checkpoint.parent / "model_card.json").write_text(json.dumps(card))
+    served = load_checkpoint_model(checkpoint, stage="production")
+    model = local_client(create_app(ChecksumPredictor(), served.info)).get("/model").json()
+    assert model["stage"] == "production" and len(model["digest"]) == 64
+    assert model["validation_accuracy"] == pytest.approx(0.985)
+    assert model["metrics"] == card["metrics"]
+    text = json.dumps(model)
+    assert str(tmp_path) not in text and "0123456789abcdef" not in text
+    # A card whose accuracy is a percent is refused at start, in one line.
+    card["metrics"]["test_accuracy"] = 99.1
+    (checkpoint.parent / "model_card.json").write_text(json.dumps(card))
+    with pytest.raises(ServeError, match="test_accuracy"):
+        load_checkpoint_model(checkpoint, stage="production")
+
+
+# --- On the wire: a real server on loopback -----------------------------------------------------
+
+
+@contextmanager
+def running_server(limits: ServerLimits) -> Iterator[int]:
+    """uvicorn with `server_config`, serving the checksum app on a free loopback port."""
+    listener = socket.socket()
+    listener.bind((HOST, 0))
+    port = listener.getsockname()[1]
+    app = create_app(ChecksumPredictor(), MODEL_INFO, limits=limits)
+    server = uvicorn.Server(server_config(app, HOST, port, limits, log_level="error"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.05)
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
+        listener.close()
+
+
+def connect(port: int) -> socket.socket:
+    connection = socket.create_connection((HOST, port), timeout=10)
+    return connection
+
+
+def read_until_closed(connection: socket.socket, limit_s: float = 10) -> tuple[bytes, float]:
+    """Everything the server sends until it closes the connection, and how long that took."""
+    started = time.monotonic()
+    received = b""
+    connection.settimeout(limit_s)
+    while chunk := connection.recv(65536):
+        received += chunk
+        assert time.monotonic() - started < limit_s, "the server kept the connection open"
+    return received, time.monotonic() - started
+
+
+def json_request(body: bytes, *extra_headers: str) -> bytes:
+    lines = [
+        "POST /predict HTTP/1.1",
+        f"Host: {HOST}",
+        "Content-Type: application/json",
+        *extra_headers,
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def chunked(body: bytes) -> bytes:
+    return f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n"
+
+
+WIRE_LIMITS = small_limits(header_timeout_s=0.5, body_timeout_s=0.5, keep_alive_timeout_s=1)
+PIXELS_BODY = json.dumps({"pixels": DRAWN_PIXELS}).encode()
+
+
+@pytest.fixture(scope="module")
+def server_port() -> Iterator[int]:
+    with running_server(WIRE_LIMITS) as port:
+        yield port
+
+
+def test_a_request_with_both_content_length_and_transfer_encoding_is_refused_and_closed(
+    server_port,
+):
+    # The oracle: the same chunked request without Content-Length is served.
+    with connect(server_port) as connection:
+        connection.sendall(
+            json_request(chunked(PIXELS_BODY), "Transfer-Encoding: chunked", "Connection: close")
+        )
+        answer, _ = read_until_closed(connection)
+    assert answer.startswith(b"HTTP/1.1 200")
+    # Both headers, and a second request hidden where Content-Length says the body ends.
+    smuggled = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    body = chunked(PIXELS_BODY) + smuggled
+    with connect(server_port) as connection:
+        connection.sendall(
+            json_request(body, "Transfer-Encoding: chunked", f"Content-Length: {len(body)}")
+        )
+        answer, _ = read_until_closed(connection)
+    assert answer.startswith(b"HTTP/1.1 400")
+    assert b"both Content-Length and Transfer-Encoding" in answer
+    assert answer.count(b"HTTP/1.1") == 1  # one answer, then closed: nothing smuggled through
+
+
+def test_stalled_or_dripped_headers_are_cut_off_after_the_header_timeout(server_port):
+    with connect(server_port) as silent:
+        answer, waited = read_until_closed(silent, limit_s=5)
+        assert answer == b"" and waited < 2
+    with connect(server_port) as partial:
+        partial.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        answer, waited = read_until_closed(partial, limit_s=5)
+        assert answer == b"" and waited < 2
+    # Slowloris: a byte every 0.1 s never completes the headers; the deadline still holds.
+    with connect(server_port) as dripping:
+        started = time.monotonic()
+        with pytest.raises(OSError):
+            for byte in json_request(PIXELS_BODY, f"Content-Length: {len(PIXELS_BODY)}"):
+                dripping.sendall(bytes([byte]))
+                time.sleep(0.1)
+                assert time.monotonic() - started < 5, "the dripping client was not cut off"
+    # On a kept-alive connection the deadline starts again with the next request's first byte.
+    with connect(server_port) as kept:
+        kept.sendall(json_request(PIXELS_BODY, f"Content-Length: {len(PIXELS_BODY)}"))
+        first = http.client.HTTPResponse(kept)
+        first.begin()
+        assert first.status == 200 and json.loads(first.read())["digit"] in range(10)
+        kept.sendall(b"GET /health HTTP/1.1\r\n")
+        answer, waited = read_until_closed(kept, limit_s=5)
+        assert answer == b"" and waited < 2
+
+
+def test_a_stalled_body_is_answered_408_and_closed(server_port):
+    with connect(server_port) as connection:
+        connection.sendall(json_request(PIXELS_BODY[:100], f"Content-Length: {len(PIXELS_BODY)}"))
+        answer, waited = read_until_closed(connection, limit_s=5)
+    assert answer.startswith(b"HTTP/1.1 408") and waited < 3
+    assert b"did not arrive within 0.5 s" in answer
+
+
+def test_stalled_connections_are_bounded_in_number_and_released_by_the_timeout():
+    limits = dataclasses.replace(WIRE_LIMITS, max_connections=4, header_timeout_s=1.0)
+    with running_server(limits) as port:
+        stalled = [connect(port) for _ in range(limits.max_connections)]
+        try:
+            with connect(port) as connection:
+                connection.sendall(json_request(PIXELS_BODY, f"Content-Length: {len(PIXELS_BODY)}"))
+                answer, _ = read_until_closed(connection)
+            assert answer.startswith(b"HTTP/1.1 503")
+            time.sleep(limits.header_timeout_s + 0.5)  # the stalled ones are cut off
+            with connect(port) as connection:
+                connection.sendall(
+                    json_request(
+                        PIXELS_BODY, f"Content-Length: {len(PIXELS_BODY)}", "Connection: close"
+                    )
+                )
+                answer, _ = read_until_closed(connection)
+            assert answer.startswith(b"HTTP/1.1 200")
+        finally:
+            for connection in stalled:
+                connection.close()
