@@ -13,19 +13,24 @@ import dataclasses
 import http.client
 import io
 import json
+import math
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import httpx2 as httpx
 import numpy as np
 import pytest
 import torch
 import uvicorn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from PIL import Image
+from PIL import Image, ImageDraw
 from test_preprocess import _png_header_only
 from test_serve import (
     MODEL_INFO,
@@ -341,3 +346,120 @@ def test_stalled_connections_are_bounded_in_number_and_released_by_the_timeout()
         finally:
             for connection in stalled:
                 connection.close()
+
+
+# --- Under load: costly images against `mnist serve` in its own process --------------------------
+
+ATTACK_SECONDS = 8.0
+ATTACKERS = 6
+MAX_REQUESTS_PER_ATTACKER = 100
+NORMAL_REQUEST_INTERVAL_S = 0.5
+NORMAL_ANSWER_LIMIT_S = 2.0
+# How far the server's peak resident memory may rise above what it holds at rest (torch and
+# the model: about 0.9 GiB): the pixel budgets admit 20 MP at once, about 25 bytes each.
+RSS_GROWTH_CAP_MIB = 768
+
+
+def costly_png(width: int, height: int) -> bytes:
+    """A 1-bit PNG of a thin stroke: a few KB that declare `width` x `height` pixels."""
+    image = Image.new("1", (width, height), 1)
+    ImageDraw.Draw(image).line(
+        [(width // 4, height // 4), (3 * width // 4, height // 4), (width // 3, 3 * height // 4)],
+        fill=0,
+        width=max(1, width // 40),
+    )
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def resident_mib(pid: int, field: str) -> float:
+    """VmRSS (now) or VmHWM (the peak) of a process, from /proc, in MiB."""
+    with open(f"/proc/{pid}/status") as status:
+        lines = status.read().splitlines()
+    for line in lines:
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads RSS from /proc")
+def test_under_costly_images_normal_requests_answer_in_time_and_memory_stays_capped(tmp_path):
+    from conftest import checkpoint_payload
+
+    checkpoint = tmp_path / "random.pt"
+    save_checkpoint(checkpoint, checkpoint_payload())  # a forward pass costs the same untrained
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        port = probe.getsockname()[1]
+    side = math.isqrt(DEFAULT_LIMITS.max_request_pixels)  # the most one request may declare
+    costly_requests = [[costly_png(side, side)], [costly_png(side, side // 3)] * 3]
+    normal = png_bytes(np.asarray(Image.open(io.BytesIO(SEVEN_PNG)).resize((280, 280))))
+    command = [sys.executable, "-m", "mnist_classifier", "serve", "--checkpoint", str(checkpoint)]
+    log_path = tmp_path / "server.log"
+    server = subprocess.Popen(
+        [*command, "--host", HOST, "--port", str(port)],
+        stdout=log_path.open("w"),
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},  # this checkout's code
+    )
+    base_url = f"http://{HOST}:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert server.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, "the server did not start within 60 s"
+            try:
+                if httpx.get(f"{base_url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        at_rest_mib = resident_mib(server.pid, "VmRSS")
+
+        attack_ends = time.monotonic() + ATTACK_SECONDS
+        attack_statuses: list[int] = []
+        normal_answers: list[tuple[int, float]] = []
+
+        def attacker(images: list[bytes]) -> None:
+            path, field = ("/predict/batch", "files") if len(images) > 1 else ("/predict", "file")
+            files = [(field, (f"{i}.png", image, "image/png")) for i, image in enumerate(images)]
+            with httpx.Client(base_url=base_url, timeout=30) as client:
+                for _ in range(MAX_REQUESTS_PER_ATTACKER):
+                    if time.monotonic() > attack_ends:
+                        return
+                    attack_statuses.append(client.post(path, files=files).status_code)
+                    time.sleep(0.05)
+
+        attackers = [
+            threading.Thread(target=attacker, args=(costly_requests[i % 2],))
+            for i in range(ATTACKERS)
+        ]
+        for thread in attackers:
+            thread.start()
+        with httpx.Client(base_url=base_url, timeout=30) as client:
+            while time.monotonic() < attack_ends:
+                sent = time.monotonic()
+                response = client.post("/predict", files={"file": ("d.png", normal, "image/png")})
+                normal_answers.append((response.status_code, time.monotonic() - sent))
+                time.sleep(NORMAL_REQUEST_INTERVAL_S)
+        for thread in attackers:  # each stops at its next request; one may be in flight (30 s)
+            thread.join(timeout=max(0.0, attack_ends + 30 - time.monotonic()))
+        peak_mib = resident_mib(server.pid, "VmHWM")
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    counts = {status: attack_statuses.count(status) for status in sorted(set(attack_statuses))}
+    slowest = max(seconds for _status, seconds in normal_answers)
+    print(
+        f"at rest {at_rest_mib:.0f} MiB, peak {peak_mib:.0f} MiB; costly requests by status "
+        f"{counts}; {len(normal_answers)} normal requests, slowest {slowest:.2f} s"
+    )
+    assert set(counts) <= {200, 503, 504} and counts.get(200, 0) >= 1  # costly work did run
+    assert len(normal_answers) >= 5
+    assert all(status == 200 for status, _seconds in normal_answers)
+    assert slowest < NORMAL_ANSWER_LIMIT_S
+    assert peak_mib - at_rest_mib < RSS_GROWTH_CAP_MIB
