@@ -28,6 +28,7 @@ import numpy as np
 import pytest
 import torch
 import uvicorn
+from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageDraw
@@ -65,12 +66,21 @@ def batch_of(images: list[bytes]) -> list:
 # --- Pixels per request -------------------------------------------------------------------------
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PIXEL_LIMITS = small_limits(max_request_pixels=100_000, large_requests_pixel_budget=100_000)
+
+
+@pytest.fixture(scope="module")
+def pixel_limited_client() -> TestClient:
+    return local_client(create_app(ChecksumPredictor(), MODEL_INFO, limits=PIXEL_LIMITS))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
 @given(sides=st.lists(st.integers(1, 300), min_size=1, max_size=6))
-def test_a_request_declaring_too_many_pixels_in_all_is_refused_before_decoding(sides):
+def test_a_request_declaring_too_many_pixels_in_all_is_refused_before_decoding(
+    pixel_limited_client, sides
+):
     # Header-only PNGs: decoding them fails (400), so a 413 means nothing was decoded.
-    limits = small_limits(max_request_pixels=100_000, large_requests_pixel_budget=100_000)
-    client = local_client(create_app(ChecksumPredictor(), MODEL_INFO, limits=limits))
+    client, limits = pixel_limited_client, PIXEL_LIMITS
     images = [_png_header_only(side, 100) for side in sides]
     declared = sum(side * 100 for side in sides)  # the oracle
     response = client.post("/predict/batch", files=batch_of(images))
