@@ -86,10 +86,10 @@ def create_app(
     model_info: ModelInfo,
     *,
     limits: ServerLimits = DEFAULT_LIMITS,
-    allowed_hosts: Sequence[str] = LOOPBACK_HOSTS,
+    allowed_hosts: Sequence[str] = (),
 ) -> FastAPI:
-    """`allowed_hosts`: the Host header names to serve (starlette patterns: "*.example.org",
-    or "*" for any); the loopback names are always among them."""
+    """The app answering with `predictor`, within `limits`, to requests whose Host header is a
+    loopback name or matches `allowed_hosts` ("digits.lan", "*.example.org", or "*" for any)."""
     # The app's own pools, not the event loop's default one: a request that timed out leaves
     # its thread running until its current image is done, and nothing that stops the loop
     # should wait for it. Small requests (drawings from the page) have workers of their own.
