@@ -59,6 +59,10 @@ def small_limits(**changes) -> ServerLimits:
     return dataclasses.replace(DEFAULT_LIMITS, **changes)
 
 
+def upload(data: bytes = SEVEN_PNG) -> dict:
+    return {"files": {"file": ("digit.png", data, "image/png")}}
+
+
 def batch_of(images: list[bytes]) -> list:
     return [("files", (f"{i}.png", data, "image/png")) for i, data in enumerate(images)]
 
@@ -134,10 +138,6 @@ def test_a_full_budget_answers_503_with_retry_after_while_small_requests_still_r
         holder.join(timeout=30)
     assert first["r"].status_code == 200
     assert client.post("/predict", **upload()).status_code == 200  # the budget was given back
-
-
-def upload(data: bytes = SEVEN_PNG) -> dict:
-    return {"files": {"file": ("digit.png", data, "image/png")}}
 
 
 def test_a_timed_out_batch_stops_preparing_its_remaining_images(monkeypatch):
@@ -238,8 +238,7 @@ def running_server(limits: ServerLimits) -> Iterator[int]:
 
 
 def connect(port: int) -> socket.socket:
-    connection = socket.create_connection((HOST, port), timeout=10)
-    return connection
+    return socket.create_connection((HOST, port), timeout=10)
 
 
 def read_until_closed(connection: socket.socket, limit_s: float = 10) -> tuple[bytes, float]:
