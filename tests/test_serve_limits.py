@@ -40,6 +40,7 @@ from test_serve import (
     assert_clean_error,
     local_client,
     png_bytes,
+    upload,
 )
 from typer.testing import CliRunner
 
@@ -57,10 +58,6 @@ DRAWN_PIXELS = (255 - np.asarray(Image.open(io.BytesIO(SEVEN_PNG)).resize((28, 2
 
 def small_limits(**changes) -> ServerLimits:
     return dataclasses.replace(DEFAULT_LIMITS, **changes)
-
-
-def upload(data: bytes = SEVEN_PNG) -> dict:
-    return {"files": {"file": ("digit.png", data, "image/png")}}
 
 
 def batch_of(images: list[bytes]) -> list:
@@ -123,11 +120,13 @@ def test_a_full_budget_answers_503_with_retry_after_while_small_requests_still_r
     predictor = FirstCallBlocks()
     client = local_client(create_app(predictor, MODEL_INFO, limits=limits))
     first: dict = {}
-    holder = threading.Thread(target=lambda: first.update(r=client.post("/predict", **upload())))
+    holder = threading.Thread(
+        target=lambda: first.update(r=client.post("/predict", **upload(SEVEN_PNG)))
+    )
     holder.start()
     try:
         assert predictor.first_call.wait(timeout=10)
-        busy = client.post("/predict", **upload())
+        busy = client.post("/predict", **upload(SEVEN_PNG))
         assert "retry in 2 s" in assert_clean_error(busy, 503)
         assert busy.headers["retry-after"] == str(limits.retry_after_s)
         # A drawing-sized request has workers and a budget of its own.
@@ -137,7 +136,9 @@ def test_a_full_budget_answers_503_with_retry_after_while_small_requests_still_r
         predictor.release.set()
         holder.join(timeout=30)
     assert first["r"].status_code == 200
-    assert client.post("/predict", **upload()).status_code == 200  # the budget was given back
+    assert (
+        client.post("/predict", **upload(SEVEN_PNG)).status_code == 200
+    )  # the budget was given back
 
 
 def test_a_timed_out_batch_stops_preparing_its_remaining_images(monkeypatch):
