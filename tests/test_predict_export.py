@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from mnist_classifier.batching import normalize
 from mnist_classifier.checkpoint import load_checkpoint
 from mnist_classifier.cli import app
-from mnist_classifier.data import load_split
+from mnist_classifier.data import load_split, sha256_of
 from mnist_classifier.preprocess import preprocess_image
 
 pytestmark = pytest.mark.slow  # trains a tiny model on the real MNIST files
@@ -64,6 +64,13 @@ def user_images(tmp_path_factory, test_digits):
     return folder
 
 
+def test_predict_text_names_the_model_that_answered(checkpoint, user_images):
+    result = runner.invoke(app, ["predict", str(user_images), "--checkpoint", str(checkpoint)])
+    assert result.exit_code == 0, result.output
+    first_line = result.stdout.splitlines()[0]
+    assert first_line == f"Model: {checkpoint}, SHA-256 {sha256_of(checkpoint)[:12]}"
+
+
 def test_predict_json_lists_every_file_and_reports_each_failure_on_one_line(
     checkpoint, user_images, tmp_path
 ):
@@ -79,8 +86,10 @@ def test_predict_json_lists_every_file_and_reports_each_failure_on_one_line(
     assert len(listed) == 13
     good = [entry for entry in listed if "error" not in entry]
     assert len(good) == 10
+    digest = sha256_of(checkpoint)
     for entry in good:
-        assert set(entry) == {"file", "digit", "probability", "top3"}
+        assert set(entry) == {"file", "digit", "probability", "top3", "model"}
+        assert entry["model"] == {"file": str(checkpoint), "stage": None, "digest": digest}
         assert entry["top3"][0]["digit"] == entry["digit"]
         assert entry["probability"] >= entry["top3"][1]["probability"] >= 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
