@@ -49,6 +49,8 @@ ANALYSIS_SIDE = 1000
 # The paper's brightness is estimated with a closing this share of the short side: wider than
 # any pen stroke of a digit that fills the picture, so strokes are filled in and measured.
 PAPER_SCALE = 0.5
+# ... and then, once the digit is found, with a closing this many of its strokes wide.
+PAPER_STROKE_WIDTHS = 4
 PAPER_GRID = 16  # the closing is about this many cells of the coarse grid wide
 MIN_PAPER_LEVEL = 64.0
 # Less ink contrast than this (a share of the paper's brightness): a blank image.
@@ -169,8 +171,17 @@ def preprocess_image(source: bytes | Image.Image) -> torch.Tensor:
     if float(grey.max() - grey.min()) < MIN_INK_CONTRAST * 255:
         raise ImageError("no ink: the image is blank (one flat colour)")
 
-    ink = _ink_map(grey)  # float (H, W), 0..1
+    grey = _dark_ink_on_light_paper(grey)
+    # The paper is estimated twice: first at a scale wider than any stroke, to find the digit;
+    # then, knowing its strokes' width, at a few times that width, so a shadow's corner or a
+    # narrow shadow is followed rather than filled in and taken for ink.
+    paper_scale = PAPER_SCALE * min(grey.shape)
+    ink = _ink_map(grey, paper_scale)  # float (H, W), 0..1
     strokes = _digit_strokes(ink)
+    stroke_scale = PAPER_STROKE_WIDTHS * _stroke_width(strokes)
+    if stroke_scale < paper_scale:
+        ink = _ink_map(grey, stroke_scale)
+        strokes = _digit_strokes(ink)
     rows = np.flatnonzero(strokes.any(axis=1))
     columns = np.flatnonzero(strokes.any(axis=0))
     box = np.s_[rows[0] : rows[-1] + 1, columns[0] : columns[-1] + 1]  # the digit's bounding box
@@ -231,27 +242,31 @@ def _to_grey_array(image: Image.Image) -> np.ndarray:
     return np.asarray(grey, dtype=np.float32)
 
 
-def _ink_map(grey: np.ndarray) -> np.ndarray:
-    """How far each pixel stands out from its paper, 0..1, as light ink on black.
+def _dark_ink_on_light_paper(grey: np.ndarray) -> np.ndarray:
+    """The image with its ink dark: inverted when the ink is light (chalk, a screen).
+
+    The picture's border is mostly paper. Paper nearer the brightest pixels than the darkest
+    means dark ink on light paper; so a mirror image gives the same result.
+    """
+    border = np.concatenate([grey[0, :], grey[-1, :], grey[:, 0], grey[:, -1]])
+    darkest, brightest = np.percentile(grey, [0.1, 99.9])
+    return 255.0 - grey if float(np.median(border)) < (darkest + brightest) / 2 else grey
+
+
+def _ink_map(grey: np.ndarray, paper_scale: float) -> np.ndarray:
+    """How much darker than its paper each pixel is, 0..1 (dark ink on light paper).
 
     The paper's brightness is estimated at every point by a closing (a max filter, then a min
-    filter) as wide as PAPER_SCALE of the short side: it fills every mark narrower than that
-    and keeps larger shapes (a shadow's edge, a lighting gradient, the sheet's border). The
-    paper varies slowly, so this runs on a grid about PAPER_GRID cells across the closing
-    (block means) and is interpolated back: the same answer for a small share of the work.
+    filter) `paper_scale` pixels wide: it fills every mark narrower than that and keeps larger
+    shapes (a shadow's edge, a lighting gradient, the sheet's border). The paper varies slowly,
+    so this runs on a grid about PAPER_GRID cells across the closing (block means) and is
+    interpolated back: the same answer for a small share of the work.
     """
     height, width = grey.shape
-    size = max(3, int(PAPER_SCALE * min(height, width)))
+    size = max(3, int(paper_scale))
     factor = max(1, size // PAPER_GRID)
     coarse = np.asarray(Image.fromarray(grey, "F").reduce(factor))
     coarse_size = -(-size // factor) | 1
-    # Polarity: the picture's border is mostly paper. Paper nearer the brightest pixels than
-    # the darkest means dark ink on light paper (pen, pencil), else light ink on dark (chalk,
-    # a screen); light ink is dark ink on the inverted image. A mirror image gives the same.
-    border = np.concatenate([grey[0, :], grey[-1, :], grey[:, 0], grey[:, -1]])
-    darkest, brightest = np.percentile(grey, [0.1, 99.9])
-    if float(np.median(border)) < (darkest + brightest) / 2:
-        grey, coarse = 255.0 - grey, 255.0 - coarse
     coarse_paper = ndimage.grey_closing(coarse, size=coarse_size, mode="nearest")
     paper = Image.fromarray(coarse_paper, "F").resize((width, height), Image.Resampling.BILINEAR)
     ink = _darker_than_paper(grey, np.asarray(paper))
@@ -345,12 +360,15 @@ def _shrink_large_ink(ink: np.ndarray) -> np.ndarray:
     return padded.reshape(height // factor, factor, width // factor, factor).max(axis=(1, 3))
 
 
+def _stroke_width(mask: np.ndarray) -> float:
+    """Mean stroke width ~ area / half the perimeter (a stroke of length L, width w: Lw / L)."""
+    edges = (mask[1:, :] != mask[:-1, :]).sum() + (mask[:, 1:] != mask[:, :-1]).sum()
+    return 2.0 * float(mask.sum()) / max(int(edges), 1)
+
+
 def _widen_thin_strokes(ink: np.ndarray) -> np.ndarray:
     """Dilate strokes that would be under MIN_STROKE_WIDTH_IN_BOX pixels wide after scaling."""
-    mask = ink > 0
-    # Mean stroke width ~ area / half the perimeter (a stroke of length L, width w: Lw / L).
-    edges = (mask[1:, :] != mask[:-1, :]).sum() + (mask[:, 1:] != mask[:, :-1]).sum()
-    stroke_width = 2.0 * mask.sum() / max(int(edges), 1)
+    stroke_width = _stroke_width(ink > 0)
     wanted = MIN_STROKE_WIDTH_IN_BOX * max(ink.shape) / DIGIT_BOX  # in source pixels
     if stroke_width >= wanted:
         return ink
