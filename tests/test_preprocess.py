@@ -7,11 +7,14 @@ import zlib
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image, ImageFile
 
 from mnist_classifier.preprocess import (
     MAX_IMAGE_PIXELS,
     ImageError,
+    open_image,
     preprocess_image,
     read_image_file,
 )
@@ -155,3 +158,166 @@ def test_each_bad_input_is_one_clear_image_error(name, tmp_path, monkeypatch):
     assert "\n" not in str(error.value)
     if name in ("figure.eps", "disguised.png", "scan.pdf"):
         assert not opened  # PostScript and PDF never reach Pillow (its Ghostscript plugin)
+
+
+# --- Photos: the paper's lighting is divided out before the ink is looked for ---------------
+
+
+def _lit_and_shadowed(grey: np.ndarray) -> np.ndarray:
+    """A lighting gradient to 60% across the sheet and a 40% shadow over its left part."""
+    height, width = grey.shape
+    lighting = np.linspace(1.0, 0.6, width)[None, :] * np.ones((height, 1))
+    columns = np.arange(width)[None, :]
+    shadow = 1.0 - 0.4 / (1.0 + np.exp((columns - 0.62 * width) / 6.0))  # soft edge over the bar
+    return np.clip(grey * lighting * shadow, 0, 255)
+
+
+def _similar(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Cosine similarity of two 28x28 images: 1.0 for the same picture."""
+    a, b = a.double().flatten(), b.double().flatten()
+    return float(a @ b / (a.norm() * b.norm()))
+
+
+def test_a_lighting_gradient_and_a_shadow_edge_are_not_taken_for_ink():
+    clean = np.asarray(_bar_on_white(), dtype=np.float64) * 0.9  # the bar on off-white paper
+    photo = _lit_and_shadowed(clean)
+    expected = preprocess_image(Image.fromarray(clean.astype(np.uint8)))
+    seen = preprocess_image(Image.fromarray(photo.astype(np.uint8)))
+    assert _similar(seen, expected) > 0.97
+
+
+def test_chalk_on_a_dark_board_blue_ink_on_tinted_paper_and_exif_rotation():
+    bar = np.asarray(_bar_on_white(), dtype=np.float64) / 255.0  # 1 on paper, 0 on ink
+    expected = preprocess_image(_bar_on_white())
+    chalk = _lit_and_shadowed(60 + 170 * (1.0 - bar))  # light strokes on a dark, shaded board
+    assert _similar(preprocess_image(Image.fromarray(chalk.astype(np.uint8))), expected) > 0.97
+    paper, pen = np.array([240, 226, 196]), np.array([40, 60, 160])  # cream paper, a blue pen
+    coloured = pen + (paper - pen) * bar[..., None]
+    blue = Image.fromarray(coloured.astype(np.uint8), "RGB")
+    assert _similar(preprocess_image(_encode(blue, "JPEG")), expected) > 0.97
+
+    upright = np.full((600, 400), 255, dtype=np.uint8)
+    upright[100:500, 150:190] = 0  # an "L": tall stroke and a foot to the right
+    upright[460:500, 150:320] = 0
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display", as a phone writes it
+    buffer = io.BytesIO()
+    Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90).save(buffer, "JPEG", exif=exif)
+    expected = preprocess_image(Image.fromarray(upright))
+    assert _similar(preprocess_image(buffer.getvalue()), expected) > 0.97
+
+
+def test_specks_and_the_sheets_border_are_dropped():
+    sheet = np.asarray(_bar_on_white(), dtype=np.uint8).copy()
+    sheet[:, :60] = 30  # the dark table beside the sheet, along the picture's edge
+    sheet[700:704, 100:104] = 0  # a speck of dust far from the digit
+    sheet[50:53, 900:903] = 0
+    assert torch.equal(preprocess_image(Image.fromarray(sheet)), preprocess_image(_bar_on_white()))
+
+
+def test_a_12_megapixel_jpeg_is_decoded_at_a_reduced_scale():
+    photo = _bar_on_white(canvas=(4000, 3000), box=(2400, 400, 2800, 1200)).convert("RGB")
+    image = open_image(_encode(photo, "JPEG"))
+    assert image.size == (1000, 750)  # 1/4 scale straight from the JPEG's DCT data
+
+
+# --- Odd but legal images: one ImageError each, never another exception --------------------
+
+
+def _tiff(image: Image.Image) -> bytes:
+    return _encode(image, "TIFF")
+
+
+def _float_tiff(value: float) -> bytes:
+    values = np.zeros((64, 64), dtype=np.float32)
+    values[20:40, 30:34] = value
+    return _tiff(Image.fromarray(values, "F"))
+
+
+ODD_IMAGES = {
+    "float-nan": (lambda: _float_tiff(float("nan")), "NaN or infinity"),
+    "float-inf": (lambda: _float_tiff(float("inf")), "NaN or infinity"),
+    "lab": (lambda: _tiff(Image.new("LAB", (64, 64), (50, 0, 0))), "colour mode LAB"),
+    "1000000x1": (lambda: _png_header_only(1_000_000, 1), "not a digit"),
+    "1x60": (lambda: _encode(Image.new("L", (1, 60)), "PNG"), "not a digit"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ODD_IMAGES))
+def test_odd_but_legal_images_are_one_image_error(name):
+    make, reason = ODD_IMAGES[name]
+    with pytest.raises(ImageError, match=reason):
+        preprocess_image(make())
+
+
+def test_an_extreme_aspect_ratio_is_refused_from_the_header(monkeypatch):
+    def never_load(self):
+        raise AssertionError("pixels were decoded")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", never_load)
+    with pytest.raises(ImageError, match="refused before decoding"):
+        preprocess_image(_png_header_only(1_000_000, 1))
+
+
+def test_the_bomb_error_quotes_the_limit_that_applies():
+    with pytest.raises(ImageError) as error:
+        preprocess_image(_png_header_only(10_000, 10_000))  # over Pillow's own limit too
+    assert f"{MAX_IMAGE_PIXELS:,}-pixel limit" in str(error.value)
+    assert "80" not in str(error.value).replace(f"{MAX_IMAGE_PIXELS:,}", "")
+
+
+# --- Any image at all: a 28x28 uint8 or an ImageError, nothing else ------------------------
+
+MODES = ["1", "L", "P", "RGB", "RGBA", "LA", "PA", "CMYK", "YCbCr", "LAB", "HSV", "I", "I;16", "F"]
+
+
+@st.composite
+def any_image(draw):
+    mode = draw(st.sampled_from(MODES))
+    width = draw(st.integers(1, 120))
+    height = draw(st.sampled_from([1, 2, width, draw(st.integers(1, 120)), 5000 // width]))
+    bands = len(Image.new(mode, (1, 1)).getbands())
+    kind = draw(st.sampled_from(["noise", "flat", "blob", "extreme"]))
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    shape = (height, width, bands)
+    if kind == "noise":
+        values = rng.uniform(0, 255, shape)
+    elif kind == "flat":
+        values = np.full(shape, rng.uniform(0, 255))
+    elif kind == "blob":
+        values = np.full(shape, 230.0)
+        values[height // 4 : 3 * height // 4 + 1, width // 3 : 2 * width // 3 + 1] = 20.0
+    else:
+        values = rng.choice([np.nan, np.inf, -np.inf, 0.0, 1e30, -1e30], size=shape)
+    if mode == "F":
+        array = values[..., 0].astype(np.float32)
+    elif mode in ("I", "I;16"):
+        array = np.nan_to_num(values[..., 0], posinf=65535, neginf=0).clip(0, 65535)
+        array = array.astype(np.int32 if mode == "I" else np.uint16)
+    else:
+        array = np.nan_to_num(values, posinf=255, neginf=0).clip(0, 255).astype(np.uint8)
+    if mode in ("F", "I", "I;16"):
+        image = Image.fromarray(array)  # the mode follows the dtype: float32, int32, uint16
+    elif mode == "1":
+        image = Image.fromarray(array[..., 0] > 127)
+    else:
+        image = Image.frombytes(mode, (width, height), array[..., :bands].tobytes())
+    as_bytes = draw(st.sampled_from([None, "PNG", "TIFF", "JPEG", "BMP", "GIF"]))
+    if as_bytes is None:
+        return image
+    try:
+        return _encode(image, as_bytes)
+    except (OSError, ValueError, KeyError):  # Pillow cannot write this mode in this format
+        return image
+
+
+@settings(max_examples=150, deadline=None)
+@given(any_image())
+def test_any_image_gives_a_28x28_uint8_or_an_image_error(source):
+    try:
+        digit = preprocess_image(source)
+    except ImageError as error:
+        assert str(error) and "\n" not in str(error)
+    else:
+        assert digit.dtype == torch.uint8 and tuple(digit.shape) == (28, 28)

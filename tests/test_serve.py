@@ -20,7 +20,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 from PIL import Image
-from test_preprocess import _png_header_only
+from test_preprocess import ODD_IMAGES, _png_header_only
 from trained_model import tiny_checkpoint
 from typer.testing import CliRunner
 
@@ -293,6 +293,7 @@ BAD_REQUESTS = {
     "empty file": (upload(b""), 400),
     "eps": (upload(b"%!PS-Adobe-3.0 EPSF-3.0\n"), 400),
     "bomb": (upload(_png_header_only(10_000, 10_000)), 400),
+    **{f"odd image {name}": (upload(make()), 400) for name, (make, _) in ODD_IMAGES.items()},
     "form urlencoded": ({"data": {"image": "7"}}, 415),
     "form without file": ({"files": {"picture": ("a.png", SEVEN_PNG, "image/png")}}, 422),
     "file field as text": ({"files": {"other": ("a.png", SEVEN_PNG)}, "data": {"file": "x"}}, 422),

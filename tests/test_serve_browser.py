@@ -1,6 +1,6 @@
 """The drawing page in a real browser: Debian's Chromium, driven by Playwright, against a real
 uvicorn server on a free loopback port. Strokes drawn with the mouse must be predicted as the
-digit they draw.
+digit they draw, and a photo-like image uploaded through the page's file input as its digit.
 
 Playwright's own browser download (`playwright install`) is never used: `make test` installs
 Chromium from the distribution. Without it this test skips, except under CI=true, where a
@@ -15,10 +15,17 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 import uvicorn
+from photo_digits import photo_like
 from trained_model import tiny_checkpoint
 
+from mnist_classifier.batching import normalize
+from mnist_classifier.checkpoint import load_checkpoint
+from mnist_classifier.data import load_split
+from mnist_classifier.preprocess import preprocess_image
 from mnist_classifier.serve.app import create_app
 from mnist_classifier.serve.loading import load_checkpoint_model
 
@@ -126,6 +133,41 @@ def test_a_digit_drawn_with_the_mouse_is_predicted(browser, server_url, tmp_path
 
     page.click("#clear")
     assert page.locator("#digit").text_content() == ""
+    page.close()
+
+
+def _a_photo_the_model_reads(mnist_dir) -> tuple[bytes, int]:
+    """The first photo-like test digit the tiny model reads right through `preprocess_image`."""
+    model = load_checkpoint(tiny_checkpoint(mnist_dir)).model.eval()
+    images, labels = load_split(mnist_dir, train=False)
+    rng = np.random.default_rng(0)
+    for index in range(50):
+        photo = photo_like(images[index].numpy(), index, rng)
+        with torch.inference_mode():
+            logits = model(normalize(preprocess_image(photo)[None]))
+        if index % 10 not in (4, 9) and int(logits.argmax()) == int(labels[index]):
+            return photo, int(labels[index])
+    raise AssertionError("the tiny model reads none of the first 50 photos")
+
+
+@pytest.mark.parametrize("width", [900, 390], ids=["wide", "phone"])
+def test_an_uploaded_photo_is_predicted(browser, server_url, mnist_dir, tmp_path, width):
+    photo, label = _a_photo_the_model_reads(mnist_dir)
+    (tmp_path / "photo.jpg").write_bytes(photo)
+    page = browser.new_page(viewport={"width": width, "height": 800})
+    page.goto(server_url)
+    page.set_input_files("#photo", str(tmp_path / "photo.jpg"))
+    assert shown_prediction(page) == str(label)
+    assert page.locator("#photo").get_attribute("capture") == "environment"
+    seen_ink = page.evaluate(
+        "Array.from(document.getElementById('seen').getContext('2d')"
+        ".getImageData(0, 0, 28, 28).data).filter((v, i) => i % 4 === 0 && v > 128).length"
+    )
+    assert seen_ink > 20
+    # Nothing is wider than the screen: the page is usable on a phone.
+    assert page.evaluate("document.documentElement.scrollWidth") <= width
+    page.wait_for_timeout(300)
+    page.screenshot(path=str(tmp_path / f"photo-{width}px.png"), full_page=True)
     page.close()
 
 

@@ -508,11 +508,12 @@ def predict(
     stage: StageOption = None,
     models_dir: ModelsDirOption = Path("./models"),
 ) -> None:
-    """Predict the digit in each image: digit, probability and top 3.
+    """Predict the digit in each image: digit, probability and top 3, and which model answered.
 
-    Images are prepared as MNIST was: greyscale, dark-on-light inverted, cropped to the ink,
-    scaled to fit 20x20 and centred by mass in 28x28. A file that cannot be used is reported
-    on one line and the rest still run; the exit code is then 2.
+    Images are prepared as MNIST was, after the paper's lighting is divided out: the ink
+    (dark or light) is found by an Otsu threshold, cropped to the digit, scaled to fit 20x20
+    and centred by mass in 28x28. A file that cannot be used is reported on one line and the
+    rest still run; the exit code is then 2.
     """
     from mnist_classifier.reporting import print_json, print_predictions
 
@@ -524,18 +525,23 @@ def predict(
         raise _fail(
             f"backend must be one of {', '.join(PREDICT_BACKENDS)} (got {backend!r})", EXIT_USAGE
         )
+    from mnist_classifier.predict import ModelIdentity, collect_image_files, predict_files
+
     if backend == "onnxruntime":
         if model is None:
             raise _fail(
                 "--backend onnxruntime needs --model PATH.onnx (see mnist export)", EXIT_USAGE
             )
         runner = _onnx_backend(model)
+        answering = ModelIdentity.of(model)
     else:
-        runner = _torch_backend(_stage_or_checkpoint(stage, models_dir, checkpoint))
+        model_file = _stage_or_checkpoint(stage, models_dir, checkpoint)
+        runner = _torch_backend(model_file)
+        answering = ModelIdentity.of(model_file, stage)
 
-    from mnist_classifier.predict import collect_image_files, predict_files
-
-    predictions = predict_files(collect_image_files(paths), runner, save_preprocessed)
+    predictions = predict_files(
+        collect_image_files(paths), runner, save_preprocessed, model=answering
+    )
     if output_format == "json":
         print_json([prediction.to_dict() for prediction in predictions])
         from mnist_classifier.reporting import print_error
@@ -544,7 +550,7 @@ def predict(
             if prediction.error is not None:
                 print_error(f"{prediction.file}: {prediction.error}")
     else:
-        print_predictions(predictions)
+        print_predictions(predictions, answering)
     if not predictions:
         raise _fail("no image files found in the given paths", EXIT_USAGE)
     if any(prediction.error is not None for prediction in predictions):

@@ -29,22 +29,44 @@ ONNX_STD_KEY = "mnist_classifier.std"
 
 
 @dataclass(frozen=True)
+class ModelIdentity:
+    """Which model answered: its file, its registry stage if it came from one, its SHA-256."""
+
+    file: str
+    stage: str | None
+    digest: str
+
+    @classmethod
+    def of(cls, path: Path, stage: str | None = None) -> ModelIdentity:
+        from mnist_classifier.data import sha256_of
+
+        return cls(file=str(path), stage=stage, digest=sha256_of(path))
+
+    def to_dict(self) -> dict:
+        return {"file": self.file, "stage": self.stage, "digest": self.digest}
+
+
+@dataclass(frozen=True)
 class Prediction:
     file: str
     digit: int | None = None
     probability: float | None = None
     top3: list[tuple[int, float]] = field(default_factory=list)  # (digit, probability), best first
     error: str | None = None
+    model: ModelIdentity | None = None  # set on every answered file
 
     def to_dict(self) -> dict:
         if self.error is not None:
             return {"file": self.file, "error": self.error}
-        return {
+        answer = {
             "file": self.file,
             "digit": self.digit,
             "probability": self.probability,
             "top3": [{"digit": digit, "probability": p} for digit, p in self.top3],
         }
+        if self.model is not None:
+            answer["model"] = self.model.to_dict()
+        return answer
 
 
 class Backend(Protocol):
@@ -103,7 +125,10 @@ def collect_image_files(paths: Iterable[Path]) -> list[Path]:
 
 
 def predict_files(
-    files: Iterable[Path], backend: Backend, save_preprocessed: Path | None = None
+    files: Iterable[Path],
+    backend: Backend,
+    save_preprocessed: Path | None = None,
+    model: ModelIdentity | None = None,
 ) -> list[Prediction]:
     """One Prediction per file, in order; unusable files carry their reason in `error`."""
     predictions: list[Prediction | None] = []
@@ -125,7 +150,7 @@ def predict_files(
     if images:
         probabilities = softmax(backend.logits(torch.stack(images)))
         for position, row in zip(positions, probabilities, strict=True):
-            predictions[position] = prediction_from_probabilities(str(files[position]), row)
+            predictions[position] = prediction_from_probabilities(str(files[position]), row, model)
     return [prediction for prediction in predictions if prediction is not None]
 
 
@@ -135,10 +160,12 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return exponentials / exponentials.sum(axis=1, keepdims=True)
 
 
-def prediction_from_probabilities(file: str, probabilities: np.ndarray) -> Prediction:
+def prediction_from_probabilities(
+    file: str, probabilities: np.ndarray, model: ModelIdentity | None = None
+) -> Prediction:
     order = np.argsort(-probabilities, kind="stable")[:TOP_K]
     top = [(int(digit), float(probabilities[digit])) for digit in order]
-    return Prediction(file=file, digit=top[0][0], probability=top[0][1], top3=top)
+    return Prediction(file=file, digit=top[0][0], probability=top[0][1], top3=top, model=model)
 
 
 def _save_preprocessed(image: torch.Tensor, folder: Path, source: Path, index: int) -> None:

@@ -300,9 +300,13 @@ def print_report_details(report: dict, files: dict) -> None:
         print(f"  {path}")
 
 
-def print_predictions(predictions: list) -> None:
-    """One row per file: digit, probability, top 3; failures to stderr, one line each."""
+def print_predictions(predictions: list, model) -> None:
+    """Which model answered, then one row per file: digit, probability, top 3; failures to
+    stderr, one line each."""
     from rich.table import Table
+
+    stage = f", stage {model.stage}" if model.stage else ""
+    print(f"Model: {model.file}{stage}, SHA-256 {model.digest[:12]}")
 
     table = Table("File", "Digit", "Probability", "Top 3", box=None, pad_edge=False)
     for prediction in predictions:

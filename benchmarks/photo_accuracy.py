@@ -1,0 +1,120 @@
+"""How well `mnist predict`'s preprocessing serves a model on photos, scans and the drawing page.
+
+    python benchmarks/photo_accuracy.py --checkpoint PATH [--images 500] [--seed 0]
+                                        [--save-examples DIR]
+
+Takes the first N MNIST test digits (never training images) and predicts each in four forms,
+with the same checkpoint: as the MNIST crop itself (the reference, then prepared as any
+upload is), as a photo-like JPEG
+(tests/photo_digits.py: paper, lighting gradient, shadow, noise, tilt; a tenth chalk, a tenth
+EXIF-rotated), as a realistic scan (tests/realistic_digits.py: scaled, thick or thin, off-centre,
+PNG/JPEG/transparent PNG) and as the drawing page sends it (280x280 PNG, dark on white). Every
+image goes through `preprocess_image`, the function `mnist predict` and `mnist serve` share.
+Prints the accuracy of each and the mean preparation time. --save-examples writes a strip of
+the first photos above the 28x28 images the model saw.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT / "tests"))  # the test sets' generators
+
+from photo_digits import photo_like  # noqa: E402
+from realistic_digits import realistic_variant  # noqa: E402
+from train_speed import _machine  # noqa: E402  (this folder is on sys.path when run)
+
+from mnist_classifier.batching import normalize  # noqa: E402
+from mnist_classifier.checkpoint import load_checkpoint  # noqa: E402
+from mnist_classifier.data import load_split  # noqa: E402
+from mnist_classifier.preprocess import ImageError, preprocess_image  # noqa: E402
+
+PAGE_CANVAS = 280  # the drawing page's canvas size
+EXAMPLES = 8
+EXAMPLE_SIDE = 112
+
+
+def page_drawing(digit: np.ndarray) -> bytes:
+    """A digit as the drawing page sends it: dark ink on a white 280x280 canvas, as a PNG."""
+    drawn = Image.fromarray(255 - digit).resize(
+        (PAGE_CANVAS, PAGE_CANVAS), Image.Resampling.BILINEAR
+    )
+    buffer = io.BytesIO()
+    drawn.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--images", type=int, default=500)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data-dir", type=Path, default=REPO_ROOT / "data")
+    parser.add_argument("--save-examples", type=Path, help="folder for photos-and-seen.png")
+    arguments = parser.parse_args()
+
+    model = load_checkpoint(arguments.checkpoint).model.eval()
+    images, labels = load_split(arguments.data_dir, train=False)
+    digits = [image.numpy() for image in images[: arguments.images]]
+    labels = labels[: arguments.images]
+    forms = {
+        "MNIST crops, prepared": lambda digit, index, rng: Image.fromarray(digit),
+        "photo-like JPEGs": photo_like,
+        "realistic scans": realistic_variant,
+        "drawing page (280x280)": lambda digit, index, rng: page_drawing(digit),
+    }
+    print(f"Machine: {_machine()}")
+    print(f"Checkpoint: {arguments.checkpoint}; first {len(digits)} MNIST test digits")
+    with torch.inference_mode():
+        reference = (model(normalize(images[: len(digits)])).argmax(1) == labels).float().mean()
+    print(f"{'MNIST crops, as they are':26s} accuracy {100 * reference.item():6.2f}%")
+    for name, make in forms.items():
+        rng = np.random.default_rng(arguments.seed)
+        sources = [make(digit, index, rng) for index, digit in enumerate(digits)]
+        prepared, started = [], time.perf_counter()
+        for source in sources:
+            try:
+                prepared.append(preprocess_image(source))
+            except ImageError:
+                prepared.append(None)  # refused: counted as wrong
+        seconds = (time.perf_counter() - started) / len(sources)
+        usable = [index for index, image in enumerate(prepared) if image is not None]
+        with torch.inference_mode():
+            logits = model(normalize(torch.stack([prepared[index] for index in usable])))
+        correct = (logits.argmax(1) == labels[usable]).sum().item()
+        print(
+            f"{name:26s} accuracy {100 * correct / len(sources):6.2f}%  "
+            f"({len(sources) - len(usable)} refused)  {1000 * seconds:6.1f} ms per image"
+        )
+        if name == "photo-like JPEGs" and arguments.save_examples:
+            save_examples(sources[:EXAMPLES], prepared[:EXAMPLES], arguments.save_examples)
+
+
+def save_examples(photos: list[bytes], seen: list[torch.Tensor | None], folder: Path) -> None:
+    """A strip of photos (upright, as a viewer shows them) above what the model saw."""
+    strip = Image.new("RGB", (EXAMPLE_SIDE * len(photos), 2 * EXAMPLE_SIDE), "white")
+    for column, (photo, image) in enumerate(zip(photos, seen, strict=True)):
+        upright = ImageOps.exif_transpose(Image.open(io.BytesIO(photo))).convert("RGB")
+        upright.thumbnail((EXAMPLE_SIDE, EXAMPLE_SIDE))
+        strip.paste(upright, (column * EXAMPLE_SIDE, 0))
+        pixels = image.numpy() if image is not None else np.zeros((28, 28), np.uint8)
+        model_view = Image.fromarray(pixels).resize(
+            (EXAMPLE_SIDE, EXAMPLE_SIDE), Image.Resampling.NEAREST
+        )
+        strip.paste(model_view.convert("RGB"), (column * EXAMPLE_SIDE, EXAMPLE_SIDE))
+    folder.mkdir(parents=True, exist_ok=True)
+    strip.save(folder / "photos-and-seen.png", optimize=True)
+    print(f"Wrote {folder / 'photos-and-seen.png'}")
+
+
+if __name__ == "__main__":
+    main()
