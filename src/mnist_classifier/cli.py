@@ -748,9 +748,15 @@ def promote(
 def models(models_dir: ModelsDirOption = Path("./models")) -> None:
     """List what each registry stage holds: epoch, validation and test accuracy, status."""
     from mnist_classifier.registry import list_models
-    from mnist_classifier.reporting import print_runs
+    from mnist_classifier.reporting import print_error, print_runs
 
     rows = list_models(models_dir)
     if not rows:
         raise _fail(f"no models in {models_dir}; train one: python train_mnist.py", EXIT_FAILURE)
     print_runs(rows, "table")
+    # Like predict: every entry is listed, each unusable one also gets an error line.
+    unusable = [row for row in rows if row["status"] != "ok"]
+    for row in unusable:
+        print_error(f"{row['stage']}/{row['name']}: {row['status']}")
+    if unusable:
+        raise typer.Exit(EXIT_USAGE)
