@@ -235,10 +235,10 @@ def _resolve_config(config_file: Path | None, assignments: list[str] | None, ove
         settings.update({key: value for key, value in overrides.items() if value is not None})
         config = load_config(config_file, settings)
         resolve_precision(config.precision, resolve_device(config.device))
-        # The run directory goes under runs_dir even when checkpoints go to output_dir.
-        check_output_dir(config.runs_dir, "runs_dir", "--runs-dir")
         if config.output_dir:
             check_output_dir(config.output_dir)
+        # The run directory goes under runs_dir even when checkpoints go to output_dir.
+        check_output_dir(config.runs_dir, "runs_dir", "--runs-dir")
         check_data_dir(config.data.data_dir)
     except (ConfigError, DeviceError, DataError) as error:
         raise _fail(str(error), EXIT_USAGE) from None
@@ -256,6 +256,7 @@ def _train_one_run(config, quiet: bool, resume: str | None = None, force: bool =
         TrainingDiverged,
         find_resume_checkpoint,
         find_resume_in_runs,
+        load_resume_checkpoint,
     )
     from mnist_classifier.train import train as run_training
 
@@ -278,6 +279,13 @@ def _train_one_run(config, quiet: bool, resume: str | None = None, force: bool =
         )
     elif resume:
         resume_from = Path(resume)
+    if resume_from is not None:  # a checkpoint that cannot be resumed costs no run folder
+        try:
+            load_resume_checkpoint(resume_from)
+        except ResumeError as error:
+            raise _fail(str(error), EXIT_USAGE) from None
+        except CheckpointError as error:
+            raise _fail(str(error), EXIT_FAILURE) from None
     # Under torchrun only rank 0 keeps a run directory; the others compute and stay quiet.
     rank = int(os.environ.get("RANK", "0"))
     new_run_dir = None

@@ -295,6 +295,8 @@ def _parse_yaml(text: str) -> Any:
     except yaml.MarkedYAMLError as error:
         where = f" (line {error.problem_mark.line + 1})" if error.problem_mark else ""
         raise yaml.YAMLError(f"{error.problem or error.context}{where}") from None
+    except yaml.YAMLError as error:  # e.g. a control character: one line, not PyYAML's two
+        raise yaml.YAMLError(str(error).strip().splitlines()[0]) from None
     except RecursionError:
         raise yaml.YAMLError("nested too deeply") from None
 

@@ -280,6 +280,13 @@ def check_resumable(
         )
 
 
+def load_resume_checkpoint(path: Path) -> LoadedCheckpoint:
+    """A checkpoint to continue from: verified, and holding a usable training state."""
+    checkpoint = load_checkpoint(path)
+    check_training_state(checkpoint)
+    return checkpoint
+
+
 def check_training_state(checkpoint: LoadedCheckpoint) -> None:
     """Refuse, even with --force, a checkpoint without a usable training state to continue."""
     state = checkpoint.raw
@@ -303,6 +310,13 @@ def check_training_state(checkpoint: LoadedCheckpoint) -> None:
             f"cannot resume from {checkpoint.path}: {problem}, so the run cannot continue "
             "exactly (not even with --force); start a new run, or resume another checkpoint"
         )
+    # Loading it into a fresh optimizer finds a damaged state before any work starts.
+    optimizer = torch.optim.Adam(SimpleCNN().parameters())
+    _restore(
+        "optimizer state",
+        checkpoint.path,
+        lambda: optimizer.load_state_dict(state["optimizer_state_dict"]),
+    )
 
 
 def _restore(part: str, checkpoint_path: Path, restore) -> None:
@@ -415,9 +429,7 @@ def train(
     memory_format = memory_format_for(device)
 
     # A checkpoint that cannot continue the run is refused before any data is read.
-    resumed = load_checkpoint(resume_from) if resume_from is not None else None
-    if resumed is not None:
-        check_training_state(resumed)
+    resumed = load_resume_checkpoint(resume_from) if resume_from is not None else None
 
     # Seeds first: the weights' initialisation, dropout and the batch order all follow from them.
     torch.manual_seed(config.seed)
