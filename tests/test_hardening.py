@@ -142,6 +142,23 @@ def test_resume_auto_skips_newer_runs_without_a_valid_checkpoint(tmp_path):
     )
 
 
+def test_mnist_train_resume_auto_says_which_run_it_resumes(tmp_path, monkeypatch):
+    runs_dir = tmp_path / "runs"
+    older = runs_dir / "20260101-000000-rz"
+    save_checkpoint(older / "checkpoint_epoch_3.pt", _resumable_payload())
+    (runs_dir / "20260102-000000-rz").mkdir()  # left by a start that failed
+    resumed_from = []
+    monkeypatch.setattr(
+        train_module, "train", lambda *_args, resume_from, **_kw: resumed_from.append(resume_from)
+    )
+    arguments = ["train", "--name", "rz", "--runs-dir", str(runs_dir), "--resume", "auto"]
+    result = runner.invoke(app, arguments)
+    assert result.exit_code == 0, result.output
+    assert "skipped run 20260102-000000-rz: it holds no checkpoint" in result.output
+    assert f"Resuming from {older / 'checkpoint_epoch_3.pt'} (run {older.name})" in result.output
+    assert resumed_from == [older / "checkpoint_epoch_3.pt"]
+
+
 def test_a_start_that_fails_on_unverified_data_leaves_no_run_folder(tmp_path):
     raw_dir = tmp_path / "data" / "MNIST" / "raw"
     raw_dir.mkdir(parents=True)

@@ -273,7 +273,7 @@ def _train_one_run(config, quiet: bool, resume: str | None = None, force: bool =
         for line in skipped:
             print(line)
         print(
-            f"Resuming run {resume_from.parent} from {resume_from.name}"
+            f"Resuming from {resume_from} (run {resume_from.parent.name})"
             if resume_from
             else "No checkpoint to resume: starting fresh"
         )
