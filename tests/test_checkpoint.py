@@ -9,6 +9,7 @@ from conftest import CreatesAFile, checkpoint_payload
 
 from mnist_classifier.checkpoint import (
     PAUSE_INSIDE_SAVE,
+    TEMPORARY_PREFIX,
     CheckpointError,
     check_output_dir,
     copy_checkpoint,
@@ -158,7 +159,7 @@ def test_an_interrupted_save_leaves_a_file_its_digest_vouches_for(tmp_path, monk
 
 
 def test_stale_temporaries_are_removed(tmp_path):
-    stale = tmp_path / ".checkpoint_epoch_3.pt.abcd1234.tmp"
+    stale = tmp_path / f"{TEMPORARY_PREFIX}checkpoint_epoch_3.pt.abcd1234.tmp"
     stale.write_bytes(b"half a checkpoint")
     keep = tmp_path / "checkpoint_epoch_2.pt"
     keep.write_bytes(b"x")

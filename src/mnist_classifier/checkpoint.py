@@ -8,7 +8,8 @@ Writing survives a crash at any instant. Each checkpoint has a sidecar `<name>.s
 digest to the sidecar (which then accepts the old file and the new one), renames the file into
 place, fsyncs the folder, and finally rewrites the sidecar with the new digest alone. Whenever
 the process dies, the file on disk is the old one or the new one, and the sidecar vouches for
-it; a stray temporary is ignored and removed at the next start.
+it; a stray temporary is ignored and removed at the next start. Temporaries carry this
+project's prefix and their target's name, so that nothing else in the folder is ever removed.
 """
 
 from __future__ import annotations
@@ -26,14 +27,22 @@ from typing import Any
 
 import torch
 
-from mnist_classifier.config import ConfigError, TrainConfig, config_from_dict
+from mnist_classifier.config import ConfigError, TrainConfig, config_from_dict, shown
 from mnist_classifier.data import sha256_of
+from mnist_classifier.files import FileRefused, read_regular_file
 from mnist_classifier.model import SimpleCNN
 
 SCHEMA_VERSION = 1
 ARCHITECTURE = "SimpleCNN"
 DIGEST_SUFFIX = ".sha256"
+TEMPORARY_PREFIX = ".mnist-partial-"
 TEMPORARY_SUFFIX = ".tmp"
+# ".mnist-partial-<target name>.<mkstemp's 8 random characters>.tmp": only these are ours.
+OUR_TEMPORARY = re.compile(
+    rf"{re.escape(TEMPORARY_PREFIX)}.+\.[a-z0-9_]{{8}}{re.escape(TEMPORARY_SUFFIX)}"
+)
+# A sidecar holds a line or two of 64 hex digits and a name.
+MAX_DIGEST_FILE_BYTES = 4096
 # The lab's keys first; the rest are ours.
 REQUIRED_KEYS = (
     "model_state_dict",
@@ -85,7 +94,7 @@ def _write_file_atomically(path: Path, write, before_rename=None) -> None:
     """`write(handle)` to a temporary beside `path`, fsync it, call `before_rename(temporary)`,
     rename it over `path`, fsync the folder. On any failure the temporary is removed."""
     descriptor, temporary = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX
+        dir=path.parent, prefix=f"{TEMPORARY_PREFIX}{path.name}.", suffix=TEMPORARY_SUFFIX
     )
     try:
         with os.fdopen(descriptor, "wb") as handle:
@@ -113,8 +122,15 @@ def _write_digests(path: Path, digests: list[str]) -> None:
 
 
 def _accepted_digests(path: Path) -> list[str]:
+    """The digests the sidecar vouches for; none when it is missing or unreadable.
+
+    Raises FileRefused when the sidecar is a FIFO, a device or oversized: reading it could
+    hang or never end, and it is not a file this project wrote.
+    """
     try:
-        lines = digest_path(path).read_text().splitlines()
+        lines = read_regular_file(digest_path(path), MAX_DIGEST_FILE_BYTES).decode().splitlines()
+    except FileRefused:
+        raise
     except (OSError, UnicodeDecodeError):
         return []
     return [line.split()[0] for line in lines if line.strip()]
@@ -168,10 +184,14 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> str:
 
 
 def remove_stale_temporaries(directory: Path) -> list[Path]:
-    """Delete the temporaries a killed save left behind; returns what was removed."""
+    """Delete the temporaries a killed save left behind (ours only); returns what was removed."""
     if not directory.is_dir():
         return []
-    stale = [path for path in directory.glob(f".*{TEMPORARY_SUFFIX}") if path.is_file()]
+    stale = [
+        path
+        for path in directory.glob(f"{TEMPORARY_PREFIX}*{TEMPORARY_SUFFIX}")
+        if OUR_TEMPORARY.fullmatch(path.name) and path.is_file() and not path.is_symlink()
+    ]
     for path in stale:
         path.unlink(missing_ok=True)
     return stale
@@ -215,12 +235,21 @@ def build_payload(
 def load_checkpoint(path: Path | str) -> LoadedCheckpoint:
     """Read, check and rebuild a checkpoint; any failure is one CheckpointError naming the file."""
     path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise CheckpointError(
+            f"{path} is a broken link or a symlink loop; point it at a checkpoint"
+        )
+    if path.exists() and not path.is_file():
+        raise CheckpointError(f"{path} is not a regular file; give the path of a checkpoint")
     if not path.is_file():
         raise CheckpointError(
             f"checkpoint not found: {path}. Train a model first: python train_mnist.py "
             "(or mnist train), then check it exists: ls -lh ./models/staging/mnist/"
         )
-    accepted = _accepted_digests(path)
+    try:
+        accepted = _accepted_digests(path)
+    except FileRefused as error:
+        raise CheckpointError(f"{error}: a digest file must be a small plain file") from None
     if not accepted:
         raise CheckpointError(
             f"{path} has no digest file {digest_path(path).name} beside it, so it cannot be "
@@ -259,6 +288,9 @@ def load_checkpoint(path: Path | str) -> LoadedCheckpoint:
         )
     if raw["architecture"] != ARCHITECTURE:
         raise CheckpointError(f"{path} holds a {raw['architecture']!r}, not a {ARCHITECTURE}")
+    problem = _value_type_problem(raw)
+    if problem:
+        raise CheckpointError(f"{path} is not a valid checkpoint: {problem}")
     try:
         config = config_from_dict(raw["config"])
     except (ConfigError, TypeError) as error:
@@ -272,6 +304,15 @@ def load_checkpoint(path: Path | str) -> LoadedCheckpoint:
             f"{path} holds weights of another architecture: "
             f"{detail[1].strip() if len(detail) > 1 else detail[0]}"
         ) from None
+    # NaN weights would give NaN probabilities (invalid JSON) everywhere the model is used.
+    not_finite = [
+        name for name, tensor in model.state_dict().items() if not torch.isfinite(tensor).all()
+    ]
+    if not_finite:
+        raise CheckpointError(
+            f"{path} holds non-finite weights (NaN or infinity in {', '.join(not_finite)}); "
+            "the training that wrote it diverged: use an earlier checkpoint"
+        )
     model.eval()
     return LoadedCheckpoint(
         path=path,
@@ -284,8 +325,34 @@ def load_checkpoint(path: Path | str) -> LoadedCheckpoint:
     )
 
 
-def check_output_dir(path: Path | str) -> None:
-    """Fail before training, not after the first epoch, when checkpoints could not be written."""
+def _value_type_problem(raw: dict[str, Any]) -> str:
+    """What is of the wrong type among the lab's keys (a foreign file re-trusted), or ''."""
+
+    def is_number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    state = raw["model_state_dict"]
+    if not isinstance(state, dict) or not all(
+        isinstance(value, torch.Tensor) for value in state.values()
+    ):
+        return "model_state_dict must be a mapping of names to tensors"
+    if not isinstance(raw["optimizer_state_dict"], dict):
+        return "optimizer_state_dict must be a mapping"
+    if not isinstance(raw["epoch"], int) or isinstance(raw["epoch"], bool) or raw["epoch"] < 1:
+        return f"epoch must be a whole number of at least 1 (got {shown(raw['epoch'])})"
+    for key in ("loss", "accuracy"):
+        if not is_number(raw[key]):
+            return f"{key} must be a number (got {shown(raw[key])})"
+    return ""
+
+
+def check_output_dir(
+    path: Path | str, setting: str = "output_dir", flag: str = "--output-dir"
+) -> None:
+    """Fail before any work, not after the first epoch, when a folder could not be written.
+
+    `setting` and `flag` name what the folder is for in the message (e.g. runs_dir).
+    """
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -293,6 +360,6 @@ def check_output_dir(path: Path | str) -> None:
             pass
     except OSError as error:
         raise ConfigError(
-            f"output_dir {str(path)!r} cannot be written ({error.strerror or error}); "
-            "choose another with --output-dir"
+            f"{setting} {str(path)!r} cannot be written ({error.strerror or error}); "
+            f"choose another with {flag}"
         ) from None

@@ -136,7 +136,12 @@ def train(
         ),
     ] = None,
     force: Annotated[
-        bool, typer.Option("--force", help="Resume even though batch size, seed, etc. changed.")
+        bool,
+        typer.Option(
+            "--force",
+            help="Resume even though batch size, seed, etc. changed; allow --nproc above the "
+            "devices (or cores) here.",
+        ),
     ] = False,
     nproc: Annotated[
         int,
@@ -172,9 +177,20 @@ def train(
         "keep_last": keep_last,
     }
     config = _resolve_config(config_file, assignments, overrides)
-    from mnist_classifier.distributed import launch_with_torchrun, launched_by_torchrun
+    from mnist_classifier.distributed import (
+        launch_with_torchrun,
+        launched_by_torchrun,
+        process_limit,
+    )
 
     if nproc > 1 and not launched_by_torchrun():
+        limit, what = process_limit(config.device, config.distributed_backend)
+        if nproc > limit and not force:
+            raise _fail(
+                f"--nproc {nproc} is more than the {limit} {what} here; use --nproc {limit} "
+                "or fewer, or add --force to launch them anyway",
+                EXIT_USAGE,
+            )
         raise typer.Exit(_launch_ranks(nproc, config, launch_with_torchrun))
     _train_one_run(config, quiet, resume=resume, force=force)
 
@@ -211,6 +227,7 @@ def _resolve_config(config_file: Path | None, assignments: list[str] | None, ove
     """Defaults < file < --set < typed flags; every error here is a usage error (exit 2)."""
     from mnist_classifier.checkpoint import check_output_dir
     from mnist_classifier.config import ConfigError, load_config, parse_assignment
+    from mnist_classifier.data import DataError, check_data_dir
     from mnist_classifier.device import DeviceError, resolve_device, resolve_precision
 
     try:
@@ -218,8 +235,12 @@ def _resolve_config(config_file: Path | None, assignments: list[str] | None, ove
         settings.update({key: value for key, value in overrides.items() if value is not None})
         config = load_config(config_file, settings)
         resolve_precision(config.precision, resolve_device(config.device))
-        check_output_dir(config.output_dir or config.runs_dir)
-    except (ConfigError, DeviceError) as error:
+        if config.output_dir:
+            check_output_dir(config.output_dir)
+        # The run directory goes under runs_dir even when checkpoints go to output_dir.
+        check_output_dir(config.runs_dir, "runs_dir", "--runs-dir")
+        check_data_dir(config.data.data_dir)
+    except (ConfigError, DeviceError, DataError) as error:
         raise _fail(str(error), EXIT_USAGE) from None
     return config
 
@@ -229,49 +250,67 @@ def _train_one_run(config, quiet: bool, resume: str | None = None, force: bool =
     from mnist_classifier.checkpoint import CheckpointError, CheckpointSaveError
     from mnist_classifier.data import DataError
     from mnist_classifier.reporting import ConsoleTrainingObserver, print_run_dir
-    from mnist_classifier.runs import RunRecorder, create_run_dir, latest_run_dir
-    from mnist_classifier.train import ResumeError, TrainingDiverged, find_resume_checkpoint
+    from mnist_classifier.runs import RunRecorder, create_run_dir, run_dirs_newest_first
+    from mnist_classifier.train import (
+        ResumeError,
+        TrainingDiverged,
+        find_resume_checkpoint,
+        find_resume_in_runs,
+        load_resume_checkpoint,
+    )
     from mnist_classifier.train import train as run_training
 
     resume_from = None
     if resume == "auto":
-        search_dir = (
-            Path(config.output_dir)
-            if config.output_dir
-            else latest_run_dir(config.runs_dir, config.name)
-        )
         try:
-            resume_from, skipped = find_resume_checkpoint(search_dir) if search_dir else (None, [])
+            if config.output_dir:
+                resume_from, skipped = find_resume_checkpoint(Path(config.output_dir))
+            else:
+                runs = run_dirs_newest_first(config.runs_dir, config.name)
+                resume_from, skipped = find_resume_in_runs(runs)
         except ResumeError as error:
             raise _fail(str(error), EXIT_FAILURE) from None
         for line in skipped:
             print(line)
         print(
-            f"Resuming from {resume_from}"
+            f"Resuming from {resume_from} (run {resume_from.parent.name})"
             if resume_from
             else "No checkpoint to resume: starting fresh"
         )
     elif resume:
         resume_from = Path(resume)
+    if resume_from is not None:  # a checkpoint that cannot be resumed costs no run folder
+        try:
+            load_resume_checkpoint(resume_from)
+        except ResumeError as error:
+            raise _fail(str(error), EXIT_USAGE) from None
+        except CheckpointError as error:
+            raise _fail(str(error), EXIT_FAILURE) from None
     # Under torchrun only rank 0 keeps a run directory; the others compute and stay quiet.
     rank = int(os.environ.get("RANK", "0"))
+    new_run_dir = None
     if rank != 0:
         run_dir, observers = None, []
     elif resume_from is not None and (resume_from.parent / "config.yaml").is_file():
         # A checkpoint inside a run directory continues that run's logs.
         run_dir = resume_from.parent
     else:
-        run_dir = create_run_dir(config.runs_dir, config.name)
+        run_dir = new_run_dir = create_run_dir(config.runs_dir, config.name)
     if rank == 0:
         print_run_dir(run_dir)
         observers = [ConsoleTrainingObserver(quiet=quiet), RunRecorder(run_dir)]
     where = f"rank {rank}: " if "RANK" in os.environ else ""
     try:
         run_training(config, observers, run_dir=run_dir, resume_from=resume_from, force=force)
-    except ResumeError as error:
-        raise _fail(where + str(error), EXIT_USAGE) from None
-    except (DataError, CheckpointError, CheckpointSaveError, TrainingDiverged) as error:
-        raise _fail(where + str(error), EXIT_FAILURE) from None
+    except BaseException as error:
+        # A start that failed before writing anything (e.g. unverified data) leaves no folder.
+        if new_run_dir is not None and not any(new_run_dir.iterdir()):
+            new_run_dir.rmdir()
+        if isinstance(error, ResumeError):
+            raise _fail(where + str(error), EXIT_USAGE) from None
+        if isinstance(error, (DataError, CheckpointError, CheckpointSaveError, TrainingDiverged)):
+            raise _fail(where + str(error), EXIT_FAILURE) from None
+        raise
     return run_dir
 
 
@@ -521,6 +560,14 @@ def predict(
         raise _fail(
             f"format must be one of {', '.join(OUTPUT_FORMATS)} (got {output_format!r})", EXIT_USAGE
         )
+    if save_preprocessed is not None:
+        from mnist_classifier.checkpoint import check_output_dir
+        from mnist_classifier.config import ConfigError
+
+        try:
+            check_output_dir(save_preprocessed, "save_preprocessed", "--save-preprocessed")
+        except ConfigError as error:
+            raise _fail(str(error), EXIT_USAGE) from None
     if backend not in PREDICT_BACKENDS:
         raise _fail(
             f"backend must be one of {', '.join(PREDICT_BACKENDS)} (got {backend!r})", EXIT_USAGE
@@ -774,9 +821,15 @@ def promote(
 def models(models_dir: ModelsDirOption = Path("./models")) -> None:
     """List what each registry stage holds: epoch, validation and test accuracy, status."""
     from mnist_classifier.registry import list_models
-    from mnist_classifier.reporting import print_runs
+    from mnist_classifier.reporting import print_error, print_runs
 
     rows = list_models(models_dir)
     if not rows:
         raise _fail(f"no models in {models_dir}; train one: python train_mnist.py", EXIT_FAILURE)
     print_runs(rows, "table")
+    # Like predict: every entry is listed, each unusable one also gets an error line.
+    unusable = [row for row in rows if row["status"] != "ok"]
+    for row in unusable:
+        print_error(f"{row['stage']}/{row['name']}: {row['status']}")
+    if unusable:
+        raise typer.Exit(EXIT_USAGE)

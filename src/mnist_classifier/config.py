@@ -10,25 +10,45 @@ beside every run.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, ClassVar, get_type_hints
 
 import yaml
 
+from mnist_classifier.files import read_regular_file
+
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SCHEDULES = ("none", "step", "cosine", "onecycle")
 EARLY_STOPPING_METRICS = ("validation_accuracy", "validation_loss")
+# A config file is a few hundred bytes; the cap keeps a huge or endless file from being read.
+MAX_CONFIG_FILE_BYTES = 64 * 1024
+# Values quoted in error messages are cut to this many characters.
+MAX_SHOWN_VALUE_CHARS = 80
+# The run folder is "<UTC time>-<name>": well inside the 255 bytes a file name may have.
+MAX_NAME_CHARS = 100
+# Integers go to torch (seeds, sizes), which takes 64-bit values.
+INT64_LIMIT = 2**63
 
 
 class ConfigError(ValueError):
     """A configuration value is unknown, of the wrong type or out of range; names the key."""
 
 
+def shown(value: Any) -> str:
+    """repr(value), cut to about 80 characters so a huge value cannot flood the message."""
+    text = repr(value)
+    if len(text) <= MAX_SHOWN_VALUE_CHARS:
+        return text
+    return f"{text[: MAX_SHOWN_VALUE_CHARS - 3]}..."
+
+
 def _require(condition: bool, key: str, expectation: str, value: Any) -> None:
     if not condition:
-        raise ConfigError(f"{key} {expectation} (got {value!r})")
+        raise ConfigError(f"{key} {expectation} (got {shown(value)})")
 
 
 def _check_types(section: Any) -> None:
@@ -39,14 +59,19 @@ def _check_types(section: Any) -> None:
         key = f"{section.prefix}{item.name}"
         if is_dataclass(expected):
             if not isinstance(value, expected):
-                raise ConfigError(f"{key} must be a mapping of its own keys (got {value!r})")
+                raise ConfigError(f"{key} must be a mapping of its own keys (got {shown(value)})")
             continue
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
-            object.__setattr__(section, item.name, float(value))
-            continue
+            _require(abs(value) < INT64_LIMIT, key, "must be a number of sensible size", value)
+            value = float(value)
+            object.__setattr__(section, item.name, value)
         # bool is an int in Python; a yes/no where a number belongs is still a mistake.
         if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
-            raise ConfigError(f"{key} must be of type {expected.__name__} (got {value!r})")
+            raise ConfigError(f"{key} must be of type {expected.__name__} (got {shown(value)})")
+        if expected is float:
+            _require(math.isfinite(value), key, "must be a finite number", value)
+        if expected is int:
+            _require(abs(value) < INT64_LIMIT, key, "must fit in 64 bits (below 2**63)", value)
 
 
 @dataclass(frozen=True)
@@ -183,9 +208,18 @@ class TrainConfig:
         )
         _require(self.keep_last >= 0, "keep_last", "must be 0 (keep all) or more", self.keep_last)
         _require(
-            bool(self.name) and "/" not in self.name and not self.name.startswith("."),
+            bool(self.name)
+            and "/" not in self.name
+            and not self.name.startswith(".")
+            and self.name.isprintable(),
             "name",
             "must be a plain folder name",
+            self.name,
+        )
+        _require(
+            len(self.name) <= MAX_NAME_CHARS,
+            "name",
+            f"must be at most {MAX_NAME_CHARS} characters",
             self.name,
         )
 
@@ -197,7 +231,7 @@ def _build(cls: type, values: Any, prefix: str) -> Any:
     """Construct `cls` from a nested dict, refusing keys it does not have."""
     if not isinstance(values, dict):
         raise ConfigError(
-            f"{prefix.rstrip('.') or 'the config'} must be a mapping (got {values!r})"
+            f"{prefix.rstrip('.') or 'the config'} must be a mapping (got {shown(values)})"
         )
     known = {item.name: item for item in fields(cls)}
     hints = get_type_hints(cls)
@@ -205,7 +239,9 @@ def _build(cls: type, values: Any, prefix: str) -> Any:
     for key, value in values.items():
         if key not in known:
             choices = ", ".join(f"{prefix}{name}" for name in known)
-            raise ConfigError(f"unknown config key {prefix + key!r}; known keys here: {choices}")
+            raise ConfigError(
+                f"unknown config key {shown(f'{prefix}{key}')}; known keys here: {choices}"
+            )
         section = hints[key]
         arguments[key] = (
             _build(section, value, f"{prefix}{key}.") if is_dataclass(section) else value
@@ -213,15 +249,73 @@ def _build(cls: type, values: Any, prefix: str) -> Any:
     return cls(**arguments)
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, stricter: no aliases, no duplicate keys; 1e-4 is a float.
+
+    An alias can expand a few hundred bytes into gigabytes (a "billion laughs"), and a
+    config never needs one. YAML 1.1 reads 1e-4 (no dot) as text; people mean a number.
+    """
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, f"aliases (*{event.anchor}) are not allowed", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _value_node in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) or key is None:
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {shown(key)}", key_node.start_mark
+                    )
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+# Copied, so that adding a resolver leaves yaml.SafeLoader itself unchanged.
+_ConfigLoader.yaml_implicit_resolvers = {
+    first: list(resolvers) for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _parse_yaml(text: str) -> Any:
+    """YAML text -> plain values, with the strict loader; one-line yaml.YAMLError if invalid."""
+    try:
+        return yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as error:
+        where = f" (line {error.problem_mark.line + 1})" if error.problem_mark else ""
+        raise yaml.YAMLError(f"{error.problem or error.context}{where}") from None
+    except yaml.YAMLError as error:  # e.g. a control character: one line, not PyYAML's two
+        raise yaml.YAMLError(str(error).strip().splitlines()[0]) from None
+    except RecursionError:
+        raise yaml.YAMLError("nested too deeply") from None
+
+
 def parse_assignment(assignment: str) -> tuple[str, Any]:
     """'schedule.name=cosine' -> ('schedule.name', 'cosine'); values are read as YAML scalars."""
     key, separator, text = assignment.partition("=")
     if not separator or not key.strip():
-        raise ConfigError(f"--set needs KEY=VALUE, e.g. schedule.name=cosine (got {assignment!r})")
+        raise ConfigError(
+            f"--set needs KEY=VALUE, e.g. schedule.name=cosine (got {shown(assignment)})"
+        )
     try:
-        value = yaml.safe_load(text)
+        value = _parse_yaml(text)
     except yaml.YAMLError:
         value = text
+    if value is None:
+        raise ConfigError(
+            f"--set {key.strip()} has no value; give one, e.g. --set {key.strip()}=VALUE"
+        )
     return key.strip(), value
 
 
@@ -239,10 +333,15 @@ def _apply(tree: dict[str, Any], dotted_key: str, value: Any) -> None:
 def read_config_file(path: Path | str) -> dict[str, Any]:
     path = Path(path)
     try:
-        tree = yaml.safe_load(path.read_text())
+        text = read_regular_file(path, MAX_CONFIG_FILE_BYTES).decode("utf-8")
+        tree = _parse_yaml(text)
     except OSError as error:
         raise ConfigError(
             f"config file {path} cannot be read ({error.strerror or error})"
+        ) from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte {error.start}); save it as UTF-8"
         ) from None
     except yaml.YAMLError as error:
         raise ConfigError(f"config file {path} is not valid YAML: {error}") from None

@@ -47,7 +47,8 @@ RAW_SHA256: dict[str, str] = {
     "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
     "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
 }
-# Only used to make "this file is wrong" messages more telling (a truncated file shows at once).
+# Make "this file is wrong" messages more telling (a truncated file shows at once), and bound
+# how much a user's .gz may decompress to (a small gzip bomb could otherwise fill the memory).
 RAW_SIZES: dict[str, int] = {
     "train-images-idx3-ubyte": 16 + 60_000 * 28 * 28,
     "train-labels-idx1-ubyte": 8 + 60_000,
@@ -104,6 +105,7 @@ def ensure_mnist(
     Raises DataError at once if a file on disk is not the canonical one (it is never
     overwritten), and DataError listing every route tried if no route yields the files.
     """
+    check_data_dir(data_dir)
     raw_dir = Path(data_dir) / "MNIST" / "raw"
     failures: list[str] = []
 
@@ -129,6 +131,16 @@ def ensure_mnist(
         except _RouteFailed as failure:
             failures.append(f"{route}: {failure}")
     raise DataError(_all_routes_failed_message(raw_dir, failures))
+
+
+def check_data_dir(data_dir: Path | str) -> None:
+    """A data folder that exists must be a folder: say so before anything is read."""
+    data_dir = Path(data_dir)
+    if data_dir.exists() and not data_dir.is_dir():
+        raise DataError(
+            f"data_dir {str(data_dir)!r} is a file, not a folder; give --data-dir a folder "
+            "(MNIST goes into its MNIST/raw/)"
+        )
 
 
 def load_split(data_dir: Path | str, *, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -173,10 +185,22 @@ def _uncompressed_size(path: Path) -> int:
     if path.suffix != ".gz":
         return path.stat().st_size
     try:
-        with gzip.open(path, "rb") as file:
-            return sum(len(chunk) for chunk in iter(lambda: file.read(1 << 20), b""))
-    except (OSError, EOFError):
+        return len(_decompress_at_most(path, RAW_SIZES[path.name.removesuffix(".gz")]))
+    except (OSError, EOFError, _TooLarge):
         return 0
+
+
+class _TooLarge(Exception):
+    """A .gz decompresses to more than the file it should hold."""
+
+
+def _decompress_at_most(gz_path: Path, limit: int) -> bytes:
+    """The decompressed bytes of `gz_path`, or _TooLarge as soon as they pass `limit`."""
+    with gzip.open(gz_path, "rb") as file:
+        data = file.read(limit + 1)
+    if len(data) > limit:
+        raise _TooLarge
+    return data
 
 
 def _all_routes_failed_message(raw_dir: Path, failures: list[str]) -> str:
@@ -247,12 +271,19 @@ def _try_disk(raw_dir: Path) -> str:
 
 def _decompress_verified(gz_path: Path, destination: Path, expected: str) -> None:
     """Decompress the user's .gz; the file appears only if its digest is right."""
+    expected_size = RAW_SIZES[destination.name]
     try:
-        data = gzip.decompress(gz_path.read_bytes())
+        data = _decompress_at_most(gz_path, expected_size)
     except (OSError, EOFError) as error:
         raise DataError(
             f"MNIST file {gz_path} is not a readable gzip file ({_one_line(error)}).\n"
             f"It may be truncated or altered. It was left untouched: delete it and run again."
+        ) from None
+    except _TooLarge:
+        raise DataError(
+            f"MNIST file {gz_path} decompresses to more than the {expected_size:,} bytes of "
+            f"{destination.name}; decompression was stopped there.\n"
+            f"It is not MNIST. It was left untouched: delete it and run again."
         ) from None
     actual = hashlib.sha256(data).hexdigest()
     if actual != expected:

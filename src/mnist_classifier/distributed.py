@@ -7,17 +7,26 @@ hyper-parameter. Without it, everything here is a no-op and training runs in one
 
 from __future__ import annotations
 
+import ctypes
 import os
+import secrets
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 # A rank that dies mid-collective must not leave the others waiting for ever.
 COLLECTIVE_TIMEOUT = timedelta(minutes=5)
+# Seconds torchrun gets to stop its workers after an interrupt, before it is killed.
+LAUNCHER_STOP_TIMEOUT_S = 30
+# Every process of one launch carries this in its environment, so leftovers can be found.
+LAUNCH_TOKEN_VARIABLE = "MNIST_CLASSIFIER_LAUNCH"
+PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
 
 
 @dataclass(frozen=True)
@@ -103,6 +112,16 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
+def process_limit(device_setting: str, backend: str) -> tuple[int, str]:
+    """How many processes this machine runs usefully, and of what: one per GPU with nccl,
+    else (gloo, CPU, or ranks sharing GPUs) one per CPU core this process may use."""
+    from mnist_classifier.device import resolve_device
+
+    if resolve_device(device_setting).type == "cuda" and backend != "gloo":
+        return torch.cuda.device_count(), "GPUs"
+    return len(os.sched_getaffinity(0)), "CPU cores"
+
+
 def launch_with_torchrun(nproc: int, arguments: list[str]) -> int:
     """`mnist train --nproc N ...` = torchrun --nproc-per-node N -m mnist_classifier train ..."""
     command = [
@@ -116,4 +135,61 @@ def launch_with_torchrun(nproc: int, arguments: list[str]) -> int:
         "train",
         *arguments,
     ]
-    return subprocess.call(command)
+    return run_leaving_no_process(command)
+
+
+def run_leaving_no_process(command: list[str]) -> int:
+    """Run `command` (torchrun) and return its exit code; no process it started outlives it.
+
+    torchrun starts each worker in a session of its own, so a torchrun that dies (killed,
+    out of memory) leaves its workers running, about 1 GB each. On Linux this process
+    becomes their "subreaper": orphans are re-parented to it instead of to init, and those
+    carrying this launch's token are stopped once torchrun has exited.
+    """
+    token = secrets.token_hex(8)
+    _become_subreaper()
+    process = subprocess.Popen(command, env={**os.environ, LAUNCH_TOKEN_VARIABLE: token})
+    try:
+        return process.wait()
+    except BaseException:
+        # SIGTERM lets torchrun stop its workers; SIGKILL (subprocess.call's way) orphans them.
+        process.terminate()
+        try:
+            process.wait(timeout=LAUNCHER_STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        raise
+    finally:
+        _stop_orphans(token)
+
+
+def _become_subreaper() -> None:
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def _stop_orphans(token: str) -> None:
+    """Kill and reap this process's children whose environment carries `token`."""
+    marker = f"{LAUNCH_TOKEN_VARIABLE}={token}".encode()
+    for pid in _children_of(os.getpid()):
+        try:
+            environment = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            if marker in environment:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+        except (OSError, ChildProcessError):
+            continue  # it ended on its own meanwhile
+
+
+def _children_of(parent: int) -> list[int]:
+    children = []
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # "pid (command) state ppid ...": the command may hold spaces, so split after ")".
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == parent:
+            children.append(int(stat_file.parent.name))
+    return children

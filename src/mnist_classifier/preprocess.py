@@ -109,7 +109,7 @@ def read_image_file(path: Path | str) -> bytes:
     if path.suffix.lower() in REFUSED_SUFFIXES:
         raise ImageError(f"{path.suffix} files are refused: only PNG, JPEG, BMP, GIF, TIFF")
     if not path.exists():
-        raise ImageError("no such file")
+        raise ImageError("a broken link or a symlink loop" if path.is_symlink() else "no such file")
     if not path.is_file():
         raise ImageError("not a regular file")
     size = path.stat().st_size

@@ -13,13 +13,14 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from mnist_classifier.checkpoint import copy_checkpoint, load_checkpoint, write_json_atomically
 from mnist_classifier.data import sha256_of
+from mnist_classifier.files import read_regular_file
 from mnist_classifier.runs import git_commit
 
 CHECKPOINT_NAME = "best_model.pt"
@@ -27,6 +28,9 @@ MODEL_CARD_NAME = "model_card.json"
 HISTORY_NAME = "history.jsonl"
 # A stage or model name becomes a folder name: no separators or dots, so it cannot escape.
 PLAIN_NAME = re.compile(r"[A-Za-z0-9_-]+")
+# A card is a few kilobytes; the history grows by about 200 bytes per promotion.
+MAX_MODEL_CARD_BYTES = 1 << 20
+MAX_HISTORY_BYTES = 64 << 20
 
 
 class RegistryError(RuntimeError):
@@ -55,6 +59,37 @@ def resolve_source(models_dir: Path | str, source: str, name: str) -> Path:
 class Promotion:
     destination: Path
     model_card: dict[str, Any]
+    history_problems: list[str] = field(default_factory=list)  # bad lines found, and skipped
+
+
+def read_history(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """The promotion records in `path`, and one note per line that is not a JSON record.
+
+    A missing file is an empty history. Raises RegistryError when the file is not a regular
+    file (a FIFO, a folder) or is too large: appending to it could hang or fail.
+    """
+    if not path.exists() and not path.is_symlink():
+        return [], []
+    try:
+        text = read_regular_file(path, MAX_HISTORY_BYTES).decode("utf-8", errors="replace")
+    except OSError as error:
+        raise RegistryError(
+            f"the promotion history cannot be used ({error.strerror or error}); "
+            f"move {path} aside and promote again"
+        ) from None
+    records, problems = [], []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if isinstance(record, dict):
+            records.append(record)
+        else:
+            problems.append(f"{path} line {number} is not a JSON record; skipped it")
+    return records, problems
 
 
 def promote(
@@ -73,6 +108,8 @@ def promote(
     from mnist_classifier.evaluate import evaluate
 
     destination = stage_checkpoint(models_dir, to_stage, name)
+    history_path = Path(models_dir) / HISTORY_NAME
+    _, history_problems = read_history(history_path)  # before anything is copied
     loaded = load_checkpoint(candidate)  # verified: digest, weights_only, schema, shapes
     mnist_files = ensure_mnist(data_dir)
     result = evaluate(loaded.model, Split(*load_split(data_dir, train=False)))
@@ -107,7 +144,7 @@ def promote(
     }
     write_json_atomically(destination.parent / MODEL_CARD_NAME, model_card)
     _append_history(
-        Path(models_dir) / HISTORY_NAME,
+        history_path,
         {
             "time_utc": model_card["promoted_utc"],
             "name": name,
@@ -117,24 +154,52 @@ def promote(
             "test_accuracy": result.accuracy,
         },
     )
-    return Promotion(destination=destination, model_card=model_card)
+    return Promotion(
+        destination=destination, model_card=model_card, history_problems=history_problems
+    )
 
 
 def _append_history(path: Path, entry: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    # One write() of one line in append mode: entries never interleave or half-land.
-    with open(path, "a") as handle:
-        handle.write(json.dumps(entry) + "\n")
+    with open(path, "a+b") as handle:
+        # A line cut short by a crash must not swallow this record: start a fresh line.
+        handle.seek(0, os.SEEK_END)
+        ends_mid_line = handle.tell() > 0 and not _ends_with_newline(handle)
+        line = ("\n" if ends_mid_line else "") + json.dumps(entry) + "\n"
+        # One write() in append mode: entries never interleave or half-land.
+        handle.write(line.encode())
         handle.flush()
         os.fsync(handle.fileno())
 
 
+def _ends_with_newline(handle) -> bool:
+    handle.seek(-1, os.SEEK_END)
+    return handle.read(1) == b"\n"
+
+
+def read_model_card(path: Path) -> dict[str, Any]:
+    """A stage's model card; {} when there is none. Raises RegistryError naming the problem."""
+    if not path.exists() and not path.is_symlink():
+        return {}
+    try:
+        card = json.loads(read_regular_file(path, MAX_MODEL_CARD_BYTES))
+    except OSError as error:
+        raise RegistryError(f"{path} cannot be read ({error.strerror or error})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise RegistryError(f"{path} is not valid JSON (truncated?): {error}") from None
+    if not isinstance(card, dict):
+        raise RegistryError(f"{path} must hold a JSON object (got {type(card).__name__})")
+    return card
+
+
 def list_models(models_dir: Path | str) -> list[dict[str, Any]]:
-    """One row per <stage>/<name> holding a best_model.pt."""
+    """One row per <stage>/<name> holding a best_model.pt; `status` is "ok" or the problem."""
     rows = []
     for checkpoint in sorted(Path(models_dir).glob(f"*/*/{CHECKPOINT_NAME}")):
-        card_path = checkpoint.parent / MODEL_CARD_NAME
-        card = json.loads(card_path.read_text()) if card_path.is_file() else {}
+        try:
+            card, card_problem = read_model_card(checkpoint.parent / MODEL_CARD_NAME), ""
+        except RegistryError as error:
+            card, card_problem = {}, str(error)
         row = {
             "stage": checkpoint.parent.parent.name,
             "name": checkpoint.parent.name,
@@ -147,5 +212,7 @@ def list_models(models_dir: Path | str) -> list[dict[str, Any]]:
             row["status"] = "ok"
         except Exception as error:  # a listing reports a broken file, it does not stop at it
             row.update(epoch=None, validation_accuracy=None, status=f"invalid: {error}")
+        if card_problem:
+            row["status"] = f"invalid model card: {card_problem}"
         rows.append(row)
     return rows

@@ -341,3 +341,5 @@ def print_promotion(promotion) -> None:
         f"(test accuracy {metrics['test_accuracy']:.2%}, epoch {card['epoch']})"
     )
     print(f"Model card: {promotion.destination.parent / 'model_card.json'}")
+    for problem in promotion.history_problems:
+        print(f"note: {problem}")

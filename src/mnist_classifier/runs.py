@@ -61,17 +61,20 @@ def create_run_dir(runs_dir: Path | str, name: str) -> Path:
     raise AssertionError("unreachable")
 
 
-def latest_run_dir(runs_dir: Path | str, name: str) -> Path | None:
-    """The newest run directory of that name (they sort by their UTC start time)."""
+def run_dirs_newest_first(runs_dir: Path | str, name: str) -> list[Path]:
+    """The run directories of that name, newest first (they sort by their UTC start time)."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
-        return None
-    matching = sorted(
-        path
-        for path in runs_dir.iterdir()
-        if path.is_dir() and re.fullmatch(rf"\d{{8}}-\d{{6}}-{re.escape(name)}(-\d+)?", path.name)
+        return []
+    return sorted(
+        (
+            path
+            for path in runs_dir.iterdir()
+            if path.is_dir()
+            and re.fullmatch(rf"\d{{8}}-\d{{6}}-{re.escape(name)}(-\d+)?", path.name)
+        ),
+        reverse=True,
     )
-    return matching[-1] if matching else None
 
 
 def git_commit() -> str | None:

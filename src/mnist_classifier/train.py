@@ -273,13 +273,61 @@ def check_resumable(
         changed.append("the data set's digests")
     if checkpoint.raw.get("world_size", 1) != world_size:
         changed.append(f"processes {checkpoint.raw.get('world_size', 1)} -> {world_size}")
-    if "rng_state" not in checkpoint.raw:
-        changed.append("the checkpoint holds no training state to resume")
     if changed:
         raise ResumeError(
             f"refusing to resume from {checkpoint.path}: {'; '.join(changed)} "
             "(use --force to resume anyway)"
         )
+
+
+def load_resume_checkpoint(path: Path) -> LoadedCheckpoint:
+    """A checkpoint to continue from: verified, and holding a usable training state."""
+    checkpoint = load_checkpoint(path)
+    check_training_state(checkpoint)
+    return checkpoint
+
+
+def check_training_state(checkpoint: LoadedCheckpoint) -> None:
+    """Refuse, even with --force, a checkpoint without a usable training state to continue."""
+    state = checkpoint.raw
+    problem = ""
+    rng_state = state.get("rng_state")
+    history = state.get("history")
+    if not isinstance(rng_state, dict) or not {"torch", "python", "numpy", "batch_order"} <= set(
+        rng_state
+    ):
+        problem = "it holds no random-number state"
+    elif not isinstance(history, list) or not history:
+        problem = "its epoch history is empty"
+    elif not all(isinstance(record, dict) for record in history):
+        problem = "its epoch history is not a list of records"
+    elif not isinstance(state.get("global_step"), int):
+        problem = "it holds no step counter"
+    elif not (isinstance(state.get("early_stopping"), list) and len(state["early_stopping"]) == 2):
+        problem = "it holds no early-stopping counters"
+    if problem:
+        raise ResumeError(
+            f"cannot resume from {checkpoint.path}: {problem}, so the run cannot continue "
+            "exactly (not even with --force); start a new run, or resume another checkpoint"
+        )
+    # Loading it into a fresh optimizer finds a damaged state before any work starts.
+    optimizer = torch.optim.Adam(SimpleCNN().parameters())
+    _restore(
+        "optimizer state",
+        checkpoint.path,
+        lambda: optimizer.load_state_dict(state["optimizer_state_dict"]),
+    )
+
+
+def _restore(part: str, checkpoint_path: Path, restore) -> None:
+    """Run `restore()`; a damaged part of the saved state becomes one ResumeError naming it."""
+    try:
+        restore()
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as error:
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ResumeError(
+            f"cannot resume from {checkpoint_path}: its {part} is damaged ({detail[:200]})"
+        ) from None
 
 
 def _epoch_number(path: Path) -> int:
@@ -317,6 +365,33 @@ def find_resume_checkpoint(directory: Path) -> tuple[Path | None, list[str]]:
     return None, skipped
 
 
+def find_resume_in_runs(run_dirs: Sequence[Path]) -> tuple[Path | None, list[str]]:
+    """The newest epoch checkpoint in the newest of `run_dirs` (newest first) that holds a
+    valid one, and why each newer run was skipped.
+
+    None when no run holds any checkpoint (e.g. every start failed before its first epoch);
+    ResumeError when some do but none is valid, so a run never silently starts from scratch.
+    """
+    notes: list[str] = []
+    invalid_runs = 0
+    for run_dir in run_dirs:
+        try:
+            chosen, skipped = find_resume_checkpoint(run_dir)
+        except ResumeError as error:
+            notes.append(f"skipped run {run_dir.name}: {error}")
+            invalid_runs += 1
+            continue
+        notes.extend(skipped)
+        if chosen is not None:
+            return chosen, notes
+        notes.append(f"skipped run {run_dir.name}: it holds no checkpoint")
+    if invalid_runs:
+        raise ResumeError(
+            "no run holds a valid checkpoint to resume from:\n  " + "\n  ".join(notes)
+        )
+    return None, notes
+
+
 def _epoch_record(result: EpochResult) -> dict:
     return {**dataclasses.asdict(result), "checkpoint": str(result.checkpoint)}
 
@@ -352,6 +427,9 @@ def train(
     checkpoint_dir = Path(config.output_dir or run_dir or ".")
     precision = resolve_precision(config.precision, device)
     memory_format = memory_format_for(device)
+
+    # A checkpoint that cannot continue the run is refused before any data is read.
+    resumed = load_resume_checkpoint(resume_from) if resume_from is not None else None
 
     # Seeds first: the weights' initialisation, dropout and the batch order all follow from them.
     torch.manual_seed(config.seed)
@@ -402,18 +480,33 @@ def train(
     start_epoch = 1
     if ranks.is_main:
         remove_stale_temporaries(checkpoint_dir)  # what a killed save left behind
-    if resume_from is not None:
-        resumed = load_checkpoint(resume_from)
+    if resumed is not None:
         if not force:
             check_resumable(resumed, config, dict(mnist_files.sha256), ranks.world_size)
         state = resumed.raw
         model.load_state_dict(state["model_state_dict"])
-        optimizer.load_state_dict(state["optimizer_state_dict"])
+        _restore(
+            "optimizer state",
+            resumed.path,
+            lambda: optimizer.load_state_dict(state["optimizer_state_dict"]),
+        )
         if scheduler is not None and state.get("scheduler_state_dict"):
-            scheduler.load_state_dict(state["scheduler_state_dict"])
+            _restore(
+                "schedule state",
+                resumed.path,
+                lambda: scheduler.load_state_dict(state["scheduler_state_dict"]),
+            )
         by_rank = state.get("rng_state_by_rank") or [state["rng_state"]]
-        restore_rng_states(by_rank[ranks.rank % len(by_rank)], batch_order_generator)
-        result.epochs.extend(_epoch_from_record(record) for record in state["history"])
+        _restore(
+            "random-number state",
+            resumed.path,
+            lambda: restore_rng_states(by_rank[ranks.rank % len(by_rank)], batch_order_generator),
+        )
+        _restore(
+            "epoch history",
+            resumed.path,
+            lambda: result.epochs.extend(_epoch_from_record(record) for record in state["history"]),
+        )
         best_validation_accuracy = max(epoch.validation_accuracy for epoch in result.epochs)
         early_stopping.best, early_stopping.epochs_without_improvement = state["early_stopping"]
         global_step = state["global_step"]

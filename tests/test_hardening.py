@@ -1,0 +1,560 @@
+"""Bad input, special files and bombs: each gets one clear outcome, and nothing is lost.
+
+One test per failure found by trying every command the way a careless user or an attacker
+would (issue 13); each is named after what it protects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tracemalloc
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import checkpoint_payload
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from mnist_classifier import train as train_module
+from mnist_classifier.checkpoint import (
+    TEMPORARY_PREFIX,
+    TEMPORARY_SUFFIX,
+    CheckpointError,
+    digest_path,
+    load_checkpoint,
+    remove_stale_temporaries,
+    save_checkpoint,
+)
+from mnist_classifier.cli import app
+from mnist_classifier.config import (
+    MAX_SHOWN_VALUE_CHARS,
+    ConfigError,
+    TrainConfig,
+    load_config,
+    parse_assignment,
+)
+from mnist_classifier.data import RAW_SIZES, DataError, ensure_mnist
+from mnist_classifier.distributed import run_leaving_no_process
+from mnist_classifier.model import SimpleCNN
+from mnist_classifier.registry import (
+    MODEL_CARD_NAME,
+    RegistryError,
+    _append_history,
+    list_models,
+    promote,
+    read_history,
+)
+from mnist_classifier.train import (
+    EpochResult,
+    ResumeError,
+    find_resume_in_runs,
+    rng_states,
+)
+
+runner = CliRunner()
+
+
+def _finishes_within(seconds: float, function) -> object:
+    """Run `function` in a thread; fail (instead of hanging the suite) if it does not return."""
+    outcome: dict = {}
+
+    def target():
+        try:
+            outcome["value"] = function()
+        except BaseException as error:  # handed to the test to inspect
+            outcome["error"] = error
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still running after {seconds} s: it hangs"
+    return outcome
+
+
+def _one_error_line(output: str) -> str:
+    lines = output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), output
+    assert "Traceback" not in output
+    return lines[0]
+
+
+def _resumable_payload(**changes) -> dict:
+    """A checkpoint that holds everything an exact resume needs; `changes` spoil parts of it."""
+    record = dataclasses.asdict(
+        EpochResult(
+            epoch=3,
+            learning_rate=1e-3,
+            train_loss=0.5,
+            train_accuracy=0.8,
+            validation_loss=0.05,
+            validation_accuracy=0.985,
+            seconds=1.0,
+            images_per_second=64.0,
+            checkpoint=Path("checkpoint_epoch_3.pt"),
+            is_best=True,
+        )
+    )
+    record["checkpoint"] = str(record["checkpoint"])
+    payload = checkpoint_payload(
+        rng_state=rng_states(torch.Generator()),
+        history=[record],
+        global_step=3,
+        early_stopping=[0.985, 0],
+    )
+    payload.update(changes)
+    return payload
+
+
+# --- 1. --resume auto never silently starts from scratch ---------------------------------------
+
+
+def test_resume_auto_skips_newer_runs_without_a_valid_checkpoint(tmp_path):
+    older = tmp_path / "20260101-000000-rz"
+    save_checkpoint(older / "checkpoint_epoch_3.pt", _resumable_payload())
+    empty = tmp_path / "20260102-000000-rz"  # a start that failed before its first epoch
+    empty.mkdir()
+    broken = tmp_path / "20260103-000000-rz"
+    save_checkpoint(broken / "checkpoint_epoch_1.pt", _resumable_payload())
+    (broken / "checkpoint_epoch_1.pt").write_bytes(b"cut short")
+
+    chosen, notes = find_resume_in_runs([broken, empty, older])
+
+    assert chosen == older / "checkpoint_epoch_3.pt"
+    assert any(broken.name in note for note in notes)
+    assert any(empty.name in note and "no checkpoint" in note for note in notes)
+    # Checkpoints exist but none is valid: refused, never a fresh start.
+    with pytest.raises(ResumeError, match="no run holds a valid checkpoint"):
+        find_resume_in_runs([broken, empty])
+    assert find_resume_in_runs([empty]) == (
+        None,
+        [f"skipped run {empty.name}: it holds no checkpoint"],
+    )
+
+
+def test_mnist_train_resume_auto_says_which_run_it_resumes(tmp_path, monkeypatch):
+    runs_dir = tmp_path / "runs"
+    older = runs_dir / "20260101-000000-rz"
+    save_checkpoint(older / "checkpoint_epoch_3.pt", _resumable_payload())
+    (runs_dir / "20260102-000000-rz").mkdir()  # left by a start that failed
+    resumed_from = []
+    monkeypatch.setattr(
+        train_module, "train", lambda *_args, resume_from, **_kw: resumed_from.append(resume_from)
+    )
+    arguments = ["train", "--name", "rz", "--runs-dir", str(runs_dir), "--resume", "auto"]
+    result = runner.invoke(app, arguments)
+    assert result.exit_code == 0, result.output
+    assert "skipped run 20260102-000000-rz: it holds no checkpoint" in result.output
+    assert f"Resuming from {older / 'checkpoint_epoch_3.pt'} (run {older.name})" in result.output
+    assert resumed_from == [older / "checkpoint_epoch_3.pt"]
+
+
+def test_a_start_that_fails_on_unverified_data_leaves_no_run_folder(tmp_path):
+    raw_dir = tmp_path / "data" / "MNIST" / "raw"
+    raw_dir.mkdir(parents=True)
+    (raw_dir / "t10k-labels-idx1-ubyte").write_bytes(b"not MNIST")
+    runs_dir = tmp_path / "runs"
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--name",
+            "rz",
+            "--runs-dir",
+            str(runs_dir),
+            "--data-dir",
+            str(tmp_path / "data"),
+        ],
+    )
+    assert result.exit_code == 1 and "not the canonical" in result.output
+    assert list(runs_dir.iterdir()) == []
+
+
+# --- 2. only this project's temporaries are deleted ---------------------------------------------
+
+
+def test_only_temporaries_our_writer_made_are_removed(tmp_path):
+    users = [tmp_path / name for name in (".notes.tmp", ".report.swp.tmp", ".best_model.pt.tmp")]
+    for path in users:
+        path.write_text("the user's")
+    # Named exactly as the checkpoint writer names its temporaries.
+    descriptor, ours = tempfile.mkstemp(
+        dir=tmp_path, prefix=f"{TEMPORARY_PREFIX}best_model.pt.", suffix=TEMPORARY_SUFFIX
+    )
+    os.close(descriptor)
+    assert remove_stale_temporaries(tmp_path) == [Path(ours)]
+    assert all(path.read_text() == "the user's" for path in users)
+
+
+# --- 3. a promotion record is never lost; odd history files are refused before copying --------
+
+
+def test_a_history_ending_mid_line_keeps_every_record_on_its_own_line(tmp_path):
+    history = tmp_path / "history.jsonl"
+    history.write_text('{"to": "production"}\n{"time_utc": "2026-01-01T00:00:00", "na')
+    _append_history(history, {"to": "staging"})
+    records, problems = read_history(history)
+    assert records == [{"to": "production"}, {"to": "staging"}]
+    assert problems == [f"{history} line 2 is not a JSON record; skipped it"]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+def test_a_history_that_is_not_a_file_is_refused_before_anything_is_copied(tmp_path, kind):
+    models_dir = tmp_path / "models"
+    models_dir.mkdir()
+    history = models_dir / "history.jsonl"
+    os.mkfifo(history) if kind == "fifo" else history.mkdir()
+    outcome = _finishes_within(
+        10,
+        lambda: promote(
+            tmp_path / "candidate.pt",
+            models_dir=models_dir,
+            name="mnist",
+            to_stage="production",
+            min_test_accuracy=0.0,
+            data_dir=tmp_path / "data",
+            from_label="staging",
+        ),
+    )
+    assert isinstance(outcome.get("error"), RegistryError)
+    assert "promotion history cannot be used" in str(outcome["error"])
+    assert not (models_dir / "production").exists()
+
+
+# --- 6. a NaN model is refused when loaded ------------------------------------------------------
+
+
+def test_non_finite_weights_are_refused_when_a_checkpoint_is_loaded(tmp_path):
+    model = SimpleCNN()
+    with torch.no_grad():
+        model.fc2.bias[3] = float("nan")
+        model.conv1.weight[0, 0, 0, 0] = float("inf")
+    path = tmp_path / "nan.pt"
+    save_checkpoint(path, checkpoint_payload(model))
+    with pytest.raises(CheckpointError, match=r"non-finite weights .*conv1\.weight, fc2\.bias"):
+        load_checkpoint(path)
+
+
+# --- 7. sidecars, cards and history: regular files only, with a size cap ------------------------
+
+
+@pytest.mark.parametrize("special", ["fifo", "/dev/urandom", "/dev/zero"])
+def test_a_digest_sidecar_that_is_not_a_regular_file_is_refused_without_hanging(tmp_path, special):
+    path = tmp_path / "best_model.pt"
+    save_checkpoint(path, checkpoint_payload())
+    digest_path(path).unlink()
+    os.mkfifo(digest_path(path)) if special == "fifo" else digest_path(path).symlink_to(special)
+    outcome = _finishes_within(10, lambda: load_checkpoint(path))
+    assert isinstance(outcome.get("error"), CheckpointError)
+    assert "not a regular file" in str(outcome["error"])
+
+
+def test_model_cards_that_are_special_or_oversized_are_listed_as_invalid(tmp_path):
+    for stage, make_card in (
+        ("fifo", lambda card: os.mkfifo(card)),
+        ("zero", lambda card: card.symlink_to("/dev/zero")),
+        ("huge", lambda card: card.write_text(json.dumps({"pad": "x" * (2 << 20)}))),
+    ):
+        save_checkpoint(tmp_path / stage / "mnist" / "best_model.pt", checkpoint_payload())
+        make_card(tmp_path / stage / "mnist" / MODEL_CARD_NAME)
+    outcome = _finishes_within(20, lambda: list_models(tmp_path))
+    statuses = {row["stage"]: row["status"] for row in outcome["value"]}
+    assert "not a regular file" in statuses["fifo"]
+    assert "not a regular file" in statuses["zero"]
+    assert "larger than" in statuses["huge"]
+
+
+# --- 8. YAML bombs, long values, duplicate keys -------------------------------------------------
+
+
+def _alias_bomb(depth: int) -> str:
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    for level in range(1, depth + 1):
+        lines.append(f"a{level}: &a{level} [" + ", ".join([f"*a{level - 1}"] * 10) + "]")
+    return "\n".join([*lines, f"lr: *a{depth}"]) + "\n"
+
+
+def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path):
+    path = tmp_path / "bomb.yaml"
+    path.write_text(_alias_bomb(9))  # 10**10 items if expanded
+    assert len(path.read_bytes()) < 600
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"aliases \(\*a0\) are not allowed \(line 2\)"):
+        load_config(path)
+    assert time.perf_counter() - start < 2
+
+
+def test_values_quoted_in_errors_are_cut_to_about_80_characters(tmp_path):
+    path = tmp_path / "long.yaml"
+    path.write_text(yaml.safe_dump({"lr": list(range(3_000))}))
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    message = str(error.value)
+    assert message.startswith("lr must be of type float (got [0, 1, 2, ")
+    assert message.endswith("...)") and len(message) < 40 + MAX_SHOWN_VALUE_CHARS
+
+
+def test_duplicate_keys_in_a_config_file_are_refused(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("lr: 0.1\nschedule:\n  name: step\n  name: cosine\n")
+    with pytest.raises(ConfigError, match=r"duplicate key 'name' \(line 4\)"):
+        load_config(path)
+
+
+# --- 9. a gzip bomb in the data folder ----------------------------------------------------------
+
+
+def test_a_gzip_bomb_is_decompressed_no_further_than_the_file_it_claims_to_be(tmp_path):
+    raw_dir = tmp_path / "MNIST" / "raw"
+    raw_dir.mkdir(parents=True)
+    (raw_dir / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(bytes(64 << 20), 9))
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match="decompresses to more than the 10,008 bytes"):
+            ensure_mnist(tmp_path, allow_download=False)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert RAW_SIZES["t10k-labels-idx1-ubyte"] == 10_008
+    assert peak < 8 << 20  # the 64 MiB never lived in memory
+
+
+# --- 10. --nproc is capped; a failed launch leaves no process -----------------------------------
+
+
+def test_nproc_above_the_cores_is_refused_unless_forced(tmp_path, monkeypatch):
+    launched = []
+    monkeypatch.setattr(
+        "mnist_classifier.distributed.launch_with_torchrun",
+        lambda nproc, arguments: launched.append(nproc) or 0,
+    )
+    arguments = ["train", "--nproc", "1000", "--device", "cpu", "--runs-dir", str(tmp_path)]
+    result = runner.invoke(app, arguments)
+    assert result.exit_code == 2
+    cores = len(os.sched_getaffinity(0))
+    line = _one_error_line(result.output)
+    assert f"--nproc 1000 is more than the {cores} CPU cores here" in line
+    assert launched == []
+    assert runner.invoke(app, [*arguments, "--force"]).exit_code == 0
+    assert launched == [1000]
+
+
+def test_a_launcher_that_dies_leaves_no_worker_running(tmp_path):
+    pid_file = tmp_path / "worker.pid"
+    # Like torchrun: a worker in a session of its own, then the launcher is killed outright.
+    dying_launcher = (
+        "import os, signal, subprocess, sys;"
+        "worker = subprocess.Popen(['sleep', '300'], start_new_session=True);"
+        f"open({str(pid_file)!r}, 'w').write(str(worker.pid));"
+        "os.kill(os.getpid(), signal.SIGKILL)"
+    )
+    code = run_leaving_no_process([sys.executable, "-c", dying_launcher])
+    assert code == -9
+    worker = int(pid_file.read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(worker, 0)
+
+
+# --- 11. one line, never a traceback ------------------------------------------------------------
+
+
+@pytest.fixture
+def no_data_is_read(monkeypatch):
+    """Fails the test if training gets as far as reading the data."""
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("data was read before the setting was checked")
+
+    monkeypatch.setattr(train_module, "ensure_mnist", refuse)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--config", "{latin1}"], "is not UTF-8 text"),
+        (["--data-dir", "{file}"], "is a file, not a folder"),
+        (["--name", "n" * 300], "name must be at most 100 characters"),
+        (["--set", "schedule.warmup_epochs=.inf"], "warmup_epochs must be a finite number"),
+        (["--set", "seed=99999999999999999999999"], "seed must fit in 64 bits"),
+        (["--runs-dir", "{file}/runs"], "runs_dir '"),
+    ],
+)
+def test_bad_settings_give_one_line_and_exit_2_before_any_data_is_read(
+    tmp_path, no_data_is_read, arguments, message
+):
+    latin1, blocker = tmp_path / "latin1.yaml", tmp_path / "a-file"
+    latin1.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    blocker.write_text("")
+    filled = [argument.format(latin1=latin1, file=blocker) for argument in arguments]
+    runs_dir = ["--runs-dir", str(tmp_path / "runs")] if "--runs-dir" not in arguments else []
+    result = runner.invoke(app, ["train", *runs_dir, *filled])
+    assert result.exit_code == 2
+    assert message in _one_error_line(result.output)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"epoch": "five"}, "epoch must be a whole number of at least 1 (got 'five')"),
+        ({"loss": "low"}, "loss must be a number (got 'low')"),
+        ({"model_state_dict": [1, 2]}, "model_state_dict must be a mapping of names to tensors"),
+    ],
+)
+def test_a_retrusted_foreign_checkpoint_with_wrong_value_types_is_one_line(
+    tmp_path, change, message
+):
+    path = tmp_path / "foreign.pt"
+    save_checkpoint(path, checkpoint_payload(**change))  # digest re-trusted: only types differ
+    result = runner.invoke(app, ["evaluate", "--checkpoint", str(path)])
+    assert result.exit_code == 1
+    assert message in _one_error_line(result.output)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"rng_state": None}, "it holds no random-number state"),
+        ({"history": []}, "its epoch history is empty"),
+        (
+            {"optimizer_state_dict": {"state": {}, "param_groups": []}},
+            "its optimizer state is damaged",
+        ),
+    ],
+)
+def test_resume_force_refuses_a_checkpoint_without_usable_training_state_before_reading_data(
+    tmp_path, no_data_is_read, change, message
+):
+    path = tmp_path / "checkpoint_epoch_3.pt"
+    save_checkpoint(path, _resumable_payload(**change))
+    result = runner.invoke(
+        app, ["train", "--resume", str(path), "--force", "--runs-dir", str(tmp_path / "runs")]
+    )
+    assert result.exit_code == 2
+    assert message in _one_error_line(result.output)
+    assert list((tmp_path / "runs").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("card_text", "message"),
+    [
+        ('{"metrics": {"test_acc', "is not valid JSON (truncated?)"),
+        ("[1, 2]", "must hold a JSON object (got list)"),
+    ],
+)
+def test_mnist_models_names_a_truncated_or_non_object_card_in_one_line(
+    tmp_path, card_text, message
+):
+    save_checkpoint(tmp_path / "production" / "mnist" / "best_model.pt", checkpoint_payload())
+    (tmp_path / "production" / "mnist" / MODEL_CARD_NAME).write_text(card_text)
+    result = runner.invoke(app, ["models", "--models-dir", str(tmp_path)])
+    assert result.exit_code == 2
+    errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and message in errors[0]
+    assert "Traceback" not in result.output
+
+
+def test_save_preprocessed_under_a_file_is_one_line_before_any_prediction(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = runner.invoke(
+        app, ["predict", str(tmp_path / "digit.png"), "--save-preprocessed", str(blocker / "out")]
+    )
+    assert result.exit_code == 2
+    line = _one_error_line(result.output)
+    assert "save_preprocessed" in line and "--save-preprocessed" in line
+
+
+# --- 12. small ones -----------------------------------------------------------------------------
+
+
+def test_exponent_floats_without_a_dot_are_numbers():
+    assert parse_assignment("lr=1e-4") == ("lr", 1e-4)
+    assert load_config(None, dict([parse_assignment("lr=2E-3")])).lr == 2e-3
+    assert parse_assignment("epochs=3") == ("epochs", 3)  # ints stay ints
+
+
+@pytest.mark.parametrize("assignment", ["epochs=", "epochs=null", "epochs=~"])
+def test_a_set_without_a_value_is_refused_not_ignored(assignment):
+    with pytest.raises(ConfigError, match="--set epochs has no value"):
+        parse_assignment(assignment)
+
+
+def test_a_symlink_loop_is_named_as_such(tmp_path):
+    loop = tmp_path / "loop.pt"
+    loop.symlink_to(loop)
+    with pytest.raises(CheckpointError, match="a broken link or a symlink loop"):
+        load_checkpoint(loop)
+
+
+def test_a_runs_dir_error_is_labelled_runs_dir(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    arguments = ["train", "--runs-dir", str(blocker / "runs"), "--output-dir", str(tmp_path / "m")]
+    line = _one_error_line(runner.invoke(app, arguments).output)
+    assert line.startswith("error: runs_dir ") and "--runs-dir" in line
+
+
+# --- property: any YAML gives a config or a ConfigError -----------------------------------------
+
+KNOWN_KEYS = [field.name for field in dataclasses.fields(TrainConfig)] + [
+    "name",
+    "warmup_epochs",
+    "data_dir",
+    "patience",
+]
+SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=20)
+    | st.sampled_from(["cosine", "auto", "cpu", "1e-4", ".inf", "-.nan"])
+)
+YAML_VALUES = st.recursive(
+    SCALARS,
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.sampled_from(KNOWN_KEYS) | st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(document=YAML_VALUES.map(lambda value: yaml.safe_dump(value)) | st.text(max_size=200))
+def test_any_yaml_document_gives_a_config_or_a_config_error(tmp_path, document):
+    path = tmp_path / "arbitrary.yaml"
+    path.write_text(document)
+    try:
+        assert isinstance(load_config(path), TrainConfig)
+    except ConfigError as error:
+        assert "\n" not in str(error) and len(str(error)) < 1000
+
+
+@settings(max_examples=100, deadline=None)
+@given(assignments=st.lists(st.text(max_size=30), max_size=3))
+def test_any_set_assignment_gives_a_config_or_a_config_error(assignments):
+    try:
+        overrides = dict(parse_assignment(assignment) for assignment in assignments)
+        assert isinstance(load_config(None, overrides), TrainConfig)
+    except ConfigError as error:
+        assert len(str(error)) < 1000
+
+
+def test_subprocess_launch_contract_still_holds():
+    """run_leaving_no_process returns the command's own exit code."""
+    assert run_leaving_no_process([sys.executable, "-c", "raise SystemExit(3)"]) == 3
+    assert subprocess.call([sys.executable, "-c", "raise SystemExit(3)"]) == 3
