@@ -7,7 +7,6 @@ folder `<models_dir>/<NAME>/mnist/` holding `best_model.pt` and, when the regist
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,8 +57,10 @@ def load_checkpoint_model(checkpoint: Path, stage: str | None = None) -> ServedM
     except CheckpointError as error:
         raise ServeError(str(error)) from None
     card_path = checkpoint.parent / MODEL_CARD_NAME
-    model_card = _read_model_card(card_path)
-    metrics = model_card.get("metrics") if model_card else None
+    try:
+        metrics = registry.read_model_card(card_path).get("metrics")  # a regular file, capped
+    except registry.RegistryError as error:
+        raise ServeError(str(error)) from None
     try:
         # The card's paths and git commit are this machine's business: only metrics go out.
         served_metrics = ModelMetrics.model_validate(metrics) if metrics is not None else None
@@ -95,18 +96,6 @@ def load_onnx_model(model_path: Path) -> ServedModel:
         architecture=ARCHITECTURE,
     )
     return ServedModel(BackendPredictor(backend), info)
-
-
-def _read_model_card(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        card = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ServeError(f"{path} is not readable JSON: {error}") from None
-    if not isinstance(card, dict):
-        raise ServeError(f"{path} should hold a JSON object")
-    return card
 
 
 def _first_problem(error: ValidationError) -> str:
