@@ -33,6 +33,8 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 chromium:
 	test -x /usr/bin/chromium || ($(SUDO) apt-get update && $(SUDO) apt-get install -y chromium)
 
+# The CPU kind, then the engine and the fast preset against the conventional pipeline, each
+# beside its compute floor (README, Performance).
 bench: data
 	$(BIN)/python benchmarks/train_speed.py
 

@@ -1,6 +1,7 @@
 """Test accuracy over seeds: the headline numbers come with their spread.
 
-    python benchmarks/accuracy.py [--config configs/fast.yaml] [--seeds 3] [--set k=v]
+    python benchmarks/accuracy.py [--config configs/fast.yaml] [--seeds 3] [--first-seed 1]
+                                  [--set k=v]
 
 Trains one model per seed with the chosen config (default: the lab's), evaluates
 the last epoch's weights on the 10,000 test images, and prints one row per seed and the median.
@@ -32,6 +33,9 @@ def main() -> None:
         "--config", default=str(REPO_ROOT / "configs" / "seed.yaml"), help="a file in configs/"
     )
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument(
+        "--first-seed", type=int, default=1, help="seeds run from here: screen on 1, add 2 and 3"
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--data-dir", default=str(REPO_ROOT / "data"))
@@ -49,7 +53,7 @@ def main() -> None:
     print("| seed | test accuracy | best validation accuracy | training s/epoch | training s |")
     print("|---:|---:|---:|---:|---:|")
     accuracies, seconds = [], []
-    for seed in range(1, arguments.seeds + 1):
+    for seed in range(arguments.first_seed, arguments.first_seed + arguments.seeds):
         with tempfile.TemporaryDirectory() as output_dir:
             config = load_config(
                 arguments.config,

@@ -1,26 +1,31 @@
 """Where a training step's time goes, and how close its biggest layer runs to the hardware.
 
-    python benchmarks/step_profile.py [--batch-size 64] [--steps 50]
+    python benchmarks/step_profile.py [--config configs/seed.yaml] [--batch-size N] [--steps 50]
 
-Profiles the engine's training step (the lab's settings, channels-last, fused Adam) on the CPU
-and prints the operators that take the most time. Then it times conv2 alone, forward and
-forward + backward, as GFLOP/s, beside a large single-precision matrix multiply: the rate
-this machine's math library reaches at best.
+Profiles the engine's training step (the config's batch size and dropout, channels-last, fused
+Adam, the precision `auto` picks) on a ready batch on the CPU, and prints the operators that
+take the most time; that step times the steps of an epoch is the epoch's compute floor. Then it
+times conv2 alone, forward and forward + backward, as GFLOP/s, beside a large single-precision
+matrix multiply: the rate this machine's math library reaches at best.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from compile_speed import synthetic_training_step  # this folder is on sys.path when run
 from torch.profiler import ProfilerActivity, profile
 
-from mnist_classifier.device import memory_format_for
+from mnist_classifier.config import ModelConfig, load_config
+from mnist_classifier.device import memory_format_for, resolve_precision
 from mnist_classifier.model import SimpleCNN
 
 MATMUL_SIZE = 1024
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def best_milliseconds(function, repeats: int = 5, calls: int = 30) -> float:
@@ -36,20 +41,37 @@ def best_milliseconds(function, repeats: int = 5, calls: int = 30) -> float:
     return min(timings)
 
 
+def ready_batch_step(batch_size: int, settings: ModelConfig) -> tuple[SimpleCNN, Callable]:
+    """The engine's CPU training step on one fixed batch: no data handling, only arithmetic."""
+    torch.manual_seed(0)
+    cpu = torch.device("cpu")
+    model = SimpleCNN(settings).to(memory_format=memory_format_for(cpu))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+    precision = resolve_precision("auto", cpu)
+    return model, synthetic_training_step(model, optimizer, cpu, precision, batch_size)
+
+
+def floor_seconds(batch_size: int, settings: ModelConfig, images: int) -> float:
+    """The compute floor of training on `images`: the fastest step times the steps."""
+    _, step = ready_batch_step(batch_size, settings)
+    return best_milliseconds(step) / 1e3 * -(-images // batch_size)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--config", default=str(REPO_ROOT / "configs" / "seed.yaml"), help="a file in configs/"
+    )
+    parser.add_argument("--batch-size", type=int, help="default: the config's")
     parser.add_argument("--steps", type=int, default=50, help="profiled training steps")
     arguments = parser.parse_args()
-    torch.manual_seed(0)
+    config = load_config(arguments.config)
+    arguments.batch_size = arguments.batch_size or config.batch_size
 
-    cpu = torch.device("cpu")
-    memory_format = memory_format_for(cpu)
-    model = SimpleCNN().to(memory_format=memory_format)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
-    step = synthetic_training_step(model, optimizer, cpu, "fp32", arguments.batch_size)
+    model, step = ready_batch_step(arguments.batch_size, config.model)
+    memory_format = memory_format_for(torch.device("cpu"))
     step_ms = best_milliseconds(step, calls=arguments.steps)
     with profile(activities=[ProfilerActivity.CPU]) as profiler:
         for _ in range(arguments.steps):

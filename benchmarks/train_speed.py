@@ -7,7 +7,9 @@ per-sample ToTensor + Normalize, DataLoader(batch_size=64, shuffle=True), the la
 Adam 1e-3, fp32. B is `mnist_classifier.train.train` on the lab's settings. Both take the same
 number of optimizer steps (one epoch of the 55,000 training images by default) on the same
 machine, each in its own process so that its peak RSS is its own, alternating A, B, A, B.
-Reported: images/s, the ratio B/A, peak RSS, test accuracy; then the fast preset's time to 99%.
+Reported: the CPU flags that decide precision; images/s, the ratio B/A, peak RSS, test
+accuracy; the fast preset's time to 99% against A's one epoch; and beside both, the compute
+floor (`step_profile.py`'s step on a ready batch, times the steps).
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+FAST_CONFIG = REPO_ROOT / "configs" / "fast.yaml"
 LAB_BATCH_SIZE = 64
-STEPS_PER_EPOCH = -(-55_000 // LAB_BATCH_SIZE)  # 860: the last batch of an epoch is short
+TRAIN_IMAGES = 55_000  # 60,000 less the 5,000 held out for validation
+STEPS_PER_EPOCH = -(-TRAIN_IMAGES // LAB_BATCH_SIZE)  # 860: the last batch of an epoch is short
 
 
 def run_baseline(data_dir: str, steps: int) -> dict:
@@ -101,9 +105,8 @@ def run_baseline(data_dir: str, steps: int) -> dict:
 
 def run_engine(data_dir: str, steps: int, config_overrides: dict | None = None) -> dict:
     """(B) This project's engine, through the same `train()` the CLI calls."""
-    import torch
-
     from mnist_classifier.batching import Split
+    from mnist_classifier.checkpoint import load_checkpoint
     from mnist_classifier.config import load_config
     from mnist_classifier.data import load_split
     from mnist_classifier.device import resolve_device
@@ -124,12 +127,8 @@ def run_engine(data_dir: str, steps: int, config_overrides: dict | None = None) 
         result = train(config)
         device = resolve_device(config.device)
         test_split = Split(*load_split(data_dir, train=False)).to(device)
-        last = result.epochs[-1]
-        state = torch.load(last.checkpoint, weights_only=True)["model_state_dict"]
-    from mnist_classifier.model import SimpleCNN
-
-    model = SimpleCNN().to(device)
-    model.load_state_dict(state)
+        # Read back as every reader does: the model rebuilt from the checkpoint's own config.
+        model = load_checkpoint(result.epochs[-1].checkpoint).model.to(device)
     accuracy = evaluate(model, test_split, device=device).accuracy
     seconds = sum(epoch.seconds for epoch in result.epochs)
     images = sum(epoch.images_per_second * epoch.seconds for epoch in result.epochs)
@@ -160,20 +159,32 @@ def _in_child(role: str, arguments: argparse.Namespace, extra: dict | None = Non
     return result
 
 
+# The CPU flags that decide which precision and kernels the engine gets.
+PRECISION_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+
+
 def _machine() -> str:
     import torch
 
-    cpu = platform.processor() or platform.machine()
+    from mnist_classifier.device import resolve_precision
+
+    cpu, flags = platform.processor() or platform.machine(), set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
                 break
     except OSError:
         pass
+    present = [flag for flag in PRECISION_FLAGS if flag in flags]
+    absent = [flag for flag in PRECISION_FLAGS if flag not in flags]
     return (
-        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"CPU capability {torch.backends.cpu.get_cpu_capability()}"
+        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}\n"
+        f"CPU flags: {', '.join(present) or 'none'} present; {', '.join(absent) or 'none'} absent"
+        f" -> precision auto = {resolve_precision('auto', torch.device('cpu'))}, "
+        f"kernels {torch.backends.cpu.get_cpu_capability()}"
     )
 
 
@@ -246,12 +257,34 @@ def main() -> None:
     rss_ratio = median("B", "peak_rss_mib") / median("A", "peak_rss_mib")
     print(f"\nSpeed B/A: {ratio:.2f}x   Peak RSS B/A: {rss_ratio:.2f}x")
 
+    from step_profile import floor_seconds  # this folder is on sys.path when run
+
+    from mnist_classifier.config import ModelConfig, load_config
+
+    # Both ratios are per epoch of the 55,000 training images at A's and B's median speeds.
+    a_epoch = TRAIN_IMAGES / median("A", "images_per_second")
+    b_epoch = TRAIN_IMAGES / median("B", "images_per_second")
+    lab_floor = floor_seconds(LAB_BATCH_SIZE, ModelConfig(), TRAIN_IMAGES)
+    summary = [
+        f"1. Lab settings, one epoch: A {a_epoch:.1f} s, B {b_epoch:.1f} s: B/A speed "
+        f"{ratio:.2f}x; compute floor {lab_floor:.1f} s (step_profile's step x {STEPS_PER_EPOCH})"
+    ]
     if arguments.fast_seeds:
-        _fast_preset(arguments)
+        fast = load_config(FAST_CONFIG)
+        fast_images = fast.epochs * (fast.data.max_train_images or TRAIN_IMAGES)
+        fast_seconds = _fast_preset(arguments)
+        fast_floor = floor_seconds(fast.batch_size, fast.model, fast_images)
+        summary.append(
+            f"2. Fast preset to 99% ({fast_images:,} images, batch {fast.batch_size}): "
+            f"{fast_seconds:.1f} s = {fast_seconds / a_epoch:.2f}x A's one epoch; "
+            f"compute floor {fast_floor:.1f} s"
+        )
+    print("\n" + "\n".join(summary))
 
 
-def _fast_preset(arguments: argparse.Namespace) -> None:
-    fast_config = str(REPO_ROOT / "configs" / "fast.yaml")
+def _fast_preset(arguments: argparse.Namespace) -> float:
+    """The fast preset's median seconds of training over seeds, each in its own process."""
+    fast_config = str(FAST_CONFIG)
     print(f"\nFast preset (configs/fast.yaml), {arguments.fast_seeds} seeds:")
     results = []
     for seed in range(1, arguments.fast_seeds + 1):
@@ -265,6 +298,7 @@ def _fast_preset(arguments: argparse.Namespace) -> None:
     seconds = statistics.median(result["seconds"] for result in results)
     lowest = min(result["test_accuracy"] for result in results)
     print(f"Time to 99%: median {seconds:.1f} s of training; lowest test accuracy {lowest:.2%}")
+    return seconds
 
 
 if __name__ == "__main__":

@@ -1,6 +1,18 @@
+from pathlib import Path
+
+import pytest
 import torch
 
+from mnist_classifier.config import (
+    ConfigError,
+    ModelConfig,
+    config_from_dict,
+    load_config,
+    make_config,
+)
 from mnist_classifier.model import SimpleCNN, count_parameters
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_parameter_count_is_the_true_sum_of_the_layers():
@@ -55,3 +67,44 @@ def test_channels_last_gives_the_same_logits():
         images.contiguous(memory_format=torch.channels_last)
     )
     torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_dropout_settings_keep_the_labs_layers_and_parameters():
+    lab, off = SimpleCNN(), SimpleCNN(ModelConfig(dropout1=0.0, dropout2=0.0))
+    assert (lab.dropout1.p, lab.dropout2.p) == (0.25, 0.5)  # the default is the lab's
+    assert (off.dropout1.p, off.dropout2.p) == (0.0, 0.0)
+    assert [name for name, _ in off.named_children()] == [name for name, _ in lab.named_children()]
+    assert count_parameters(off) == count_parameters(lab)
+    off.load_state_dict(lab.state_dict())  # the same weights fit either setting
+
+
+def test_dropout_off_trains_deterministically_and_on_does_not():
+    torch.manual_seed(0)
+    images = torch.randn(4, 1, 28, 28)
+    off = SimpleCNN(ModelConfig(dropout1=0.0, dropout2=0.0)).train()
+    torch.testing.assert_close(off(images), off.eval()(images), rtol=0, atol=0)
+    lab = SimpleCNN().train()
+    assert not torch.equal(lab(images), lab(images))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"model.dropout1": 1.0}, r"model.dropout1 must be in \[0, 1\)"),
+        ({"model.dropout2": -0.1}, r"model.dropout2 must be in \[0, 1\)"),
+        ({"model.dropout1": "off"}, "model.dropout1 must be of type float"),
+        ({"model.dropout": 0}, "unknown config key 'model.dropout'"),
+    ],
+)
+def test_bad_dropout_settings_are_refused_with_the_dotted_key(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        make_config(overrides)
+
+
+def test_the_seed_config_keeps_the_labs_dropout_and_old_checkpoints_read_as_the_lab():
+    seed = load_config(REPO_ROOT / "configs" / "seed.yaml")
+    assert seed.model == ModelConfig() == ModelConfig(dropout1=0.25, dropout2=0.5)
+    saved_before_the_setting = {
+        key: value for key, value in seed.to_dict().items() if key != "model"
+    }
+    assert config_from_dict(saved_before_the_setting).model == ModelConfig()

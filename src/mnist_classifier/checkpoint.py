@@ -295,7 +295,7 @@ def load_checkpoint(path: Path | str) -> LoadedCheckpoint:
         config = config_from_dict(raw["config"])
     except (ConfigError, TypeError) as error:
         raise CheckpointError(f"{path} carries an invalid config: {error}") from None
-    model = SimpleCNN()
+    model = SimpleCNN(config.model)  # the one place a model is rebuilt from a checkpoint
     try:
         model.load_state_dict(raw["model_state_dict"])
     except RuntimeError as error:

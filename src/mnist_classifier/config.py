@@ -101,6 +101,22 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class ModelConfig:
+    prefix: ClassVar[str] = "model."
+    # The SimpleCNN's dropout probabilities. A model is rebuilt from these wherever a checkpoint
+    # is read, so they travel in its config. 0 switches a layer off: in a run of one epoch or
+    # less, dropout costs accuracy as well as the time of its random masks.
+    dropout1: float = 0.25  # on conv2's pooled feature maps
+    dropout2: float = 0.5  # on fc1's outputs
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        for key in ("dropout1", "dropout2"):
+            value = getattr(self, key)
+            _require(0.0 <= value < 1.0, f"model.{key}", "must be in [0, 1)", value)
+
+
+@dataclass(frozen=True)
 class ScheduleConfig:
     prefix: ClassVar[str] = "schedule."
     name: str = "none"  # none | step | cosine | onecycle; stepped once per optimizer step
@@ -157,6 +173,7 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 1e-3  # with a schedule, the peak learning rate
     label_smoothing: float = 0.0  # 0 = plain cross-entropy, as in the lab
+    model: ModelConfig = field(default_factory=ModelConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     # --- reproducibility: same seed, same device -> same weights ---

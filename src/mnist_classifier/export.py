@@ -7,6 +7,7 @@ predictions, or `ExportError` is raised. Never prints.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -148,6 +149,7 @@ def _safetensors(model: SimpleCNN, output: Path, inputs: torch.Tensor):
         "architecture": ARCHITECTURE,
         "input": {"shape": ["batch", 1, IMAGE_SIZE, IMAGE_SIZE], "dtype": "float32"},
         "output": {"shape": ["batch", NUM_CLASSES], "meaning": "logits (softmax for p)"},
+        "model": dataclasses.asdict(model.settings),  # SimpleCNN(ModelConfig(**this)) loads it
         "normalization": {
             "mean": MNIST_MEAN,
             "std": MNIST_STD,
@@ -160,7 +162,7 @@ def _safetensors(model: SimpleCNN, output: Path, inputs: torch.Tensor):
     temporary.write_text(json.dumps(description, indent=2) + "\n")
     os.replace(temporary, sidecar)
 
-    rebuilt = SimpleCNN()
+    rebuilt = SimpleCNN(model.settings)
     rebuilt.load_state_dict(load_file(str(output)))
     rebuilt.eval()
     with torch.inference_mode():

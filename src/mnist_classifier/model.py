@@ -3,6 +3,8 @@
 import torch
 from torch import nn
 
+from mnist_classifier.config import ModelConfig
+
 IMAGE_SIZE = 28
 NUM_CLASSES = 10
 # Two 2x2 poolings take 28x28 down to 7x7, with 64 channels after conv2.
@@ -13,16 +15,20 @@ class SimpleCNN(nn.Module):
     """Two 3x3 convolutions and two linear layers; 421,642 trainable parameters.
 
     Layer names are the lab's, so `state_dict()` keys match a checkpoint written by its script.
+    `settings` (the config's `model` section) sets the dropout; it has no parameters, so any
+    setting loads any SimpleCNN's weights. Build one from a checkpoint with
+    `checkpoint.load_checkpoint`, which passes the checkpoint's own settings.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, settings: ModelConfig | None = None) -> None:
         super().__init__()
+        self.settings = settings = settings or ModelConfig()  # None: the lab's dropout
         self.conv1 = nn.Conv2d(1, 32, kernel_size=3, padding=1)
         self.conv2 = nn.Conv2d(32, 64, kernel_size=3, padding=1)
         self.pool = nn.MaxPool2d(kernel_size=2, stride=2)
-        self.dropout1 = nn.Dropout(0.25)
+        self.dropout1 = nn.Dropout(settings.dropout1)
         self.fc1 = nn.Linear(FLATTENED_FEATURES, 128)
-        self.dropout2 = nn.Dropout(0.5)
+        self.dropout2 = nn.Dropout(settings.dropout2)
         self.fc2 = nn.Linear(128, NUM_CLASSES)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

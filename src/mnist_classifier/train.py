@@ -224,6 +224,8 @@ RESUME_MUST_MATCH = (
     "batch_size",
     "lr",
     "label_smoothing",
+    "model.dropout1",
+    "model.dropout2",
     "seed",
     "schedule.name",
     "schedule.warmup_epochs",
@@ -448,7 +450,7 @@ def train(
         validation_split.labels[ranks.rank :: ranks.world_size],
     )
 
-    model = SimpleCNN().to(device=device, memory_format=memory_format)
+    model = SimpleCNN(config.model).to(device=device, memory_format=memory_format)
     if ranks.enabled:
         # Same initial weights everywhere (DDP also broadcasts rank 0's), own dropout per rank.
         torch.manual_seed(config.seed + ranks.rank)
