@@ -1,6 +1,7 @@
 """Test accuracy over seeds: the headline numbers come with their spread.
 
     python benchmarks/accuracy.py [--config configs/fast.yaml] [--seeds 3] [--set k=v]
+    python benchmarks/accuracy.py --config configs/fashion.yaml    # on the config's data set
 
 Trains one model per seed with the chosen config (default: the lab's), evaluates
 the last epoch's weights on the 10,000 test images, and prints one row per seed and the median.
@@ -42,7 +43,8 @@ def main() -> None:
 
     overrides = dict(parse_assignment(assignment) for assignment in arguments.set)
     device = resolve_device(arguments.device)
-    test_split = Split(*load_split(arguments.data_dir, train=False)).to(device)
+    dataset = load_config(arguments.config, overrides).data.dataset
+    test_split = Split(*load_split(arguments.data_dir, train=False, dataset=dataset)).to(device)
     print(
         f"Config: {arguments.config} {overrides or ''} on {device}, precision {arguments.precision}"
     )
@@ -63,8 +65,13 @@ def main() -> None:
                 },
             )
             result = train(config)
-            model = load_checkpoint(result.epochs[-1].checkpoint).model.to(device)
-        accuracy = evaluate(model, test_split, device=device).accuracy
+            loaded = load_checkpoint(result.epochs[-1].checkpoint)
+        accuracy = evaluate(
+            loaded.model.to(device),
+            test_split,
+            device=device,
+            normalization=loaded.normalization,
+        ).accuracy
         total = sum(epoch.seconds for epoch in result.epochs)
         accuracies.append(accuracy)
         seconds.append(total)

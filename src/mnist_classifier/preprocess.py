@@ -224,3 +224,49 @@ def _centre_by_mass(digit: np.ndarray) -> np.ndarray:
 def _one_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+# ---------------------------------------------------------------------------------------------
+# Clothing photos: Fashion-MNIST's own recipe
+
+# A pixel belongs to the garment when it differs from the background by more than this (0..255);
+# JPEG noise and paper grain stay below it.
+CLOTHING_BACKGROUND_TOLERANCE = 24
+
+
+def preprocess_clothing(source: bytes | Image.Image) -> torch.Tensor:
+    """A photo of one garment -> uint8 (28, 28), light garment on black, as Fashion-MNIST made
+    its images: trim the background, fit the longest side to 28, centre, negate.
+
+    Fashion-MNIST's products were photographed on a light background; its images are the
+    negative (light garment, black background), and unlike MNIST digits they fill the frame.
+    The background is the border's median; a dark background is kept as it is.
+    """
+    image = open_image(source) if isinstance(source, bytes | bytearray) else source
+    _check_pixel_count(image)
+    image = ImageOps.exif_transpose(image)
+    grey = _to_grey_array(image)  # float64 (H, W), 0..255, transparency on white
+
+    border = np.concatenate([grey[0, :], grey[-1, :], grey[:, 0], grey[:, -1]])
+    background = float(np.median(border))
+    if background > 127:  # light background: negate, so the garment is light on black
+        grey, background = 255.0 - grey, 255.0 - background
+    garment = np.abs(grey - background) > CLOTHING_BACKGROUND_TOLERANCE
+    if not garment.any():
+        raise ImageError("nothing on the background: the image is blank (one flat colour)")
+    rows, columns = np.flatnonzero(garment.any(axis=1)), np.flatnonzero(garment.any(axis=0))
+    crop = grey[rows[0] : rows[-1] + 1, columns[0] : columns[-1] + 1]  # trimmed background
+    crop = np.clip(crop - background, 0.0, 255.0)  # the background becomes black
+
+    height, width = crop.shape
+    scale = IMAGE_SIZE / max(height, width)
+    new_size = (max(1, round(width * scale)), max(1, round(height * scale)))  # PIL: (W, H)
+    resized = Image.fromarray(crop.astype(np.uint8)).resize(new_size, Image.Resampling.LANCZOS)
+    canvas = Image.new("L", (IMAGE_SIZE, IMAGE_SIZE), 0)
+    canvas.paste(resized, ((IMAGE_SIZE - new_size[0]) // 2, (IMAGE_SIZE - new_size[1]) // 2))
+    return torch.from_numpy(np.asarray(canvas, dtype=np.uint8).copy())
+
+
+def preprocessing_for(subject: str):
+    """The recipe for a data set's `subject` (datasets.py): digits or clothing."""
+    return {"digits": preprocess_image, "clothing": preprocess_clothing}[subject]

@@ -30,7 +30,8 @@ from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from mnist_classifier.preprocess import ImageError, preprocess_image
+from mnist_classifier.datasets import DatasetSpec, dataset_spec
+from mnist_classifier.preprocess import ImageError, preprocessing_for
 from mnist_classifier.serve.schemas import (
     MAX_BATCH_IMAGES,
     NUM_CLASSES,
@@ -105,6 +106,7 @@ def create_app(
     )
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
     identity = model_info.identity
+    dataset = dataset_spec(model_info.dataset)  # its classes' names and its image recipe
     index_html = resources.files(__package__).joinpath("static/index.html").read_text("utf-8")
 
     async def predict_sources(sources: list[ImageSource]) -> list[PredictionResult]:
@@ -112,7 +114,7 @@ def create_app(
             # A thread cannot be stopped: on timeout it finishes in the background while the
             # event loop answers 504 and goes on serving.
             inference = asyncio.get_running_loop().run_in_executor(
-                inference_pool, _predict, predictor, sources
+                inference_pool, _predict, predictor, sources, dataset
             )
             return await asyncio.wait_for(inference, timeout=request_timeout_s)
         except asyncio.TimeoutError:
@@ -310,24 +312,34 @@ class _UnusableImage(Exception):
         self.reason = reason
 
 
-def _predict(predictor: Predictor, sources: list[ImageSource]) -> list[PredictionResult]:
+def _predict(
+    predictor: Predictor, sources: list[ImageSource], dataset: DatasetSpec
+) -> list[PredictionResult]:
     """Preprocess each image as `mnist predict` does, then one forward pass for all of them."""
+    prepare = preprocessing_for(dataset.subject)  # digits, or photos of clothing
     images = []
     for index, source in enumerate(sources):
         try:
-            images.append(preprocess_image(_as_image(source)))
+            images.append(prepare(_as_image(source)))
         except ImageError as error:
             raise _UnusableImage(index, str(error)) from None
     batch = torch.stack(images)  # (B, 28, 28) uint8
     probabilities = np.asarray(predictor.probabilities(batch), dtype=np.float64)
     if probabilities.shape != (len(images), NUM_CLASSES):
         raise RuntimeError(f"predictor answered shape {probabilities.shape}")
-    return [
-        PredictionResult(
-            digit=int(row.argmax()), probabilities=row.tolist(), preprocessed=image.tolist()
+    results = []
+    for image, row in zip(images, probabilities, strict=True):
+        number = int(row.argmax())
+        results.append(
+            PredictionResult(
+                digit=number,
+                class_=number,
+                label=dataset.class_names[number],
+                probabilities=row.tolist(),
+                preprocessed=image.tolist(),
+            )
         )
-        for image, row in zip(images, probabilities, strict=True)
-    ]
+    return results
 
 
 def _as_image(source: ImageSource) -> bytes | Image.Image:

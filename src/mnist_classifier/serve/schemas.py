@@ -64,14 +64,25 @@ class BatchInput(BaseModel):
 class ModelIdentity(BaseModel):
     digest: str = Field(description="SHA-256 of the served model file (checkpoint or .onnx).")
     stage: str | None = Field(description="Registry stage it was loaded from, if any.")
+    dataset: str = Field(default="mnist", description="What it was trained on: mnist, ...")
+    class_names: list[str] = Field(
+        default=[str(digit) for digit in range(NUM_CLASSES)],
+        description="The name of each class, by class number (MNIST: the digits).",
+    )
 
 
 class PredictionResult(BaseModel):
-    digit: int = Field(ge=0, le=9, description="The most probable digit.")
+    model_config = ConfigDict(populate_by_name=True)
+
+    digit: int = Field(
+        ge=0, le=9, description="The most probable class number (named for MNIST's digits)."
+    )
+    class_: int = Field(alias="class", ge=0, le=9, description="The most probable class.")
+    label: str = Field(description="Its name: a digit, or e.g. 'Ankle boot' for Fashion-MNIST.")
     probabilities: list[float] = Field(
         min_length=NUM_CLASSES,
         max_length=NUM_CLASSES,
-        description="Softmax probability of each digit 0..9, in that order.",
+        description="Softmax probability of each class 0..9, in that order.",
     )
     preprocessed: list[list[int]] | None = Field(
         default=None,
@@ -104,10 +115,20 @@ class ModelInfo(BaseModel):
     model_card: dict[str, Any] | None = Field(
         default=None, description="The whole model_card.json beside the checkpoint, if any."
     )
+    dataset: str = Field(default="mnist", description="What it was trained on.")
+    class_names: list[str] = Field(
+        default=[str(digit) for digit in range(NUM_CLASSES)],
+        description="The name of each class, by class number.",
+    )
 
     @property
     def identity(self) -> ModelIdentity:
-        return ModelIdentity(digest=self.digest, stage=self.stage)
+        return ModelIdentity(
+            digest=self.digest,
+            stage=self.stage,
+            dataset=self.dataset,
+            class_names=self.class_names,
+        )
 
 
 class HealthResponse(BaseModel):
