@@ -508,7 +508,7 @@ def evaluate(
     # so `mnist runs` can show it beside the validation figures.
     record_test_accuracy(loaded.path, result.accuracy, loaded.raw.get("run_dir", ""))
     if text:
-        print_evaluation(result, test_split, show_samples, loaded.dataset.class_names)
+        print_evaluation(result, test_split, show_samples, loaded.dataset)
         print_report_details(report, {name: str(path) for name, path in files.items()})
     else:
         print_json({**report, "files": {name: str(path) for name, path in files.items()}})
