@@ -22,6 +22,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from test_serve_browser import browser  # noqa: F401  (the fixture: Debian's Chromium)
 from typer.testing import CliRunner
 
 from mnist_classifier import datasets
@@ -404,9 +405,9 @@ def test_the_server_prepares_clothing_photos_and_names_the_class():
     expected_class = int(oracle.to(torch.int64).sum()) % 10
     assert answer["class"] == answer["digit"] == expected_class
     assert answer["label"] == FASHION_MNIST.class_names[expected_class]
-    health = client.get("/health").json()["model"]
-    assert health["dataset"] == "fashion-mnist"
-    assert health["class_names"] == list(FASHION_MNIST.class_names)
+    model = client.get("/model").json()
+    assert model["dataset"] == "fashion-mnist"
+    assert model["class_names"] == list(FASHION_MNIST.class_names)
 
 
 def test_the_registry_keeps_each_data_sets_models_apart(tmp_path, tiny_data):
@@ -481,3 +482,44 @@ def test_real_fashion_mnist_train_then_evaluate(tmp_path, fashion_dir):
     assert report["test_images"] == 10_000
     assert report["accuracy"] >= 0.70
     assert report["class_names"][6] == "Shirt"
+
+
+@pytest.mark.slow  # starts a server and a browser
+def test_the_page_offers_a_photo_upload_and_names_the_classes(tmp_path, browser):  # noqa: F811
+    import threading
+    import time
+
+    import uvicorn
+    from test_serve_browser import free_loopback_port
+
+    served = load_checkpoint_model(fashion_checkpoint(tmp_path / "fashion.pt"), "fashion-mnist")
+    port = free_loopback_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(served.predictor, served.info), port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.05)
+    photo = tmp_path / "coat.png"
+    photo.write_bytes(photographed(garment(), scale=6))
+    try:
+        page = browser.new_page()
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.wait_for_function("document.getElementById('upload').hidden === false")
+        assert not page.locator("#pad").is_visible()  # drawing is for digits
+        bar_names = page.locator(".bars li > span:first-child").all_text_contents()
+        assert bar_names == list(FASHION_MNIST.class_names)
+        page.set_input_files("#photo", str(photo))
+        page.wait_for_function("document.getElementById('digit').textContent !== ''")
+        shown = page.locator("#digit").text_content()
+        answer = TestClient(create_app(served.predictor, served.info)).post(
+            "/predict", files={"file": ("coat.png", photo.read_bytes(), "image/png")}
+        )
+        assert shown == answer.json()["label"]
+        page.close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

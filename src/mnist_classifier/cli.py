@@ -83,7 +83,7 @@ def _load_for_dataset(checkpoint: Path, dataset: str, action: str):
 
 
 DataDirOption = Annotated[
-    Path | None, typer.Option(help="Where MNIST lives (torchvision layout). [default: ./data]")
+    Path | None, typer.Option(help="Where the data lives (torchvision layout). [default: ./data]")
 ]
 DeviceOption = Annotated[
     str | None, typer.Option(help="auto, cpu, cuda or mps. [default: auto]", show_default=False)
@@ -410,7 +410,7 @@ def evaluate(
     ] = DEFAULT_CHECKPOINT,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per evaluation batch.")] = 64,
     data_dir: Annotated[
-        Path, typer.Option(help="Where MNIST lives (torchvision layout).", show_default="./data")
+        Path, typer.Option(help="Where the data lives (torchvision layout).", show_default="./data")
     ] = Path("./data"),
     show_samples: Annotated[
         int, typer.Option(min=0, help="How many test predictions to list.")
@@ -682,7 +682,7 @@ def serve(
     stage: Annotated[
         str | None,
         typer.Option(
-            help="Registry stage to serve: <models-dir>/<stage>/mnist/best_model.pt.",
+            help="Registry stage to serve: <models-dir>/<stage>/<dataset>/best_model.pt.",
             show_default="production",
         ),
     ] = None,

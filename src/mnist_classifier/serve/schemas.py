@@ -64,11 +64,6 @@ class BatchInput(BaseModel):
 class ModelIdentity(BaseModel):
     digest: str = Field(description="SHA-256 of the served model file (checkpoint or .onnx).")
     stage: str | None = Field(description="Registry stage it was loaded from, if any.")
-    dataset: str = Field(default="mnist", description="What it was trained on: mnist, ...")
-    class_names: list[str] = Field(
-        default=[str(digit) for digit in range(NUM_CLASSES)],
-        description="The name of each class, by class number (MNIST: the digits).",
-    )
 
 
 class PredictionResult(BaseModel):
@@ -115,7 +110,7 @@ class ModelInfo(BaseModel):
     model_card: dict[str, Any] | None = Field(
         default=None, description="The whole model_card.json beside the checkpoint, if any."
     )
-    dataset: str = Field(default="mnist", description="What it was trained on.")
+    dataset: str = Field(default="mnist", description="What it was trained on: mnist, ...")
     class_names: list[str] = Field(
         default=[str(digit) for digit in range(NUM_CLASSES)],
         description="The name of each class, by class number.",
@@ -123,12 +118,7 @@ class ModelInfo(BaseModel):
 
     @property
     def identity(self) -> ModelIdentity:
-        return ModelIdentity(
-            digest=self.digest,
-            stage=self.stage,
-            dataset=self.dataset,
-            class_names=self.class_names,
-        )
+        return ModelIdentity(digest=self.digest, stage=self.stage)
 
 
 class HealthResponse(BaseModel):
