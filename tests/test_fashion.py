@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from test_serve_browser import browser  # noqa: F401  (the fixture: Debian's Chromium)
+from test_serve_browser import browser, serving  # noqa: F401  (browser: a fixture)
 from typer.testing import CliRunner
 
 from mnist_classifier import datasets
@@ -486,28 +486,12 @@ def test_real_fashion_mnist_train_then_evaluate(tmp_path, fashion_dir):
 
 @pytest.mark.slow  # starts a server and a browser
 def test_the_page_offers_a_photo_upload_and_names_the_classes(tmp_path, browser):  # noqa: F811
-    import threading
-    import time
-
-    import uvicorn
-    from test_serve_browser import free_loopback_port
-
     served = load_checkpoint_model(fashion_checkpoint(tmp_path / "fashion.pt"), "fashion-mnist")
-    port = free_loopback_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(served.predictor, served.info), port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
     photo = tmp_path / "coat.png"
     photo.write_bytes(photographed(garment(), scale=6))
-    try:
+    with serving(served) as url:
         page = browser.new_page()
-        page.goto(f"http://127.0.0.1:{port}/")
+        page.goto(url)
         page.wait_for_function("document.getElementById('upload').hidden === false")
         assert not page.locator("#pad").is_visible()  # drawing is for digits
         bar_names = page.locator(".bars li > span:first-child").all_text_contents()
@@ -520,6 +504,3 @@ def test_the_page_offers_a_photo_upload_and_names_the_classes(tmp_path, browser)
         )
         assert shown == answer.json()["label"]
         page.close()
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
