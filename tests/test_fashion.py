@@ -504,3 +504,17 @@ def test_the_page_offers_a_photo_upload_and_names_the_classes(tmp_path, browser)
         )
         assert shown == answer.json()["label"]
         page.close()
+
+
+def test_evaluate_defaults_to_the_data_sets_staging_checkpoint(tmp_path, tiny_data, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    staged = tmp_path / "models" / "staging" / "fashion-mnist" / "best_model.pt"
+    staged.parent.mkdir(parents=True)
+    fashion_checkpoint(staged)
+
+    result = runner.invoke(
+        app, ["evaluate", "--dataset", "fashion-mnist", "--data-dir", str(tiny_data)]
+    )
+
+    assert result.exit_code == 0, result.output
+    assert "Loaded model from: models/staging/fashion-mnist/best_model.pt" in result.output
