@@ -281,6 +281,9 @@ def test_a_fashion_model_is_refused_for_mnist_and_the_reverse(tmp_path, command)
 
 def test_serve_refuses_a_model_of_another_data_set(tmp_path):
     fashion = fashion_checkpoint(tmp_path / "fashion.pt")
+    result = runner.invoke(app, ["serve", "--checkpoint", str(fashion), "--port", "1"])
+    assert result.exit_code == 1
+    assert "trained on Fashion-MNIST; use --dataset fashion-mnist" in one_line_error(result)
     with pytest.raises(ServeError, match="trained on Fashion-MNIST; use --dataset fashion-mnist"):
         load_checkpoint_model(fashion, "mnist")
     assert load_checkpoint_model(fashion, "fashion-mnist").info.dataset == "fashion-mnist"
