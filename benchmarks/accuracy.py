@@ -2,6 +2,7 @@
 
     python benchmarks/accuracy.py [--config configs/fast.yaml] [--seeds 3] [--first-seed 1]
                                   [--set k=v]
+    python benchmarks/accuracy.py --config configs/fashion.yaml    # on the config's data set
 
 Trains one model per seed with the chosen config (default: the lab's), evaluates
 the last epoch's weights on the 10,000 test images, and prints one row per seed and the median.
@@ -14,12 +15,16 @@ import statistics
 import tempfile
 from pathlib import Path
 
+import torch
+
 from mnist_classifier.batching import Split
 from mnist_classifier.checkpoint import load_checkpoint
 from mnist_classifier.config import load_config, parse_assignment
 from mnist_classifier.data import load_split
+from mnist_classifier.datasets import dataset_spec
 from mnist_classifier.device import resolve_device
 from mnist_classifier.evaluate import evaluate
+from mnist_classifier.metrics import confusion_matrix
 from mnist_classifier.train import train
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -46,13 +51,14 @@ def main() -> None:
 
     overrides = dict(parse_assignment(assignment) for assignment in arguments.set)
     device = resolve_device(arguments.device)
-    test_split = Split(*load_split(arguments.data_dir, train=False)).to(device)
+    dataset = load_config(arguments.config, overrides).data.dataset
+    test_split = Split(*load_split(arguments.data_dir, train=False, dataset=dataset)).to(device)
     print(
         f"Config: {arguments.config} {overrides or ''} on {device}, precision {arguments.precision}"
     )
     print("| seed | test accuracy | best validation accuracy | training s/epoch | training s |")
     print("|---:|---:|---:|---:|---:|")
-    accuracies, seconds = [], []
+    accuracies, seconds, results = [], [], []
     for seed in range(arguments.first_seed, arguments.first_seed + arguments.seeds):
         with tempfile.TemporaryDirectory() as output_dir:
             config = load_config(
@@ -67,8 +73,15 @@ def main() -> None:
                 },
             )
             result = train(config)
-            model = load_checkpoint(result.epochs[-1].checkpoint).model.to(device)
-        accuracy = evaluate(model, test_split, device=device).accuracy
+            loaded = load_checkpoint(result.epochs[-1].checkpoint)
+        evaluation = evaluate(
+            loaded.model.to(device),
+            test_split,
+            device=device,
+            normalization=loaded.normalization,
+        )
+        results.append(evaluation)
+        accuracy = evaluation.accuracy
         total = sum(epoch.seconds for epoch in result.epochs)
         accuracies.append(accuracy)
         seconds.append(total)
@@ -82,6 +95,27 @@ def main() -> None:
         f"(min {min(accuracies):.2%}, max {max(accuracies):.2%}); "
         f"median training time {statistics.median(seconds):.1f} s"
     )
+    print_per_class(results, accuracies, test_split.labels, dataset_spec(dataset).class_names)
+
+
+def print_per_class(
+    results, accuracies: list[float], labels: torch.Tensor, class_names: tuple[str, ...]
+) -> None:
+    """Per-class test accuracy of every seed, and the median seed's confusion matrix."""
+    seeds = range(1, len(results) + 1)
+    print("\n| class | " + " | ".join(f"seed {seed}" for seed in seeds) + " |")
+    print("|---|" + "---:|" * len(results))
+    for number, name in enumerate(class_names):
+        cells = " | ".join(f"{result.class_accuracy(number):.1%}" for result in results)
+        print(f"| {name} | {cells} |")
+    by_accuracy = sorted(range(len(results)), key=lambda index: accuracies[index])
+    median_index = by_accuracy[(len(results) - 1) // 2]
+    confusion = confusion_matrix(labels.cpu(), results[median_index].predictions, len(class_names))
+    print(f"\nConfusion matrix, seed {median_index + 1} (rows: true class, columns: predicted):")
+    print("| true \\ predicted | " + " | ".join(str(n) for n in range(len(class_names))) + " |")
+    print("|---|" + "---:|" * len(class_names))
+    for number, row in enumerate(confusion.tolist()):
+        print(f"| {number} {class_names[number]} | " + " | ".join(str(c) for c in row) + " |")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from mnist_classifier.checkpoint import save_checkpoint
 from mnist_classifier.cli import app
-from mnist_classifier.data import RAW_SHA256
+from mnist_classifier.datasets import MNIST
 
 runner = CliRunner()
 
@@ -88,7 +88,7 @@ def test_data_reports_route_and_digests(mnist_dir, tmp_path):
     result = runner.invoke(app, ["data", "--data-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "found on disk" in result.output
-    for digest in RAW_SHA256.values():
+    for digest in MNIST.raw_sha256.values():
         assert digest in result.output
 
 

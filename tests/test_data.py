@@ -6,6 +6,7 @@ no test here reaches torchvision's real mirrors.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gzip
 import hashlib
@@ -25,7 +26,7 @@ import pytest
 import torch
 from torchvision.datasets.mnist import read_image_file, read_label_file
 
-from mnist_classifier import data
+from mnist_classifier import data, datasets
 from mnist_classifier.data import DataError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -46,10 +47,9 @@ def hand_idx_labels(labels: np.ndarray) -> bytes:
     return struct.pack(">II", 2049, len(labels)) + labels.astype(np.uint8).tobytes()
 
 
-@pytest.fixture
-def synthetic_raw(monkeypatch) -> dict[str, bytes]:
-    """Four small IDX files, with RAW_SHA256/RAW_SIZES patched so they count as canonical."""
-    generator = np.random.default_rng(0)
+def pinned_synthetic_files(monkeypatch, dataset: str, seed: int) -> dict[str, bytes]:
+    """Four small IDX files, pinned as the data set's digests (and RAW_SIZES patched)."""
+    generator = np.random.default_rng(seed)
     files = {
         "train-images-idx3-ubyte": hand_idx_images(
             generator.integers(0, 256, (TRAIN_COUNT, 28, 28), dtype=np.uint8)
@@ -60,11 +60,24 @@ def synthetic_raw(monkeypatch) -> dict[str, bytes]:
         ),
         "t10k-labels-idx1-ubyte": hand_idx_labels(generator.integers(0, 10, TEST_COUNT)),
     }
-    monkeypatch.setattr(
-        data, "RAW_SHA256", {name: hashlib.sha256(b).hexdigest() for name, b in files.items()}
-    )
+    pin_digests(monkeypatch, dataset, {n: hashlib.sha256(b).hexdigest() for n, b in files.items()})
     monkeypatch.setattr(data, "RAW_SIZES", {name: len(b) for name, b in files.items()})
     return files
+
+
+@pytest.fixture
+def synthetic_raw(monkeypatch) -> dict[str, bytes]:
+    return pinned_synthetic_files(monkeypatch, "mnist", seed=0)
+
+
+def pin_digests(monkeypatch, dataset: str, digests: dict[str, str]) -> None:
+    """Stand in `digests` as the data set's pinned raw SHA-256s for this test."""
+    spec = datasets.DATASETS[dataset]
+    monkeypatch.setitem(datasets.DATASETS, dataset, dataclasses.replace(spec, raw_sha256=digests))
+
+
+def pinned(dataset: str = "mnist") -> dict[str, str]:
+    return datasets.DATASETS[dataset].raw_sha256
 
 
 def place(raw_dir: Path, files: dict[str, bytes], *, compress: bool = False) -> None:
@@ -136,7 +149,7 @@ def test_wrong_file_on_disk_is_named_and_left_untouched(
 
     message = str(caught.value)
     assert str(victim) in message
-    assert data.RAW_SHA256[victim.name] in message
+    assert pinned()[victim.name] in message
     assert hashlib.sha256(damaged).hexdigest() in message
     assert f"{len(damaged):,} bytes" in message
     assert f"{len(original):,} bytes" in message
@@ -261,7 +274,7 @@ def test_pickle_converter_writes_exact_idx_files(tmp_path):
 
     idx_files = data.idx_files_from_pickle(pickle_gz)
 
-    assert set(idx_files) == set(data.RAW_SHA256)
+    assert set(idx_files) == set(pinned())
     # Headers computed by hand: train = train + valid = 8 images, test = 2.
     assert idx_files["train-images-idx3-ubyte"][:16] == (
         b"\x00\x00\x08\x03\x00\x00\x00\x08\x00\x00\x00\x1c\x00\x00\x00\x1c"
@@ -319,8 +332,8 @@ def test_pypi_route_uses_a_wheel_already_present(tmp_path, monkeypatch):
         "t10k-images-idx3-ubyte": hand_idx_images(test_pixels),
         "t10k-labels-idx1-ubyte": hand_idx_labels(test_labels),
     }
-    monkeypatch.setattr(
-        data, "RAW_SHA256", {n: hashlib.sha256(b).hexdigest() for n, b in expected_files.items()}
+    pin_digests(
+        monkeypatch, "mnist", {n: hashlib.sha256(b).hexdigest() for n, b in expected_files.items()}
     )
     monkeypatch.setattr(data, "PYPI_PICKLE_SHA256", hashlib.sha256(member).hexdigest())
     monkeypatch.setattr(data.subprocess, "run", fail_if_called)  # no pip: the wheel is there
@@ -382,7 +395,7 @@ def serve_gz(served: Path, files: dict[str, bytes], monkeypatch) -> dict[str, by
 def set_served_md5s(served: Path, monkeypatch) -> None:
     resources = [
         (f"{name}.gz", hashlib.md5((served / f"{name}.gz").read_bytes()).hexdigest())
-        for name in data.RAW_SHA256
+        for name in pinned()
     ]
     monkeypatch.setattr(data._TorchvisionMNIST, "resources", resources)
 
@@ -404,7 +417,7 @@ def test_torchvision_route_downloads_from_a_mirror(
     files = data.ensure_mnist(data_dir, mirrors=[mirror_url])
 
     assert files.route == "torchvision"
-    assert files.sha256 == data.RAW_SHA256
+    assert files.sha256 == pinned()
     for name, contents in synthetic_raw.items():
         assert (files.raw_dir / name).read_bytes() == contents
     assert [p.name for p in (data_dir / "MNIST").iterdir()] == ["raw"]  # staging removed
@@ -460,8 +473,8 @@ def test_torchvision_route_rejects_files_that_fail_the_pinned_sha256(
 ):
     served, mirror_url = local_mirror
     serve_gz(served, synthetic_raw, monkeypatch)  # md5s match what is served ...
-    wrong_digests = dict(data.RAW_SHA256, **{"t10k-labels-idx1-ubyte": "0" * 64})
-    monkeypatch.setattr(data, "RAW_SHA256", wrong_digests)  # ... the pinned digest does not
+    wrong_digests = dict(pinned(), **{"t10k-labels-idx1-ubyte": "0" * 64})
+    pin_digests(monkeypatch, "mnist", wrong_digests)  # ... the pinned digest does not
     monkeypatch.setattr(data, "_try_pypi", pypi_unavailable)
     data_dir = tmp_path / "d"
 
@@ -501,7 +514,7 @@ def test_all_routes_failing_gives_one_message_with_every_route(tmp_path, monkeyp
     assert "4 of 4 files missing" in message
     assert "by hand" in message
     assert str((data_dir / "MNIST" / "raw").resolve()) in message
-    for name, digest in data.RAW_SHA256.items():
+    for name, digest in pinned().items():
         assert f"{digest}  {name}" in message
     assert_left_clean(data_dir)
 
@@ -531,8 +544,8 @@ def test_real_mnist_through_pypi(tmp_path):
     files = data.ensure_mnist(tmp_path, mirrors=[])
 
     assert files.route == "pypi"
-    assert files.sha256 == data.RAW_SHA256
-    for name, digest in data.RAW_SHA256.items():
+    assert files.sha256 == pinned()
+    for name, digest in pinned().items():
         assert data.sha256_of(files.raw_dir / name) == digest
     train_images, train_labels = data.load_split(tmp_path, train=True)
     test_images, test_labels = data.load_split(tmp_path, train=False)
@@ -543,9 +556,151 @@ def test_real_mnist_through_pypi(tmp_path):
 
     # Share the download with the default data dir (git-ignored) if it lacks the files.
     default_raw = REPO_ROOT / "data" / "MNIST" / "raw"
-    for name in data.RAW_SHA256:
+    for name in pinned():
         if not (default_raw / name).exists():
             default_raw.mkdir(parents=True, exist_ok=True)
             temp_copy = default_raw / f".{name}.copy"
             shutil.copyfile(files.raw_dir / name, temp_copy)
             os.replace(temp_copy, default_raw / name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fashion-MNIST: the same routes, with Debian's package as the last one
+
+
+@pytest.fixture
+def synthetic_fashion(monkeypatch) -> dict[str, bytes]:
+    """Pinned as Fashion-MNIST's digests; MNIST's pins are untouched."""
+    return pinned_synthetic_files(monkeypatch, "fashion-mnist", seed=1)
+
+
+def fake_debian(folder: Path, files: dict[str, bytes]) -> Path:
+    """A folder laid out as dataset-fashion-mnist installs it: the four .gz files."""
+    place(folder, files, compress=True)
+    return folder
+
+
+def test_fashion_disk_route_uses_torchvisions_folder(tmp_path, synthetic_fashion, monkeypatch):
+    monkeypatch.setattr(data, "_try_torchvision", fail_if_called)
+    monkeypatch.setattr(data, "_try_debian", fail_if_called)
+    place(tmp_path / "FashionMNIST" / "raw", synthetic_fashion)
+
+    files = data.ensure_dataset(tmp_path, "fashion-mnist")
+
+    assert (files.route, files.dataset) == ("disk", "fashion-mnist")
+    assert files.raw_dir == tmp_path / "FashionMNIST" / "raw"
+    images, labels = data.load_split(tmp_path, train=False, dataset="fashion-mnist")
+    assert images.shape == (TEST_COUNT, 28, 28)
+    expected = np.frombuffer(synthetic_fashion["t10k-labels-idx1-ubyte"][8:], np.uint8)
+    assert labels.tolist() == expected.tolist()
+
+
+def test_fashion_debian_route_decompresses_and_verifies(tmp_path, synthetic_fashion, monkeypatch):
+    debian_dir = fake_debian(tmp_path / "usr-share-datasets", synthetic_fashion)
+    data_dir = tmp_path / "d"
+
+    files = data.ensure_dataset(data_dir, "fashion-mnist", mirrors=[], debian_dir=debian_dir)
+
+    assert files.route == "debian"
+    for name, contents in synthetic_fashion.items():
+        assert (data_dir / "FashionMNIST" / "raw" / name).read_bytes() == contents
+    # MNIST's folder is not touched by the other data set.
+    assert not (data_dir / "MNIST").exists()
+    again = data.ensure_dataset(data_dir, "fashion-mnist", mirrors=[], debian_dir=debian_dir)
+    assert again.route == "disk"
+
+
+def test_fashion_debian_route_refuses_a_tampered_file(tmp_path, synthetic_fashion):
+    altered = dict(synthetic_fashion)
+    labels = bytearray(altered["train-labels-idx1-ubyte"])
+    labels[-1] = (labels[-1] + 1) % 10
+    altered["train-labels-idx1-ubyte"] = bytes(labels)
+    debian_dir = fake_debian(tmp_path / "debian", altered)
+    data_dir = tmp_path / "d"
+
+    with pytest.raises(DataError) as caught:
+        data.ensure_dataset(data_dir, "fashion-mnist", mirrors=[], debian_dir=debian_dir)
+
+    message = str(caught.value)
+    assert message.startswith("Could not obtain Fashion-MNIST: 4 of 4 files missing")
+    debian_line = next(line for line in message.splitlines() if "debian:" in line)
+    assert "train-labels-idx1-ubyte.gz decompresses to SHA-256" in debian_line
+    assert hashlib.sha256(altered["train-labels-idx1-ubyte"]).hexdigest() in debian_line
+    # Not one file written, not even the three good ones.
+    raw_dir = data_dir / "FashionMNIST" / "raw"
+    assert not raw_dir.exists() or list(raw_dir.iterdir()) == []
+
+
+def test_fashion_tampered_file_on_disk_is_refused_and_kept(tmp_path, synthetic_fashion):
+    raw_dir = tmp_path / "FashionMNIST" / "raw"
+    place(raw_dir, synthetic_fashion)
+    victim = raw_dir / "t10k-images-idx3-ubyte"
+    victim.write_bytes(victim.read_bytes()[:-1])
+    before = victim.read_bytes()
+
+    with pytest.raises(DataError) as caught:
+        data.ensure_dataset(tmp_path, "fashion-mnist")
+
+    assert f"Fashion-MNIST file {victim} is not the canonical" in str(caught.value)
+    assert victim.read_bytes() == before
+
+
+def test_fashion_without_the_debian_package_says_what_to_install(tmp_path, synthetic_fashion):
+    with pytest.raises(DataError) as caught:
+        data.ensure_dataset(
+            tmp_path, "fashion-mnist", mirrors=[], debian_dir=tmp_path / "not-installed"
+        )
+
+    message = str(caught.value)
+    route_lines = [line.strip() for line in message.splitlines() if line.startswith("  ")]
+    assert any(line.startswith("disk: not in") for line in route_lines)
+    assert "torchvision: no mirrors to try" in route_lines
+    debian_line = next(line for line in route_lines if line.startswith("debian:"))
+    assert "sudo apt-get install dataset-fashion-mnist" in debian_line
+    for name, digest in pinned("fashion-mnist").items():
+        assert f"{digest}  {name}" in message
+
+
+def test_fashion_torchvision_route_downloads_from_a_mirror(
+    tmp_path, synthetic_fashion, local_mirror, monkeypatch
+):
+    served, mirror_url = local_mirror
+    for name, contents in synthetic_fashion.items():
+        (served / f"{name}.gz").write_bytes(gzip.compress(contents))
+    resources = [
+        (f"{name}.gz", hashlib.md5((served / f"{name}.gz").read_bytes()).hexdigest())
+        for name in synthetic_fashion
+    ]
+    monkeypatch.setattr(data._TorchvisionFashionMNIST, "resources", resources)
+    monkeypatch.setattr(data, "_try_debian", fail_if_called)
+    data_dir = tmp_path / "d"
+
+    files = data.ensure_dataset(data_dir, "fashion-mnist", mirrors=[mirror_url])
+
+    assert files.route == "torchvision"
+    for name, contents in synthetic_fashion.items():
+        assert (data_dir / "FashionMNIST" / "raw" / name).read_bytes() == contents
+    assert [p.name for p in (data_dir / "FashionMNIST").iterdir()] == ["raw"]
+
+
+def test_unknown_dataset_is_one_clear_error(tmp_path):
+    with pytest.raises(datasets.UnknownDatasetError, match="choose one of mnist, fashion-mnist"):
+        data.ensure_dataset(tmp_path, "cifar10")
+
+
+@pytest.mark.skipif(
+    not data.DEBIAN_FASHION_MNIST_DIR.is_dir(), reason="Debian's dataset-fashion-mnist missing"
+)
+@pytest.mark.slow
+def test_real_fashion_mnist_through_debian(tmp_path):
+    files = data.ensure_dataset(tmp_path, "fashion-mnist", mirrors=[])
+
+    assert files.route == "debian"
+    assert files.sha256 == pinned("fashion-mnist")
+    images, labels = data.load_split(tmp_path, train=True, dataset="fashion-mnist")
+    assert images.shape == (60000, 28, 28) and labels.shape == (60000,)
+    # The normalisation pinned in datasets.py is this split's own (benchmarks/normalization_stats).
+    pixels = images.double() / 255
+    mean, std = datasets.FASHION_MNIST.normalization
+    assert abs(pixels.mean().item() - mean) < 5e-5
+    assert abs(pixels.std(unbiased=False).item() - std) < 5e-5

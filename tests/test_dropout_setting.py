@@ -90,7 +90,7 @@ def test_exports_pass_their_parity_check(trained, test_images, tmp_path, export_
 def test_serving_answers_with_the_checkpoints_model(trained, test_images):
     _, output_dir = trained
     served = load_checkpoint_model(output_dir / "best_model.pt")
-    client = TestClient(create_app(served.predictor, served.info))
+    client = TestClient(create_app(served.predictor, served.info), base_url="http://127.0.0.1")
     image = 255 - test_images[0][0].numpy()  # dark ink on white, as a person uploads
     buffer = io.BytesIO()
     Image.fromarray(image.astype(np.uint8)).save(buffer, format="PNG")

@@ -375,7 +375,7 @@ def no_data_is_read(monkeypatch):
     def refuse(*_args, **_kwargs):
         raise AssertionError("data was read before the setting was checked")
 
-    monkeypatch.setattr(train_module, "ensure_mnist", refuse)
+    monkeypatch.setattr(train_module, "ensure_dataset", refuse)
 
 
 @pytest.mark.parametrize(

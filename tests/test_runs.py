@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from mnist_classifier.checkpoint import load_checkpoint
 from mnist_classifier.cli import app
 from mnist_classifier.config import config_from_dict
-from mnist_classifier.data import RAW_SHA256
+from mnist_classifier.datasets import MNIST
 from mnist_classifier.runs import list_runs, record_test_accuracy
 
 pytestmark = pytest.mark.slow
@@ -71,7 +71,7 @@ def test_a_run_writes_every_artifact(mnist_dir, tmp_path):
         "command_line",
     ):
         assert key in provenance
-    assert provenance["data_sha256"] == RAW_SHA256
+    assert provenance["data_sha256"] == MNIST.raw_sha256
 
     with open(run_dir / "metrics.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))

@@ -161,7 +161,7 @@ def test_batch_answers_each_image_as_predict_does_in_order(client):
     batch = client.post("/predict/batch", files=files).json()
     assert batch["model"] == singles[0]["model"]
     assert batch["predictions"] == [
-        {key: single[key] for key in ("digit", "probabilities", "preprocessed")}
+        {key: single[key] for key in ("digit", "class", "label", "probabilities", "preprocessed")}
         for single in singles
     ]
     encoded = [{"image": base64.b64encode(image).decode()} for image in images]

@@ -9,6 +9,7 @@ missing browser is a failure and not a silent skip.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -55,9 +56,9 @@ def free_loopback_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server_url(mnist_dir):
-    served = load_checkpoint_model(tiny_checkpoint(mnist_dir), stage="test")
+@contextlib.contextmanager
+def serving(served):
+    """A real uvicorn server for a loaded model on a free loopback port; yields its URL."""
     port = free_loopback_port()
     settings = uvicorn.Config(
         create_app(served.predictor, served.info), host="127.0.0.1", port=port, log_level="warning"
@@ -69,9 +70,17 @@ def server_url(mnist_dir):
     while not server.started:
         assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/"
-    server.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server_url(mnist_dir):
+    with serving(load_checkpoint_model(tiny_checkpoint(mnist_dir), stage="test")) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -150,7 +150,7 @@ def test_a_timed_out_batch_stops_preparing_its_remaining_images(monkeypatch):
         prepared.append(source)
         return torch.zeros(28, 28, dtype=torch.uint8)
 
-    monkeypatch.setattr(app_module, "preprocess_image", slow_preprocess)
+    monkeypatch.setattr(app_module, "preprocessing_for", lambda _subject: slow_preprocess)
     limits = small_limits(request_timeout_s=0.25)
     client = local_client(create_app(ChecksumPredictor(), MODEL_INFO, limits=limits))
     images = [png_bytes(np.full((8, 8), i, dtype=np.uint8)) for i in range(30)]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mnist_classifier.data import MNIST_MEAN, MNIST_STD
+from mnist_classifier.datasets import MNIST, Normalization
 from mnist_classifier.distributed import Ranks, shard
 
 
@@ -48,10 +48,15 @@ def split_train_validation(
     )
 
 
-def normalize(images: torch.Tensor, memory_format=torch.contiguous_format) -> torch.Tensor:
+def normalize(
+    images: torch.Tensor,
+    memory_format=torch.contiguous_format,
+    normalization: Normalization = MNIST.normalization,
+) -> torch.Tensor:
     """uint8 (B, 28, 28) -> float32 (B, 1, 28, 28), the same values as ToTensor() + Normalize()."""
+    mean, std = normalization
     scaled = images.unsqueeze(1).float().div_(255.0)
-    return scaled.sub_(MNIST_MEAN).div_(MNIST_STD).contiguous(memory_format=memory_format)
+    return scaled.sub_(mean).div_(std).contiguous(memory_format=memory_format)
 
 
 def shuffled_batches(

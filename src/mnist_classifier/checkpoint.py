@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import pickle
 import re
@@ -29,6 +30,7 @@ import torch
 
 from mnist_classifier.config import ConfigError, TrainConfig, config_from_dict, shown
 from mnist_classifier.data import sha256_of
+from mnist_classifier.datasets import DatasetSpec, Normalization, dataset_spec
 from mnist_classifier.files import FileRefused, read_regular_file
 from mnist_classifier.model import SimpleCNN
 
@@ -76,6 +78,40 @@ class LoadedCheckpoint:
     validation_loss: float
     validation_accuracy: float  # percent, as the lab prints it
     raw: dict[str, Any]
+
+    @property
+    def dataset(self) -> DatasetSpec:
+        return dataset_spec(self.config.data.dataset)
+
+    @property
+    def normalization(self) -> Normalization:
+        """What the weights were trained with; checkpoints from before it was saved are MNIST's."""
+        saved = self.raw.get("normalization")
+        return Normalization(**saved) if saved is not None else self.dataset.normalization
+
+
+def require_dataset(checkpoint: LoadedCheckpoint, dataset: str, action: str) -> None:
+    """Refuse to `action` (evaluate, resume, ...) a model on a data set it was not trained on."""
+    if checkpoint.config.data.dataset != dataset:
+        wanted, trained_on = dataset_spec(dataset), checkpoint.dataset
+        raise CheckpointError(
+            f"refusing to {action} {checkpoint.path} with {wanted.title}: it was trained on "
+            f"{trained_on.title}; use --dataset {trained_on.name} (or another checkpoint)"
+        )
+
+
+def _check_normalization(path: Path, saved: Any) -> None:
+    values = saved.values() if isinstance(saved, dict) else ()
+    if not (
+        isinstance(saved, dict)
+        and set(saved) == {"mean", "std"}
+        and all(isinstance(value, float) and math.isfinite(value) for value in values)
+        and saved["std"] > 0
+    ):
+        raise CheckpointError(
+            f"{path} carries an invalid normalization {saved!r}; expected "
+            "{'mean': float, 'std': float > 0}"
+        )
 
 
 def digest_path(path: Path) -> Path:
@@ -295,6 +331,8 @@ def load_checkpoint(path: Path | str) -> LoadedCheckpoint:
         config = config_from_dict(raw["config"])
     except (ConfigError, TypeError) as error:
         raise CheckpointError(f"{path} carries an invalid config: {error}") from None
+    if "normalization" in raw:
+        _check_normalization(path, raw["normalization"])
     model = SimpleCNN(config.model)  # the one place a model is rebuilt from a checkpoint
     try:
         model.load_state_dict(raw["model_state_dict"])

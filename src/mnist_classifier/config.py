@@ -18,6 +18,7 @@ from typing import Any, ClassVar, get_type_hints
 
 import yaml
 
+from mnist_classifier.datasets import DATASET_NAMES
 from mnist_classifier.files import read_regular_file
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -79,6 +80,7 @@ class DataConfig:
     prefix: ClassVar[str] = "data."
     # A fixed hold-out of the 60,000 training images picks the best model; the 10,000 test
     # images are only ever touched by evaluation.
+    dataset: str = "mnist"  # mnist | fashion-mnist (datasets.py)
     data_dir: str = "./data"
     validation_size: int = 5000
     split_seed: int = 0  # fixed apart from `seed`, so every run validates on the same images
@@ -86,6 +88,12 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _check_types(self)
+        _require(
+            self.dataset in DATASET_NAMES,
+            "data.dataset",
+            f"must be one of {', '.join(DATASET_NAMES)}",
+            self.dataset,
+        )
         _require(
             0 < self.validation_size < 60_000,
             "data.validation_size",

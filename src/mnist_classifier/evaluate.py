@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from mnist_classifier.batching import Split, normalize, ordered_batches
+from mnist_classifier.datasets import MNIST, Normalization
 from mnist_classifier.device import autocast, memory_format_for
 from mnist_classifier.model import NUM_CLASSES
 
@@ -47,6 +48,7 @@ def evaluate(
     batch_size: int = 1000,
     device: torch.device | None = None,
     precision: str = "fp32",
+    normalization: Normalization = MNIST.normalization,
 ) -> EvalResult:
     """Run `model` over `split` in its stored order, in large batches without autograd."""
     device = device or next(model.parameters()).device
@@ -60,7 +62,7 @@ def evaluate(
         for images, labels in ordered_batches(split, batch_size):
             images, labels = images.to(device), labels.to(device)
             with autocast(device, precision):
-                logits = model(normalize(images, memory_format))
+                logits = model(normalize(images, memory_format, normalization))
             loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum")
             predictions.append(logits.argmax(dim=1))
             probabilities.append(torch.softmax(logits.float(), dim=1))

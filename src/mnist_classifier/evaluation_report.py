@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from mnist_classifier import figures
+from mnist_classifier.datasets import MNIST
 from mnist_classifier.evaluate import EvalResult
 from mnist_classifier.metrics import (
     Calibration,
@@ -37,7 +38,12 @@ CONFUSED_PAIRS = 10
 
 
 def build_report(
-    result: EvalResult, labels: torch.Tensor, *, checkpoint: dict, grid_size: int
+    result: EvalResult,
+    labels: torch.Tensor,
+    *,
+    checkpoint: dict,
+    grid_size: int,
+    class_names: tuple[str, ...] = MNIST.class_names,
 ) -> dict:
     """All the report's numbers; misclassified images most-confident first (the worst mistakes)."""
     labels = labels.cpu()
@@ -59,6 +65,7 @@ def build_report(
 
     return {
         "checkpoint": checkpoint,
+        "class_names": list(class_names),  # index = class number, as in every list below
         "test_images": result.total,
         "accuracy": result.accuracy,
         "correct": result.correct,
@@ -67,6 +74,7 @@ def build_report(
         "per_class": [
             {
                 "digit": digit,
+                "label": class_names[digit],
                 "precision": per_class.precision[digit],
                 "recall": per_class.recall[digit],
                 "f1": per_class.f1[digit],
@@ -92,8 +100,9 @@ def write_report_files(
     paths = {name: output_dir / file for name, file in FIGURE_FILES.items()}
     paths["report"] = output_dir / REPORT_JSON
 
+    class_names = report["class_names"]
     figures.save_confusion_heatmap(
-        torch.tensor(report["confusion_matrix"]), paths["confusion_matrix"]
+        torch.tensor(report["confusion_matrix"]), paths["confusion_matrix"], class_names
     )
     figures.save_reliability_diagram(
         Calibration(**report["calibration"]), paths["reliability_diagram"]
@@ -105,6 +114,7 @@ def write_report_files(
         f"Misclassified test images, most confident first "
         f"({len(shown_wrong)} of {len(report['misclassified'])})",
         paths["misclassified"],
+        class_names,
     )
     samples = report["sample_predictions"]
     _grid(
@@ -112,6 +122,7 @@ def write_report_files(
         samples,
         f"Sample predictions: the first {len(samples)} test images",
         paths["sample_predictions"],
+        class_names,
     )
 
     files = {name: str(path) for name, path in paths.items()}
@@ -119,10 +130,13 @@ def write_report_files(
     return paths
 
 
-def _grid(images: torch.Tensor, entries: list[dict], title: str, path: Path) -> None:
+def _grid(
+    images: torch.Tensor, entries: list[dict], title: str, path: Path, class_names: list[str]
+) -> None:
     indices = torch.tensor([entry["index"] for entry in entries], dtype=torch.long)
+    short = [figures.short_class_name(name) for name in class_names]
     captions = [
-        f"{entry['true']}→{entry['predicted']} {100 * entry['confidence']:.0f}%"
+        f"{short[entry['true']]}→{short[entry['predicted']]} {100 * entry['confidence']:.0f}%"
         for entry in entries
     ]
     colours = ["black" if entry["true"] == entry["predicted"] else "red" for entry in entries]

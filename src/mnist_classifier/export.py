@@ -20,9 +20,9 @@ import torch
 
 from mnist_classifier.batching import normalize
 from mnist_classifier.checkpoint import ARCHITECTURE
-from mnist_classifier.data import MNIST_MEAN, MNIST_STD
+from mnist_classifier.datasets import MNIST, DatasetSpec, Normalization
 from mnist_classifier.model import IMAGE_SIZE, NUM_CLASSES, SimpleCNN
-from mnist_classifier.predict import ONNX_MEAN_KEY, ONNX_STD_KEY
+from mnist_classifier.predict import ONNX_DATASET_KEY, ONNX_MEAN_KEY, ONNX_STD_KEY
 
 FORMATS = ("onnx", "torchscript", "safetensors")
 PARITY_IMAGES = 1000
@@ -55,18 +55,29 @@ class ExportResult:
 
 
 def export_model(
-    model: SimpleCNN, export_format: str, output: Path, parity_images: torch.Tensor
+    model: SimpleCNN,
+    export_format: str,
+    output: Path,
+    parity_images: torch.Tensor,
+    normalization: Normalization = MNIST.normalization,
+    dataset: DatasetSpec = MNIST,
 ) -> ExportResult:
-    """Write `model` in `export_format` to `output`, then check it on `parity_images` (uint8)."""
+    """Write `model` in `export_format` to `output`, then check it on `parity_images` (uint8).
+
+    The normalisation the model was trained with and its data set travel in the ONNX
+    metadata and the safetensors sidecar, so a reader needs nothing else.
+    """
     if export_format not in FORMATS:
         raise ExportError(f"format must be one of {', '.join(FORMATS)} (got {export_format!r})")
     model = model.cpu().eval()
     output.parent.mkdir(parents=True, exist_ok=True)
-    inputs = normalize(parity_images.cpu())  # (N, 1, 28, 28)
+    inputs = normalize(parity_images.cpu(), normalization=normalization)  # (N, 1, 28, 28)
     with torch.inference_mode():
         eager_logits = model(inputs).numpy()
     exporter = {"onnx": _onnx, "torchscript": _torchscript, "safetensors": _safetensors}
-    files, exported_logits, checker = exporter[export_format](model, output, inputs)
+    files, exported_logits, checker = exporter[export_format](
+        model, output, inputs, normalization, dataset
+    )
     parity = compare_logits(eager_logits, exported_logits)
     result = ExportResult(export_format, output, files, parity, checker)
     if not parity.passed:
@@ -94,7 +105,7 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _onnx(model: SimpleCNN, output: Path, inputs: torch.Tensor):
+def _onnx(model, output: Path, inputs: torch.Tensor, normalization, dataset: DatasetSpec):
     import onnx
     import onnxruntime
 
@@ -116,9 +127,14 @@ def _onnx(model: SimpleCNN, output: Path, inputs: torch.Tensor):
         )
     # Normalisation travels inside the file, so onnxruntime users need nothing else.
     onnx_model = onnx.load(str(output))
-    for key, value in ((ONNX_MEAN_KEY, MNIST_MEAN), (ONNX_STD_KEY, MNIST_STD)):
+    metadata = {
+        ONNX_MEAN_KEY: repr(normalization.mean),
+        ONNX_STD_KEY: repr(normalization.std),
+        ONNX_DATASET_KEY: dataset.name,
+    }
+    for key, value in metadata.items():
         entry = onnx_model.metadata_props.add()
-        entry.key, entry.value = key, repr(value)
+        entry.key, entry.value = key, value
     onnx.checker.check_model(onnx_model)
     onnx.save(onnx_model, str(output))
 
@@ -127,7 +143,7 @@ def _onnx(model: SimpleCNN, output: Path, inputs: torch.Tensor):
     return (output,), logits, f"onnxruntime {onnxruntime.__version__}"
 
 
-def _torchscript(model: SimpleCNN, output: Path, inputs: torch.Tensor):
+def _torchscript(model, output: Path, inputs: torch.Tensor, _normalization, _dataset):
     example = torch.zeros(2, 1, IMAGE_SIZE, IMAGE_SIZE)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit's deprecation notice
@@ -139,7 +155,7 @@ def _torchscript(model: SimpleCNN, output: Path, inputs: torch.Tensor):
     return (output,), logits, "torch.jit.load"
 
 
-def _safetensors(model: SimpleCNN, output: Path, inputs: torch.Tensor):
+def _safetensors(model, output: Path, inputs: torch.Tensor, normalization, dataset: DatasetSpec):
     from safetensors.torch import load_file, save_file
 
     state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
@@ -151,10 +167,12 @@ def _safetensors(model: SimpleCNN, output: Path, inputs: torch.Tensor):
         "output": {"shape": ["batch", NUM_CLASSES], "meaning": "logits (softmax for p)"},
         "model": dataclasses.asdict(model.settings),  # SimpleCNN(ModelConfig(**this)) loads it
         "normalization": {
-            "mean": MNIST_MEAN,
-            "std": MNIST_STD,
-            "formula": "(pixel / 255 - mean) / std, white digit on black",
+            "mean": normalization.mean,
+            "std": normalization.std,
+            "formula": "(pixel / 255 - mean) / std, light on black",
         },
+        "dataset": dataset.name,
+        "class_names": list(dataset.class_names),
         "weights_file": output.name,
         "weights_sha256": sha256_file(output),
     }

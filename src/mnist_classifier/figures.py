@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
 
+from mnist_classifier.datasets import class_noun  # noqa: E402
 from mnist_classifier.metrics import Calibration  # noqa: E402
 
 DPI = 120
@@ -24,8 +25,17 @@ CAPTION_BAND = 14  # pixels above each 28x28 digit for its caption
 GRID_PADDING = 2
 
 
-def save_confusion_heatmap(confusion: torch.Tensor, path: Path) -> None:
+def short_class_name(name: str) -> str:
+    """A grid caption has room for about 5 characters a side: "T-shirt/top" -> "T-shi"."""
+    return name[:5]
+
+
+def save_confusion_heatmap(
+    confusion: torch.Tensor, path: Path, class_names: list[str] | None = None
+) -> None:
     num_classes = confusion.shape[0]
+    class_names = class_names or [str(number) for number in range(num_classes)]
+    noun = class_noun(class_names)
     figure, axes = plt.subplots(figsize=(7.5, 6.5), dpi=DPI)
     image = axes.imshow(confusion.numpy(), cmap="Blues")
     largest = int(confusion.max())
@@ -34,10 +44,10 @@ def save_confusion_heatmap(confusion: torch.Tensor, path: Path) -> None:
             count = int(confusion[true, predicted])
             colour = "white" if count > largest / 2 else "black"
             axes.text(predicted, true, str(count), ha="center", va="center", fontsize=8, c=colour)
-    axes.set_xticks(range(num_classes))
-    axes.set_yticks(range(num_classes))
-    axes.set_xlabel("Predicted digit")
-    axes.set_ylabel("True digit")
+    axes.set_xticks(range(num_classes), class_names, rotation=0 if noun == "digit" else 45)
+    axes.set_yticks(range(num_classes), class_names)
+    axes.set_xlabel(f"Predicted {noun}")
+    axes.set_ylabel(f"True {noun}")
     axes.set_title("Confusion matrix (test set)")
     figure.colorbar(image, ax=axes, label="Images")
     _save(figure, path)

@@ -1,8 +1,9 @@
-"""Predict the digit in user image files with a checkpoint (torch) or an exported ONNX model.
+"""Predict the class in user image files with a checkpoint (torch) or an exported ONNX model.
 
-Each file is preprocessed by `preprocess.preprocess_image` (the MNIST recipe), then run through
-a backend that maps uint8 (B, 28, 28) images to (B, 10) logits; softmax lives here, not in the
-model. A file that fails becomes a `Prediction` with `error` set, and the others go on.
+Each file is prepared by the recipe of the model's data set (`preprocess.preprocess_image` for
+digits, `preprocess.preprocess_clothing` for clothing), then run through a backend that maps
+uint8 (B, 28, 28) images to (B, 10) logits; softmax lives here, not in the model. A file that
+fails becomes a `Prediction` with `error` set, and the others go on.
 Never prints.
 """
 
@@ -16,16 +17,18 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from mnist_classifier.datasets import MNIST, DatasetSpec, Normalization, dataset_spec
 from mnist_classifier.preprocess import (
     IMAGE_SUFFIXES,
     ImageError,
-    preprocess_image,
+    preprocessing_for,
     read_image_file,
 )
 
 TOP_K = 3
 ONNX_MEAN_KEY = "mnist_classifier.mean"  # metadata that `mnist export` writes into the .onnx
 ONNX_STD_KEY = "mnist_classifier.std"
+ONNX_DATASET_KEY = "mnist_classifier.dataset"  # absent from exports made before there were two
 
 
 @dataclass(frozen=True)
@@ -49,11 +52,16 @@ class ModelIdentity:
 @dataclass(frozen=True)
 class Prediction:
     file: str
-    digit: int | None = None
+    digit: int | None = None  # the class number (named for MNIST, whose classes are digits)
     probability: float | None = None
-    top3: list[tuple[int, float]] = field(default_factory=list)  # (digit, probability), best first
+    top3: list[tuple[int, float]] = field(default_factory=list)  # (class, probability), best first
     error: str | None = None
     model: ModelIdentity | None = None  # set on every answered file
+    class_names: tuple[str, ...] = MNIST.class_names
+
+    @property
+    def label(self) -> str | None:
+        return None if self.digit is None else self.class_names[self.digit]
 
     def to_dict(self) -> dict:
         if self.error is not None:
@@ -61,8 +69,12 @@ class Prediction:
         answer = {
             "file": self.file,
             "digit": self.digit,
+            "label": self.label,
             "probability": self.probability,
-            "top3": [{"digit": digit, "probability": p} for digit, p in self.top3],
+            "top3": [
+                {"digit": digit, "label": self.class_names[digit], "probability": p}
+                for digit, p in self.top3
+            ],
         }
         if self.model is not None:
             answer["model"] = self.model.to_dict()
@@ -70,20 +82,35 @@ class Prediction:
 
 
 class Backend(Protocol):
+    dataset: DatasetSpec  # what the model was trained on: its classes and its image recipe
+
     def logits(self, images: torch.Tensor) -> np.ndarray:
         """uint8 (B, 28, 28) -> float32 (B, 10) logits."""
         ...
 
 
 class TorchBackend:
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        normalization: Normalization = MNIST.normalization,
+        dataset: DatasetSpec = MNIST,
+    ) -> None:
         self.model = model.eval()
+        self.normalization = normalization
+        self.dataset = dataset
+
+    @classmethod
+    def from_checkpoint(cls, loaded) -> TorchBackend:
+        """A `checkpoint.LoadedCheckpoint`, with the normalisation and data set it carries."""
+        return cls(loaded.model, loaded.normalization, loaded.dataset)
 
     def logits(self, images: torch.Tensor) -> np.ndarray:
         from mnist_classifier.batching import normalize
 
         with torch.inference_mode():
-            return self.model(normalize(images)).float().numpy()
+            inputs = normalize(images, normalization=self.normalization)
+            return self.model(inputs).float().numpy()
 
 
 class OnnxBackend:
@@ -98,6 +125,7 @@ class OnnxBackend:
         metadata = self.session.get_modelmeta().custom_metadata_map
         self.mean = float(metadata[ONNX_MEAN_KEY])
         self.std = float(metadata[ONNX_STD_KEY])
+        self.dataset = dataset_spec(metadata.get(ONNX_DATASET_KEY, MNIST.name))
         self.input_name = self.session.get_inputs()[0].name
 
     def logits(self, images: torch.Tensor) -> np.ndarray:
@@ -135,9 +163,10 @@ def predict_files(
     images: list[torch.Tensor] = []
     positions: list[int] = []
     files = list(files)
+    prepare = preprocessing_for(backend.dataset.subject)
     for index, path in enumerate(files):
         try:
-            image = preprocess_image(read_image_file(path))
+            image = prepare(read_image_file(path))
         except ImageError as error:
             predictions.append(Prediction(file=str(path), error=str(error)))
             continue
@@ -150,7 +179,9 @@ def predict_files(
     if images:
         probabilities = softmax(backend.logits(torch.stack(images)))
         for position, row in zip(positions, probabilities, strict=True):
-            predictions[position] = prediction_from_probabilities(str(files[position]), row, model)
+            predictions[position] = prediction_from_probabilities(
+                str(files[position]), row, model, backend.dataset.class_names
+            )
     return [prediction for prediction in predictions if prediction is not None]
 
 
@@ -161,11 +192,21 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def prediction_from_probabilities(
-    file: str, probabilities: np.ndarray, model: ModelIdentity | None = None
+    file: str,
+    probabilities: np.ndarray,
+    model: ModelIdentity | None = None,
+    class_names: tuple[str, ...] = MNIST.class_names,
 ) -> Prediction:
     order = np.argsort(-probabilities, kind="stable")[:TOP_K]
     top = [(int(digit), float(probabilities[digit])) for digit in order]
-    return Prediction(file=file, digit=top[0][0], probability=top[0][1], top3=top, model=model)
+    return Prediction(
+        file=file,
+        digit=top[0][0],
+        probability=top[0][1],
+        top3=top,
+        model=model,
+        class_names=class_names,
+    )
 
 
 def _save_preprocessed(image: torch.Tensor, folder: Path, source: Path, index: int) -> None:

@@ -162,12 +162,7 @@ def open_image(data: bytes) -> Image.Image:
 
 def preprocess_image(source: bytes | Image.Image) -> torch.Tensor:
     """One digit image (bytes or PIL, any size and mode) -> uint8 (28, 28), light ink on black."""
-    image = open_image(source) if isinstance(source, bytes | bytearray) else source
-    _check_dimensions(image)
-    if image.mode not in SUPPORTED_MODES:
-        raise ImageError(f"colour mode {image.mode} is not supported: save it as RGB or greyscale")
-    image = ImageOps.exif_transpose(image)  # a phone photo taken sideways stands upright
-    grey = _to_grey_array(image)  # float32 (H, W), 0..255, long side under 2 * ANALYSIS_SIDE
+    grey = _upright_grey(source)  # float32 (H, W), 0..255, long side under 2 * ANALYSIS_SIDE
     if float(grey.max() - grey.min()) < MIN_INK_CONTRAST * 255:
         raise ImageError("no ink: the image is blank (one flat colour)")
 
@@ -205,6 +200,16 @@ def preprocess_image(source: bytes | Image.Image) -> torch.Tensor:
     return torch.from_numpy(_centre_by_mass(digit)).to(torch.uint8)
 
 
+def _upright_grey(source: bytes | Image.Image) -> np.ndarray:
+    """Any accepted image -> its luminance, upright as its EXIF orientation says, shrunk."""
+    image = open_image(source) if isinstance(source, bytes | bytearray) else source
+    _check_dimensions(image)
+    if image.mode not in SUPPORTED_MODES:
+        raise ImageError(f"colour mode {image.mode} is not supported: save it as RGB or greyscale")
+    image = ImageOps.exif_transpose(image)  # a phone photo taken sideways stands upright
+    return _to_grey_array(image)
+
+
 def _too_many_pixels(detail: str) -> str:
     return f"{detail}: over the {MAX_IMAGE_PIXELS:,}-pixel limit (refused before decoding)"
 
@@ -218,7 +223,7 @@ def _check_dimensions(image: Image.Image) -> None:
     if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
         raise ImageError(
             f"is {width}x{height} pixels: a side over {MAX_ASPECT_RATIO} times the other is "
-            "not a digit (refused before decoding)"
+            "not one object to classify (refused before decoding)"
         )
 
 
@@ -395,3 +400,46 @@ def _centre_by_mass(digit: np.ndarray) -> np.ndarray:
 def _one_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+# ---------------------------------------------------------------------------------------------
+# Clothing photos: Fashion-MNIST's own recipe
+
+# A pixel belongs to the garment when it differs from the background by more than this (0..255);
+# JPEG noise and paper grain stay below it.
+CLOTHING_BACKGROUND_TOLERANCE = 24
+
+
+def preprocess_clothing(source: bytes | Image.Image) -> torch.Tensor:
+    """A photo of one garment -> uint8 (28, 28), light garment on black, as Fashion-MNIST made
+    its images: trim the background, fit the longest side to 28, centre, negate.
+
+    Fashion-MNIST's products were photographed on a light background; its images are the
+    negative (light garment, black background), and unlike MNIST digits they fill the frame.
+    The background is the border's median; a dark background is kept as it is.
+    """
+    grey = _upright_grey(source).astype(np.float64)  # (H, W), 0..255, transparency on white
+
+    border = np.concatenate([grey[0, :], grey[-1, :], grey[:, 0], grey[:, -1]])
+    background = float(np.median(border))
+    if background > 127:  # light background: negate, so the garment is light on black
+        grey, background = 255.0 - grey, 255.0 - background
+    garment = np.abs(grey - background) > CLOTHING_BACKGROUND_TOLERANCE
+    if not garment.any():
+        raise ImageError("nothing on the background: the image is blank (one flat colour)")
+    rows, columns = np.flatnonzero(garment.any(axis=1)), np.flatnonzero(garment.any(axis=0))
+    crop = grey[rows[0] : rows[-1] + 1, columns[0] : columns[-1] + 1]  # trimmed background
+    crop = np.clip(crop - background, 0.0, 255.0)  # the background becomes black
+
+    height, width = crop.shape
+    scale = IMAGE_SIZE / max(height, width)
+    new_size = (max(1, round(width * scale)), max(1, round(height * scale)))  # PIL: (W, H)
+    resized = Image.fromarray(crop.astype(np.uint8)).resize(new_size, Image.Resampling.LANCZOS)
+    canvas = Image.new("L", (IMAGE_SIZE, IMAGE_SIZE), 0)
+    canvas.paste(resized, ((IMAGE_SIZE - new_size[0]) // 2, (IMAGE_SIZE - new_size[1]) // 2))
+    return torch.from_numpy(np.asarray(canvas, dtype=np.uint8).copy())
+
+
+def preprocessing_for(subject: str):
+    """The recipe for a data set's `subject` (datasets.py): digits or clothing."""
+    return {"digits": preprocess_image, "clothing": preprocess_clothing}[subject]

@@ -1,6 +1,7 @@
 """The model registry: stages are plain folders, promotion is a verified, audited copy.
 
-    models/<stage>/<name>/best_model.pt (+ .sha256)   the model of that stage
+    models/<stage>/<name>/best_model.pt (+ .sha256)   the model of that stage; <name> is by
+                                                      default its data set (mnist, fashion-mnist)
     models/<stage>/<name>/model_card.json             what it scored, where it came from
     models/history.jsonl                              one line per promotion, appended
 
@@ -18,7 +19,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from mnist_classifier.checkpoint import copy_checkpoint, load_checkpoint, write_json_atomically
+from mnist_classifier.checkpoint import (
+    copy_checkpoint,
+    load_checkpoint,
+    require_dataset,
+    write_json_atomically,
+)
 from mnist_classifier.data import sha256_of
 from mnist_classifier.files import read_regular_file
 from mnist_classifier.runs import git_commit
@@ -101,18 +107,24 @@ def promote(
     min_test_accuracy: float,
     data_dir: Path | str,
     from_label: str,
+    dataset: str = "mnist",
 ) -> Promotion:
     """Evaluate `candidate` on the test set; copy it to `to_stage` if it meets the threshold."""
     from mnist_classifier.batching import Split
-    from mnist_classifier.data import ensure_mnist, load_split
+    from mnist_classifier.data import ensure_dataset, load_split
     from mnist_classifier.evaluate import evaluate
 
     destination = stage_checkpoint(models_dir, to_stage, name)
     history_path = Path(models_dir) / HISTORY_NAME
     _, history_problems = read_history(history_path)  # before anything is copied
     loaded = load_checkpoint(candidate)  # verified: digest, weights_only, schema, shapes
-    mnist_files = ensure_mnist(data_dir)
-    result = evaluate(loaded.model, Split(*load_split(data_dir, train=False)))
+    require_dataset(loaded, dataset, "promote")
+    mnist_files = ensure_dataset(data_dir, dataset)
+    result = evaluate(
+        loaded.model,
+        Split(*load_split(data_dir, train=False, dataset=dataset)),
+        normalization=loaded.normalization,
+    )
     if result.accuracy < min_test_accuracy:
         raise PromotionRefused(
             f"{candidate} scored {result.accuracy:.2%} on the test set, below the required "
@@ -135,6 +147,7 @@ def promote(
             "test_correct": result.correct,
             "test_total": result.total,
             "per_class_accuracy": [result.class_accuracy(digit) for digit in range(10)],
+            "class_names": list(loaded.dataset.class_names),
             "validation_accuracy": loaded.validation_accuracy / 100.0,
             "validation_loss": loaded.validation_loss,
         },

@@ -29,10 +29,12 @@ from mnist_classifier.checkpoint import (
     delete_checkpoint,
     load_checkpoint,
     remove_stale_temporaries,
+    require_dataset,
     save_checkpoint,
 )
 from mnist_classifier.config import ConfigError, TrainConfig, flatten
-from mnist_classifier.data import MnistFiles, ensure_mnist, load_split
+from mnist_classifier.data import MnistFiles, ensure_dataset, load_split
+from mnist_classifier.datasets import dataset_spec
 from mnist_classifier.device import autocast, memory_format_for, resolve_device, resolve_precision
 from mnist_classifier.distributed import (
     all_reduce_sum,
@@ -149,8 +151,8 @@ class Observers(TrainingObserver):
 def load_train_validation(config: TrainConfig) -> tuple[MnistFiles, Split, Split]:
     """The verified training images, split into the training part and the fixed hold-out."""
     data = config.data
-    mnist_files = ensure_mnist(data.data_dir)
-    images, labels = load_split(data.data_dir, train=True)
+    mnist_files = ensure_dataset(data.data_dir, data.dataset)
+    images, labels = load_split(data.data_dir, train=True, dataset=data.dataset)
     train_split, validation_split = split_train_validation(
         images, labels, data.validation_size, data.split_seed
     )
@@ -429,9 +431,13 @@ def train(
     checkpoint_dir = Path(config.output_dir or run_dir or ".")
     precision = resolve_precision(config.precision, device)
     memory_format = memory_format_for(device)
+    normalization = dataset_spec(config.data.dataset).normalization
 
     # A checkpoint that cannot continue the run is refused before any data is read.
     resumed = load_resume_checkpoint(resume_from) if resume_from is not None else None
+    if resumed is not None:
+        # Not even --force: these weights learned other classes from other images.
+        require_dataset(resumed, config.data.dataset, "resume")
 
     # Seeds first: the weights' initialisation, dropout and the batch order all follow from them.
     torch.manual_seed(config.seed)
@@ -542,7 +548,7 @@ def train(
         batches = shuffled_batches(train_split, config.batch_size, batch_order_generator, ranks)
         for images, labels in batches:
             with autocast(device, precision):
-                logits = trained_model(normalize(images, memory_format))  # (B, 10)
+                logits = trained_model(normalize(images, memory_format, normalization))  # (B, 10)
             loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             grad_scaler.scale(loss).backward()
@@ -567,6 +573,7 @@ def train(
             batch_size=config.eval_batch_size,
             device=device,
             precision=precision,
+            normalization=normalization,
         )
         # Sums over ranks (the identity in one process): every rank gets the same figures.
         (
@@ -629,6 +636,7 @@ def train(
                 "precision": precision,
                 "device": str(device),
                 "data_sha256": dict(mnist_files.sha256),
+                "normalization": normalization._asdict(),
                 "torch_version": str(torch.__version__),  # TorchVersion is not a plain str
                 # What an exact resume needs, all tensors and plain values:
                 "scheduler_state_dict": scheduler.state_dict() if scheduler is not None else {},

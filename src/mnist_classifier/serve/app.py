@@ -33,7 +33,8 @@ from starlette.datastructures import UploadFile
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from mnist_classifier.preprocess import ImageError, preprocess_image
+from mnist_classifier.datasets import DatasetSpec, dataset_spec
+from mnist_classifier.preprocess import ImageError, preprocessing_for
 from mnist_classifier.serve.limits import (
     DEFAULT_LIMITS,
     PreparationLane,
@@ -124,6 +125,7 @@ def create_app(
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=[*LOOPBACK_HOSTS, *allowed_hosts])
     app.add_middleware(BodyLimits, max_bytes=limits.max_body_bytes, timeout_s=limits.body_timeout_s)
     identity = model_info.identity
+    dataset = dataset_spec(model_info.dataset)  # its classes' names and its image recipe
     index_html = resources.files(__package__).joinpath("static/index.html").read_text("utf-8")
 
     async def predict_sources(sources: list[ImageSource]) -> list[PredictionResult]:
@@ -139,7 +141,7 @@ def create_app(
             )
         lane = small_requests if pixels <= limits.small_request_pixels else large_requests
         abandoned = threading.Event()
-        job = lane.submit(pixels, _predict, predictor, sources, abandoned)
+        job = lane.submit(pixels, _predict, predictor, sources, dataset, abandoned)
         if job is None:
             raise HTTPException(
                 503,
@@ -375,18 +377,22 @@ class _UnusableImage(Exception):
 
 
 def _predict(
-    predictor: Predictor, sources: list[ImageSource], abandoned: threading.Event
+    predictor: Predictor,
+    sources: list[ImageSource],
+    dataset: DatasetSpec,
+    abandoned: threading.Event,
 ) -> list[PredictionResult]:
     """Preprocess each image as `mnist predict` does, then one forward pass for all of them.
 
     Stops before the next image, or before the forward pass, once `abandoned` is set.
     """
+    prepare = preprocessing_for(dataset.subject)  # digits, or photos of clothing
     images = []
     for index, source in enumerate(sources):
         if abandoned.is_set():
             raise _Abandoned
         try:
-            images.append(preprocess_image(_as_image(source)))
+            images.append(prepare(_as_image(source)))
         except ImageError as error:
             raise _UnusableImage(index, str(error)) from None
     if abandoned.is_set():
@@ -395,12 +401,19 @@ def _predict(
     probabilities = np.asarray(predictor.probabilities(batch), dtype=np.float64)
     if probabilities.shape != (len(images), NUM_CLASSES):
         raise RuntimeError(f"predictor answered shape {probabilities.shape}")
-    return [
-        PredictionResult(
-            digit=int(row.argmax()), probabilities=row.tolist(), preprocessed=image.tolist()
+    results = []
+    for image, row in zip(images, probabilities, strict=True):
+        number = int(row.argmax())
+        results.append(
+            PredictionResult(
+                digit=number,
+                class_=number,
+                label=dataset.class_names[number],
+                probabilities=row.tolist(),
+                preprocessed=image.tolist(),
+            )
         )
-        for image, row in zip(images, probabilities, strict=True)
-    ]
+    return results
 
 
 def _as_image(source: ImageSource) -> bytes | Image.Image:

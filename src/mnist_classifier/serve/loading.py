@@ -1,8 +1,9 @@
 """Load the one model a server answers with: a checkpoint, a registry stage, or an ONNX export.
 
 Everything here happens once, at start; no endpoint loads a model. A registry stage NAME is the
-folder `<models_dir>/<NAME>/mnist/` holding `best_model.pt` and, when the registry wrote one,
-`model_card.json` (whose test metrics `GET /model` shows, and nothing else of it).
+folder `<models_dir>/<NAME>/<dataset>/` (e.g. `production/mnist/`) holding `best_model.pt` and,
+when the registry wrote one, `model_card.json` (whose test metrics `GET /model` shows, and
+nothing else of it). A model trained on another data set than the one asked for is refused.
 """
 
 from __future__ import annotations
@@ -15,7 +16,12 @@ import torch
 from pydantic import ValidationError
 
 from mnist_classifier import registry
-from mnist_classifier.checkpoint import ARCHITECTURE, CheckpointError, load_checkpoint
+from mnist_classifier.checkpoint import (
+    ARCHITECTURE,
+    CheckpointError,
+    load_checkpoint,
+    require_dataset,
+)
 from mnist_classifier.data import sha256_of
 from mnist_classifier.predict import Backend, OnnxBackend, TorchBackend, softmax
 from mnist_classifier.serve.schemas import ModelInfo, ModelMetrics
@@ -43,17 +49,20 @@ class ServedModel:
     info: ModelInfo
 
 
-def stage_checkpoint(models_dir: Path, stage: str) -> Path:
+def stage_checkpoint(models_dir: Path, stage: str, dataset: str = "mnist") -> Path:
     try:
-        return registry.stage_checkpoint(models_dir, stage)
+        return registry.stage_checkpoint(models_dir, stage, dataset)
     except registry.RegistryError as error:
         raise ServeError(str(error)) from None
 
 
-def load_checkpoint_model(checkpoint: Path, stage: str | None = None) -> ServedModel:
+def load_checkpoint_model(
+    checkpoint: Path, dataset: str = "mnist", stage: str | None = None
+) -> ServedModel:
     """The torch backend on a checkpoint read by the safe loader; the model card if beside it."""
     try:
         loaded = load_checkpoint(checkpoint)
+        require_dataset(loaded, dataset, "serve")
     except CheckpointError as error:
         raise ServeError(str(error)) from None
     card_path = checkpoint.parent / MODEL_CARD_NAME
@@ -75,11 +84,13 @@ def load_checkpoint_model(checkpoint: Path, stage: str | None = None) -> ServedM
         epoch=loaded.epoch,
         validation_accuracy=loaded.validation_accuracy / 100,  # stored in percent, as the lab
         metrics=served_metrics,
+        dataset=loaded.dataset.name,
+        class_names=list(loaded.dataset.class_names),
     )
-    return ServedModel(BackendPredictor(TorchBackend(loaded.model)), info)
+    return ServedModel(BackendPredictor(TorchBackend.from_checkpoint(loaded)), info)
 
 
-def load_onnx_model(model_path: Path) -> ServedModel:
+def load_onnx_model(model_path: Path, dataset: str = "mnist") -> ServedModel:
     """onnxruntime on a file written by `mnist export` (it carries the normalisation)."""
     if not model_path.is_file():
         raise ServeError(f"ONNX model not found: {model_path}")
@@ -88,12 +99,19 @@ def load_onnx_model(model_path: Path) -> ServedModel:
     except Exception as error:  # onnxruntime raises its own exception types for bad files
         detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ServeError(f"{model_path} is not a usable exported ONNX model: {detail}") from None
+    if backend.dataset.name != dataset:
+        raise ServeError(
+            f"refusing to serve {model_path}: it was trained on {backend.dataset.title}; "
+            f"use --dataset {backend.dataset.name}"
+        )
     info = ModelInfo(
         digest=sha256_of(model_path),
         stage=None,
         backend="onnxruntime",
         file_name=model_path.name,
         architecture=ARCHITECTURE,
+        dataset=backend.dataset.name,
+        class_names=list(backend.dataset.class_names),
     )
     return ServedModel(BackendPredictor(backend), info)
 

@@ -67,11 +67,17 @@ class ModelIdentity(BaseModel):
 
 
 class PredictionResult(BaseModel):
-    digit: int = Field(ge=0, le=9, description="The most probable digit.")
+    model_config = ConfigDict(populate_by_name=True)
+
+    digit: int = Field(
+        ge=0, le=9, description="The most probable class number (named for MNIST's digits)."
+    )
+    class_: int = Field(alias="class", ge=0, le=9, description="The most probable class.")
+    label: str = Field(description="Its name: a digit, or e.g. 'Ankle boot' for Fashion-MNIST.")
     probabilities: list[float] = Field(
         min_length=NUM_CLASSES,
         max_length=NUM_CLASSES,
-        description="Softmax probability of each digit 0..9, in that order.",
+        description="Softmax probability of each class 0..9, in that order.",
     )
     preprocessed: list[list[int]] | None = Field(
         default=None,
@@ -118,6 +124,11 @@ class ModelInfo(BaseModel):
     )
     metrics: ModelMetrics | None = Field(
         default=None, description="From the registry's model card, when it has one."
+    )
+    dataset: str = Field(default="mnist", description="What it was trained on: mnist, ...")
+    class_names: list[str] = Field(
+        default=[str(digit) for digit in range(NUM_CLASSES)],
+        description="The name of each class, by class number.",
     )
 
     @property
