@@ -34,6 +34,7 @@ RULE = "=" * 60
 THIN_RULE = "-" * 40
 TARGET_ACCURACY = 0.97  # the lab's success criterion
 LOG_INTERVAL_BATCHES = 100  # the lab prints a progress line every 100 batches
+LIVE_REFRESH_SECONDS = 0.25  # how often the live bar reads the device's running figures
 
 console = Console(highlight=False)
 error_console = Console(stderr=True, highlight=False)
@@ -60,8 +61,10 @@ def print_data(files: MnistFiles) -> None:
 
 
 class ConsoleTrainingObserver(TrainingObserver):
-    """The lab's console output; a live progress bar instead of its lines on a terminal.
+    """The lab's console output; on a terminal, a live bar and one kept line per epoch instead.
 
+    The bar shows the epoch's running mean loss and accuracy and the current speed, refreshed
+    a few times a second: device tensors are read only then, so a GPU is not stalled every step.
     `quiet` keeps only the per-epoch summaries and the final result.
     """
 
@@ -73,6 +76,9 @@ class ConsoleTrainingObserver(TrainingObserver):
         self._batches = 0
         self._images_seen = 0
         self._epoch_start = 0.0
+        self._loss_sum: torch.Tensor | None = None  # on the training device, never read per step
+        self._last_refresh = 0.0
+        self._total_epochs = 0
 
     def started(self, config: TrainConfig, setup: TrainSetup) -> None:
         if self.quiet:
@@ -91,26 +97,30 @@ class ConsoleTrainingObserver(TrainingObserver):
         print(f"\nStarting training for {config.epochs} epochs...")
 
     def epoch_started(self, epoch: int, total_epochs: int, images_total: int) -> None:
-        if not self.quiet:
-            print(f"\n{RULE}\nEpoch {epoch}/{total_epochs}\n{RULE}")
         self._batches = 0
         self._images_seen = 0
-        self._epoch_start = time.perf_counter()
-        if self.live and not self.quiet:
-            self._progress = Progress(
-                TextColumn(f"Epoch {epoch}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]}  acc {task.fields[accuracy]}"),
-                TextColumn("{task.fields[speed]} img/s"),
-                TimeRemainingColumn(),
-                console=console,
-                transient=True,
-            )
-            self._task = self._progress.add_task(
-                "train", total=images_total, loss="-", accuracy="-", speed="-"
-            )
-            self._progress.start()
+        self._loss_sum = None
+        self._total_epochs = total_epochs
+        self._epoch_start = self._last_refresh = time.perf_counter()
+        if self.quiet:
+            return
+        if not self.live:
+            print(f"\n{RULE}\nEpoch {epoch}/{total_epochs}\n{RULE}")
+            return
+        self._progress = Progress(
+            TextColumn(f"Epoch {epoch}/{total_epochs}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}  acc {task.fields[accuracy]}"),
+            TextColumn("{task.fields[speed]} img/s"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,  # replaced by the epoch's kept line
+        )
+        self._task = self._progress.add_task(
+            "train", total=images_total, loss="-", accuracy="-", speed="-"
+        )
+        self._progress.start()
 
     def batch_done(
         self,
@@ -124,19 +134,10 @@ class ConsoleTrainingObserver(TrainingObserver):
         images_before, self._images_seen = self._images_seen, images_seen
         batch_index = self._batches
         self._batches += 1
-        if self.quiet or batch_index % LOG_INTERVAL_BATCHES != 0:
-            if self._progress is not None:
-                self._progress.update(self._task, completed=images_seen)
-            return
         if self._progress is not None:
-            elapsed = max(time.perf_counter() - self._epoch_start, 1e-9)
-            self._progress.update(
-                self._task,
-                completed=images_seen,
-                loss=f"{loss.item():.4f}",
-                accuracy=f"{100 * correct.item() / images_seen:.2f}%",
-                speed=f"{images_seen / elapsed:,.0f}",
-            )
+            self._show_running_figures(images_before, images_seen, loss, correct)
+            return
+        if self.quiet or batch_index % LOG_INTERVAL_BATCHES != 0:
             return
         print(
             f"Epoch {epoch} [{images_before}/{images_total} "
@@ -144,16 +145,48 @@ class ConsoleTrainingObserver(TrainingObserver):
             flush=True,
         )
 
+    def _show_running_figures(
+        self, images_before: int, images_seen: int, loss: torch.Tensor, correct: torch.Tensor
+    ) -> None:
+        batch_loss_sum = loss.double() * (images_seen - images_before)  # stays on the device
+        if self._loss_sum is not None:
+            batch_loss_sum += self._loss_sum
+        self._loss_sum = batch_loss_sum
+        now = time.perf_counter()
+        if self._batches > 1 and now - self._last_refresh < LIVE_REFRESH_SECONDS:
+            self._progress.update(self._task, completed=images_seen)
+            return
+        self._last_refresh = now
+        self._progress.update(
+            self._task,
+            completed=images_seen,
+            loss=f"{self._loss_sum.item() / images_seen:.4f}",
+            accuracy=f"{100 * correct.item() / images_seen:.2f}%",
+            speed=f"{images_seen / max(now - self._epoch_start, 1e-9):,.0f}",
+            refresh=True,
+        )
+
     def epoch_done(self, result: EpochResult) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
         if self.quiet:
             print(
                 f"epoch {result.epoch}: train loss {result.train_loss:.4f}, "
                 f"validation accuracy {100 * result.validation_accuracy:.2f}%, "
                 f"{result.seconds:.1f}s",
                 flush=True,
+            )
+            return
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+            console.print(
+                f"Epoch {result.epoch}/{self._total_epochs}: "
+                f"loss {result.train_loss:.4f}, accuracy {100 * result.train_accuracy:.2f}%, "
+                f"validation loss {result.validation_loss:.4f}, "
+                f"validation accuracy {100 * result.validation_accuracy:.2f}%"
+                f"{' (best)' if result.is_best else ''}, "
+                f"{result.seconds:.1f}s, {result.images_per_second:,.0f} images/s",
+                markup=False,
+                soft_wrap=True,
             )
             return
         print(
@@ -178,6 +211,18 @@ class ConsoleTrainingObserver(TrainingObserver):
         )
         print(f"Best model: {result.best_checkpoint}")
         print(RULE)
+        print(f"Next: evaluate it on the test set: {evaluate_command(result.best_checkpoint)}")
+
+
+def evaluate_command(checkpoint: Path) -> str:
+    """The command that evaluates `checkpoint`, in the voice of the command that trained it."""
+    from mnist_classifier.cli import DEFAULT_CHECKPOINT  # test_mnist.py's default
+
+    if Path(sys.argv[0]).name == "train_mnist.py":
+        if Path(checkpoint) == DEFAULT_CHECKPOINT:
+            return "python test_mnist.py"
+        return f"python test_mnist.py --checkpoint {checkpoint}"
+    return f"mnist evaluate --checkpoint {checkpoint}"
 
 
 def print_run_dir(run_dir) -> None:
