@@ -176,7 +176,8 @@ def train(
 
     if nproc > 1 and not launched_by_torchrun():
         raise typer.Exit(_launch_ranks(nproc, config, launch_with_torchrun))
-    _train_one_run(config, quiet, resume=resume, force=force)
+    explicit = (config_file, _explicit_settings(assignments, overrides))
+    _train_one_run(config, quiet, resume=resume, force=force, explicit=explicit)
 
 
 def _launch_ranks(nproc: int, config, launch) -> int:
@@ -210,13 +211,11 @@ def _launch_ranks(nproc: int, config, launch) -> int:
 def _resolve_config(config_file: Path | None, assignments: list[str] | None, overrides: dict):
     """Defaults < file < --set < typed flags; every error here is a usage error (exit 2)."""
     from mnist_classifier.checkpoint import check_output_dir
-    from mnist_classifier.config import ConfigError, load_config, parse_assignment
+    from mnist_classifier.config import ConfigError, load_config
     from mnist_classifier.device import DeviceError, resolve_device, resolve_precision
 
     try:
-        settings = dict(parse_assignment(assignment) for assignment in assignments or [])
-        settings.update({key: value for key, value in overrides.items() if value is not None})
-        config = load_config(config_file, settings)
+        config = load_config(config_file, _explicit_settings(assignments, overrides))
         resolve_precision(config.precision, resolve_device(config.device))
         check_output_dir(config.output_dir or config.runs_dir)
     except (ConfigError, DeviceError) as error:
@@ -224,8 +223,30 @@ def _resolve_config(config_file: Path | None, assignments: list[str] | None, ove
     return config
 
 
-def _train_one_run(config, quiet: bool, resume: str | None = None, force: bool = False) -> Path:
-    """Train in a run directory (a new one, or the resumed run's), printing progress."""
+def _explicit_settings(assignments: list[str] | None, overrides: dict) -> dict:
+    """--set assignments, then the typed flags given, as dotted keys (a usage error if bad)."""
+    from mnist_classifier.config import ConfigError, parse_assignment
+
+    try:
+        settings = dict(parse_assignment(assignment) for assignment in assignments or [])
+    except ConfigError as error:
+        raise _fail(str(error), EXIT_USAGE) from None
+    settings.update({key: value for key, value in overrides.items() if value is not None})
+    return settings
+
+
+def _train_one_run(
+    config,
+    quiet: bool,
+    resume: str | None = None,
+    force: bool = False,
+    explicit: tuple[Path | None, dict] | None = None,
+) -> Path:
+    """Train in a run directory (a new one, or the resumed run's), printing progress.
+
+    A resumed run continues with its own saved config under the `explicit` settings given now
+    (the --config file and the flags), so the user need not retype them.
+    """
     from mnist_classifier.checkpoint import CheckpointError, CheckpointSaveError
     from mnist_classifier.data import DataError
     from mnist_classifier.reporting import ConsoleTrainingObserver, print_run_dir
@@ -253,6 +274,16 @@ def _train_one_run(config, quiet: bool, resume: str | None = None, force: bool =
         )
     elif resume:
         resume_from = Path(resume)
+    if resume_from is not None and explicit is not None:
+        from mnist_classifier.config import ConfigError
+        from mnist_classifier.train import config_for_resume
+
+        try:
+            config = config_for_resume(resume_from, explicit[1], config_file=explicit[0])
+        except ConfigError as error:
+            raise _fail(str(error), EXIT_USAGE) from None
+        except CheckpointError as error:
+            raise _fail(str(error), EXIT_FAILURE) from None
     # Under torchrun only rank 0 keeps a run directory; the others compute and stay quiet.
     rank = int(os.environ.get("RANK", "0"))
     if rank != 0:
@@ -289,8 +320,12 @@ def config_show(config_file: ConfigFileOption = None, assignments: SetOption = N
 
 @app.command()
 def runs(
-    names: Annotated[
-        list[str] | None, typer.Argument(help="Only runs whose folder name contains one of these.")
+    filters: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Only runs whose config has these values: lr=0.002 schedule.name=onecycle.",
+            show_default=False,
+        ),
     ] = None,
     runs_dir: Annotated[Path, typer.Option(help="Where run directories are.")] = Path("./runs"),
     output_format: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
@@ -299,19 +334,38 @@ def runs(
     ] = None,
 ) -> None:
     """Compare runs: the hyper-parameters that differ, best validation and test accuracy."""
+    from mnist_classifier.config import ConfigError
     from mnist_classifier.reporting import print_runs
-    from mnist_classifier.runs import comparison_rows, list_runs
+    from mnist_classifier.runs import (
+        comparison_rows,
+        list_runs,
+        matching_runs,
+        parse_run_filters,
+        run_labels,
+    )
 
     if output_format not in ("table", "csv", "json"):
         raise _fail(f"--format must be table, csv or json (got {output_format!r})", EXIT_USAGE)
-    records = list_runs(runs_dir, names)
+    try:
+        wanted = parse_run_filters(filters or [])
+    except ConfigError as error:
+        raise _fail(str(error), EXIT_USAGE) from None
+    records = list_runs(runs_dir)
     if not records:
         raise _fail(f"no runs found in {runs_dir}; train one first: mnist train", EXIT_FAILURE)
+    records = matching_runs(records, wanted)
+    if not records:
+        raise _fail(
+            f"no runs match {' '.join(filters or [])} in {runs_dir}; "
+            f"mnist runs --runs-dir {runs_dir} lists them all",
+            EXIT_FAILURE,
+        )
     print_runs(comparison_rows(records), output_format)
     if plot:
         from mnist_classifier.figures import save_learning_curves
 
-        save_learning_curves({record.name: record.metrics for record in records}, plot)
+        curves = {label: record.metrics for label, record in run_labels(records).items()}
+        save_learning_curves(curves, plot)
         if output_format == "table":
             print(f"Learning curves: {plot}")
 

@@ -79,6 +79,11 @@ def save_digit_grid(
     images: torch.Tensor, captions: list[str], colours: list[str], title: str, path: Path
 ) -> None:
     """uint8 (N, 28, 28) digits in a grid, each with a one-line caption above it."""
+    _save(digit_grid_figure(images, captions, colours, title), path)
+
+
+def digit_grid_figure(images: torch.Tensor, captions: list[str], colours: list[str], title: str):
+    """The figure `save_digit_grid` writes, for TensorBoard's add_figure (which closes it)."""
     count = len(images)
     columns = min(count, 8) or 1
     rows = max(math.ceil(count / columns), 1)
@@ -103,7 +108,8 @@ def save_digit_grid(
         )
     axes.set_axis_off()
     axes.set_title(title, fontsize=10)
-    _save(figure, path)
+    figure.tight_layout()
+    return figure
 
 
 def _save(figure, path: Path) -> None:

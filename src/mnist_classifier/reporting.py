@@ -129,6 +129,8 @@ class ConsoleTrainingObserver(TrainingObserver):
         images_total: int,
         loss: torch.Tensor,
         correct: torch.Tensor,
+        step: int = 0,
+        learning_rate: float = 0.0,
     ) -> None:
         # The lab counts the images before this batch, so its first line reads [0/N (0%)].
         images_before, self._images_seen = self._images_seen, images_seen
