@@ -6,24 +6,114 @@ torch is imported inside the commands so that `mnist --help` answers at once.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer import core as typer_core
 
-# Plain (not Rich) usage errors: one "Error: ..." line a user can read in any log.
+# Typer's own copy of Click: its exceptions are the ones its parser raises.
+from typer._click import exceptions as click_exceptions
+
+# Exit codes: 1 = the work failed (data, checkpoint); 2 = the command line was wrong.
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+class _OneLineUsageErrors:
+    """Click's usage errors (a bad value, a missing argument, an unknown option) as one
+    "error: ..." line and exit code 2, the same voice as every other error, instead of its
+    Usage/Try/Error block."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click_exceptions.NoArgsIsHelpError as error:
+            error.show()  # `mnist` alone: the help text, as before
+            sys.exit(EXIT_USAGE)
+        except click_exceptions.UsageError as error:
+            command = error.ctx.command_path if error.ctx else "mnist"
+            print_usage_error(f"{error.format_message()} (see {command} --help)")
+            sys.exit(EXIT_USAGE)
+        except click_exceptions.ClickException as error:
+            print_usage_error(error.format_message())
+            sys.exit(error.exit_code)
+        except click_exceptions.Abort:
+            print_usage_error("aborted")
+            sys.exit(EXIT_FAILURE)
+        if not standalone_mode:
+            return code
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def print_usage_error(message: str) -> None:
+    from mnist_classifier.reporting import print_error
+
+    print_error(message)
+
+
+class _Group(_OneLineUsageErrors, typer_core.TyperGroup):
+    def format_commands(self, ctx, formatter) -> None:
+        """Each command's whole first sentence, wrapped, rather than cut off with "..."."""
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit=1000)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+class _Command(_OneLineUsageErrors, typer_core.TyperCommand):
+    """A stand-alone script's command (train_mnist.py, test_mnist.py)."""
+
+
 APP_SETTINGS = {
     "add_completion": False,
     "pretty_exceptions_enable": False,
     "rich_markup_mode": None,
+    "context_settings": {"help_option_names": ["-h", "--help"]},
 }
 
 app = typer.Typer(
     name="mnist",
     help="Train, evaluate and obtain data for the MNIST SimpleCNN.",
     no_args_is_help=True,
+    cls=_Group,
     **APP_SETTINGS,
 )
+
+
+def _print_version(value: bool) -> None:
+    if not value:
+        return
+    from importlib.metadata import version
+
+    import torch
+    import torchvision
+
+    print(
+        f"mnist-classifier {version('mnist-classifier')} "
+        f"(torch {torch.__version__}, torchvision {torchvision.__version__})"
+    )
+    raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            is_eager=True,
+            callback=_print_version,
+            help="Print the package, torch and torchvision versions and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Train, evaluate and obtain data for the MNIST SimpleCNN."""
 
 
 def run_script(command, defaults: dict | None = None) -> None:
@@ -32,13 +122,10 @@ def run_script(command, defaults: dict | None = None) -> None:
     `defaults` replaces option defaults by parameter name, e.g. the lab's checkpoint folder.
     """
     script = typer.Typer(**APP_SETTINGS)
-    script.command(context_settings={"default_map": defaults or {}})(command)
+    context_settings = {**APP_SETTINGS["context_settings"], "default_map": defaults or {}}
+    script.command(cls=_Command, context_settings=context_settings)(command)
     script()
 
-
-# Exit codes: 1 = the work failed (data, checkpoint); 2 = the command line was wrong.
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
 
 DEFAULT_CHECKPOINT = Path("./models/staging/mnist/best_model.pt")
 
@@ -306,7 +393,7 @@ def _train_one_run(
     return run_dir
 
 
-config_app = typer.Typer(help="Inspect the training configuration.", **APP_SETTINGS)
+config_app = typer.Typer(help="Inspect the training configuration.", cls=_Group, **APP_SETTINGS)
 app.add_typer(config_app, name="config")
 
 
