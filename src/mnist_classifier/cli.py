@@ -151,13 +151,16 @@ StageOption = Annotated[
 ModelsDirOption = Annotated[Path, typer.Option(help="The registry's root folder.")]
 
 
-def _stage_or_checkpoint(stage: str | None, models_dir: Path, checkpoint: Path) -> Path:
+def _stage_or_checkpoint(stage: str | None, models_dir: Path, checkpoint: Path | None) -> Path:
+    """The checkpoint a command reads: --checkpoint, or --stage's, never both."""
     if stage is None:
-        return checkpoint
-    from mnist_classifier.registry import RegistryError, stage_checkpoint
+        return checkpoint or DEFAULT_CHECKPOINT
+    if checkpoint is not None:
+        raise _fail("give --checkpoint or --stage, not both", EXIT_USAGE)
+    from mnist_classifier.registry import RegistryError, existing_stage_checkpoint
 
     try:
-        return stage_checkpoint(models_dir, stage)
+        return existing_stage_checkpoint(models_dir, stage)
     except RegistryError as error:
         raise _fail(str(error), EXIT_USAGE) from None
 
@@ -502,8 +505,9 @@ def sweep(
 @app.command()
 def evaluate(
     checkpoint: Annotated[
-        Path, typer.Option(help="Checkpoint to evaluate.", show_default=f"./{DEFAULT_CHECKPOINT}")
-    ] = DEFAULT_CHECKPOINT,
+        Path | None,
+        typer.Option(help="Checkpoint to evaluate.", show_default=f"./{DEFAULT_CHECKPOINT}"),
+    ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per evaluation batch.")] = 64,
     data_dir: Annotated[
         Path, typer.Option(help="Where MNIST lives (torchvision layout).", show_default="./data")
@@ -633,9 +637,9 @@ def predict(
         list[Path], typer.Argument(help="Image files (PNG, JPEG, BMP, GIF, TIFF) or folders.")
     ],
     checkpoint: Annotated[
-        Path,
+        Path | None,
         typer.Option(help="Checkpoint (torch backend).", show_default=f"./{DEFAULT_CHECKPOINT}"),
-    ] = DEFAULT_CHECKPOINT,
+    ] = None,
     backend: Annotated[str, typer.Option(help="torch or onnxruntime.")] = "torch",
     model: Annotated[
         Path | None, typer.Option(help="Exported .onnx model (onnxruntime backend).")
@@ -805,21 +809,16 @@ def serve(
     import uvicorn
 
     from mnist_classifier.serve.app import create_app
-    from mnist_classifier.serve.loading import (
-        ServeError,
-        load_checkpoint_model,
-        load_onnx_model,
-        stage_checkpoint,
-    )
+    from mnist_classifier.serve.loading import ServeError, load_checkpoint_model, load_onnx_model
 
+    if model is None and checkpoint is None:
+        stage = stage or "production"
+        checkpoint = _stage_or_checkpoint(stage, models_dir, None)
     try:
         if model is not None:
             served = load_onnx_model(model)
-        elif checkpoint is not None:
-            served = load_checkpoint_model(checkpoint)
         else:
-            stage = stage or "production"
-            served = load_checkpoint_model(stage_checkpoint(models_dir, stage), stage=stage)
+            served = load_checkpoint_model(checkpoint, stage=stage)
     except ServeError as error:
         raise _fail(str(error), EXIT_FAILURE) from None
     server_app = create_app(served.predictor, served.info, request_timeout_s=timeout)
