@@ -590,7 +590,7 @@ def evaluate(
         checkpoint={
             "path": str(loaded.path),
             "epoch": loaded.epoch,
-            "validation_accuracy_percent": loaded.validation_accuracy,
+            "validation_accuracy": loaded.validation_accuracy / 100,  # a fraction, as in JSON
         },
         grid_size=grid_size,
     )

@@ -40,6 +40,12 @@ console = Console(highlight=False)
 error_console = Console(stderr=True, highlight=False)
 
 
+def table_console() -> Console:
+    """The terminal's width on a terminal; logs and pipes get whole rows (no cut file paths)
+    rather than Rich's 80-column default."""
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 100_000)
+
+
 def print_error(message: str) -> None:
     error_console.print(f"error: {message}", markup=False, soft_wrap=True)
 
@@ -246,15 +252,20 @@ def print_runs(rows: list[dict], output_format: str) -> None:
     if output_format == "csv":
         writer = csv.DictWriter(sys.stdout, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
-        writer.writerows(rows)
+        # Six significant digits: 0.9884, not 0.9884000420570374.
+        for row in rows:
+            writer.writerow({key: _csv_value(value) for key, value in row.items()})
         return
     table = Table(show_lines=False)
     for column in columns:
         table.add_column(SHORT_HEADERS.get(column, column), overflow="fold", no_wrap=True)
     for row in rows:
         table.add_row(*(_cell(column, row[column]) for column in columns))
-    # Logs and pipes get whole rows rather than Rich's 80-column default.
-    Console(highlight=False, width=None if sys.stdout.isatty() else 200).print(table)
+    table_console().print(table)
+
+
+def _csv_value(value):
+    return f"{value:.6g}" if isinstance(value, float) else value
 
 
 SHORT_HEADERS = {
@@ -359,7 +370,7 @@ def print_predictions(predictions: list) -> None:
                 prediction.file, str(prediction.digit), f"{100 * prediction.probability:.1f}%", top3
             )
     if table.row_count:
-        console.print(table)
+        table_console().print(table)
     for prediction in predictions:
         if prediction.error is not None:
             print_error(f"{prediction.file}: {prediction.error}")

@@ -565,12 +565,12 @@ def train(
             optimizer=optimizer,
             epoch=epoch,
             validation_loss=validation_loss,
-            validation_accuracy=100.0 * validation_accuracy,
+            validation_accuracy=100.0 * validation_accuracy,  # the lab's `accuracy`, a percent
             config=config,
-            extra={
+            extra={  # accuracies as fractions 0..1, like everything machine-readable
                 "train_loss": train_loss,
-                "train_accuracy": 100.0 * train_accuracy,
-                "best_accuracy": 100.0 * best_validation_accuracy,
+                "train_accuracy": train_accuracy,
+                "best_validation_accuracy": best_validation_accuracy,
                 "precision": precision,
                 "device": str(device),
                 "data_sha256": dict(mnist_files.sha256),
