@@ -520,7 +520,7 @@ def evaluate(
         Path | None,
         typer.Option(
             help="Where report.json and the figures go.",
-            show_default="./reports/<checkpoint file name without .pt>",
+            show_default="./reports/<stage>, or ./reports/<run>/<checkpoint name>",
         ),
     ] = None,
     output_format: Annotated[
@@ -544,7 +544,11 @@ def evaluate(
     from mnist_classifier.data import DataError, load_split
     from mnist_classifier.device import DeviceError, resolve_device
     from mnist_classifier.evaluate import evaluate as run_evaluation
-    from mnist_classifier.evaluation_report import build_report, write_report_files
+    from mnist_classifier.evaluation_report import (
+        build_report,
+        default_report_dir,
+        write_report_files,
+    )
     from mnist_classifier.reporting import (
         print_checkpoint_info,
         print_evaluation,
@@ -594,7 +598,7 @@ def evaluate(
         },
         grid_size=grid_size,
     )
-    report_dir = output_dir or Path("./reports") / checkpoint.stem
+    report_dir = output_dir or default_report_dir(checkpoint, stage, loaded.raw.get("run_dir", ""))
     try:
         files = write_report_files(report, test_split.images, report_dir, grid_size=grid_size)
     except OSError as error:
