@@ -34,6 +34,7 @@ SCHEMA_VERSION = 1
 ARCHITECTURE = "SimpleCNN"
 DIGEST_SUFFIX = ".sha256"
 TEMPORARY_SUFFIX = ".tmp"
+FILE_MODE = 0o600  # what mkstemp gives every checkpoint; exports are given the same
 # The lab's keys first; the rest are ours.
 REQUIRED_KEYS = (
     "model_state_dict",
