@@ -50,14 +50,10 @@ def existing_stage_checkpoint(models_dir: Path | str, stage: str, name: str = "m
     if path.is_file():
         return path
     stages = sorted(found.parent.parent.name for found in Path(models_dir).glob(f"*/{name}/*.pt"))
+    missing = f"no stage {stage!r} in {models_dir} (no {path})"
     if stages:
-        raise RegistryError(
-            f"no stage {stage!r} in {models_dir}; the stages there are: {', '.join(stages)}"
-        )
-    raise RegistryError(
-        f"no stage {stage!r} in {models_dir}: it holds no models yet "
-        "(train one: python train_mnist.py)"
-    )
+        raise RegistryError(f"{missing}; the stages there are: {', '.join(stages)}")
+    raise RegistryError(f"{missing}; it holds no models yet: python train_mnist.py trains one")
 
 
 def resolve_source(models_dir: Path | str, source: str, name: str) -> Path:
