@@ -98,6 +98,25 @@ def test_help_lists_each_command_without_cutting_its_description():
     assert "best validation" in result.output  # the end of `runs`' first sentence
 
 
+@pytest.mark.parametrize(
+    "command",
+    [["train"], ["runs"], ["sweep"], ["evaluate"], ["data"], ["predict"], ["export"], ["serve"]]
+    + [["promote"], ["models"]],
+)
+def test_help_writes_every_folder_default_one_way(command):
+    import re
+
+    text = " ".join(runner.invoke(app, [*command, "--help"]).output.split())
+    defaults = re.findall(r"\[default: ([^\]]*)\]", text)
+    assert defaults
+    for default in defaults:
+        assert not default.startswith("("), default
+        if default.split("/")[0].strip() in ("data", "models", "runs", "reports"):
+            raise AssertionError(f"{default!r} should start with ./")
+        if "/" in default:
+            assert default.startswith("./"), default
+
+
 def test_version_names_the_package_torch_and_torchvision():
     import torchvision
 

@@ -128,6 +128,9 @@ def run_script(command, defaults: dict | None = None) -> None:
 
 
 DEFAULT_CHECKPOINT = Path("./models/staging/mnist/best_model.pt")
+# Help texts write every default one way, "[default: ./data]" (Click would print Path("./data")
+# as "data" and a show_default text in parentheses).
+SHOWN_CHECKPOINT = f"[default: ./{DEFAULT_CHECKPOINT}]"
 
 DataDirOption = Annotated[
     Path | None, typer.Option(help="Where MNIST lives (torchvision layout). [default: ./data]")
@@ -148,7 +151,9 @@ StageOption = Annotated[
     str | None,
     typer.Option(help="Use the registry's model of this stage (e.g. production) instead."),
 ]
-ModelsDirOption = Annotated[Path, typer.Option(help="The registry's root folder.")]
+ModelsDirOption = Annotated[
+    Path, typer.Option(help="The registry's root folder. [default: ./models]", show_default=False)
+]
 
 
 def _stage_or_checkpoint(stage: str | None, models_dir: Path, checkpoint: Path | None) -> Path:
@@ -417,7 +422,9 @@ def runs(
             show_default=False,
         ),
     ] = None,
-    runs_dir: Annotated[Path, typer.Option(help="Where run directories are.")] = Path("./runs"),
+    runs_dir: Annotated[
+        Path, typer.Option(help="Where run directories are. [default: ./runs]", show_default=False)
+    ] = Path("./runs"),
     output_format: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
     plot: Annotated[
         Path | None, typer.Option(help="Also draw the runs' learning curves into this PNG.")
@@ -506,11 +513,14 @@ def sweep(
 def evaluate(
     checkpoint: Annotated[
         Path | None,
-        typer.Option(help="Checkpoint to evaluate.", show_default=f"./{DEFAULT_CHECKPOINT}"),
+        typer.Option(help=f"Checkpoint to evaluate. {SHOWN_CHECKPOINT}", show_default=False),
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per evaluation batch.")] = 64,
     data_dir: Annotated[
-        Path, typer.Option(help="Where MNIST lives (torchvision layout).", show_default="./data")
+        Path,
+        typer.Option(
+            help="Where MNIST lives (torchvision layout). [default: ./data]", show_default=False
+        ),
     ] = Path("./data"),
     show_samples: Annotated[
         int, typer.Option(min=0, help="How many test predictions to list.")
@@ -519,8 +529,9 @@ def evaluate(
     output_dir: Annotated[
         Path | None,
         typer.Option(
-            help="Where report.json and the figures go.",
-            show_default="./reports/<stage>, or ./reports/<run>/<checkpoint name>",
+            help="Where report.json and the figures go. "
+            "[default: ./reports/<stage>, or ./reports/<run>/<checkpoint name>]",
+            show_default=False,
         ),
     ] = None,
     output_format: Annotated[
@@ -642,7 +653,7 @@ def predict(
     ],
     checkpoint: Annotated[
         Path | None,
-        typer.Option(help="Checkpoint (torch backend).", show_default=f"./{DEFAULT_CHECKPOINT}"),
+        typer.Option(help=f"Checkpoint (torch backend). {SHOWN_CHECKPOINT}", show_default=False),
     ] = None,
     backend: Annotated[str, typer.Option(help="torch or onnxruntime.")] = "torch",
     model: Annotated[
@@ -734,10 +745,11 @@ def export(
         str, typer.Option("--format", help="onnx, torchscript or safetensors.")
     ] = "onnx",
     checkpoint: Annotated[
-        Path, typer.Option(help="Checkpoint to export.", show_default=f"./{DEFAULT_CHECKPOINT}")
+        Path, typer.Option(help=f"Checkpoint to export. {SHOWN_CHECKPOINT}", show_default=False)
     ] = DEFAULT_CHECKPOINT,
     data_dir: Annotated[
-        Path, typer.Option(help="MNIST, for the parity check.", show_default="./data")
+        Path,
+        typer.Option(help="MNIST, for the parity check. [default: ./data]", show_default=False),
     ] = Path("./data"),
 ) -> None:
     """Export a checkpoint and check it against the eager model on 1,000 test images."""
@@ -772,13 +784,12 @@ def serve(
     stage: Annotated[
         str | None,
         typer.Option(
-            help="Registry stage to serve: <models-dir>/<stage>/mnist/best_model.pt.",
-            show_default="production",
+            help="Registry stage to serve: <models-dir>/<stage>/mnist/best_model.pt. "
+            "[default: production]",
+            show_default=False,
         ),
     ] = None,
-    models_dir: Annotated[Path, typer.Option(help="The model registry's folder.")] = Path(
-        "./models"
-    ),
+    models_dir: ModelsDirOption = Path("./models"),
     backend: Annotated[str, typer.Option(help="torch or onnxruntime.")] = "torch",
     model: Annotated[
         Path | None, typer.Option(help="Exported .onnx model (onnxruntime backend).")
@@ -851,7 +862,9 @@ def promote(
         float, typer.Option(min=0.0, max=1.0, help="Refuse below this test accuracy (0..1).")
     ] = 0.97,
     models_dir: ModelsDirOption = Path("./models"),
-    data_dir: Annotated[Path, typer.Option(help="Where MNIST lives.")] = Path("./data"),
+    data_dir: Annotated[
+        Path, typer.Option(help="Where MNIST lives. [default: ./data]", show_default=False)
+    ] = Path("./data"),
 ) -> None:
     """Evaluate a candidate on the test set and, if good enough, copy it to the next stage.
 
