@@ -113,7 +113,7 @@ def _main(
         ),
     ] = False,
 ) -> None:
-    """Train, evaluate and obtain data for the MNIST SimpleCNN."""
+    """Options of `mnist` itself; the app's help text is Typer(help=...) above."""
 
 
 def run_script(command, defaults: dict | None = None) -> None:
