@@ -84,6 +84,7 @@ class ConsoleTrainingObserver(TrainingObserver):
         self._epoch_start = 0.0
         self._loss_sum: torch.Tensor | None = None  # on the training device, never read per step
         self._last_refresh = 0.0
+        self._images_at_refresh = 0
         self._total_epochs = 0
 
     def started(self, config: TrainConfig, setup: TrainSetup) -> None:
@@ -106,6 +107,7 @@ class ConsoleTrainingObserver(TrainingObserver):
         self._batches = 0
         self._images_seen = 0
         self._loss_sum = None
+        self._images_at_refresh = 0
         self._total_epochs = total_epochs
         self._epoch_start = self._last_refresh = time.perf_counter()
         if self.quiet:
@@ -164,13 +166,15 @@ class ConsoleTrainingObserver(TrainingObserver):
         if self._batches > 1 and now - self._last_refresh < LIVE_REFRESH_SECONDS:
             self._progress.update(self._task, completed=images_seen)
             return
-        self._last_refresh = now
+        # The current speed: images since the last refresh over the time since then.
+        speed = (images_seen - self._images_at_refresh) / max(now - self._last_refresh, 1e-9)
+        self._last_refresh, self._images_at_refresh = now, images_seen
         self._progress.update(
             self._task,
             completed=images_seen,
             loss=f"{self._loss_sum.item() / images_seen:.4f}",
             accuracy=f"{100 * correct.item() / images_seen:.2f}%",
-            speed=f"{images_seen / max(now - self._epoch_start, 1e-9):,.0f}",
+            speed=f"{speed:,.0f}",
             refresh=True,
         )
 
