@@ -498,8 +498,8 @@ def train(
                 images_this_rank,
                 loss.detach(),
                 correct,
-                step=global_step,
-                learning_rate=float(step_learning_rate),
+                global_step,
+                float(step_learning_rate),
             )
 
         if device.type == "cuda":
