@@ -19,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from PIL import Image, ImageChops
 from playwright.sync_api import sync_playwright
 from rich.console import Console
 from rich.text import Text
@@ -96,6 +97,10 @@ def render_terminal(captured: str, browser, output: Path) -> None:
         page.goto(svg.as_uri())
         page.locator("svg").screenshot(path=str(output))
         page.close()
+    # Rich's SVG sits in a white margin: keep only the terminal window.
+    with Image.open(output) as image:
+        white = Image.new(image.mode, image.size, (255,) * len(image.getbands()))
+        image.crop(ImageChops.difference(image, white).getbbox()).save(output)
 
 
 def screenshot_tensorboard(runs_dir: Path, browser, output: Path) -> None:
@@ -133,6 +138,13 @@ def _answers(page, url: str) -> bool:
         return False
 
 
+def shrink(path: Path) -> None:
+    """64 colours are plenty for a terminal and a chart, at a third of the bytes."""
+    with Image.open(path) as image:
+        small = image.convert("RGB").quantize(colors=64)
+    small.save(path, optimize=True)
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         runs_dir = Path(folder) / "runs"
@@ -144,6 +156,8 @@ def main() -> None:
             render_terminal(captured, browser, DOCS / "live_display.png")
             screenshot_tensorboard(runs_dir, browser, DOCS / "tensorboard.png")
             browser.close()
+    for picture in ("live_display.png", "tensorboard.png"):
+        shrink(DOCS / picture)
     print(f"wrote {DOCS / 'live_display.png'} and {DOCS / 'tensorboard.png'}")
 
 
