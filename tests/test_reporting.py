@@ -115,3 +115,62 @@ def test_settings_given_with_resume_still_count(saved_run, tmp_path):
     assert resumed.lr == saved.lr  # not retyped: the run's own
     with pytest.raises(ConfigError, match="batch_size"):
         config_for_resume(path, {"batch_size": 0})
+
+
+def test_the_live_bar_reads_the_device_only_when_it_refreshes(monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from mnist_classifier import reporting
+
+    screen = io.StringIO()
+    monkeypatch.setattr(
+        reporting, "console", Console(file=screen, force_terminal=True, width=160, highlight=False)
+    )
+    monkeypatch.setattr(reporting, "LIVE_REFRESH_SECONDS", 60.0)  # no second refresh in this test
+    reads = []
+    real_item = torch.Tensor.item
+    monkeypatch.setattr(torch.Tensor, "item", lambda tensor: reads.append(1) or real_item(tensor))
+
+    observer = ConsoleTrainingObserver(live=True)
+    observer.epoch_started(1, 3, 6400)
+    correct = torch.tensor(0)
+    for batch in range(100):
+        correct = correct + 32
+        observer.batch_done(1, 64 * (batch + 1), 6400, torch.tensor(0.5), correct, batch + 1, 1e-3)
+    assert len(reads) == 2  # the running loss and accuracy, once, for the first frame
+    monkeypatch.setattr(torch.Tensor, "item", real_item)
+    observer.epoch_done(_epoch_result(train_loss=0.5, train_accuracy=0.5))
+
+    drawn = screen.getvalue()
+    assert "loss 0.5000  acc 50.00%" in drawn  # the running means, as of the first batch
+    assert "Epoch 1/3: loss 0.5000, accuracy 50.00%, validation loss 0.0812" in drawn
+
+
+def test_the_live_bar_shows_the_epochs_running_mean(monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from mnist_classifier import reporting
+
+    screen = io.StringIO()
+    monkeypatch.setattr(
+        reporting, "console", Console(file=screen, force_terminal=True, width=160, highlight=False)
+    )
+    monkeypatch.setattr(reporting, "LIVE_REFRESH_SECONDS", 0.0)  # refresh on every batch
+    observer = ConsoleTrainingObserver(live=True)
+    observer.epoch_started(1, 1, 300)
+    # Batches of 100, 100 and 50 images with mean losses 1, 3 and 6: by hand, the running
+    # means are 1, (100 + 300) / 200 = 2 and (100 + 300 + 300) / 250 = 2.8.
+    for images_seen, loss, correct in ((100, 1.0, 50), (200, 3.0, 150), (250, 6.0, 150)):
+        observer.batch_done(1, images_seen, 300, torch.tensor(loss), torch.tensor(correct), 1, 0.1)
+    observer.epoch_done(_epoch_result())
+    drawn = screen.getvalue()
+    for running in (
+        "loss 1.0000  acc 50.00%",
+        "loss 2.0000  acc 75.00%",
+        "loss 2.8000  acc 60.00%",
+    ):
+        assert running in drawn
