@@ -68,9 +68,13 @@ def export_model(
         eager_logits = model(inputs).numpy()
     exporter = {"onnx": _onnx, "torchscript": _torchscript, "safetensors": _safetensors}
     with tempfile.TemporaryDirectory(dir=output.parent, prefix=f".{output.name}.") as staging:
-        staged_files, exported_logits, checker = exporter[export_format](
-            model, Path(staging) / output.name, inputs
-        )
+        try:
+            staged_files, exported_logits, checker = exporter[export_format](
+                model, Path(staging) / output.name, inputs
+            )
+        except Exception as error:  # torch.onnx, onnx, jit and safetensors each raise their own
+            detail = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise ExportError(f"the {export_format} export to {output} failed: {detail}") from error
         parity = compare_logits(eager_logits, exported_logits)
         if not parity.passed:
             raise ExportError(
