@@ -32,25 +32,18 @@ class _OneLineUsageErrors:
         except click_exceptions.NoArgsIsHelpError as error:
             error.show()  # `mnist` alone: the help text, as before
             sys.exit(EXIT_USAGE)
+        # Outside any command's context: exit here, as Click's standalone mode would.
         except click_exceptions.UsageError as error:
             command = error.ctx.command_path if error.ctx else "mnist"
-            print_usage_error(f"{error.format_message()} (see {command} --help)")
-            sys.exit(EXIT_USAGE)
+            message = f"{error.format_message()} (see {command} --help)"
+            sys.exit(_fail(message, EXIT_USAGE).exit_code)
         except click_exceptions.ClickException as error:
-            print_usage_error(error.format_message())
-            sys.exit(error.exit_code)
+            sys.exit(_fail(error.format_message(), error.exit_code).exit_code)
         except click_exceptions.Abort:
-            print_usage_error("aborted")
-            sys.exit(EXIT_FAILURE)
+            sys.exit(_fail("aborted", EXIT_FAILURE).exit_code)
         if not standalone_mode:
             return code
         sys.exit(code if isinstance(code, int) else 0)
-
-
-def print_usage_error(message: str) -> None:
-    from mnist_classifier.reporting import print_error
-
-    print_error(message)
 
 
 class _Group(_OneLineUsageErrors, typer_core.TyperGroup):
