@@ -21,7 +21,7 @@ class LossRecorder(train_module.TrainingObserver):
     def __init__(self) -> None:
         self.losses: list[float] = []
 
-    def batch_done(self, epoch, images_seen, images_total, loss, correct) -> None:
+    def batch_done(self, epoch, images_seen, images_total, loss, correct, *_step) -> None:
         self.losses.append(loss.item())
 
 

@@ -65,6 +65,89 @@ def test_type_errors_from_the_parser_exit_2():
     assert result.exit_code == 2 and "Invalid value for '--epochs'" in result.output
 
 
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["promote", "--min-test-accuracy", "97"], "Invalid value for '--min-test-accuracy'"),
+        (["export"], "Missing option '--output'"),
+        (["predict"], "Missing argument"),
+        (["train", "--epoch", "2"], "No such option: --epoch"),
+        (["nosuch"], "No such command 'nosuch'"),
+        (["config", "show", "--set"], "Option '--set' requires an argument"),
+    ],
+)
+def test_every_usage_error_is_one_error_line_with_exit_2(arguments, message):
+    result = runner.invoke(app, arguments)
+    assert result.exit_code == 2
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert result.output.startswith("error: ") and message in result.output
+    assert "Usage:" not in result.output and "Traceback" not in result.output
+
+
+def test_h_is_help_everywhere():
+    for command in ([], ["train"], ["config", "show"]):
+        long, short = runner.invoke(app, [*command, "--help"]), runner.invoke(app, [*command, "-h"])
+        assert long.exit_code == short.exit_code == 0
+        assert short.output == long.output and "Usage:" in short.output
+
+
+def test_help_lists_each_command_without_cutting_its_description():
+    result = runner.invoke(app, ["--help"])
+    commands = result.output.split("Commands:")[1]
+    assert "..." not in commands and "…" not in commands
+    assert "best validation" in result.output  # the end of `runs`' first sentence
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["train"], ["runs"], ["sweep"], ["evaluate"], ["data"], ["predict"], ["export"], ["serve"]]
+    + [["promote"], ["models"]],
+)
+def test_help_writes_every_folder_default_one_way(command):
+    import re
+
+    text = " ".join(runner.invoke(app, [*command, "--help"]).output.split())
+    defaults = re.findall(r"\[default: ([^\]]*)\]", text)
+    assert defaults
+    for default in defaults:
+        assert not default.startswith("("), default
+        if default.split("/")[0].strip() in ("data", "models", "runs", "reports"):
+            raise AssertionError(f"{default!r} should start with ./")
+        if "/" in default:
+            assert default.startswith("./"), default
+
+
+def test_version_names_the_package_torch_and_torchvision():
+    import torchvision
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.startswith("mnist-classifier ")
+    assert f"torch {torch.__version__}" in result.output
+    assert f"torchvision {torchvision.__version__}" in result.output
+
+
+@pytest.mark.parametrize("command", [["evaluate"], ["predict", "x.png"], ["serve"]])
+def test_checkpoint_with_stage_is_refused(command, tmp_path):
+    result = runner.invoke(
+        app, [*command, "--checkpoint", str(tmp_path / "a.pt"), "--stage", "production"]
+    )
+    assert result.exit_code == 2
+    assert result.output.strip() == "error: give --checkpoint or --stage, not both"
+
+
+@pytest.mark.parametrize("command", [["serve"], ["evaluate"], ["predict", "x.png"]])
+def test_a_missing_stage_names_the_stages_that_exist(command, tmp_path):
+    for stage in ("staging", "canary"):
+        (tmp_path / stage / "mnist").mkdir(parents=True)
+        save_checkpoint(tmp_path / stage / "mnist" / "best_model.pt", checkpoint_payload())
+    result = runner.invoke(app, [*command, "--stage", "nosuch", "--models-dir", str(tmp_path)])
+    assert result.exit_code == 2
+    assert result.output.startswith(f"error: no stage 'nosuch' in {tmp_path} (no ")
+    assert result.output.strip().endswith("; the stages there are: canary, staging")
+    assert len(result.output.strip().splitlines()) == 1
+
+
 def test_evaluate_missing_checkpoint_says_train_first(tmp_path):
     result = runner.invoke(app, ["evaluate", "--checkpoint", str(tmp_path / "nope.pt")])
     assert result.exit_code == 1

@@ -436,7 +436,7 @@ def test_the_registry_keeps_each_data_sets_models_apart(tmp_path, tiny_data):
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     result = runner.invoke(app, ["evaluate", "--stage", "production", "--models-dir", str(models)])
-    assert result.exit_code == 1 and "production/mnist/best_model.pt" in result.output
+    assert result.exit_code == 2 and "production/mnist/best_model.pt" in result.output
 
 
 # ---------------------------------------------------------------------------------------------

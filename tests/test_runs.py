@@ -12,7 +12,7 @@ from mnist_classifier.checkpoint import load_checkpoint
 from mnist_classifier.cli import app
 from mnist_classifier.config import config_from_dict
 from mnist_classifier.datasets import MNIST
-from mnist_classifier.runs import list_runs, record_test_accuracy
+from mnist_classifier.runs import list_runs, record_test_accuracy, run_labels
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()
@@ -82,18 +82,15 @@ def test_a_run_writes_every_artifact(mnist_dir, tmp_path):
     events = EventAccumulator(str(run_dir))
     events.Reload()
     scalars = set(events.Tags()["scalars"])
-    for tag in (
-        "train/train_loss",
-        "train/train_accuracy",
-        "validation/validation_loss",
-        "validation/validation_accuracy",
-        "learning_rate",
-    ):
+    for tag in ("train/loss", "train/accuracy", "validation/loss", "validation/accuracy"):
         assert tag in scalars
-    assert [event.step for event in events.Scalars("validation/validation_accuracy")] == [1, 2]
-    assert "validation_batch" in events.Tags()["images"]
+    assert not [tag for tag in scalars if tag.startswith("hparam/")]  # no one-point charts
+    assert not [tag for tag in scalars if "train/train" in tag or "validation/validation" in tag]
+    # Against the optimizer step: 512 images in batches of 64 are 8 steps an epoch.
+    assert [event.step for event in events.Scalars("validation/accuracy")] == [8, 16]
+    assert [event.step for event in events.Images("validation/predictions")] == [8, 16]
     plugins = EventAccumulator(str(run_dir)).Reload().PluginTagToContent("hparams")
-    assert plugins  # the hparams summary with the final metrics
+    assert plugins  # the hparams table, whose metrics are the epoch scalars
 
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["stop_reason"] == "completed all 2 epochs"
@@ -102,6 +99,38 @@ def test_a_run_writes_every_artifact(mnist_dir, tmp_path):
     assert best.epoch == summary["best_epoch"]
     assert best.raw["run_dir"] == str(run_dir.resolve())
     assert (run_dir / "checkpoint_epoch_2.pt").is_file()
+
+
+def test_tensorboard_has_step_level_training_loss_and_learning_rate(mnist_dir, tmp_path):
+    # 800 images in batches of 8: 100 optimizer steps, logged every 50.
+    _train(
+        mnist_dir,
+        tmp_path,
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--max-train-images",
+        "800",
+        "--lr",
+        "0.002",
+        "--quiet",
+    )
+    (run_dir,) = list(tmp_path.iterdir())
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    losses = events.Scalars("train/batch_loss")
+    assert [event.step for event in losses] == [50, 100]
+    assert all(0 < event.value < 10 for event in losses)
+    rates = events.Scalars("learning_rate")
+    assert [event.step for event in rates] == [50, 100]
+    assert [event.value for event in rates] == pytest.approx([0.002, 0.002])  # float32 in events
+    # The epoch's own figures sit at the step the epoch ended on, beside the step-level ones.
+    with open(run_dir / "metrics.csv", newline="") as handle:
+        (row,) = list(csv.DictReader(handle))
+    (epoch_loss,) = events.Scalars("train/loss")
+    assert epoch_loss.step == 100
+    assert epoch_loss.value == pytest.approx(float(row["train_loss"]), rel=1e-6)
 
 
 def test_early_stopping_stops_on_a_forced_plateau(mnist_dir, tmp_path):
@@ -174,10 +203,40 @@ def test_sweep_then_runs_compares_what_differs(mnist_dir, tmp_path):
     assert [row["run"][-8:] for row in json.loads(chosen.output)] == ["lr=0.003"]
     assert plot.read_bytes()[:4] == b"\x89PNG"
 
+    # Filters are config values, not folder names: every run here has batch_size 64.
+    both = runner.invoke(app, ["runs", "batch_size=64", "--runs-dir", str(tmp_path)])
+    assert (
+        both.exit_code == 0
+        and len(
+            json.loads(
+                runner.invoke(
+                    app, ["runs", "batch_size=64", "--runs-dir", str(tmp_path), "--format", "json"]
+                ).output
+            )
+        )
+        == 2
+    )
+    none = runner.invoke(app, ["runs", "lr=0.002", "--runs-dir", str(tmp_path)])
+    assert none.exit_code == 1 and none.output.startswith("error: no runs match lr=0.002")
+    assert [label for label in run_labels(records)] == ["lr=0.001", "lr=0.003"]
+
 
 def test_runs_with_nothing_to_list_says_so(tmp_path):
     result = runner.invoke(app, ["runs", "--runs-dir", str(tmp_path)])
     assert result.exit_code == 1 and "no runs found" in result.output
+
+
+@pytest.mark.parametrize(
+    ("filters", "message"),
+    [
+        (["lr"], "a run filter is KEY=VALUE"),
+        (["learning_rate=0.1"], "unknown config key 'learning_rate'"),
+    ],
+)
+def test_a_bad_run_filter_is_a_usage_error(tmp_path, filters, message):
+    result = runner.invoke(app, ["runs", *filters, "--runs-dir", str(tmp_path)])
+    assert result.exit_code == 2 and message in result.output
+    assert len(result.output.strip().splitlines()) == 1
 
 
 def test_sweep_rejects_a_bad_grid_before_training(tmp_path):

@@ -365,13 +365,13 @@ def test_serve_refuses_contradictory_options_before_loading_anything(arguments):
 
 def test_serve_names_the_missing_stage_checkpoint(tmp_path):
     result = runner.invoke(cli_app, ["serve", "--models-dir", str(tmp_path)])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert str(tmp_path / "production" / "mnist" / "best_model.pt") in result.output
 
 
 def test_a_stage_name_cannot_leave_the_models_folder(tmp_path):
     result = runner.invoke(cli_app, ["serve", "--models-dir", str(tmp_path), "--stage", "../x"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "plain name" in result.output
 
 

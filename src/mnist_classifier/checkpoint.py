@@ -45,6 +45,7 @@ OUR_TEMPORARY = re.compile(
 )
 # A sidecar holds a line or two of 64 hex digits and a name.
 MAX_DIGEST_FILE_BYTES = 4096
+FILE_MODE = 0o600  # what mkstemp gives every checkpoint; exports are given the same
 # The lab's keys first; the rest are ours.
 REQUIRED_KEYS = (
     "model_state_dict",

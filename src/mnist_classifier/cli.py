@@ -6,24 +6,107 @@ torch is imported inside the commands so that `mnist --help` answers at once.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer import core as typer_core
 
-# Plain (not Rich) usage errors: one "Error: ..." line a user can read in any log.
+# Typer's own copy of Click: its exceptions are the ones its parser raises.
+from typer._click import exceptions as click_exceptions
+
+# Exit codes: 1 = the work failed (data, checkpoint); 2 = the command line was wrong.
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+class _OneLineUsageErrors:
+    """Click's usage errors (a bad value, a missing argument, an unknown option) as one
+    "error: ..." line and exit code 2, the same voice as every other error, instead of its
+    Usage/Try/Error block."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click_exceptions.NoArgsIsHelpError as error:
+            error.show()  # `mnist` alone: the help text, as before
+            sys.exit(EXIT_USAGE)
+        # Outside any command's context: exit here, as Click's standalone mode would.
+        except click_exceptions.UsageError as error:
+            command = error.ctx.command_path if error.ctx else "mnist"
+            message = f"{error.format_message()} (see {command} --help)"
+            sys.exit(_fail(message, EXIT_USAGE).exit_code)
+        except click_exceptions.ClickException as error:
+            sys.exit(_fail(error.format_message(), error.exit_code).exit_code)
+        except click_exceptions.Abort:
+            sys.exit(_fail("aborted", EXIT_FAILURE).exit_code)
+        if not standalone_mode:
+            return code
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+class _Group(_OneLineUsageErrors, typer_core.TyperGroup):
+    def format_commands(self, ctx, formatter) -> None:
+        """Each command's whole first sentence, wrapped, rather than cut off with "..."."""
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit=1000)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+class _Command(_OneLineUsageErrors, typer_core.TyperCommand):
+    """A stand-alone script's command (train_mnist.py, test_mnist.py)."""
+
+
 APP_SETTINGS = {
     "add_completion": False,
     "pretty_exceptions_enable": False,
     "rich_markup_mode": None,
+    "context_settings": {"help_option_names": ["-h", "--help"]},
 }
 
 app = typer.Typer(
     name="mnist",
     help="Train, evaluate and obtain data for the MNIST SimpleCNN.",
     no_args_is_help=True,
+    cls=_Group,
     **APP_SETTINGS,
 )
+
+
+def _print_version(value: bool) -> None:
+    if not value:
+        return
+    from importlib.metadata import version
+
+    import torch
+    import torchvision
+
+    print(
+        f"mnist-classifier {version('mnist-classifier')} "
+        f"(torch {torch.__version__}, torchvision {torchvision.__version__})"
+    )
+    raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            is_eager=True,
+            callback=_print_version,
+            help="Print the package, torch and torchvision versions and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Options of `mnist` itself; the app's help text is Typer(help=...) above."""
 
 
 def run_script(command, defaults: dict | None = None) -> None:
@@ -32,15 +115,15 @@ def run_script(command, defaults: dict | None = None) -> None:
     `defaults` replaces option defaults by parameter name, e.g. the lab's checkpoint folder.
     """
     script = typer.Typer(**APP_SETTINGS)
-    script.command(context_settings={"default_map": defaults or {}})(command)
+    context_settings = {**APP_SETTINGS["context_settings"], "default_map": defaults or {}}
+    script.command(cls=_Command, context_settings=context_settings)(command)
     script()
 
 
-# Exit codes: 1 = the work failed (data, checkpoint); 2 = the command line was wrong.
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-
 DEFAULT_CHECKPOINT = Path("./models/staging/mnist/best_model.pt")
+# Help texts write every default one way, "[default: ./data]" (Click would print Path("./data")
+# as "data" and a show_default text in parentheses).
+SHOWN_CHECKPOINT = f"[default: ./{DEFAULT_CHECKPOINT}]"
 
 # For commands that read a checkpoint, --dataset names the data set the model must have been
 # trained on: its test split, its registry folder (models/<stage>/<dataset>/) and its default
@@ -63,9 +146,9 @@ def _checked_dataset(dataset: str) -> str:
         raise _fail(str(error), EXIT_USAGE) from None
 
 
-def _dataset_checkpoint(checkpoint: Path, dataset: str) -> Path:
+def _dataset_checkpoint(checkpoint: Path | None, dataset: str) -> Path:
     """The default checkpoint follows --dataset; a checkpoint the user named stays as given."""
-    if checkpoint == DEFAULT_CHECKPOINT:
+    if checkpoint is None or checkpoint == DEFAULT_CHECKPOINT:
         return DEFAULT_CHECKPOINT.parent.parent / dataset / DEFAULT_CHECKPOINT.name
     return checkpoint
 
@@ -101,18 +184,23 @@ StageOption = Annotated[
     str | None,
     typer.Option(help="Use the registry's model of this stage (e.g. production) instead."),
 ]
-ModelsDirOption = Annotated[Path, typer.Option(help="The registry's root folder.")]
+ModelsDirOption = Annotated[
+    Path, typer.Option(help="The registry's root folder. [default: ./models]", show_default=False)
+]
 
 
 def _stage_or_checkpoint(
-    stage: str | None, models_dir: Path, checkpoint: Path, dataset: str = "mnist"
+    stage: str | None, models_dir: Path, checkpoint: Path | None, dataset: str = "mnist"
 ) -> Path:
+    """The checkpoint a command reads: --checkpoint, or --stage's, never both."""
     if stage is None:
         return _dataset_checkpoint(checkpoint, dataset)
-    from mnist_classifier.registry import RegistryError, stage_checkpoint
+    if checkpoint is not None:
+        raise _fail("give --checkpoint or --stage, not both", EXIT_USAGE)
+    from mnist_classifier.registry import RegistryError, existing_stage_checkpoint
 
     try:
-        return stage_checkpoint(models_dir, stage, dataset)
+        return existing_stage_checkpoint(models_dir, stage, dataset)
     except RegistryError as error:
         raise _fail(str(error), EXIT_USAGE) from None
 
@@ -236,7 +324,8 @@ def train(
                 EXIT_USAGE,
             )
         raise typer.Exit(_launch_ranks(nproc, config, launch_with_torchrun))
-    _train_one_run(config, quiet, resume=resume, force=force)
+    explicit = (config_file, _explicit_settings(assignments, overrides))
+    _train_one_run(config, quiet, resume=resume, force=force, explicit=explicit)
 
 
 def _launch_ranks(nproc: int, config, launch) -> int:
@@ -270,14 +359,12 @@ def _launch_ranks(nproc: int, config, launch) -> int:
 def _resolve_config(config_file: Path | None, assignments: list[str] | None, overrides: dict):
     """Defaults < file < --set < typed flags; every error here is a usage error (exit 2)."""
     from mnist_classifier.checkpoint import check_output_dir
-    from mnist_classifier.config import ConfigError, load_config, parse_assignment
+    from mnist_classifier.config import ConfigError, load_config
     from mnist_classifier.data import DataError, check_data_dir
     from mnist_classifier.device import DeviceError, resolve_device, resolve_precision
 
     try:
-        settings = dict(parse_assignment(assignment) for assignment in assignments or [])
-        settings.update({key: value for key, value in overrides.items() if value is not None})
-        config = load_config(config_file, settings)
+        config = load_config(config_file, _explicit_settings(assignments, overrides))
         resolve_precision(config.precision, resolve_device(config.device))
         if config.output_dir:
             check_output_dir(config.output_dir)
@@ -289,8 +376,30 @@ def _resolve_config(config_file: Path | None, assignments: list[str] | None, ove
     return config
 
 
-def _train_one_run(config, quiet: bool, resume: str | None = None, force: bool = False) -> Path:
-    """Train in a run directory (a new one, or the resumed run's), printing progress."""
+def _explicit_settings(assignments: list[str] | None, overrides: dict) -> dict:
+    """--set assignments, then the typed flags given, as dotted keys (a usage error if bad)."""
+    from mnist_classifier.config import ConfigError, parse_assignment
+
+    try:
+        settings = dict(parse_assignment(assignment) for assignment in assignments or [])
+    except ConfigError as error:
+        raise _fail(str(error), EXIT_USAGE) from None
+    settings.update({key: value for key, value in overrides.items() if value is not None})
+    return settings
+
+
+def _train_one_run(
+    config,
+    quiet: bool,
+    resume: str | None = None,
+    force: bool = False,
+    explicit: tuple[Path | None, dict] | None = None,
+) -> Path:
+    """Train in a run directory (a new one, or the resumed run's), printing progress.
+
+    A resumed run continues with its own saved config under the `explicit` settings given now
+    (the --config file and the flags), so the user need not retype them.
+    """
     from mnist_classifier.checkpoint import CheckpointError, CheckpointSaveError
     from mnist_classifier.data import DataError
     from mnist_classifier.reporting import ConsoleTrainingObserver, print_run_dir
@@ -324,9 +433,14 @@ def _train_one_run(config, quiet: bool, resume: str | None = None, force: bool =
     elif resume:
         resume_from = Path(resume)
     if resume_from is not None:  # a checkpoint that cannot be resumed costs no run folder
+        from mnist_classifier.config import ConfigError
+        from mnist_classifier.train import config_for_resume
+
         try:
             load_resume_checkpoint(resume_from)
-        except ResumeError as error:
+            if explicit is not None:
+                config = config_for_resume(resume_from, explicit[1], config_file=explicit[0])
+        except (ResumeError, ConfigError) as error:
             raise _fail(str(error), EXIT_USAGE) from None
         except CheckpointError as error:
             raise _fail(str(error), EXIT_FAILURE) from None
@@ -358,7 +472,7 @@ def _train_one_run(config, quiet: bool, resume: str | None = None, force: bool =
     return run_dir
 
 
-config_app = typer.Typer(help="Inspect the training configuration.", **APP_SETTINGS)
+config_app = typer.Typer(help="Inspect the training configuration.", cls=_Group, **APP_SETTINGS)
 app.add_typer(config_app, name="config")
 
 
@@ -372,29 +486,54 @@ def config_show(config_file: ConfigFileOption = None, assignments: SetOption = N
 
 @app.command()
 def runs(
-    names: Annotated[
-        list[str] | None, typer.Argument(help="Only runs whose folder name contains one of these.")
+    filters: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Only runs whose config has these values: lr=0.002 schedule.name=onecycle.",
+            show_default=False,
+        ),
     ] = None,
-    runs_dir: Annotated[Path, typer.Option(help="Where run directories are.")] = Path("./runs"),
+    runs_dir: Annotated[
+        Path, typer.Option(help="Where run directories are. [default: ./runs]", show_default=False)
+    ] = Path("./runs"),
     output_format: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
     plot: Annotated[
         Path | None, typer.Option(help="Also draw the runs' learning curves into this PNG.")
     ] = None,
 ) -> None:
     """Compare runs: the hyper-parameters that differ, best validation and test accuracy."""
+    from mnist_classifier.config import ConfigError
     from mnist_classifier.reporting import print_runs
-    from mnist_classifier.runs import comparison_rows, list_runs
+    from mnist_classifier.runs import (
+        comparison_rows,
+        list_runs,
+        matching_runs,
+        parse_run_filters,
+        run_labels,
+    )
 
     if output_format not in ("table", "csv", "json"):
         raise _fail(f"--format must be table, csv or json (got {output_format!r})", EXIT_USAGE)
-    records = list_runs(runs_dir, names)
+    try:
+        wanted = parse_run_filters(filters or [])
+    except ConfigError as error:
+        raise _fail(str(error), EXIT_USAGE) from None
+    records = list_runs(runs_dir)
     if not records:
         raise _fail(f"no runs found in {runs_dir}; train one first: mnist train", EXIT_FAILURE)
+    records = matching_runs(records, wanted)
+    if not records:
+        raise _fail(
+            f"no runs match {' '.join(filters or [])} in {runs_dir}; "
+            f"mnist runs --runs-dir {runs_dir} lists them all",
+            EXIT_FAILURE,
+        )
     print_runs(comparison_rows(records), output_format)
     if plot:
         from mnist_classifier.figures import save_learning_curves
 
-        save_learning_curves({record.name: record.metrics for record in records}, plot)
+        curves = {label: record.metrics for label, record in run_labels(records).items()}
+        save_learning_curves(curves, plot)
         if output_format == "table":
             print(f"Learning curves: {plot}")
 
@@ -445,11 +584,16 @@ def sweep(
 @app.command()
 def evaluate(
     checkpoint: Annotated[
-        Path, typer.Option(help="Checkpoint to evaluate.", show_default=f"./{DEFAULT_CHECKPOINT}")
-    ] = DEFAULT_CHECKPOINT,
+        Path | None,
+        typer.Option(help=f"Checkpoint to evaluate. {SHOWN_CHECKPOINT}", show_default=False),
+    ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per evaluation batch.")] = 64,
     data_dir: Annotated[
-        Path, typer.Option(help="Where the data lives (torchvision layout).", show_default="./data")
+        Path,
+        typer.Option(
+            help="Where the data set lives (torchvision layout). [default: ./data]",
+            show_default=False,
+        ),
     ] = Path("./data"),
     show_samples: Annotated[
         int, typer.Option(min=0, help="How many test predictions to list.")
@@ -458,8 +602,9 @@ def evaluate(
     output_dir: Annotated[
         Path | None,
         typer.Option(
-            help="Where report.json and the figures go.",
-            show_default="./reports/<checkpoint file name without .pt>",
+            help="Where report.json and the figures go. "
+            "[default: ./reports/<stage>, or ./reports/<run>/<checkpoint name>]",
+            show_default=False,
         ),
     ] = None,
     output_format: Annotated[
@@ -483,7 +628,11 @@ def evaluate(
     from mnist_classifier.data import DataError, load_split
     from mnist_classifier.device import DeviceError, resolve_device
     from mnist_classifier.evaluate import evaluate as run_evaluation
-    from mnist_classifier.evaluation_report import build_report, write_report_files
+    from mnist_classifier.evaluation_report import (
+        build_report,
+        default_report_dir,
+        write_report_files,
+    )
     from mnist_classifier.reporting import (
         print_checkpoint_info,
         print_evaluation,
@@ -531,12 +680,12 @@ def evaluate(
         checkpoint={
             "path": str(loaded.path),
             "epoch": loaded.epoch,
-            "validation_accuracy_percent": loaded.validation_accuracy,
+            "validation_accuracy": loaded.validation_accuracy / 100,  # a fraction, as in JSON
         },
         grid_size=grid_size,
         class_names=loaded.dataset.class_names,
     )
-    report_dir = output_dir or Path("./reports") / checkpoint.stem
+    report_dir = output_dir or default_report_dir(checkpoint, stage, loaded.raw.get("run_dir", ""))
     try:
         files = write_report_files(report, test_split.images, report_dir, grid_size=grid_size)
     except OSError as error:
@@ -580,9 +729,9 @@ def predict(
         list[Path], typer.Argument(help="Image files (PNG, JPEG, BMP, GIF, TIFF) or folders.")
     ],
     checkpoint: Annotated[
-        Path,
-        typer.Option(help="Checkpoint (torch backend).", show_default=f"./{DEFAULT_CHECKPOINT}"),
-    ] = DEFAULT_CHECKPOINT,
+        Path | None,
+        typer.Option(help=f"Checkpoint (torch backend). {SHOWN_CHECKPOINT}", show_default=False),
+    ] = None,
     backend: Annotated[str, typer.Option(help="torch or onnxruntime.")] = "torch",
     model: Annotated[
         Path | None, typer.Option(help="Exported .onnx model (onnxruntime backend).")
@@ -688,10 +837,13 @@ def export(
         str, typer.Option("--format", help="onnx, torchscript or safetensors.")
     ] = "onnx",
     checkpoint: Annotated[
-        Path, typer.Option(help="Checkpoint to export.", show_default=f"./{DEFAULT_CHECKPOINT}")
+        Path, typer.Option(help=f"Checkpoint to export. {SHOWN_CHECKPOINT}", show_default=False)
     ] = DEFAULT_CHECKPOINT,
     data_dir: Annotated[
-        Path, typer.Option(help="The data set, for the parity check.", show_default="./data")
+        Path,
+        typer.Option(
+            help="The data set, for the parity check. [default: ./data]", show_default=False
+        ),
     ] = Path("./data"),
     dataset: DatasetOption = "mnist",
 ) -> None:
@@ -734,13 +886,12 @@ def serve(
     stage: Annotated[
         str | None,
         typer.Option(
-            help="Registry stage to serve: <models-dir>/<stage>/<dataset>/best_model.pt.",
-            show_default="production",
+            help="Registry stage to serve: <models-dir>/<stage>/<dataset>/best_model.pt. "
+            "[default: production]",
+            show_default=False,
         ),
     ] = None,
-    models_dir: Annotated[Path, typer.Option(help="The model registry's folder.")] = Path(
-        "./models"
-    ),
+    models_dir: ModelsDirOption = Path("./models"),
     backend: Annotated[str, typer.Option(help="torch or onnxruntime.")] = "torch",
     model: Annotated[
         Path | None, typer.Option(help="Exported .onnx model (onnxruntime backend).")
@@ -790,24 +941,17 @@ def serve(
 
     from mnist_classifier.serve.app import LOOPBACK_HOSTS, create_app
     from mnist_classifier.serve.limits import DEFAULT_LIMITS
-    from mnist_classifier.serve.loading import (
-        ServeError,
-        load_checkpoint_model,
-        load_onnx_model,
-        stage_checkpoint,
-    )
+    from mnist_classifier.serve.loading import ServeError, load_checkpoint_model, load_onnx_model
 
     dataset = _checked_dataset(dataset)
+    if model is None and checkpoint is None:
+        stage = stage or "production"
+        checkpoint = _stage_or_checkpoint(stage, models_dir, None, dataset)
     try:
         if model is not None:
             served = load_onnx_model(model, dataset)
-        elif checkpoint is not None:
-            served = load_checkpoint_model(checkpoint, dataset)
         else:
-            stage = stage or "production"
-            served = load_checkpoint_model(
-                stage_checkpoint(models_dir, stage, dataset), dataset, stage=stage
-            )
+            served = load_checkpoint_model(checkpoint, dataset, stage=stage)
     except ServeError as error:
         raise _fail(str(error), EXIT_FAILURE) from None
     hosts = allowed_hosts(host, allowed_host or [])
@@ -835,7 +979,10 @@ def serve(
 def promote(
     name: Annotated[
         str | None,
-        typer.Option(help="The model's name in the registry.", show_default="the data set's name"),
+        typer.Option(
+            help="The model's name in the registry. [default: the data set's name, e.g. mnist]",
+            show_default=False,
+        ),
     ] = None,
     from_stage: Annotated[
         str, typer.Option("--from", help="A stage, or a checkpoint path (e.g. a run's best).")
@@ -845,7 +992,9 @@ def promote(
         float, typer.Option(min=0.0, max=1.0, help="Refuse below this test accuracy (0..1).")
     ] = 0.97,
     models_dir: ModelsDirOption = Path("./models"),
-    data_dir: Annotated[Path, typer.Option(help="Where the data set lives.")] = Path("./data"),
+    data_dir: Annotated[
+        Path, typer.Option(help="Where the data set lives. [default: ./data]", show_default=False)
+    ] = Path("./data"),
     dataset: DatasetOption = "mnist",
 ) -> None:
     """Evaluate a candidate on the test set and, if good enough, copy it to the next stage.

@@ -35,6 +35,19 @@ FIGURE_FILES = {
     "reliability_diagram": "reliability_diagram.png",
 }
 CONFUSED_PAIRS = 10
+REPORTS_DIR = Path("./reports")
+
+
+def default_report_dir(checkpoint: Path, stage: str | None, run_dir: str) -> Path:
+    """Where a report goes unless told: one folder per stage, or per run and checkpoint, so
+    that evaluating production, staging and each run's best_model.pt never overwrite each other.
+
+    `run_dir` is the run a checkpoint names (saved in every checkpoint); "" for none."""
+    if stage:
+        return REPORTS_DIR / stage
+    if run_dir:
+        return REPORTS_DIR / Path(run_dir).name / checkpoint.stem
+    return REPORTS_DIR / f"{checkpoint.resolve().parent.name}-{checkpoint.stem}"
 
 
 def build_report(

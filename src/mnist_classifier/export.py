@@ -2,15 +2,17 @@
 
 Every export is checked at once against the eager model on the first 1,000 test images: the
 exported model's logits must be within `PARITY_TOLERANCE` of the eager logits and give the same
-predictions, or `ExportError` is raised. Never prints.
+predictions, or `ExportError` is raised. Files are written into a temporary folder beside the
+output and moved into place only once the check passes, so a failed export leaves nothing
+behind and an earlier export of the same name untouched. Never prints.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +21,7 @@ import numpy as np
 import torch
 
 from mnist_classifier.batching import normalize
-from mnist_classifier.checkpoint import ARCHITECTURE
+from mnist_classifier.checkpoint import ARCHITECTURE, FILE_MODE, write_json_atomically
 from mnist_classifier.datasets import MNIST, DatasetSpec, Normalization
 from mnist_classifier.model import IMAGE_SIZE, NUM_CLASSES, SimpleCNN
 from mnist_classifier.predict import ONNX_DATASET_KEY, ONNX_MEAN_KEY, ONNX_STD_KEY
@@ -75,18 +77,27 @@ def export_model(
     with torch.inference_mode():
         eager_logits = model(inputs).numpy()
     exporter = {"onnx": _onnx, "torchscript": _torchscript, "safetensors": _safetensors}
-    files, exported_logits, checker = exporter[export_format](
-        model, output, inputs, normalization, dataset
-    )
-    parity = compare_logits(eager_logits, exported_logits)
-    result = ExportResult(export_format, output, files, parity, checker)
-    if not parity.passed:
-        raise ExportError(
-            f"{output} does not match the eager model on {parity.images} test images: "
-            f"max |logit difference| {parity.max_abs_logit_difference:.3g} "
-            f"(limit {PARITY_TOLERANCE:g}), predictions identical: {parity.predictions_identical}"
-        )
-    return result
+    with tempfile.TemporaryDirectory(dir=output.parent, prefix=f".{output.name}.") as staging:
+        try:
+            staged_files, exported_logits, checker = exporter[export_format](
+                model, Path(staging) / output.name, inputs, normalization, dataset
+            )
+        except Exception as error:  # torch.onnx, onnx, jit and safetensors each raise their own
+            detail = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise ExportError(f"the {export_format} export to {output} failed: {detail}") from error
+        parity = compare_logits(eager_logits, exported_logits)
+        if not parity.passed:
+            raise ExportError(
+                f"{output} does not match the eager model on {parity.images} test images: "
+                f"max |logit difference| {parity.max_abs_logit_difference:.3g} (limit "
+                f"{PARITY_TOLERANCE:g}), predictions identical: {parity.predictions_identical}"
+            )
+        files = []
+        for staged in staged_files:
+            os.chmod(staged, FILE_MODE)
+            files.append(output.parent / staged.name)
+            os.replace(staged, files[-1])
+    return ExportResult(export_format, output, tuple(files), parity, checker)
 
 
 def compare_logits(eager: np.ndarray, exported: np.ndarray) -> Parity:
@@ -123,6 +134,7 @@ def _onnx(model, output: Path, inputs: torch.Tensor, normalization, dataset: Dat
             output_names=["logits"],
             dynamic_shapes=({0: torch.export.Dim("batch")},),
             opset_version=ONNX_OPSET,
+            external_data=False,  # one self-contained file, no model.onnx.data beside it
             verbose=False,
         )
     # Normalisation travels inside the file, so onnxruntime users need nothing else.
@@ -176,9 +188,7 @@ def _safetensors(model, output: Path, inputs: torch.Tensor, normalization, datas
         "weights_file": output.name,
         "weights_sha256": sha256_file(output),
     }
-    temporary = sidecar.with_name(f".{sidecar.name}.tmp")
-    temporary.write_text(json.dumps(description, indent=2) + "\n")
-    os.replace(temporary, sidecar)
+    write_json_atomically(sidecar, description)
 
     rebuilt = SimpleCNN(model.settings)
     rebuilt.load_state_dict(load_file(str(output)))

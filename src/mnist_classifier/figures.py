@@ -14,6 +14,7 @@ import matplotlib
 matplotlib.use("Agg")  # before pyplot: draw to files, never open a window
 
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
 
@@ -33,23 +34,39 @@ def short_class_name(name: str) -> str:
 def save_confusion_heatmap(
     confusion: torch.Tensor, path: Path, class_names: list[str] | None = None
 ) -> None:
+    """Counts in every cell; colour for the mistakes only. The diagonal (thousands of right
+    answers) is masked in grey, or its scale would wash out the off-diagonal handfuls."""
     num_classes = confusion.shape[0]
     class_names = class_names or [str(number) for number in range(num_classes)]
     noun = class_noun(class_names)
+    counts = confusion.numpy()
+    mistakes = np.ma.masked_where(np.eye(num_classes, dtype=bool), counts)
+    colour_map = matplotlib.colormaps["Reds"].with_extremes(bad="#d9d9d9")
+    largest_mistake = max(int(mistakes.max() or 0), 1)
     figure, axes = plt.subplots(figsize=(7.5, 6.5), dpi=DPI)
-    image = axes.imshow(confusion.numpy(), cmap="Blues")
-    largest = int(confusion.max())
+    image = axes.imshow(mistakes, cmap=colour_map, vmin=0, vmax=largest_mistake)
     for true in range(num_classes):
         for predicted in range(num_classes):
-            count = int(confusion[true, predicted])
-            colour = "white" if count > largest / 2 else "black"
-            axes.text(predicted, true, str(count), ha="center", va="center", fontsize=8, c=colour)
+            count = int(counts[true, predicted])
+            dark_cell = true != predicted and count > largest_mistake / 2
+            colour = "white" if dark_cell else "black"
+            weight = "bold" if true == predicted else "normal"
+            axes.text(
+                predicted,
+                true,
+                str(count),
+                ha="center",
+                va="center",
+                fontsize=8,
+                c=colour,
+                fontweight=weight,
+            )
     axes.set_xticks(range(num_classes), class_names, rotation=0 if noun == "digit" else 45)
     axes.set_yticks(range(num_classes), class_names)
     axes.set_xlabel(f"Predicted {noun}")
     axes.set_ylabel(f"True {noun}")
-    axes.set_title("Confusion matrix (test set)")
-    figure.colorbar(image, ax=axes, label="Images")
+    axes.set_title("Confusion matrix (test set); diagonal = correct, in grey")
+    figure.colorbar(image, ax=axes, label="Misclassified images")
     _save(figure, path)
 
 
@@ -89,6 +106,11 @@ def save_digit_grid(
     images: torch.Tensor, captions: list[str], colours: list[str], title: str, path: Path
 ) -> None:
     """uint8 (N, 28, 28) digits in a grid, each with a one-line caption above it."""
+    _save(digit_grid_figure(images, captions, colours, title), path)
+
+
+def digit_grid_figure(images: torch.Tensor, captions: list[str], colours: list[str], title: str):
+    """The figure `save_digit_grid` writes, for TensorBoard's add_figure (which closes it)."""
     count = len(images)
     columns = min(count, 8) or 1
     rows = max(math.ceil(count / columns), 1)
@@ -113,7 +135,8 @@ def save_digit_grid(
         )
     axes.set_axis_off()
     axes.set_title(title, fontsize=10)
-    _save(figure, path)
+    figure.tight_layout()
+    return figure
 
 
 def _save(figure, path: Path) -> None:

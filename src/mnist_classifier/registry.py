@@ -54,6 +54,18 @@ def stage_checkpoint(models_dir: Path | str, stage: str, name: str = "mnist") ->
     return Path(models_dir) / stage / name / CHECKPOINT_NAME
 
 
+def existing_stage_checkpoint(models_dir: Path | str, stage: str, name: str = "mnist") -> Path:
+    """The checkpoint of a stage that must already exist; a RegistryError lists those that do."""
+    path = stage_checkpoint(models_dir, stage, name)
+    if path.is_file():
+        return path
+    stages = sorted(found.parent.parent.name for found in Path(models_dir).glob(f"*/{name}/*.pt"))
+    missing = f"no stage {stage!r} in {models_dir} (no {path})"
+    if stages:
+        raise RegistryError(f"{missing}; the stages there are: {', '.join(stages)}")
+    raise RegistryError(f"{missing}; it holds no models yet: python train_mnist.py trains one")
+
+
 def resolve_source(models_dir: Path | str, source: str, name: str) -> Path:
     """`--from` is a stage name, or a path to a checkpoint (e.g. a run's best_model.pt)."""
     if PLAIN_NAME.fullmatch(source) and not source.endswith(".pt"):

@@ -34,9 +34,16 @@ from mnist_classifier.train import EpochResult, TrainingObserver, TrainResult, T
 RULE = "=" * 60
 THIN_RULE = "-" * 40
 LOG_INTERVAL_BATCHES = 100  # the lab prints a progress line every 100 batches
+LIVE_REFRESH_SECONDS = 0.25  # how often the live bar reads the device's running figures
 
 console = Console(highlight=False)
 error_console = Console(stderr=True, highlight=False)
+
+
+def table_console() -> Console:
+    """The terminal's width on a terminal; logs and pipes get whole rows (no cut file paths)
+    rather than Rich's 80-column default."""
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 100_000)
 
 
 def print_error(message: str) -> None:
@@ -62,8 +69,10 @@ def print_data(files: MnistFiles) -> None:
 
 
 class ConsoleTrainingObserver(TrainingObserver):
-    """The lab's console output; a live progress bar instead of its lines on a terminal.
+    """The lab's console output; on a terminal, a live bar and one kept line per epoch instead.
 
+    The bar shows the epoch's running mean loss and accuracy and the current speed, refreshed
+    a few times a second: device tensors are read only then, so a GPU is not stalled every step.
     `quiet` keeps only the per-epoch summaries and the final result.
     """
 
@@ -75,6 +84,10 @@ class ConsoleTrainingObserver(TrainingObserver):
         self._batches = 0
         self._images_seen = 0
         self._epoch_start = 0.0
+        self._loss_sum: torch.Tensor | None = None  # on the training device, never read per step
+        self._last_refresh = 0.0
+        self._images_at_refresh = 0
+        self._total_epochs = 0
 
     def started(self, config: TrainConfig, setup: TrainSetup) -> None:
         if self.quiet:
@@ -93,26 +106,31 @@ class ConsoleTrainingObserver(TrainingObserver):
         print(f"\nStarting training for {config.epochs} epochs...")
 
     def epoch_started(self, epoch: int, total_epochs: int, images_total: int) -> None:
-        if not self.quiet:
-            print(f"\n{RULE}\nEpoch {epoch}/{total_epochs}\n{RULE}")
         self._batches = 0
         self._images_seen = 0
-        self._epoch_start = time.perf_counter()
-        if self.live and not self.quiet:
-            self._progress = Progress(
-                TextColumn(f"Epoch {epoch}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]}  acc {task.fields[accuracy]}"),
-                TextColumn("{task.fields[speed]} img/s"),
-                TimeRemainingColumn(),
-                console=console,
-                transient=True,
-            )
-            self._task = self._progress.add_task(
-                "train", total=images_total, loss="-", accuracy="-", speed="-"
-            )
-            self._progress.start()
+        self._loss_sum = None
+        self._images_at_refresh = 0
+        self._total_epochs = total_epochs
+        self._epoch_start = self._last_refresh = time.perf_counter()
+        if self.quiet:
+            return
+        if not self.live:
+            print(f"\n{RULE}\nEpoch {epoch}/{total_epochs}\n{RULE}")
+            return
+        self._progress = Progress(
+            TextColumn(f"Epoch {epoch}/{total_epochs}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}  acc {task.fields[accuracy]}"),
+            TextColumn("{task.fields[speed]} img/s"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,  # replaced by the epoch's kept line
+        )
+        self._task = self._progress.add_task(
+            "train", total=images_total, loss="-", accuracy="-", speed="-"
+        )
+        self._progress.start()
 
     def batch_done(
         self,
@@ -121,24 +139,17 @@ class ConsoleTrainingObserver(TrainingObserver):
         images_total: int,
         loss: torch.Tensor,
         correct: torch.Tensor,
+        step: int = 0,
+        learning_rate: float = 0.0,
     ) -> None:
         # The lab counts the images before this batch, so its first line reads [0/N (0%)].
         images_before, self._images_seen = self._images_seen, images_seen
         batch_index = self._batches
         self._batches += 1
-        if self.quiet or batch_index % LOG_INTERVAL_BATCHES != 0:
-            if self._progress is not None:
-                self._progress.update(self._task, completed=images_seen)
-            return
         if self._progress is not None:
-            elapsed = max(time.perf_counter() - self._epoch_start, 1e-9)
-            self._progress.update(
-                self._task,
-                completed=images_seen,
-                loss=f"{loss.item():.4f}",
-                accuracy=f"{100 * correct.item() / images_seen:.2f}%",
-                speed=f"{images_seen / elapsed:,.0f}",
-            )
+            self._show_running_figures(images_before, images_seen, loss, correct)
+            return
+        if self.quiet or batch_index % LOG_INTERVAL_BATCHES != 0:
             return
         print(
             f"Epoch {epoch} [{images_before}/{images_total} "
@@ -146,16 +157,50 @@ class ConsoleTrainingObserver(TrainingObserver):
             flush=True,
         )
 
+    def _show_running_figures(
+        self, images_before: int, images_seen: int, loss: torch.Tensor, correct: torch.Tensor
+    ) -> None:
+        batch_loss_sum = loss.double() * (images_seen - images_before)  # stays on the device
+        if self._loss_sum is not None:
+            batch_loss_sum += self._loss_sum
+        self._loss_sum = batch_loss_sum
+        now = time.perf_counter()
+        if self._batches > 1 and now - self._last_refresh < LIVE_REFRESH_SECONDS:
+            self._progress.update(self._task, completed=images_seen)
+            return
+        # The current speed: images since the last refresh over the time since then.
+        speed = (images_seen - self._images_at_refresh) / max(now - self._last_refresh, 1e-9)
+        self._last_refresh, self._images_at_refresh = now, images_seen
+        self._progress.update(
+            self._task,
+            completed=images_seen,
+            loss=f"{self._loss_sum.item() / images_seen:.4f}",
+            accuracy=f"{100 * correct.item() / images_seen:.2f}%",
+            speed=f"{speed:,.0f}",
+            refresh=True,
+        )
+
     def epoch_done(self, result: EpochResult) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
         if self.quiet:
             print(
                 f"epoch {result.epoch}: train loss {result.train_loss:.4f}, "
                 f"validation accuracy {100 * result.validation_accuracy:.2f}%, "
                 f"{result.seconds:.1f}s",
                 flush=True,
+            )
+            return
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+            console.print(
+                f"Epoch {result.epoch}/{self._total_epochs}: "
+                f"loss {result.train_loss:.4f}, accuracy {100 * result.train_accuracy:.2f}%, "
+                f"validation loss {result.validation_loss:.4f}, "
+                f"validation accuracy {100 * result.validation_accuracy:.2f}%"
+                f"{' (best)' if result.is_best else ''}, "
+                f"{result.seconds:.1f}s, {result.images_per_second:,.0f} images/s",
+                markup=False,
+                soft_wrap=True,
             )
             return
         print(
@@ -180,6 +225,18 @@ class ConsoleTrainingObserver(TrainingObserver):
         )
         print(f"Best model: {result.best_checkpoint}")
         print(RULE)
+        print(f"Next: evaluate it on the test set: {evaluate_command(result.best_checkpoint)}")
+
+
+def evaluate_command(checkpoint: Path) -> str:
+    """The command that evaluates `checkpoint`, in the voice of the command that trained it."""
+    from mnist_classifier.cli import DEFAULT_CHECKPOINT  # test_mnist.py's default
+
+    if Path(sys.argv[0]).name == "train_mnist.py":
+        if Path(checkpoint) == DEFAULT_CHECKPOINT:
+            return "python test_mnist.py"
+        return f"python test_mnist.py --checkpoint {checkpoint}"
+    return f"mnist evaluate --checkpoint {checkpoint}"
 
 
 def print_run_dir(run_dir) -> None:
@@ -201,15 +258,20 @@ def print_runs(rows: list[dict], output_format: str) -> None:
     if output_format == "csv":
         writer = csv.DictWriter(sys.stdout, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
-        writer.writerows(rows)
+        # Six significant digits: 0.9884, not 0.9884000420570374.
+        for row in rows:
+            writer.writerow({key: _csv_value(value) for key, value in row.items()})
         return
     table = Table(show_lines=False)
     for column in columns:
         table.add_column(SHORT_HEADERS.get(column, column), overflow="fold", no_wrap=True)
     for row in rows:
         table.add_row(*(_cell(column, row[column]) for column in columns))
-    # Logs and pipes get whole rows rather than Rich's 80-column default.
-    Console(highlight=False, width=None if sys.stdout.isatty() else 200).print(table)
+    table_console().print(table)
+
+
+def _csv_value(value):
+    return f"{value:.6g}" if isinstance(value, float) else value
 
 
 SHORT_HEADERS = {
@@ -340,7 +402,7 @@ def print_predictions(predictions: list, model) -> None:
                 prediction.file, prediction.label, f"{100 * prediction.probability:.1f}%", top3
             )
     if table.row_count:
-        console.print(table)
+        table_console().print(table)
     for prediction in predictions:
         if prediction.error is not None:
             print_error(f"{prediction.file}: {prediction.error}")

@@ -4,7 +4,9 @@
         config.yaml       the resolved config
         provenance.json   git commit, versions, device, seed, data digests, command line
         metrics.csv       one row per epoch
-        events.out.tfevents.*   TensorBoard: scalars, learning rate, validation images, hparams
+        events.out.tfevents.*   TensorBoard, against the optimizer step: training loss and
+                          learning rate every 50 steps, epoch metrics, labelled validation
+                          predictions each epoch, and the hparams table
         curves.png        loss and accuracy against epoch
         summary.json      best epoch, stop reason, wall time (and test accuracy once evaluated)
         *.pt              checkpoints, unless --output-dir sends them elsewhere
@@ -44,6 +46,16 @@ METRIC_COLUMNS = (
 )
 # Keys that differ between any two runs without being a choice worth comparing.
 NOT_HYPERPARAMETERS = {"name", "runs_dir", "output_dir", "data.data_dir", "device"}
+LOG_EVERY_STEPS = 50  # TensorBoard's step-level training loss and learning rate
+# TensorBoard tags of the epoch metrics; the hparams table shows their last values.
+EPOCH_TAGS = {
+    "train_loss": "train/loss",
+    "train_accuracy": "train/accuracy",
+    "validation_loss": "validation/loss",
+    "validation_accuracy": "validation/accuracy",
+    "seconds": "speed/seconds_per_epoch",
+    "images_per_second": "speed/images_per_second",
+}
 
 
 def create_run_dir(runs_dir: Path | str, name: str) -> Path:
@@ -121,17 +133,19 @@ def provenance(config_seed: int, setup: TrainSetup) -> dict[str, Any]:
 class RunRecorder(TrainingObserver):
     """Writes a run directory's files as training goes; each epoch's row lands as it finishes."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, log_every_steps: int = LOG_EVERY_STEPS) -> None:
         self.run_dir = Path(run_dir)
+        self.log_every_steps = log_every_steps
         self.rows: list[dict[str, Any]] = []
         self.writer = None
         self.config = None
+        self.setup: TrainSetup | None = None
+        self.step = 0
 
     def started(self, config, setup: TrainSetup) -> None:
         from torch.utils.tensorboard import SummaryWriter
-        from torchvision.utils import make_grid
 
-        self.config = config
+        self.config, self.setup, self.step = config, setup, setup.start_step
         (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
         provenance_path = self.run_dir / "provenance.json"
         this_start = provenance(config.seed, setup)
@@ -157,21 +171,57 @@ class RunRecorder(TrainingObserver):
             writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS)
             writer.writeheader()
             writer.writerows(kept)
-        # purge_step hides events a killed run logged beyond the epoch it resumes from.
-        self.writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=setup.start_epoch)
-        images = setup.validation_images.unsqueeze(1)  # (N, 1, 28, 28) uint8
-        self.writer.add_image("validation_batch", make_grid(images, nrow=8, pad_value=255), 0)
+        # Every event is logged against the optimizer step; purge_step hides the events a
+        # killed run logged beyond the step it resumes from.
+        self.writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=setup.start_step + 1)
+
+    def batch_done(
+        self, epoch, images_seen, images_total, loss, correct, step=0, learning_rate=0.0
+    ) -> None:
+        self.step = step
+        if step % self.log_every_steps == 0:
+            # One read of the device's loss every `log_every_steps` steps, not every step.
+            self.writer.add_scalar("train/batch_loss", loss.item(), step)
+            self.writer.add_scalar("learning_rate", learning_rate, step)
 
     def epoch_done(self, result: EpochResult) -> None:
         row = {column: getattr(result, column) for column in METRIC_COLUMNS}
         self.rows.append(row)
         with open(self.run_dir / "metrics.csv", "a", newline="") as handle:
             csv.writer(handle).writerow([row[column] for column in METRIC_COLUMNS])
-        for column in METRIC_COLUMNS[1:]:
-            group = column.split("_")[0] if column.startswith(("train", "validation")) else "speed"
-            tag = "learning_rate" if column == "learning_rate" else f"{group}/{column}"
-            self.writer.add_scalar(tag, row[column], result.epoch)
+        for column, tag in EPOCH_TAGS.items():
+            self.writer.add_scalar(tag, row[column], self.step)
+        self.writer.add_scalar("epoch", result.epoch, self.step)
+        self.writer.add_figure("validation/predictions", self._prediction_grid(result), self.step)
         self.writer.flush()
+
+    def _prediction_grid(self, result: EpochResult):
+        """The first validation images with the model's predictions; mistakes in red."""
+        import torch
+
+        from mnist_classifier.batching import normalize
+        from mnist_classifier.figures import digit_grid_figure
+
+        model, images = self.setup.model, self.setup.validation_images
+        was_training = model.training
+        model.eval()
+        with torch.inference_mode():
+            parameter = next(model.parameters())
+            inputs = normalize(images.to(parameter.device)).to(parameter.dtype)
+            predictions = model(inputs).argmax(dim=1).cpu()  # (N,)
+        model.train(was_training)
+        labels = self.setup.validation_labels
+        pairs = zip(labels.tolist(), predictions.tolist(), strict=True)
+        captions = [f"{label}→{predicted}" for label, predicted in pairs]
+        colours = ["black" if right else "red" for right in (predictions == labels).tolist()]
+        wrong = int((predictions != labels).sum())
+        return digit_grid_figure(
+            images,
+            captions,
+            colours,
+            f"Epoch {result.epoch}: the first {len(images)} validation images, "
+            f"{wrong} wrong (red)\ntrue→predicted",
+        )
 
     def finished(self, result: TrainResult) -> None:
         from mnist_classifier.figures import save_learning_curves
@@ -187,21 +237,23 @@ class RunRecorder(TrainingObserver):
             "checkpoint_dir": str(result.checkpoint_dir),
         }
         write_json_atomically(self.run_dir / "summary.json", summary)
-        hparams = {
+        self._write_hparams_table()
+        self.writer.close()
+        save_learning_curves({self.run_dir.name: self.rows}, self.run_dir / "curves.png")
+
+    def _write_hparams_table(self) -> None:
+        """The hparams table alone: its metric columns read this run's epoch scalars, so no
+        single-point `hparam/*` charts are written (SummaryWriter.add_hparams would)."""
+        from torch.utils.tensorboard.summary import hparams
+
+        values = {
             key: value if isinstance(value, (int, float, str, bool)) else str(value)
             for key, value in flatten(self.config.to_dict()).items()
             if key not in NOT_HYPERPARAMETERS
         }
-        self.writer.add_hparams(
-            hparams,
-            {
-                "hparam/best_validation_accuracy": best.validation_accuracy,
-                "hparam/final_validation_loss": result.epochs[-1].validation_loss,
-            },
-            run_name=".",  # in this run's folder, beside its scalars
-        )
-        self.writer.close()
-        save_learning_curves({self.run_dir.name: self.rows}, self.run_dir / "curves.png")
+        metrics = {EPOCH_TAGS["validation_accuracy"]: 0.0, EPOCH_TAGS["validation_loss"]: 0.0}
+        for summary in hparams(values, metrics):
+            self.writer.file_writer.add_summary(summary)
 
 
 def record_test_accuracy(checkpoint: Path, accuracy: float, run_dir: str = "") -> Path | None:
@@ -250,15 +302,47 @@ def read_run(path: Path) -> RunRecord:
     return RunRecord(path=path, config=flatten(config), summary=summary, metrics=metrics)
 
 
-def list_runs(runs_dir: Path | str, names: list[str] | None = None) -> list[RunRecord]:
-    """Runs under `runs_dir`, oldest first; `names` keeps those whose folder name contains one."""
+def list_runs(runs_dir: Path | str) -> list[RunRecord]:
+    """Runs under `runs_dir`, oldest first."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         return []
     folders = sorted(path for path in runs_dir.iterdir() if (path / "config.yaml").is_file())
-    if names:
-        folders = [path for path in folders if any(name in path.name for name in names)]
     return [read_run(path) for path in folders]
+
+
+def parse_run_filters(filters: list[str]) -> dict[str, Any]:
+    """['lr=0.002', 'schedule.name=onecycle'] -> {'lr': 0.002, 'schedule.name': 'onecycle'},
+    typed as the config reads them; a key the config does not have is a ConfigError."""
+    from mnist_classifier.config import TrainConfig
+
+    known = flatten(TrainConfig().to_dict())
+    wanted = {}
+    for text in filters:
+        if "=" not in text:
+            raise ConfigError(f"a run filter is KEY=VALUE, e.g. lr=0.002 (got {text!r})")
+        key, value = parse_assignment(text)
+        if key not in known:
+            raise ConfigError(f"unknown config key {key!r} in filter {text!r}")
+        wanted[key] = value
+    return wanted
+
+
+def matching_runs(runs: list[RunRecord], wanted: dict[str, Any]) -> list[RunRecord]:
+    """The runs whose saved config has every wanted value (1 and 1.0 count as equal)."""
+    return [
+        run for run in runs if all(run.config.get(key) == value for key, value in wanted.items())
+    ]
+
+
+def run_labels(runs: list[RunRecord]) -> dict[str, RunRecord]:
+    """Each run by the settings that differ between `runs` (its folder name where none do)."""
+    keys = differing_keys(runs)
+    labels = {}
+    for run in runs:
+        label = " ".join(f"{key}={run.config.get(key)}" for key in keys) or run.name
+        labels[label if label not in labels else f"{label} ({run.name})"] = run
+    return labels
 
 
 def differing_keys(runs: list[RunRecord]) -> list[str]:

@@ -32,7 +32,13 @@ from mnist_classifier.checkpoint import (
     require_dataset,
     save_checkpoint,
 )
-from mnist_classifier.config import ConfigError, TrainConfig, flatten
+from mnist_classifier.config import (
+    ConfigError,
+    TrainConfig,
+    flatten,
+    make_config,
+    read_config_file,
+)
 from mnist_classifier.data import MnistFiles, ensure_dataset, load_split
 from mnist_classifier.datasets import dataset_spec
 from mnist_classifier.device import autocast, memory_format_for, resolve_device, resolve_precision
@@ -62,7 +68,9 @@ class TrainSetup:
     parameter_count: int
     checkpoint_dir: Path
     validation_images: torch.Tensor  # the first validation images, uint8 (N, 28, 28), CPU
+    validation_labels: torch.Tensor  # their labels, int64 (N,), CPU
     start_epoch: int  # 1, or the epoch after the checkpoint a resumed run continues from
+    start_step: int  # optimizer steps already taken: 0, or where a resumed run continues
 
 
 @dataclass(frozen=True)
@@ -112,9 +120,13 @@ class TrainingObserver:
         images_total: int,
         loss: torch.Tensor,
         correct: torch.Tensor,
+        step: int = 0,
+        learning_rate: float = 0.0,
     ) -> None:
         """`loss` is the batch's mean loss and `correct` the epoch's running count of right
-        answers, both as device tensors: reading them (a GPU sync) is the observer's choice."""
+        answers, both as device tensors: reading them (a GPU sync) is the observer's choice.
+        `step` counts optimizer steps over the whole run (1 after the first); `learning_rate`
+        is the one this step used."""
 
     def epoch_done(self, result: EpochResult) -> None: ...
 
@@ -135,9 +147,13 @@ class Observers(TrainingObserver):
         for observer in self.observers:
             observer.epoch_started(epoch, total_epochs, images_total)
 
-    def batch_done(self, epoch, images_seen, images_total, loss, correct):
+    def batch_done(
+        self, epoch, images_seen, images_total, loss, correct, step=0, learning_rate=0.0
+    ):
         for observer in self.observers:
-            observer.batch_done(epoch, images_seen, images_total, loss, correct)
+            observer.batch_done(
+                epoch, images_seen, images_total, loss, correct, step, learning_rate
+            )
 
     def epoch_done(self, result):
         for observer in self.observers:
@@ -332,6 +348,19 @@ def _restore(part: str, checkpoint_path: Path, restore) -> None:
         raise ResumeError(
             f"cannot resume from {checkpoint_path}: its {part} is damaged ({detail[:200]})"
         ) from None
+
+
+def config_for_resume(
+    checkpoint: Path, explicit: dict, config_file: Path | None = None
+) -> TrainConfig:
+    """The config a resumed run continues with: the one saved in `checkpoint`, under the
+    settings given now (`config_file`, then `explicit` dotted keys), which check_resumable
+    still checks."""
+    settings = flatten(load_checkpoint(checkpoint).config.to_dict())
+    if config_file is not None:
+        settings.update(flatten(read_config_file(config_file)))
+    settings.update(explicit)
+    return make_config(settings)
 
 
 def _epoch_number(path: Path) -> int:
@@ -530,7 +559,9 @@ def train(
         parameter_count=count_parameters(model),
         checkpoint_dir=checkpoint_dir,
         validation_images=validation_split.images[:64].cpu(),
+        validation_labels=validation_split.labels[:64].cpu(),
         start_epoch=start_epoch,
+        start_step=global_step,
     )
     observer.started(config, setup)
 
@@ -551,6 +582,7 @@ def train(
                 logits = trained_model(normalize(images, memory_format, normalization))  # (B, 10)
             loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
+            step_learning_rate = optimizer.param_groups[0]["lr"]
             grad_scaler.scale(loss).backward()
             grad_scaler.step(optimizer)
             grad_scaler.update()
@@ -561,7 +593,15 @@ def train(
             loss_sum += loss.detach() * len(labels)
             correct += (logits.argmax(dim=1) == labels).sum()
             images_seen += len(labels)
-            observer.batch_done(epoch, images_seen, images_this_rank, loss.detach(), correct)
+            observer.batch_done(
+                epoch,
+                images_seen,
+                images_this_rank,
+                loss.detach(),
+                correct,
+                global_step,
+                float(step_learning_rate),
+            )
 
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -627,12 +667,12 @@ def train(
             optimizer=optimizer,
             epoch=epoch,
             validation_loss=validation_loss,
-            validation_accuracy=100.0 * validation_accuracy,
+            validation_accuracy=100.0 * validation_accuracy,  # the lab's `accuracy`, a percent
             config=config,
-            extra={
+            extra={  # accuracies as fractions 0..1, like everything machine-readable
                 "train_loss": train_loss,
-                "train_accuracy": 100.0 * train_accuracy,
-                "best_accuracy": 100.0 * best_validation_accuracy,
+                "train_accuracy": train_accuracy,
+                "best_validation_accuracy": best_validation_accuracy,
                 "precision": precision,
                 "device": str(device),
                 "data_sha256": dict(mnist_files.sha256),

@@ -1,0 +1,176 @@
+"""What a person reads and what a machine parses: the lab's lines, tables, CSV, next steps,
+report folders, and a resumed run's settings."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import checkpoint_payload
+
+from mnist_classifier.checkpoint import save_checkpoint
+from mnist_classifier.config import ConfigError, make_config
+from mnist_classifier.evaluation_report import default_report_dir
+from mnist_classifier.reporting import ConsoleTrainingObserver, evaluate_command, print_runs
+from mnist_classifier.train import EpochResult, config_for_resume
+
+
+def _epoch_result(**changes):
+    values = dict(
+        epoch=1,
+        learning_rate=1e-3,
+        train_loss=0.23456,
+        train_accuracy=0.93125,
+        validation_loss=0.0812,
+        validation_accuracy=0.975,
+        seconds=12.34,
+        images_per_second=4100.0,
+        checkpoint=Path("models/staging/mnist/checkpoint_epoch_1.pt"),
+        is_best=True,
+    )
+    return EpochResult(**{**values, **changes})
+
+
+def test_the_labs_lines_are_unchanged_when_output_is_not_a_terminal(capsys):
+    observer = ConsoleTrainingObserver(live=False)
+    observer.epoch_started(1, 5, 55000)
+    for batch in range(201):
+        loss = torch.tensor(2.304586 if batch == 0 else 0.234567)
+        observer.batch_done(1, 64 * (batch + 1), 55000, loss, torch.tensor(0), batch + 1, 1e-3)
+    observer.epoch_done(_epoch_result())
+    # The handout's lines, character for character (its README shows them).
+    assert capsys.readouterr().out.splitlines() == [
+        "",
+        "=" * 60,
+        "Epoch 1/5",
+        "=" * 60,
+        "Epoch 1 [0/55000 (0%)]\tLoss: 2.304586",
+        "Epoch 1 [6400/55000 (12%)]\tLoss: 0.234567",
+        "Epoch 1 [12800/55000 (23%)]\tLoss: 0.234567",
+        "Training: Loss: 0.2346, Accuracy: 93.12% (12.3s, 4,100 images/s, lr 0.001)",
+        "",
+        "Validation: Average loss: 0.0812, Accuracy: 97.50%",
+        "",
+        "Checkpoint saved: models/staging/mnist/checkpoint_epoch_1.pt",
+        "New best accuracy: 97.50%",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("script", "checkpoint", "command"),
+    [
+        ("train_mnist.py", "models/staging/mnist/best_model.pt", "python test_mnist.py"),
+        (
+            "train_mnist.py",
+            "elsewhere/best_model.pt",
+            "python test_mnist.py --checkpoint elsewhere/best_model.pt",
+        ),
+        ("mnist", "runs/r/best_model.pt", "mnist evaluate --checkpoint runs/r/best_model.pt"),
+    ],
+)
+def test_training_ends_by_naming_the_evaluation_command(monkeypatch, script, checkpoint, command):
+    monkeypatch.setattr(sys, "argv", [f"/somewhere/{script}"])
+    assert evaluate_command(Path(checkpoint)) == command
+
+
+def test_tables_keep_whole_paths_and_csv_has_short_floats_on_a_pipe(capsys):
+    long_path = "/a/" + "very-long-folder-name/" * 12 + "best_model.pt"
+    rows = [{"run": long_path, "lr": 0.0030000000000000001, "test_accuracy": 0.98840004205}]
+    print_runs(rows, "table")
+    assert long_path in capsys.readouterr().out  # one unbroken line, not folded at 80 columns
+    print_runs(rows, "csv")
+    assert capsys.readouterr().out.splitlines()[1] == f"{long_path},0.003,0.9884"
+
+
+def test_report_folders_are_keyed_by_stage_or_run():
+    best = Path("models/staging/mnist/best_model.pt")
+    assert default_report_dir(best, "staging", "/r/20260101-000000-a") == Path("reports/staging")
+    assert default_report_dir(best, "production", "/r/x") == Path("reports/production")
+    first = default_report_dir(Path("runs/a/best_model.pt"), None, "/abs/runs/a")
+    second = default_report_dir(Path("runs/b/best_model.pt"), None, "/abs/runs/b")
+    assert first == Path("reports/a/best_model") and second == Path("reports/b/best_model")
+    loose = default_report_dir(Path("/tmp/x/best_model.pt"), None, "")
+    assert loose == Path("reports/x-best_model")
+
+
+@pytest.fixture
+def saved_run(tmp_path):
+    config = make_config({"lr": 0.003, "batch_size": 32, "schedule.name": "cosine", "epochs": 4})
+    path = tmp_path / "checkpoint_epoch_2.pt"
+    save_checkpoint(path, checkpoint_payload(config=config.to_dict()))
+    return path, config
+
+
+def test_resume_continues_with_the_runs_saved_config(saved_run):
+    path, saved = saved_run
+    assert config_for_resume(path, {}) == saved
+
+
+def test_settings_given_with_resume_still_count(saved_run, tmp_path):
+    path, saved = saved_run
+    config_file = tmp_path / "more.yaml"
+    config_file.write_text("epochs: 6\nschedule:\n  name: step\n")
+    resumed = config_for_resume(path, {"batch_size": 16}, config_file=config_file)
+    assert (resumed.batch_size, resumed.epochs, resumed.schedule.name) == (16, 6, "step")
+    assert resumed.lr == saved.lr  # not retyped: the run's own
+    with pytest.raises(ConfigError, match="batch_size"):
+        config_for_resume(path, {"batch_size": 0})
+
+
+def test_the_live_bar_reads_the_device_only_when_it_refreshes(monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from mnist_classifier import reporting
+
+    screen = io.StringIO()
+    monkeypatch.setattr(
+        reporting, "console", Console(file=screen, force_terminal=True, width=160, highlight=False)
+    )
+    monkeypatch.setattr(reporting, "LIVE_REFRESH_SECONDS", 60.0)  # no second refresh in this test
+    reads = []
+    real_item = torch.Tensor.item
+    monkeypatch.setattr(torch.Tensor, "item", lambda tensor: reads.append(1) or real_item(tensor))
+
+    observer = ConsoleTrainingObserver(live=True)
+    observer.epoch_started(1, 3, 6400)
+    correct = torch.tensor(0)
+    for batch in range(100):
+        correct = correct + 32
+        observer.batch_done(1, 64 * (batch + 1), 6400, torch.tensor(0.5), correct, batch + 1, 1e-3)
+    assert len(reads) == 2  # the running loss and accuracy, once, for the first frame
+    monkeypatch.setattr(torch.Tensor, "item", real_item)
+    observer.epoch_done(_epoch_result(train_loss=0.5, train_accuracy=0.5))
+
+    drawn = screen.getvalue()
+    assert "loss 0.5000  acc 50.00%" in drawn  # the running means, as of the first batch
+    assert "Epoch 1/3: loss 0.5000, accuracy 50.00%, validation loss 0.0812" in drawn
+
+
+def test_the_live_bar_shows_the_epochs_running_mean(monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from mnist_classifier import reporting
+
+    screen = io.StringIO()
+    monkeypatch.setattr(
+        reporting, "console", Console(file=screen, force_terminal=True, width=160, highlight=False)
+    )
+    monkeypatch.setattr(reporting, "LIVE_REFRESH_SECONDS", 0.0)  # refresh on every batch
+    observer = ConsoleTrainingObserver(live=True)
+    observer.epoch_started(1, 1, 300)
+    # Batches of 100, 100 and 50 images with mean losses 1, 3 and 6: by hand, the running
+    # means are 1, (100 + 300) / 200 = 2 and (100 + 300 + 300) / 250 = 2.8.
+    for images_seen, loss, correct in ((100, 1.0, 50), (200, 3.0, 150), (250, 6.0, 150)):
+        observer.batch_done(1, images_seen, 300, torch.tensor(loss), torch.tensor(correct), 1, 0.1)
+    observer.epoch_done(_epoch_result())
+    drawn = screen.getvalue()
+    for running in (
+        "loss 1.0000  acc 50.00%",
+        "loss 2.0000  acc 75.00%",
+        "loss 2.8000  acc 60.00%",
+    ):
+        assert running in drawn
