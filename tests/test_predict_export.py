@@ -135,7 +135,8 @@ def test_predict_json_lists_every_file_and_reports_each_failure_on_one_line(
     assert len(good) == 10
     digest = sha256_of(checkpoint)
     for entry in good:
-        assert set(entry) == {"file", "digit", "probability", "top3", "model"}
+        assert set(entry) == {"file", "digit", "label", "probability", "top3", "model"}
+        assert entry["label"] == str(entry["digit"])  # MNIST names its classes by their digit
         assert entry["model"] == {"file": str(checkpoint), "stage": None, "digest": digest}
         assert entry["top3"][0]["digit"] == entry["digit"]
         assert entry["probability"] >= entry["top3"][1]["probability"] >= 0
