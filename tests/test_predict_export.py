@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 import torch
+from images import ODD_IMAGES
 from photo_digits import photo_like
 from realistic_digits import realistic_variant
-from test_preprocess import ODD_IMAGES
 from trained_model import tiny_checkpoint
 from typer.testing import CliRunner
 
