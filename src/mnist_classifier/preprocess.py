@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -251,7 +252,7 @@ def _dark_ink_on_light_paper(grey: np.ndarray) -> np.ndarray:
     paper. Without that step a shadow over most of the border reads as dark paper. The rule is
     symmetric, so a mirror image gives the same result.
     """
-    flat = grey - _paper_estimate(grey, PAPER_SCALE * min(grey.shape), _median)
+    flat = grey - _paper_estimate(grey, PAPER_SCALE * min(grey.shape), ndimage.median_filter)
     border = np.concatenate([flat[0, :], flat[-1, :], flat[:, 0], flat[:, -1]])
     darkest, brightest = np.percentile(flat, [0.1, 99.9])
     return 255.0 - grey if float(np.median(border)) < (darkest + brightest) / 2 else grey
@@ -271,11 +272,9 @@ def _ink_map(grey: np.ndarray, paper_scale: float) -> np.ndarray:
     return ink
 
 
-def _median(image: np.ndarray, size: int) -> np.ndarray:
-    return ndimage.median_filter(image, size=size)
-
-
-def _paper_estimate(grey: np.ndarray, scale: float, paper_filter) -> np.ndarray:
+def _paper_estimate(
+    grey: np.ndarray, scale: float, paper_filter: Callable[..., np.ndarray]
+) -> np.ndarray:
     """`paper_filter(image, size)` about `scale` pixels wide, at the size of `grey`.
 
     The paper varies slowly, so the filter runs on a grid about PAPER_GRID cells across its
