@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 import torch
+from images import ODD_IMAGES
 from photo_digits import photo_like
 from realistic_digits import realistic_variant
-from test_preprocess import ODD_IMAGES
 from trained_model import tiny_checkpoint
 from typer.testing import CliRunner
 
@@ -28,9 +28,10 @@ MIN_REALISTIC_ACCURACY = 0.86
 MAX_ACCURACY_LOSS = 0.08  # realistic vs the same digits as MNIST crops
 PHOTO_IMAGES = 100
 # Measured with the same tiny model on the first 100 photo-like versions (tests/photo_digits.py,
-# seed 0): 89.0%, against 95.0% on the same digits as MNIST crops. Before the paper's lighting
+# seed 0): 95.0%, as on the same digits as MNIST crops; 89.0% while shadows along the picture's
+# edge still read as ink and a shadowed border could flip the ink. Before the paper's lighting
 # was divided out, such photos scored 28.8% even with a 2-epoch model (README).
-MIN_PHOTO_ACCURACY = 0.85
+MIN_PHOTO_ACCURACY = 0.90
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import io
 import json
 import threading
 import time
@@ -19,8 +18,20 @@ import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from images import ODD_IMAGES, png_header_only
 from PIL import Image
-from test_preprocess import ODD_IMAGES, _png_header_only
+from serving import (
+    DIGEST,
+    MODEL_INFO,
+    SEVEN_PNG,
+    ChecksumPredictor,
+    assert_clean_error,
+    checksum_digit,
+    drawn_seven,
+    local_client,
+    png_bytes,
+    upload,
+)
 from trained_model import tiny_checkpoint
 from typer.testing import CliRunner
 
@@ -32,35 +43,9 @@ from mnist_classifier.preprocess import preprocess_image
 from mnist_classifier.serve.app import create_app
 from mnist_classifier.serve.limits import DEFAULT_LIMITS
 from mnist_classifier.serve.loading import load_checkpoint_model, stage_checkpoint
-from mnist_classifier.serve.schemas import MAX_BATCH_IMAGES, ModelInfo
+from mnist_classifier.serve.schemas import MAX_BATCH_IMAGES
 
-DIGEST = "ab" * 32
 MAX_BODY_BYTES = DEFAULT_LIMITS.max_body_bytes
-MODEL_INFO = ModelInfo(
-    digest=DIGEST,
-    stage="production",
-    backend="torch",
-    file_name="best_model.pt",
-    architecture="SimpleCNN",
-    epoch=3,
-    validation_accuracy=0.985,
-    metrics={"test_accuracy": 0.99},
-)
-
-
-def checksum_digit(image: torch.Tensor) -> int:
-    return int(image.to(torch.int64).sum()) % 10
-
-
-class ChecksumPredictor:
-    """Puts 0.91 on (sum of the image's pixels) mod 10 and 0.01 on every other digit."""
-
-    def probabilities(self, images: torch.Tensor) -> np.ndarray:
-        assert images.dtype == torch.uint8 and images.shape[1:] == (28, 28)
-        probabilities = np.full((len(images), 10), 0.01)
-        for row, image in enumerate(images):
-            probabilities[row, checksum_digit(image)] = 0.91
-        return probabilities
 
 
 class BlockedPredictor:
@@ -74,29 +59,7 @@ class BlockedPredictor:
         return np.full((len(images), 10), 0.1)
 
 
-def png_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def drawn_seven() -> np.ndarray:
-    """A dark "7" on white paper, as a user would draw it: 200x200 pixels."""
-    paper = np.full((200, 200), 255, dtype=np.uint8)
-    paper[40:56, 40:160] = 0  # the top bar
-    for row in range(56, 170):
-        column = 160 - (row - 56) * 70 // 114  # the diagonal, down to the left
-        paper[row, column - 8 : column + 8] = 0
-    return paper
-
-
-SEVEN_PNG = png_bytes(drawn_seven())
 SEVEN_SEEN = preprocess_image(SEVEN_PNG)  # the oracle: what the model must be given
-
-
-def local_client(app) -> TestClient:
-    """A client that reaches the app as http://127.0.0.1, a host it serves by default."""
-    return TestClient(app, base_url="http://127.0.0.1")
 
 
 @pytest.fixture(scope="module")
@@ -106,16 +69,6 @@ def client() -> TestClient:
 
 def post_file(client: TestClient, data: bytes, content_type: str = "image/png"):
     return client.post("/predict", files={"file": ("digit.png", data, content_type)})
-
-
-def assert_clean_error(response, status: int | tuple[int, ...]) -> str:
-    """A 4xx with a one-line JSON detail: no traceback, no file path."""
-    assert response.status_code in (status if isinstance(status, tuple) else (status,))
-    detail = response.json()["detail"]
-    assert isinstance(detail, str) and detail
-    for leak in ("Traceback", ".py", "/work", "/tmp", "site-packages", "\n"):
-        assert leak not in detail
-    return detail
 
 
 def assert_predicts_seven_correctly(client: TestClient) -> None:
@@ -269,10 +222,6 @@ def raw_json(body: bytes) -> dict:
     return {"content": body, "headers": {"content-type": "application/json"}}
 
 
-def upload(data: bytes) -> dict:
-    return {"files": {"file": ("digit.png", data, "image/png")}}
-
-
 def pixels_literal(value: bytes) -> bytes:
     """`{"pixels": 28x28 of value}` written by hand: json.dumps will not write NaN as asked."""
     row = b"[" + b",".join([value] * 28) + b"]"
@@ -292,7 +241,7 @@ BAD_REQUESTS = {
     "blank image": (upload(BLANK_PNG), 400),
     "empty file": (upload(b""), 400),
     "eps": (upload(b"%!PS-Adobe-3.0 EPSF-3.0\n"), 400),
-    "bomb": (upload(_png_header_only(10_000, 10_000)), 400),
+    "bomb": (upload(png_header_only(10_000, 10_000)), 400),
     **{f"odd image {name}": (upload(make()), 400) for name, (make, _) in ODD_IMAGES.items()},
     "form urlencoded": ({"data": {"image": "7"}}, 415),
     "form without file": ({"files": {"picture": ("a.png", SEVEN_PNG, "image/png")}}, 422),

@@ -31,9 +31,9 @@ import uvicorn
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from images import png_header_only
 from PIL import Image, ImageDraw
-from test_preprocess import _png_header_only
-from test_serve import (
+from serving import (
     MODEL_INFO,
     SEVEN_PNG,
     ChecksumPredictor,
@@ -83,13 +83,13 @@ def test_a_request_declaring_too_many_pixels_in_all_is_refused_before_decoding(
 ):
     # Header-only PNGs: decoding them fails (400), so a 413 means nothing was decoded.
     client, limits = pixel_limited_client, PIXEL_LIMITS
-    images = [_png_header_only(side, 100) for side in sides]
+    images = [png_header_only(side, 100) for side in sides]
     declared = sum(side * 100 for side in sides)  # the oracle
     response = client.post("/predict/batch", files=batch_of(images))
     if declared > limits.max_request_pixels:
         detail = assert_clean_error(response, 413)
         assert f"{declared:,} pixels" in detail and "100,000-pixel limit" in detail
-    else:
+    else:  # refused for its undecodable data, never for its pixels
         assert "pixel" not in assert_clean_error(response, 400)
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +52,7 @@ ANALYSIS_SIDE = 1000
 PAPER_SCALE = 0.5
 # ... and then, once the digit is found, with a closing this many of its strokes wide.
 PAPER_STROKE_WIDTHS = 4
-PAPER_GRID = 16  # the closing is about this many cells of the coarse grid wide
+PAPER_GRID = 16  # the paper filters are about this many cells of the coarse grid wide
 MIN_PAPER_LEVEL = 64.0
 # Less ink contrast than this (a share of the paper's brightness): a blank image.
 MIN_INK_CONTRAST = 32 / 255
@@ -250,11 +251,15 @@ def _to_grey_array(image: Image.Image) -> np.ndarray:
 def _dark_ink_on_light_paper(grey: np.ndarray) -> np.ndarray:
     """The image with its ink dark: inverted when the ink is light (chalk, a screen).
 
-    The picture's border is mostly paper. Paper nearer the brightest pixels than the darkest
-    means dark ink on light paper; so a mirror image gives the same result.
+    The picture's border is mostly paper. Once the lighting is taken out (a median wider than
+    the strokes, which follows shadows and gradients in either polarity since the ink is a
+    minority), paper nearer the brightest pixels than the darkest means dark ink on light
+    paper. Without that step a shadow over most of the border reads as dark paper. The rule is
+    symmetric, so a mirror image gives the same result.
     """
-    border = np.concatenate([grey[0, :], grey[-1, :], grey[:, 0], grey[:, -1]])
-    darkest, brightest = np.percentile(grey, [0.1, 99.9])
+    flat = grey - _paper_estimate(grey, PAPER_SCALE * min(grey.shape), ndimage.median_filter)
+    border = np.concatenate([flat[0, :], flat[-1, :], flat[:, 0], flat[:, -1]])
+    darkest, brightest = np.percentile(flat, [0.1, 99.9])
     return 255.0 - grey if float(np.median(border)) < (darkest + brightest) / 2 else grey
 
 
@@ -263,21 +268,37 @@ def _ink_map(grey: np.ndarray, paper_scale: float) -> np.ndarray:
 
     The paper's brightness is estimated at every point by a closing (a max filter, then a min
     filter) `paper_scale` pixels wide: it fills every mark narrower than that and keeps larger
-    shapes (a shadow's edge, a lighting gradient, the sheet's border). The paper varies slowly,
-    so this runs on a grid about PAPER_GRID cells across the closing (block means) and is
-    interpolated back: the same answer for a small share of the work.
+    shapes (a shadow's edge, a lighting gradient, the sheet's border).
     """
-    height, width = grey.shape
-    size = max(3, int(paper_scale))
-    factor = max(1, size // PAPER_GRID)
-    coarse = np.asarray(Image.fromarray(grey, "F").reduce(factor))
-    coarse_size = -(-size // factor) | 1
-    coarse_paper = ndimage.grey_closing(coarse, size=coarse_size, mode="nearest")
-    paper = Image.fromarray(coarse_paper, "F").resize((width, height), Image.Resampling.BILINEAR)
-    ink = _darker_than_paper(grey, np.asarray(paper))
+    paper = _paper_estimate(grey, paper_scale, ndimage.grey_closing)
+    ink = _darker_than_paper(grey, paper)
     if _ink_strength(ink) < MIN_INK_CONTRAST:
         raise ImageError("no ink: the image is blank (one flat colour)")
     return ink
+
+
+def _paper_estimate(
+    grey: np.ndarray, scale: float, paper_filter: Callable[..., np.ndarray]
+) -> np.ndarray:
+    """`paper_filter(image, size)` about `scale` pixels wide, at the size of `grey`.
+
+    The paper varies slowly, so the filter runs on a grid about PAPER_GRID cells across its
+    width (block means) and is interpolated back: the same answer for a small share of the
+    work. It sees the image extended by its edge values: scipy pads each step of a closing
+    separately, so its max filter would wipe out a shadow along the picture's edge before its
+    min filter could restore it, and the shadow would read as ink.
+    """
+    height, width = grey.shape
+    size = max(3, int(scale))
+    factor = max(1, size // PAPER_GRID)
+    coarse = np.asarray(Image.fromarray(grey, "F").reduce(factor))
+    coarse_size = -(-size // factor) | 1
+    padded = np.pad(coarse, coarse_size, mode="edge")
+    coarse_paper = paper_filter(padded, size=coarse_size)[
+        coarse_size:-coarse_size, coarse_size:-coarse_size
+    ]
+    paper = Image.fromarray(coarse_paper, "F").resize((width, height), Image.Resampling.BILINEAR)
+    return np.asarray(paper)
 
 
 def _darker_than_paper(image: np.ndarray, paper: np.ndarray) -> np.ndarray:
