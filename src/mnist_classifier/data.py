@@ -41,6 +41,7 @@ import torchvision
 
 from mnist_classifier.datasets import IMAGE_SIDE, RAW_SIZES, DatasetSpec, dataset_spec
 from mnist_classifier.files import SHARED_FILE_MODE, sha256_of, write_atomically
+from mnist_classifier.paths import DEFAULT_DATA_DIR
 
 # Where Debian's dataset-fashion-mnist puts its four .gz files (recompressed by Debian, so
 # only the decompressed bytes are comparable with the publisher's: they are checked as such).
@@ -77,7 +78,7 @@ class MnistFiles:
 
 
 def ensure_mnist(
-    data_dir: Path | str = "./data",
+    data_dir: Path | str = DEFAULT_DATA_DIR,
     *,
     mirrors: list[str] | None = None,
     allow_download: bool = True,
@@ -94,7 +95,7 @@ def ensure_mnist(
 
 
 def ensure_dataset(
-    data_dir: Path | str = "./data",
+    data_dir: Path | str = DEFAULT_DATA_DIR,
     dataset: str = "mnist",
     *,
     mirrors: list[str] | None = None,
