@@ -5,6 +5,7 @@ is where checkpoints go by default: the lab's ./models/staging/mnist/, not the r
 """
 
 from mnist_classifier.cli import run_script, train
+from mnist_classifier.paths import DEFAULT_STAGING_DIR
 
 if __name__ == "__main__":
-    run_script(train, defaults={"output_dir": "./models/staging/mnist"})
+    run_script(train, defaults={"output_dir": DEFAULT_STAGING_DIR})

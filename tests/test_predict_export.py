@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 from mnist_classifier.batching import normalize
 from mnist_classifier.checkpoint import load_checkpoint
 from mnist_classifier.cli import app
-from mnist_classifier.data import load_split, sha256_of
+from mnist_classifier.data import load_split
+from mnist_classifier.files import sha256_of
 from mnist_classifier.preprocess import preprocess_image
 
 pytestmark = pytest.mark.slow  # trains a tiny model on the real MNIST files
@@ -176,9 +177,8 @@ def test_exports_match_the_eager_model_and_onnxruntime_predicts_the_same(
         assert "predictions identical: yes" in result.output
         assert output.is_file()
     sidecar = json.loads((tmp_path / "model.safetensors.json").read_text())
-    from mnist_classifier.export import sha256_file
 
-    assert sidecar["weights_sha256"] == sha256_file(tmp_path / "model.safetensors")
+    assert sidecar["weights_sha256"] == sha256_of(tmp_path / "model.safetensors")
     assert sidecar["normalization"] == {
         "mean": 0.1307,
         "std": 0.3081,

@@ -6,12 +6,12 @@ import shutil
 
 import pytest
 import torch
-from conftest import CreatesAFile, checkpoint_payload
+from conftest import CreatesAFile, checkpoint_payload, vouch_for
 from PIL import Image
 from trained_model import tiny_checkpoint
 from typer.testing import CliRunner
 
-from mnist_classifier.checkpoint import load_checkpoint, trust_checkpoint
+from mnist_classifier.checkpoint import load_checkpoint
 from mnist_classifier.cli import app
 from mnist_classifier.config import make_config
 from mnist_classifier.serve.loading import ServeError, load_checkpoint_model
@@ -99,7 +99,7 @@ def test_a_code_carrying_checkpoint_is_refused_on_every_path(mnist_dir, tmp_path
     evil.parent.mkdir(parents=True)
     payload = checkpoint_payload(rng_state=CreatesAFile(marker))
     torch.save(payload, evil, pickle_protocol=pickle.HIGHEST_PROTOCOL)
-    trust_checkpoint(evil)  # its digest is right: only the loader itself stands in the way
+    vouch_for(evil)  # its digest is right: only the loader itself stands in the way
     image = tmp_path / "digit.png"
     Image.new("L", (28, 28), 0).save(image)
 

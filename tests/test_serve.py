@@ -331,7 +331,7 @@ def trained_checkpoint(mnist_dir):
 
 @pytest.mark.slow
 def test_a_stage_is_served_with_its_digest_and_model_card_metrics(trained_checkpoint, tmp_path):
-    from mnist_classifier.data import sha256_of
+    from mnist_classifier.files import sha256_of
 
     checkpoint = stage_checkpoint(tmp_path, "production")
     # Saved, not copied, so that whatever the checkpoint format keeps beside the file is there.
@@ -374,8 +374,8 @@ def test_predictions_are_the_trained_models_own(trained_checkpoint, mnist_dir):
 def test_the_onnxruntime_backend_serves_what_the_torch_backend_serves(
     trained_checkpoint, mnist_dir, tmp_path
 ):
-    from mnist_classifier.data import sha256_of
     from mnist_classifier.export import export_model
+    from mnist_classifier.files import sha256_of
     from mnist_classifier.serve.loading import load_onnx_model
 
     images, _ = load_split(mnist_dir, train=False)

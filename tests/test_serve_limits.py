@@ -192,7 +192,7 @@ def test_model_gives_digest_stage_and_fractions_but_no_paths_or_git_commit(tmp_p
     from conftest import checkpoint_payload
 
     checkpoint = stage_checkpoint(tmp_path, "production")
-    save_checkpoint(checkpoint, checkpoint_payload(validation_accuracy=98.5))  # percent
+    save_checkpoint(checkpoint, checkpoint_payload())  # its `accuracy` key: 98.5 (percent)
     card = {
         "source_checkpoint": str(tmp_path / "runs" / "best_model.pt"),
         "git_commit": "0123456789abcdef",

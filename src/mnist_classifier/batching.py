@@ -13,7 +13,34 @@ from dataclasses import dataclass
 import torch
 
 from mnist_classifier.datasets import MNIST, Normalization
-from mnist_classifier.distributed import Ranks, shard
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place among data-parallel ranks; one process is rank 0 of 1."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def shard(order: torch.Tensor, ranks: Ranks) -> torch.Tensor:
+    """This rank's share of a permutation, as DistributedSampler deals it: the order is padded
+    by repeating its start until it divides evenly, then rank r takes every world_size-th index
+    from position r. Every index is visited once per epoch across ranks (a few twice)."""
+    if not ranks.enabled:
+        return order
+    padded_length = -(-len(order) // ranks.world_size) * ranks.world_size
+    padded = torch.cat([order, order[: padded_length - len(order)]])
+    return padded[ranks.rank :: ranks.world_size]
 
 
 @dataclass(frozen=True)

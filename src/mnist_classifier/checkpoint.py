@@ -15,13 +15,10 @@ project's prefix and their target's name, so that nothing else in the folder is 
 from __future__ import annotations
 
 import errno
-import json
 import math
-import os
 import pickle
 import re
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,23 +26,24 @@ from typing import Any
 import torch
 
 from mnist_classifier.config import ConfigError, TrainConfig, config_from_dict, shown
-from mnist_classifier.data import sha256_of
 from mnist_classifier.datasets import DatasetSpec, Normalization, dataset_spec
-from mnist_classifier.files import FileRefused, read_regular_file
+from mnist_classifier.files import (
+    OUR_TEMPORARY,
+    TEMPORARY_PREFIX,
+    TEMPORARY_SUFFIX,
+    FileRefused,
+    read_regular_file,
+    sha256_of,
+    write_atomically,
+)
 from mnist_classifier.model import SimpleCNN
+from mnist_classifier.paths import DEFAULT_STAGING_DIR
 
 SCHEMA_VERSION = 1
 ARCHITECTURE = "SimpleCNN"
 DIGEST_SUFFIX = ".sha256"
-TEMPORARY_PREFIX = ".mnist-partial-"
-TEMPORARY_SUFFIX = ".tmp"
-# ".mnist-partial-<target name>.<mkstemp's 8 random characters>.tmp": only these are ours.
-OUR_TEMPORARY = re.compile(
-    rf"{re.escape(TEMPORARY_PREFIX)}.+\.[a-z0-9_]{{8}}{re.escape(TEMPORARY_SUFFIX)}"
-)
 # A sidecar holds a line or two of 64 hex digits and a name.
 MAX_DIGEST_FILE_BYTES = 4096
-FILE_MODE = 0o600  # what mkstemp gives every checkpoint; exports are given the same
 # The lab's keys first; the rest are ours.
 REQUIRED_KEYS = (
     "model_state_dict",
@@ -57,9 +55,6 @@ REQUIRED_KEYS = (
     "architecture",
     "config",
 )
-# Seconds to sleep inside a save, between writing and renaming; only the crash test sets it,
-# to make "killed in the middle of a save" a wide enough target.
-PAUSE_INSIDE_SAVE = 0.0
 
 
 class CheckpointError(RuntimeError):
@@ -77,7 +72,7 @@ class LoadedCheckpoint:
     config: TrainConfig
     epoch: int
     validation_loss: float
-    validation_accuracy: float  # percent, as the lab prints it
+    validation_accuracy: float  # 0..1 (the file's `accuracy` key is the lab's percent)
     raw: dict[str, Any]
 
     @property
@@ -119,43 +114,9 @@ def digest_path(path: Path) -> Path:
     return path.with_name(path.name + DIGEST_SUFFIX)
 
 
-def _fsync_directory(directory: Path) -> None:
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def _write_file_atomically(path: Path, write, before_rename=None) -> None:
-    """`write(handle)` to a temporary beside `path`, fsync it, call `before_rename(temporary)`,
-    rename it over `path`, fsync the folder. On any failure the temporary is removed."""
-    descriptor, temporary = tempfile.mkstemp(
-        dir=path.parent, prefix=f"{TEMPORARY_PREFIX}{path.name}.", suffix=TEMPORARY_SUFFIX
-    )
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if before_rename is not None:
-            before_rename(Path(temporary))
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
-
-
-def write_json_atomically(path: Path, value: dict[str, Any]) -> None:
-    """A JSON file (model card, run summary) written with the same crash-safe rename."""
-    text = json.dumps(value, indent=2) + "\n"
-    _write_file_atomically(Path(path), lambda handle: handle.write(text.encode()))
-
-
 def _write_digests(path: Path, digests: list[str]) -> None:
     lines = "".join(f"{digest}  {path.name}\n" for digest in digests)
-    _write_file_atomically(digest_path(path), lambda handle: handle.write(lines.encode()))
+    write_atomically(digest_path(path), lines.encode())
 
 
 def _accepted_digests(path: Path) -> list[str]:
@@ -181,13 +142,6 @@ def _current_digest(path: Path) -> list[str]:
     return [current] if current in _accepted_digests(path) else []
 
 
-def trust_checkpoint(path: Path) -> str:
-    """Record the digest of a file as it is now: for checkpoints you obtained and trust."""
-    digest = sha256_of(path)
-    _write_digests(Path(path), [digest])
-    return digest
-
-
 def _commit_with_digest(path: Path, write) -> str:
     """The save protocol of the module docstring; returns the new file's SHA-256."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -197,10 +151,8 @@ def _commit_with_digest(path: Path, write) -> str:
         nonlocal new_digest
         new_digest = sha256_of(temporary)
         _write_digests(path, [*_current_digest(path), new_digest])
-        if PAUSE_INSIDE_SAVE:
-            time.sleep(PAUSE_INSIDE_SAVE)
 
-    _write_file_atomically(path, write, before_rename=vouch_for_both)
+    write_atomically(path, write, before_rename=vouch_for_both)
     _write_digests(path, [new_digest])
     return new_digest
 
@@ -256,12 +208,13 @@ def build_payload(
     config: TrainConfig,
     extra: dict[str, Any],
 ) -> dict[str, Any]:
+    """The payload of one checkpoint; `validation_accuracy` is a fraction, as everywhere in code."""
     return {
         "model_state_dict": model.state_dict(),
         "optimizer_state_dict": optimizer.state_dict(),
         "epoch": epoch,
         "loss": validation_loss,
-        "accuracy": validation_accuracy,
+        "accuracy": 100.0 * validation_accuracy,  # the lab's key holds a percent
         "schema_version": SCHEMA_VERSION,
         "architecture": ARCHITECTURE,
         "config": config.to_dict(),
@@ -281,7 +234,7 @@ def load_checkpoint(path: Path | str) -> LoadedCheckpoint:
     if not path.is_file():
         raise CheckpointError(
             f"checkpoint not found: {path}. Train a model first: python train_mnist.py "
-            "(or mnist train), then check it exists: ls -lh ./models/staging/mnist/"
+            f"(or mnist train), then check it exists: ls -lh {DEFAULT_STAGING_DIR}/"
         )
     try:
         accepted = _accepted_digests(path)
@@ -359,7 +312,7 @@ def load_checkpoint(path: Path | str) -> LoadedCheckpoint:
         config=config,
         epoch=int(raw["epoch"]),
         validation_loss=float(raw["loss"]),
-        validation_accuracy=float(raw["accuracy"]),
+        validation_accuracy=float(raw["accuracy"]) / 100,  # the lab's percent, as a fraction
         raw=raw,
     )
 

@@ -16,6 +16,9 @@ from typer import core as typer_core
 # Typer's own copy of Click: its exceptions are the ones its parser raises.
 from typer._click import exceptions as click_exceptions
 
+from mnist_classifier import paths
+from mnist_classifier.datasets import MNIST
+
 # Exit codes: 1 = the work failed (data, checkpoint); 2 = the command line was wrong.
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -120,7 +123,7 @@ def run_script(command, defaults: dict | None = None) -> None:
     script()
 
 
-DEFAULT_CHECKPOINT = Path("./models/staging/mnist/best_model.pt")
+DEFAULT_CHECKPOINT = Path(paths.DEFAULT_CHECKPOINT)
 # Help texts write every default one way, "[default: ./data]" (Click would print Path("./data")
 # as "data" and a show_default text in parentheses).
 SHOWN_CHECKPOINT = f"[default: ./{DEFAULT_CHECKPOINT}]"
@@ -495,7 +498,7 @@ def runs(
     ] = None,
     runs_dir: Annotated[
         Path, typer.Option(help="Where run directories are. [default: ./runs]", show_default=False)
-    ] = Path("./runs"),
+    ] = Path(paths.DEFAULT_RUNS_DIR),
     output_format: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
     plot: Annotated[
         Path | None, typer.Option(help="Also draw the runs' learning curves into this PNG.")
@@ -594,7 +597,7 @@ def evaluate(
             help="Where the data set lives (torchvision layout). [default: ./data]",
             show_default=False,
         ),
-    ] = Path("./data"),
+    ] = Path(paths.DEFAULT_DATA_DIR),
     show_samples: Annotated[
         int, typer.Option(min=0, help="How many test predictions to list.")
     ] = 10,
@@ -614,7 +617,7 @@ def evaluate(
         int, typer.Option(min=0, help="Images in the misclassified and sample-prediction grids.")
     ] = 32,
     stage: StageOption = None,
-    models_dir: ModelsDirOption = Path("./models"),
+    models_dir: ModelsDirOption = Path(paths.DEFAULT_MODELS_DIR),
     dataset: DatasetOption = "mnist",
 ) -> None:
     """Evaluate a checkpoint on the 10,000-image test set: accuracy, per-class, samples.
@@ -680,7 +683,7 @@ def evaluate(
         checkpoint={
             "path": str(loaded.path),
             "epoch": loaded.epoch,
-            "validation_accuracy": loaded.validation_accuracy / 100,  # a fraction, as in JSON
+            "validation_accuracy": loaded.validation_accuracy,
         },
         grid_size=grid_size,
         class_names=loaded.dataset.class_names,
@@ -717,7 +720,7 @@ def data(data_dir: DataDirOption = None, dataset: DatasetOption = "mnist") -> No
     from mnist_classifier.reporting import print_data
 
     try:
-        files = ensure_dataset(data_dir or Path("./data"), _checked_dataset(dataset))
+        files = ensure_dataset(data_dir or Path(paths.DEFAULT_DATA_DIR), _checked_dataset(dataset))
     except DataError as error:
         raise _fail(str(error), EXIT_FAILURE) from None
     print_data(files)
@@ -743,7 +746,7 @@ def predict(
         Path | None, typer.Option(help="Folder for the 28x28 images the model actually saw.")
     ] = None,
     stage: StageOption = None,
-    models_dir: ModelsDirOption = Path("./models"),
+    models_dir: ModelsDirOption = Path(paths.DEFAULT_MODELS_DIR),
     dataset: DatasetOption = "mnist",
 ) -> None:
     """Predict the class in each image (the digit, for MNIST), and which model answered.
@@ -844,7 +847,7 @@ def export(
         typer.Option(
             help="The data set, for the parity check. [default: ./data]", show_default=False
         ),
-    ] = Path("./data"),
+    ] = Path(paths.DEFAULT_DATA_DIR),
     dataset: DatasetOption = "mnist",
 ) -> None:
     """Export a checkpoint and check it against the eager model on 1,000 test images."""
@@ -891,7 +894,7 @@ def serve(
             show_default=False,
         ),
     ] = None,
-    models_dir: ModelsDirOption = Path("./models"),
+    models_dir: ModelsDirOption = Path(paths.DEFAULT_MODELS_DIR),
     backend: Annotated[str, typer.Option(help="torch or onnxruntime.")] = "torch",
     model: Annotated[
         Path | None, typer.Option(help="Exported .onnx model (onnxruntime backend).")
@@ -990,11 +993,11 @@ def promote(
     to_stage: Annotated[str, typer.Option("--to", help="The stage to promote to.")] = "production",
     min_test_accuracy: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="Refuse below this test accuracy (0..1).")
-    ] = 0.97,
-    models_dir: ModelsDirOption = Path("./models"),
+    ] = MNIST.target_accuracy,
+    models_dir: ModelsDirOption = Path(paths.DEFAULT_MODELS_DIR),
     data_dir: Annotated[
         Path, typer.Option(help="Where the data set lives. [default: ./data]", show_default=False)
-    ] = Path("./data"),
+    ] = Path(paths.DEFAULT_DATA_DIR),
     dataset: DatasetOption = "mnist",
 ) -> None:
     """Evaluate a candidate on the test set and, if good enough, copy it to the next stage.
@@ -1036,7 +1039,7 @@ def promote(
 
 
 @app.command()
-def models(models_dir: ModelsDirOption = Path("./models")) -> None:
+def models(models_dir: ModelsDirOption = Path(paths.DEFAULT_MODELS_DIR)) -> None:
     """List what each registry stage holds: epoch, validation and test accuracy, status."""
     from mnist_classifier.registry import list_models
     from mnist_classifier.reporting import print_error, print_runs

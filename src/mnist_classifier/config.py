@@ -20,6 +20,7 @@ import yaml
 
 from mnist_classifier.datasets import DATASET_NAMES
 from mnist_classifier.files import read_regular_file
+from mnist_classifier.paths import DEFAULT_DATA_DIR, DEFAULT_RUNS_DIR
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -81,7 +82,7 @@ class DataConfig:
     # A fixed hold-out of the 60,000 training images picks the best model; the 10,000 test
     # images are only ever touched by evaluation.
     dataset: str = "mnist"  # mnist | fashion-mnist (datasets.py)
-    data_dir: str = "./data"
+    data_dir: str = DEFAULT_DATA_DIR
     validation_size: int = 5000
     split_seed: int = 0  # fixed apart from `seed`, so every run validates on the same images
     max_train_images: int = 0  # 0 = all; a smaller number trains on a prefix, for quick trials
@@ -195,7 +196,7 @@ class TrainConfig:
         "auto"  # under torchrun: auto (nccl on CUDA, gloo on CPU) | gloo | nccl
     )
     # --- output ---
-    runs_dir: str = "./runs"  # each run writes <runs_dir>/<UTC time>-<name>/
+    runs_dir: str = DEFAULT_RUNS_DIR  # each run writes <runs_dir>/<UTC time>-<name>/
     name: str = "run"
     output_dir: str = ""  # where checkpoints go; "" = the run's own directory
     keep_last: int = (

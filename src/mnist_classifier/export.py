@@ -10,7 +10,6 @@ behind and an earlier export of the same name untouched. Never prints.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import tempfile
 import warnings
@@ -21,9 +20,10 @@ import numpy as np
 import torch
 
 from mnist_classifier.batching import normalize
-from mnist_classifier.checkpoint import ARCHITECTURE, FILE_MODE, write_json_atomically
-from mnist_classifier.datasets import MNIST, DatasetSpec, Normalization
-from mnist_classifier.model import IMAGE_SIZE, NUM_CLASSES, SimpleCNN
+from mnist_classifier.checkpoint import ARCHITECTURE
+from mnist_classifier.datasets import IMAGE_SIDE, MNIST, NUM_CLASSES, DatasetSpec, Normalization
+from mnist_classifier.files import PRIVATE_FILE_MODE, sha256_of, write_json_atomically
+from mnist_classifier.model import SimpleCNN
 from mnist_classifier.predict import ONNX_DATASET_KEY, ONNX_MEAN_KEY, ONNX_STD_KEY
 
 FORMATS = ("onnx", "torchscript", "safetensors")
@@ -94,7 +94,7 @@ def export_model(
             )
         files = []
         for staged in staged_files:
-            os.chmod(staged, FILE_MODE)
+            os.chmod(staged, PRIVATE_FILE_MODE)
             files.append(output.parent / staged.name)
             os.replace(staged, files[-1])
     return ExportResult(export_format, output, tuple(files), parity, checker)
@@ -108,19 +108,11 @@ def compare_logits(eager: np.ndarray, exported: np.ndarray) -> Parity:
     )
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _onnx(model, output: Path, inputs: torch.Tensor, normalization, dataset: DatasetSpec):
     import onnx
     import onnxruntime
 
-    example = torch.zeros(2, 1, IMAGE_SIZE, IMAGE_SIZE)
+    example = torch.zeros(2, 1, IMAGE_SIDE, IMAGE_SIDE)
     # The torch.export-based exporter (torch's default since 2.9); the TorchScript one is
     # deprecated. `verbose=False` keeps its progress lines off our stdout.
     with warnings.catch_warnings():
@@ -156,7 +148,7 @@ def _onnx(model, output: Path, inputs: torch.Tensor, normalization, dataset: Dat
 
 
 def _torchscript(model, output: Path, inputs: torch.Tensor, _normalization, _dataset):
-    example = torch.zeros(2, 1, IMAGE_SIZE, IMAGE_SIZE)
+    example = torch.zeros(2, 1, IMAGE_SIDE, IMAGE_SIDE)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit's deprecation notice
         traced = torch.jit.trace(model, example)
@@ -175,7 +167,7 @@ def _safetensors(model, output: Path, inputs: torch.Tensor, normalization, datas
     sidecar = output.with_suffix(output.suffix + ".json")
     description = {
         "architecture": ARCHITECTURE,
-        "input": {"shape": ["batch", 1, IMAGE_SIZE, IMAGE_SIZE], "dtype": "float32"},
+        "input": {"shape": ["batch", 1, IMAGE_SIDE, IMAGE_SIDE], "dtype": "float32"},
         "output": {"shape": ["batch", NUM_CLASSES], "meaning": "logits (softmax for p)"},
         "model": dataclasses.asdict(model.settings),  # SimpleCNN(ModelConfig(**this)) loads it
         "normalization": {
@@ -186,7 +178,7 @@ def _safetensors(model, output: Path, inputs: torch.Tensor, normalization, datas
         "dataset": dataset.name,
         "class_names": list(dataset.class_names),
         "weights_file": output.name,
-        "weights_sha256": sha256_file(output),
+        "weights_sha256": sha256_of(output),
     }
     write_json_atomically(sidecar, description)
 

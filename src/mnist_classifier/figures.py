@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
 
-from mnist_classifier.datasets import class_noun  # noqa: E402
+from mnist_classifier.datasets import IMAGE_SIDE, class_noun  # noqa: E402
 from mnist_classifier.metrics import Calibration  # noqa: E402
 
 DPI = 120
@@ -115,11 +115,12 @@ def digit_grid_figure(images: torch.Tensor, captions: list[str], colours: list[s
     columns = min(count, 8) or 1
     rows = max(math.ceil(count / columns), 1)
     # A white band above each digit holds its caption; make_grid pads and tiles the cells.
-    cells = torch.ones(max(count, 1), 1, CAPTION_BAND + 28, 28)
+    cells = torch.ones(max(count, 1), 1, CAPTION_BAND + IMAGE_SIDE, IMAGE_SIDE)
     if count:
         cells[:, 0, CAPTION_BAND:, :] = 1.0 - images.float() / 255  # dark ink on white: legible
     grid = make_grid(cells, nrow=columns, padding=GRID_PADDING, pad_value=1.0)
-    cell_height, cell_width = CAPTION_BAND + 28 + GRID_PADDING, 28 + GRID_PADDING
+    cell_height = CAPTION_BAND + IMAGE_SIDE + GRID_PADDING
+    cell_width = IMAGE_SIDE + GRID_PADDING
     figure, axes = plt.subplots(figsize=(1.35 * columns + 0.4, 1.7 * rows + 0.6), dpi=DPI)
     axes.imshow(grid[0].numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     for index, (caption, colour) in enumerate(zip(captions, colours, strict=True)):

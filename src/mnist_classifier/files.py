@@ -1,4 +1,4 @@
-"""Leaf helpers for reading small files this project keeps beside its own (imports nothing of ours).
+"""Leaf file helpers: bounded reads, SHA-256 of a file, crash-safe writes (imports nothing of ours).
 
 Digest sidecars, model cards, the promotion history and config files are small. Reading one that
 is a FIFO would wait for a writer for ever, and one linked to /dev/zero or /dev/urandom would
@@ -7,9 +7,15 @@ read without end, so each is read only from a regular file and only up to a size
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import re
+import secrets
 import stat
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, BinaryIO
 
 
 class FileRefused(OSError):
@@ -32,3 +38,76 @@ def read_regular_file(path: Path | str, max_bytes: int) -> bytes:
     if len(data) > max_bytes:
         raise FileRefused(f"{path} is larger than {max_bytes:,} bytes")
     return data
+
+
+def sha256_of(path: Path | str) -> str:
+    """The SHA-256 of a file's contents, as `sha256sum` prints it, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# Every temporary this project writes is named ".mnist-partial-<target name>.<8 random
+# characters>.tmp", beside its target: a stray one left by a killed write is recognisably ours
+# (and only those are ever removed).
+TEMPORARY_PREFIX = ".mnist-partial-"
+TEMPORARY_SUFFIX = ".tmp"
+OUR_TEMPORARY = re.compile(
+    rf"{re.escape(TEMPORARY_PREFIX)}.+\.[a-z0-9_]{{8}}{re.escape(TEMPORARY_SUFFIX)}"
+)
+PRIVATE_FILE_MODE = 0o600  # what tempfile.mkstemp gives: checkpoints, exports, records
+SHARED_FILE_MODE = 0o666  # less the umask, as open() would create it: the data set's files
+
+
+def write_atomically(
+    path: Path | str,
+    contents: bytes | Callable[[BinaryIO], object],
+    *,
+    mode: int = PRIVATE_FILE_MODE,
+    before_rename: Callable[[Path], object] | None = None,
+) -> None:
+    """Write `contents` (bytes, or a function writing to a binary handle) crash-safely to `path`.
+
+    The new contents go to a temporary beside `path` and are fsynced; `before_rename(temporary)`
+    runs then; the temporary is renamed over `path` and the folder fsynced. Readers see the old
+    file or the new one, never half of one. On any failure the temporary is removed and `path`
+    is as it was. `mode` is subject to the umask.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(
+        f"{TEMPORARY_PREFIX}{path.name}.{secrets.token_hex(4)}{TEMPORARY_SUFFIX}"
+    )
+    # O_EXCL: never write through a file or link someone else put at that name.
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            if isinstance(contents, bytes):
+                handle.write(contents)
+            else:
+                contents(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if before_rename is not None:
+            before_rename(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+
+
+def write_json_atomically(path: Path | str, value: dict[str, Any]) -> None:
+    """A JSON record (model card, run summary, export description), written crash-safely."""
+    write_atomically(path, (json.dumps(value, indent=2) + "\n").encode())
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename inside `directory` itself survive a power cut."""
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

@@ -4,11 +4,10 @@ import torch
 from torch import nn
 
 from mnist_classifier.config import ModelConfig
+from mnist_classifier.datasets import IMAGE_SIDE, NUM_CLASSES
 
-IMAGE_SIZE = 28
-NUM_CLASSES = 10
 # Two 2x2 poolings take 28x28 down to 7x7, with 64 channels after conv2.
-FLATTENED_FEATURES = 64 * (IMAGE_SIZE // 4) * (IMAGE_SIZE // 4)
+FLATTENED_FEATURES = 64 * (IMAGE_SIDE // 4) * (IMAGE_SIDE // 4)
 
 
 class SimpleCNN(nn.Module):

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from mnist_classifier.datasets import MNIST, DatasetSpec, Normalization, dataset_spec
+from mnist_classifier.files import sha256_of
 from mnist_classifier.preprocess import (
     IMAGE_SUFFIXES,
     ImageError,
@@ -41,8 +42,6 @@ class ModelIdentity:
 
     @classmethod
     def of(cls, path: Path, stage: str | None = None) -> ModelIdentity:
-        from mnist_classifier.data import sha256_of
-
         return cls(file=str(path), stage=stage, digest=sha256_of(path))
 
     def to_dict(self) -> dict:

@@ -32,6 +32,8 @@ import torch
 from PIL import Image, ImageOps
 from scipy import ndimage
 
+from mnist_classifier.datasets import IMAGE_SIDE
+
 MAX_FILE_BYTES = 5 * 1024 * 1024
 # A 12-megapixel phone photo (4032x3024) fits with room for 16 MP cameras (4608x3456); the
 # page sends 280x280. A bigger declared size is refused from the header, before decoding.
@@ -42,7 +44,6 @@ Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
 # later steps); refused from the header too.
 MAX_ASPECT_RATIO = 50
 
-IMAGE_SIZE = 28
 DIGIT_BOX = 20  # MNIST scales each digit's bounding box to fit 20x20
 # Images are analysed at about this many pixels on their long side (1-2x it): a 20x20 digit
 # needs far less, and a 12 MP photo is prepared in a fraction of a second at this size.
@@ -408,12 +409,12 @@ def _centre_by_mass(digit: np.ndarray) -> np.ndarray:
     total = digit.sum()
     centre_row = (digit.sum(axis=1) * np.arange(height)).sum() / total
     centre_column = (digit.sum(axis=0) * np.arange(width)).sum() / total
-    top = int(round((IMAGE_SIZE - 1) / 2 - centre_row))
-    left = int(round((IMAGE_SIZE - 1) / 2 - centre_column))
+    top = int(round((IMAGE_SIDE - 1) / 2 - centre_row))
+    left = int(round((IMAGE_SIDE - 1) / 2 - centre_column))
     # The centre of mass can be far from the box's centre (a "7"): clamp so nothing is cut off.
-    top = min(max(top, 0), IMAGE_SIZE - height)
-    left = min(max(left, 0), IMAGE_SIZE - width)
-    canvas = np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.float64)
+    top = min(max(top, 0), IMAGE_SIDE - height)
+    left = min(max(left, 0), IMAGE_SIDE - width)
+    canvas = np.zeros((IMAGE_SIDE, IMAGE_SIDE), dtype=np.float64)
     canvas[top : top + height, left : left + width] = digit
     return np.clip(np.round(canvas), 0, 255)
 
@@ -453,11 +454,11 @@ def preprocess_clothing(source: bytes | Image.Image) -> torch.Tensor:
     crop = np.clip(crop - background, 0.0, 255.0)  # the background becomes black
 
     height, width = crop.shape
-    scale = IMAGE_SIZE / max(height, width)
+    scale = IMAGE_SIDE / max(height, width)
     new_size = (max(1, round(width * scale)), max(1, round(height * scale)))  # PIL: (W, H)
     resized = Image.fromarray(crop.astype(np.uint8)).resize(new_size, Image.Resampling.LANCZOS)
-    canvas = Image.new("L", (IMAGE_SIZE, IMAGE_SIZE), 0)
-    canvas.paste(resized, ((IMAGE_SIZE - new_size[0]) // 2, (IMAGE_SIZE - new_size[1]) // 2))
+    canvas = Image.new("L", (IMAGE_SIDE, IMAGE_SIDE), 0)
+    canvas.paste(resized, ((IMAGE_SIDE - new_size[0]) // 2, (IMAGE_SIDE - new_size[1]) // 2))
     return torch.from_numpy(np.asarray(canvas, dtype=np.uint8).copy())
 
 

@@ -19,17 +19,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from mnist_classifier.checkpoint import (
-    copy_checkpoint,
-    load_checkpoint,
-    require_dataset,
-    write_json_atomically,
-)
-from mnist_classifier.data import sha256_of
-from mnist_classifier.files import read_regular_file
-from mnist_classifier.runs import git_commit
+from mnist_classifier.checkpoint import copy_checkpoint, load_checkpoint, require_dataset
+from mnist_classifier.files import read_regular_file, sha256_of, write_json_atomically
+from mnist_classifier.paths import BEST_CHECKPOINT_NAME
+from mnist_classifier.provenance import git_commit
 
-CHECKPOINT_NAME = "best_model.pt"
 MODEL_CARD_NAME = "model_card.json"
 HISTORY_NAME = "history.jsonl"
 # A stage or model name becomes a folder name: no separators or dots, so it cannot escape.
@@ -51,7 +45,7 @@ def stage_checkpoint(models_dir: Path | str, stage: str, name: str = "mnist") ->
     for label, value in (("stage", stage), ("name", name)):
         if not PLAIN_NAME.fullmatch(value):
             raise RegistryError(f"{label} must be a plain name like production (got {value!r})")
-    return Path(models_dir) / stage / name / CHECKPOINT_NAME
+    return Path(models_dir) / stage / name / BEST_CHECKPOINT_NAME
 
 
 def existing_stage_checkpoint(models_dir: Path | str, stage: str, name: str = "mnist") -> Path:
@@ -158,9 +152,11 @@ def promote(
             "test_loss": result.loss,
             "test_correct": result.correct,
             "test_total": result.total,
-            "per_class_accuracy": [result.class_accuracy(digit) for digit in range(10)],
+            "per_class_accuracy": [
+                result.class_accuracy(digit) for digit in range(len(loaded.dataset.class_names))
+            ],
             "class_names": list(loaded.dataset.class_names),
-            "validation_accuracy": loaded.validation_accuracy / 100.0,
+            "validation_accuracy": loaded.validation_accuracy,
             "validation_loss": loaded.validation_loss,
         },
         "threshold": {"min_test_accuracy": min_test_accuracy},
@@ -220,7 +216,7 @@ def read_model_card(path: Path) -> dict[str, Any]:
 def list_models(models_dir: Path | str) -> list[dict[str, Any]]:
     """One row per <stage>/<name> holding a best_model.pt; `status` is "ok" or the problem."""
     rows = []
-    for checkpoint in sorted(Path(models_dir).glob(f"*/*/{CHECKPOINT_NAME}")):
+    for checkpoint in sorted(Path(models_dir).glob(f"*/*/{BEST_CHECKPOINT_NAME}")):
         try:
             card, card_problem = read_model_card(checkpoint.parent / MODEL_CARD_NAME), ""
         except RegistryError as error:
@@ -233,7 +229,7 @@ def list_models(models_dir: Path | str) -> list[dict[str, Any]]:
         }
         try:
             loaded = load_checkpoint(checkpoint)
-            row.update(epoch=loaded.epoch, validation_accuracy=loaded.validation_accuracy / 100)
+            row.update(epoch=loaded.epoch, validation_accuracy=loaded.validation_accuracy)
             row["status"] = "ok"
         except Exception as error:  # a listing reports a broken file, it does not stop at it
             row.update(epoch=None, validation_accuracy=None, status=f"invalid: {error}")

@@ -29,6 +29,7 @@ from mnist_classifier.config import TrainConfig
 from mnist_classifier.data import MnistFiles
 from mnist_classifier.datasets import MNIST, DatasetSpec, class_noun, dataset_spec
 from mnist_classifier.evaluate import EvalResult
+from mnist_classifier.paths import DEFAULT_CHECKPOINT
 from mnist_classifier.train import EpochResult, TrainingObserver, TrainResult, TrainSetup
 
 RULE = "=" * 60
@@ -230,10 +231,8 @@ class ConsoleTrainingObserver(TrainingObserver):
 
 def evaluate_command(checkpoint: Path) -> str:
     """The command that evaluates `checkpoint`, in the voice of the command that trained it."""
-    from mnist_classifier.cli import DEFAULT_CHECKPOINT  # test_mnist.py's default
-
     if Path(sys.argv[0]).name == "train_mnist.py":
-        if Path(checkpoint) == DEFAULT_CHECKPOINT:
+        if Path(checkpoint) == Path(DEFAULT_CHECKPOINT):  # test_mnist.py's default
             return "python test_mnist.py"
         return f"python test_mnist.py --checkpoint {checkpoint}"
     return f"mnist evaluate --checkpoint {checkpoint}"
@@ -299,7 +298,7 @@ def print_checkpoint_info(checkpoint: LoadedCheckpoint) -> None:
     print("Checkpoint info:")
     print(f"  - Epoch: {checkpoint.epoch}")
     print(f"  - Validation Loss: {checkpoint.validation_loss:.4f}")
-    print(f"  - Validation Accuracy: {checkpoint.validation_accuracy:.2f}%")
+    print(f"  - Validation Accuracy: {100 * checkpoint.validation_accuracy:.2f}%")
 
 
 def _class_label(name: str) -> str:

@@ -19,9 +19,7 @@ from __future__ import annotations
 import csv
 import itertools
 import json
-import platform
 import re
-import subprocess
 import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -30,8 +28,9 @@ from typing import Any
 
 import yaml
 
-from mnist_classifier.checkpoint import write_json_atomically
 from mnist_classifier.config import ConfigError, flatten, parse_assignment
+from mnist_classifier.files import write_json_atomically
+from mnist_classifier.provenance import software_provenance
 from mnist_classifier.train import EpochResult, TrainingObserver, TrainResult, TrainSetup
 
 METRIC_COLUMNS = (
@@ -89,37 +88,9 @@ def run_dirs_newest_first(runs_dir: Path | str, name: str) -> list[Path]:
     )
 
 
-def git_commit() -> str | None:
-    """The checkout's HEAD commit, or None outside a git checkout."""
-    return _git("rev-parse", "HEAD")
-
-
-def _git(*arguments: str) -> str | None:
-    try:
-        completed = subprocess.run(
-            ["git", *arguments],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            cwd=Path(__file__).resolve().parent,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return completed.stdout.strip() if completed.returncode == 0 else None
-
-
 def provenance(config_seed: int, setup: TrainSetup) -> dict[str, Any]:
-    import torch
-    import torchvision
-
-    status = _git("status", "--porcelain", "--untracked-files=no")
     return {
-        "git_commit": git_commit(),
-        "git_dirty": None if status is None else bool(status),
-        "python": platform.python_version(),
-        "torch": str(torch.__version__),
-        "torchvision": str(torchvision.__version__),
-        "platform": platform.platform(),
+        **software_provenance(),
         "device": str(setup.device),
         "precision": setup.precision,
         "seed": config_seed,

@@ -21,7 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from mnist_classifier.batching import Split, normalize, shuffled_batches, split_train_validation
+from mnist_classifier.batching import (
+    Split,
+    normalize,
+    shard,
+    shuffled_batches,
+    split_train_validation,
+)
 from mnist_classifier.checkpoint import (
     CheckpointError,
     LoadedCheckpoint,
@@ -48,11 +54,11 @@ from mnist_classifier.distributed import (
     gather_objects,
     init_distributed,
     rank_device,
-    shard,
     shutdown,
 )
 from mnist_classifier.evaluate import evaluate
 from mnist_classifier.model import SimpleCNN, count_parameters
+from mnist_classifier.paths import BEST_CHECKPOINT_NAME
 
 
 @dataclass(frozen=True)
@@ -103,7 +109,7 @@ class TrainResult:
 
     @property
     def best_checkpoint(self) -> Path:
-        return self.checkpoint_dir / "best_model.pt"
+        return self.checkpoint_dir / BEST_CHECKPOINT_NAME
 
 
 class TrainingObserver:
@@ -667,7 +673,7 @@ def train(
             optimizer=optimizer,
             epoch=epoch,
             validation_loss=validation_loss,
-            validation_accuracy=100.0 * validation_accuracy,  # the lab's `accuracy`, a percent
+            validation_accuracy=validation_accuracy,
             config=config,
             extra={  # accuracies as fractions 0..1, like everything machine-readable
                 "train_loss": train_loss,
@@ -693,7 +699,7 @@ def train(
         # The best model first: once an epoch's checkpoint exists, best_model.pt is at least
         # as new, whenever the process is killed.
         if is_best:
-            save_checkpoint(checkpoint_dir / "best_model.pt", payload)
+            save_checkpoint(checkpoint_dir / BEST_CHECKPOINT_NAME, payload)
         save_checkpoint(checkpoint_path, payload)
         if config.keep_last:
             keep = {checkpoint_path, result.best.checkpoint, Path(resume_from or "")}

@@ -22,7 +22,7 @@ from mnist_classifier.checkpoint import (
     load_checkpoint,
     require_dataset,
 )
-from mnist_classifier.data import sha256_of
+from mnist_classifier.files import sha256_of
 from mnist_classifier.predict import Backend, OnnxBackend, TorchBackend, softmax
 from mnist_classifier.serve.schemas import ModelInfo, ModelMetrics
 
@@ -82,7 +82,7 @@ def load_checkpoint_model(
         file_name=checkpoint.name,
         architecture=ARCHITECTURE,
         epoch=loaded.epoch,
-        validation_accuracy=loaded.validation_accuracy / 100,  # stored in percent, as the lab
+        validation_accuracy=loaded.validation_accuracy,
         metrics=served_metrics,
         dataset=loaded.dataset.name,
         class_names=list(loaded.dataset.class_names),

@@ -10,8 +10,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-IMAGE_SIDE = 28
-NUM_CLASSES = 10
+from mnist_classifier.datasets import IMAGE_SIDE, NUM_CLASSES
+
 MAX_BATCH_IMAGES = 64
 
 # JSON has no NaN, but pydantic accepts the NaN/Infinity literals unless told not to.
