@@ -49,3 +49,13 @@ class CreatesAFile:
 
     def __reduce__(self):
         return (Path.touch, (self.target,))
+
+
+@pytest.fixture
+def synthetic_data(monkeypatch):
+    """Make every `train()` in this test, the CLI's included, read tiny synthetic data."""
+    from synthetic_data import synthetic_train_data
+
+    from mnist_classifier import train as train_module
+
+    monkeypatch.setattr(train_module, "load_train_validation", synthetic_train_data)
