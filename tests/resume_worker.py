@@ -4,7 +4,8 @@
 
 Trains on tests/synthetic_data.py's images. Records every step's loss, every epoch's sample
 order and the final model and optimizer state into RECORD_PATH (torch.save).
-`--no-rng-restore` turns the random-state restore into a no-op, to show that the exact-resume test depends on it.
+`--no-rng-restore` turns the random-state restore into a no-op, to show that the exact-resume
+test depends on it.
 """
 
 import json
