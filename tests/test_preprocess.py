@@ -1,14 +1,13 @@
 """User-image preprocessing: geometry against hand-made images, and every kind of bad input."""
 
 import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from image_files import png_header_only
 from PIL import Image, ImageFile
 
 from mnist_classifier.preprocess import (
@@ -83,18 +82,6 @@ def test_thin_strokes_on_a_large_canvas_stay_visible():
     assert digit.max() == 255 and (digit > 128).sum() >= 20  # a solid line, not a faint trace
 
 
-def _png_header_only(width: int, height: int) -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
-    pixels = zlib.compress(b"\x00" * (width + 1) * 16)  # a few rows: the rest is "missing"
-    return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
-    )
-
-
 @pytest.mark.parametrize(
     "size", [(10_000, 10_000), (7_000, 7_000)], ids=["pillow-limit", "our-limit"]
 )
@@ -105,7 +92,7 @@ def test_decompression_bomb_is_refused_from_its_header_without_decoding(size, mo
         raise AssertionError("pixels were decoded")
 
     monkeypatch.setattr(ImageFile.ImageFile, "load", never_load)
-    data = _png_header_only(*size)
+    data = png_header_only(*size)
     assert len(data) < 100_000
     with pytest.raises(ImageError, match="pixels"):
         preprocess_image(data)
@@ -124,7 +111,7 @@ def _bad_files(folder):
         "disguised.png": b"%!PS-Adobe-3.0\nshowpage\n",
         "scan.pdf": b"%PDF-1.7\n",
         "huge.png": b"\x89PNG\r\n\x1a\n" + b"\x00" * (5 * 1024 * 1024 + 1),
-        "bomb.png": _png_header_only(10_000, 10_000),
+        "bomb.png": png_header_only(10_000, 10_000),
     }
     for name, data in files.items():
         (folder / name).write_bytes(data)
@@ -238,7 +225,7 @@ ODD_IMAGES = {
     "float-nan": (lambda: _float_tiff(float("nan")), "NaN or infinity"),
     "float-inf": (lambda: _float_tiff(float("inf")), "NaN or infinity"),
     "lab": (lambda: _tiff(Image.new("LAB", (64, 64), (50, 0, 0))), "colour mode LAB"),
-    "1000000x1": (lambda: _png_header_only(1_000_000, 1), "times the other"),
+    "1000000x1": (lambda: png_header_only(1_000_000, 1), "times the other"),
     "1x60": (lambda: _encode(Image.new("L", (1, 60)), "PNG"), "times the other"),
 }
 
@@ -256,12 +243,12 @@ def test_an_extreme_aspect_ratio_is_refused_from_the_header(monkeypatch):
 
     monkeypatch.setattr(ImageFile.ImageFile, "load", never_load)
     with pytest.raises(ImageError, match="refused before decoding"):
-        preprocess_image(_png_header_only(1_000_000, 1))
+        preprocess_image(png_header_only(1_000_000, 1))
 
 
 def test_the_bomb_error_quotes_the_limit_that_applies():
     with pytest.raises(ImageError) as error:
-        preprocess_image(_png_header_only(10_000, 10_000))  # over Pillow's own limit too
+        preprocess_image(png_header_only(10_000, 10_000))  # over Pillow's own limit too
     assert f"{MAX_IMAGE_PIXELS:,}-pixel limit" in str(error.value)
     assert "80" not in str(error.value).replace(f"{MAX_IMAGE_PIXELS:,}", "")
 

@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from image_files import png_header_only
 from PIL import Image
-from test_preprocess import ODD_IMAGES, _png_header_only
+from test_preprocess import ODD_IMAGES
 from trained_model import tiny_checkpoint
 from typer.testing import CliRunner
 
@@ -292,7 +293,7 @@ BAD_REQUESTS = {
     "blank image": (upload(BLANK_PNG), 400),
     "empty file": (upload(b""), 400),
     "eps": (upload(b"%!PS-Adobe-3.0 EPSF-3.0\n"), 400),
-    "bomb": (upload(_png_header_only(10_000, 10_000)), 400),
+    "bomb": (upload(png_header_only(10_000, 10_000)), 400),
     **{f"odd image {name}": (upload(make()), 400) for name, (make, _) in ODD_IMAGES.items()},
     "form urlencoded": ({"data": {"image": "7"}}, 415),
     "form without file": ({"files": {"picture": ("a.png", SEVEN_PNG, "image/png")}}, 422),

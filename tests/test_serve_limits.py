@@ -31,8 +31,8 @@ import uvicorn
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from image_files import png_header_only
 from PIL import Image, ImageDraw
-from test_preprocess import _png_header_only
 from test_serve import (
     MODEL_INFO,
     SEVEN_PNG,
@@ -83,7 +83,7 @@ def test_a_request_declaring_too_many_pixels_in_all_is_refused_before_decoding(
 ):
     # Header-only PNGs: decoding them fails (400), so a 413 means nothing was decoded.
     client, limits = pixel_limited_client, PIXEL_LIMITS
-    images = [_png_header_only(side, 100) for side in sides]
+    images = [png_header_only(side, 100) for side in sides]
     declared = sum(side * 100 for side in sides)  # the oracle
     response = client.post("/predict/batch", files=batch_of(images))
     if declared > limits.max_request_pixels:
