@@ -29,12 +29,14 @@ import httpx2 as httpx
 import torch
 from PIL import Image
 
-from mnist_classifier.checkpoint import build_payload, save_checkpoint
-from mnist_classifier.config import TrainConfig
+from mnist_classifier.checkpoint import save_checkpoint
 from mnist_classifier.data import load_split
 from mnist_classifier.model import SimpleCNN
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT / "tests"))  # the one checkpoint-payload builder lives there
+from checkpoint_payloads import checkpoint_payload  # noqa: E402
+
 HOST = "127.0.0.1"  # loopback only: this benchmark never listens on the network
 DISTINCT_IMAGES = 64
 PAGE_CANVAS = 280  # the drawing page's canvas size
@@ -95,16 +97,7 @@ def page_like_uploads(data_dir: Path) -> list[bytes]:
 def random_checkpoint(path: Path) -> Path:
     torch.manual_seed(0)
     model = SimpleCNN()
-    payload = build_payload(
-        model=model,
-        optimizer=torch.optim.Adam(model.parameters()),
-        epoch=0,
-        validation_loss=0.0,
-        validation_accuracy=0.0,
-        config=TrainConfig(),
-        extra={},
-    )
-    save_checkpoint(path, payload)
+    save_checkpoint(path, checkpoint_payload(model))
     return path
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from checkpoint_payloads import checkpoint_payload  # noqa: F401  (tests import it from here)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = REPO_ROOT / "data"
@@ -17,28 +18,6 @@ def mnist_dir() -> Path:
 
     ensure_mnist(DATA_DIR)
     return DATA_DIR
-
-
-def checkpoint_payload(model=None, **changes) -> dict:
-    """A valid checkpoint dict for a (by default untrained) SimpleCNN; `changes` override keys."""
-    import torch
-
-    from mnist_classifier.checkpoint import build_payload
-    from mnist_classifier.config import TrainConfig
-    from mnist_classifier.model import SimpleCNN
-
-    model = model or SimpleCNN()
-    payload = build_payload(
-        model=model,
-        optimizer=torch.optim.Adam(model.parameters()),
-        epoch=3,
-        validation_loss=0.05,
-        validation_accuracy=0.985,
-        config=TrainConfig(),
-        extra={},
-    )
-    payload.update(changes)
-    return payload
 
 
 def vouch_for(path: Path) -> None:
@@ -57,3 +36,13 @@ class CreatesAFile:
 
     def __reduce__(self):
         return (Path.touch, (self.target,))
+
+
+@pytest.fixture
+def synthetic_data(monkeypatch):
+    """Make every `train()` in this test, the CLI's included, read tiny synthetic data."""
+    from synthetic_data import synthetic_train_data
+
+    from mnist_classifier import train as train_module
+
+    monkeypatch.setattr(train_module, "load_train_validation", synthetic_train_data)

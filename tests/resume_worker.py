@@ -2,9 +2,10 @@
 
     python tests/resume_worker.py CONFIG_JSON RECORD_PATH [--resume CHECKPOINT] [--no-rng-restore]
 
-Records every step's loss, every epoch's sample order and the final model and optimizer
-state into RECORD_PATH (torch.save). `--no-rng-restore` turns the random-state restore into a
-no-op, to show that the exact-resume test depends on it.
+Trains on tests/synthetic_data.py's images. Records every step's loss, every epoch's sample
+order and the final model and optimizer state into RECORD_PATH (torch.save).
+`--no-rng-restore` turns the random-state restore into a no-op, to show that the exact-resume
+test depends on it.
 """
 
 import json
@@ -12,6 +13,7 @@ import sys
 from pathlib import Path
 
 import torch
+from synthetic_data import synthetic_train_data
 
 from mnist_classifier import train as train_module
 from mnist_classifier.config import make_config
@@ -44,7 +46,7 @@ def main() -> None:
 
     train_module.shuffled_batches = recording_batches
     recorder = LossRecorder()
-    train_module.train(config, recorder, resume_from=resume_from)
+    train_module.train(config, recorder, resume_from=resume_from, data=synthetic_train_data(config))
     last = sorted(Path(config.output_dir).glob("checkpoint_epoch_*.pt"))[-1]
     state = torch.load(last, weights_only=True)
     torch.save(

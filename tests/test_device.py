@@ -17,9 +17,25 @@ def test_auto_precision_is_bf16_where_the_cpu_has_it(monkeypatch):
     assert resolve_precision("auto", CPU) == "bf16"
 
 
-def test_auto_precision_on_this_machine_follows_its_cpu_flags():
-    expected = "bf16" if device_module.cpu_has_native_bf16() else "fp32"
-    assert resolve_precision("auto", CPU) == expected
+@pytest.mark.parametrize(
+    ("flags", "native"),
+    [
+        ("fpu sse2 avx2 avx512f avx512bw avx512vl avx512_vnni", False),  # this lab's Xeon
+        ("fpu avx2 avx512f avx512_bf16", True),
+        ("fpu avx2 amx_tile amx_bf16 amx_int8", True),
+        ("fpu avx2 avx512_bf16x", False),  # a whole flag, not a prefix
+    ],
+)
+def test_native_bf16_is_read_from_the_cpu_flags(monkeypatch, tmp_path, flags, native):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    monkeypatch.setattr(device_module, "Path", lambda _path: cpuinfo)
+    assert device_module.cpu_has_native_bf16() is native
+
+
+def test_no_cpu_flags_file_means_no_native_bf16(monkeypatch, tmp_path):
+    monkeypatch.setattr(device_module, "Path", lambda _path: tmp_path / "missing")
+    assert device_module.cpu_has_native_bf16() is False
 
 
 def test_explicit_precision_is_kept_and_fp16_on_cpu_is_refused():

@@ -20,17 +20,23 @@ from mnist_classifier.train import (
     train,
 )
 
-pytestmark = pytest.mark.slow
+# Every train() here, and in the worker, reads tiny synthetic data: exactness needs no MNIST.
+pytestmark = pytest.mark.usefixtures("synthetic_data")
 EPOCHS = 4
 
 
-def _settings(mnist_dir, output_dir, **overrides):
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("data")  # never read: the data is synthetic
+
+
+def _settings(data_dir, output_dir, **overrides):
     return {
         "epochs": EPOCHS,
         "batch_size": 64,
         "data.max_train_images": 384,
         "data.validation_size": 300,
-        "data.data_dir": str(mnist_dir),
+        "data.data_dir": str(data_dir),
         "output_dir": str(output_dir),
         "device": "cpu",
         "schedule.name": "onecycle",  # a schedule whose state matters
@@ -68,15 +74,15 @@ def _state_equal(first, second):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(mnist_dir, tmp_path_factory):
+def uninterrupted(data_dir, tmp_path_factory):
     folder = tmp_path_factory.mktemp("uninterrupted")
-    record = _worker(_settings(mnist_dir, folder / "checkpoints"), folder / "record.pt")
+    record = _worker(_settings(data_dir, folder / "checkpoints"), folder / "record.pt")
     return folder / "checkpoints", record
 
 
 @pytest.mark.parametrize("killed_after", [1, 2, 3])
 def test_resume_in_a_fresh_process_is_bit_identical(
-    mnist_dir, tmp_path, uninterrupted, killed_after
+    data_dir, tmp_path, uninterrupted, killed_after
 ):
     full_dir, full = uninterrupted
     # The state a run killed after epoch k leaves behind: its checkpoints up to k.
@@ -89,7 +95,7 @@ def test_resume_in_a_fresh_process_is_bit_identical(
     resume_from = resumed_dir / f"checkpoint_epoch_{killed_after}.pt"
 
     resumed = _worker(
-        _settings(mnist_dir, resumed_dir), tmp_path / "record.pt", "--resume", str(resume_from)
+        _settings(data_dir, resumed_dir), tmp_path / "record.pt", "--resume", str(resume_from)
     )
 
     steps_per_epoch = len(full["losses"]) // EPOCHS
@@ -100,7 +106,7 @@ def test_resume_in_a_fresh_process_is_bit_identical(
 
 
 def test_without_the_random_state_restore_the_resume_would_differ(
-    mnist_dir, tmp_path, uninterrupted
+    data_dir, tmp_path, uninterrupted
 ):
     full_dir, full = uninterrupted
     resumed_dir = tmp_path / "checkpoints"
@@ -110,7 +116,7 @@ def test_without_the_random_state_restore_the_resume_would_differ(
     shutil.copy(digest_path(source), digest_path(resumed_dir / source.name))
 
     resumed = _worker(
-        _settings(mnist_dir, resumed_dir),
+        _settings(data_dir, resumed_dir),
         tmp_path / "record.pt",
         "--resume",
         str(resumed_dir / source.name),
@@ -120,17 +126,17 @@ def test_without_the_random_state_restore_the_resume_would_differ(
     assert not _state_equal(resumed["model"], full["model"])
 
 
-def test_resume_refuses_a_changed_batch_size_unless_forced(mnist_dir, tmp_path, uninterrupted):
+def test_resume_refuses_a_changed_batch_size_unless_forced(data_dir, tmp_path, uninterrupted):
     full_dir, _ = uninterrupted
     checkpoint = full_dir / "checkpoint_epoch_1.pt"
-    changed = make_config(_settings(mnist_dir, tmp_path, batch_size=32))
+    changed = make_config(_settings(data_dir, tmp_path, batch_size=32))
     with pytest.raises(ResumeError, match="batch_size 64 -> 32.*--force"):
         train(changed, resume_from=checkpoint)
-    other_seed = make_config(_settings(mnist_dir, tmp_path, seed=9))
+    other_seed = make_config(_settings(data_dir, tmp_path, seed=9))
     with pytest.raises(ResumeError, match="seed 1 -> 9"):
         train(other_seed, resume_from=checkpoint)
     result = train(
-        make_config(_settings(mnist_dir, tmp_path, epochs=2, **{"schedule.name": "none"})),
+        make_config(_settings(data_dir, tmp_path, epochs=2, **{"schedule.name": "none"})),
         resume_from=checkpoint,
         force=True,
     )
@@ -157,7 +163,7 @@ def test_auto_picks_the_newest_valid_checkpoint_and_says_what_it_skipped(tmp_pat
     assert find_resume_checkpoint(tmp_path / "empty") == (None, [])
 
 
-def test_a_nan_loss_stops_training_and_never_becomes_the_best(mnist_dir, tmp_path, monkeypatch):
+def test_a_nan_loss_stops_training_and_never_becomes_the_best(data_dir, tmp_path, monkeypatch):
     calls = {"count": 0}
     real_cross_entropy = F.cross_entropy
 
@@ -167,7 +173,7 @@ def test_a_nan_loss_stops_training_and_never_becomes_the_best(mnist_dir, tmp_pat
         return loss * float("nan") if calls["count"] > 7 else loss  # 6 steps + 1 validation
 
     monkeypatch.setattr(train_module.F, "cross_entropy", nan_in_the_second_epoch)
-    config = make_config(_settings(mnist_dir, tmp_path, **{"schedule.name": "none"}))
+    config = make_config(_settings(data_dir, tmp_path, **{"schedule.name": "none"}))
     with pytest.raises(TrainingDiverged, match="diverged in epoch 2"):
         train(config)
     assert sorted(path.name for path in tmp_path.glob("*.pt")) == [
@@ -180,13 +186,13 @@ def test_a_nan_loss_stops_training_and_never_becomes_the_best(mnist_dir, tmp_pat
 
 
 def test_a_full_disk_stops_the_run_and_leaves_earlier_checkpoints_intact(
-    mnist_dir, tmp_path, monkeypatch
+    data_dir, tmp_path, monkeypatch
 ):
     import errno
 
     from mnist_classifier import checkpoint as checkpoint_module
 
-    config = make_config(_settings(mnist_dir, tmp_path, **{"schedule.name": "none"}))
+    config = make_config(_settings(data_dir, tmp_path, **{"schedule.name": "none"}))
     real_save = torch.save
     saves = {"count": 0}
     before = {}
@@ -211,9 +217,9 @@ def test_a_full_disk_stops_the_run_and_leaves_earlier_checkpoints_intact(
     assert after == before  # byte-identical, and no temporary left behind
 
 
-def test_keep_last_deletes_old_epochs_but_never_the_best(mnist_dir, tmp_path):
+def test_keep_last_deletes_old_epochs_but_never_the_best(data_dir, tmp_path):
     config = make_config(
-        _settings(mnist_dir, tmp_path, keep_last=1, lr=1e-12, **{"schedule.name": "none"})
+        _settings(data_dir, tmp_path, keep_last=1, lr=1e-12, **{"schedule.name": "none"})
     )
     train(config)  # a flat run: epoch 1 stays the best
     assert sorted(path.name for path in tmp_path.glob("checkpoint_epoch_*.pt")) == [

@@ -14,7 +14,6 @@ from mnist_classifier.config import config_from_dict
 from mnist_classifier.datasets import MNIST
 from mnist_classifier.runs import list_runs, record_test_accuracy, run_labels
 
-pytestmark = pytest.mark.slow
 runner = CliRunner()
 
 
@@ -40,6 +39,7 @@ def _train(mnist_dir, runs_dir, *arguments):
     return result
 
 
+@pytest.mark.slow  # the real files: the run records their digests
 def test_a_run_writes_every_artifact(mnist_dir, tmp_path):
     _train(
         mnist_dir,
@@ -101,6 +101,7 @@ def test_a_run_writes_every_artifact(mnist_dir, tmp_path):
     assert (run_dir / "checkpoint_epoch_2.pt").is_file()
 
 
+@pytest.mark.usefixtures("synthetic_data")  # tiny synthetic data: no MNIST needed
 def test_tensorboard_has_step_level_training_loss_and_learning_rate(mnist_dir, tmp_path):
     # 800 images in batches of 8: 100 optimizer steps, logged every 50.
     _train(
@@ -133,6 +134,7 @@ def test_tensorboard_has_step_level_training_loss_and_learning_rate(mnist_dir, t
     assert epoch_loss.value == pytest.approx(float(row["train_loss"]), rel=1e-6)
 
 
+@pytest.mark.usefixtures("synthetic_data")  # tiny synthetic data: no MNIST needed
 def test_early_stopping_stops_on_a_forced_plateau(mnist_dir, tmp_path):
     # A learning rate of 1e-12 cannot move the weights: validation accuracy stays flat.
     _train(
@@ -156,6 +158,7 @@ def test_early_stopping_stops_on_a_forced_plateau(mnist_dir, tmp_path):
     assert not (run_dir / "checkpoint_epoch_4.pt").exists()
 
 
+@pytest.mark.usefixtures("synthetic_data")  # tiny synthetic data: no MNIST needed
 def test_sweep_then_runs_compares_what_differs(mnist_dir, tmp_path):
     swept = runner.invoke(
         app,

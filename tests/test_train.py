@@ -2,12 +2,13 @@ import dataclasses
 
 import pytest
 import torch
+from synthetic_data import synthetic_train_data
 
+from mnist_classifier import data as data_module
 from mnist_classifier.checkpoint import SCHEMA_VERSION, load_checkpoint
 from mnist_classifier.config import make_config
+from mnist_classifier.datasets import RAW_FILE_NAMES
 from mnist_classifier.train import train
-
-pytestmark = pytest.mark.slow  # reads the real MNIST files
 
 
 def _small_config(mnist_dir, output_dir, **overrides):
@@ -23,8 +24,24 @@ def _small_config(mnist_dir, output_dir, **overrides):
     return make_config({**values, **{key.replace("__", "."): v for key, v in overrides.items()}})
 
 
-def test_writes_the_labs_checkpoints_with_the_labs_keys(mnist_dir, tmp_path):
+def _train_synthetic(config):
+    return train(config, data=synthetic_train_data(config))
+
+
+@pytest.mark.slow  # reads the real MNIST files
+def test_writes_the_labs_checkpoints_with_the_labs_keys(mnist_dir, tmp_path, monkeypatch):
+    hashed = []
+    real_sha256_of = data_module.sha256_of
+
+    def counting_sha256_of(path):
+        hashed.append(path)
+        return real_sha256_of(path)
+
+    monkeypatch.setattr(data_module, "sha256_of", counting_sha256_of)
     result = train(_small_config(mnist_dir, tmp_path))
+
+    # Each of the four files is hashed once per run, and the run records their pinned digests.
+    assert sorted(path.name for path in hashed) == sorted(RAW_FILE_NAMES)
 
     names = sorted(path.name for path in tmp_path.glob("*.pt"))
     assert names == ["best_model.pt", "checkpoint_epoch_1.pt", "checkpoint_epoch_2.pt"]
@@ -42,15 +59,17 @@ def test_writes_the_labs_checkpoints_with_the_labs_keys(mnist_dir, tmp_path):
     assert best.validation_accuracy == pytest.approx(result.best.validation_accuracy)  # a fraction
 
 
-def test_learns_and_validation_accuracy_is_measured_on_held_out_images(mnist_dir, tmp_path):
-    result = train(_small_config(mnist_dir, tmp_path, epochs=3, data__max_train_images=4096))
+def test_learns_and_validation_accuracy_is_measured_on_held_out_images(tmp_path):
+    result = _train_synthetic(
+        _small_config(tmp_path / "data", tmp_path, epochs=3, data__max_train_images=1024)
+    )
     assert result.epochs[-1].train_loss < result.epochs[0].train_loss
     assert result.best.validation_accuracy > 0.85
 
 
-def test_same_seed_same_weights_other_seed_other_weights(mnist_dir, tmp_path):
+def test_same_seed_same_weights_other_seed_other_weights(tmp_path):
     def final_weights(seed, folder):
-        train(_small_config(mnist_dir, tmp_path / folder, epochs=1, seed=seed))
+        _train_synthetic(_small_config(tmp_path / "data", tmp_path / folder, epochs=1, seed=seed))
         return torch.load(tmp_path / folder / "checkpoint_epoch_1.pt", weights_only=True)[
             "model_state_dict"
         ]
@@ -61,25 +80,25 @@ def test_same_seed_same_weights_other_seed_other_weights(mnist_dir, tmp_path):
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_both_precisions_train_and_record_themselves(mnist_dir, tmp_path, precision):
+def test_both_precisions_train_and_record_themselves(tmp_path, precision):
     config = _small_config(
-        mnist_dir,
+        tmp_path / "data",
         tmp_path,
         epochs=3,
         data__max_train_images=512,
         precision=precision,
         batch_size=64,
     )
-    result = train(config)
+    result = _train_synthetic(config)
     losses = [epoch.train_loss for epoch in result.epochs]
     assert losses[-1] < losses[0] * 0.8, losses
     assert result.precision == precision
     assert torch.load(tmp_path / "best_model.pt", weights_only=True)["precision"] == precision
 
 
-def test_one_cycle_schedule_is_stepped_once_per_optimizer_step(mnist_dir, tmp_path):
+def test_one_cycle_schedule_is_stepped_once_per_optimizer_step(tmp_path):
     config = _small_config(
-        mnist_dir,
+        tmp_path / "data",
         tmp_path,
         epochs=2,
         data__max_train_images=640,
@@ -87,7 +106,7 @@ def test_one_cycle_schedule_is_stepped_once_per_optimizer_step(mnist_dir, tmp_pa
         schedule__name="onecycle",
         lr=0.01,
     )
-    train(config)
+    _train_synthetic(config)
     saved = torch.load(tmp_path / "checkpoint_epoch_2.pt", weights_only=True)
     final_lr = saved["optimizer_state_dict"]["param_groups"][0]["lr"]
     reference_optimizer = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=0.01)

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from checkpoint_payloads import checkpoint_payload
 
 from mnist_classifier.batching import normalize
-from mnist_classifier.checkpoint import build_payload, save_checkpoint
-from mnist_classifier.config import TrainConfig
+from mnist_classifier.checkpoint import save_checkpoint
 from mnist_classifier.data import load_split
 from mnist_classifier.model import SimpleCNN
 
@@ -40,14 +40,6 @@ def tiny_checkpoint(data_dir: Path) -> Path:
     path = Path(tempfile.mkdtemp(prefix="mnist-tiny-")) / "tiny_model.pt"
     save_checkpoint(
         path,
-        build_payload(
-            model=model,
-            optimizer=optimizer,
-            epoch=1,
-            validation_loss=0.0,
-            validation_accuracy=0.0,
-            config=TrainConfig(),
-            extra={},
-        ),
+        checkpoint_payload(model, optimizer, epoch=1, loss=0.0, accuracy=0.0),
     )
     return path

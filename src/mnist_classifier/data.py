@@ -117,7 +117,8 @@ def ensure_dataset(
         return MnistFiles(raw_dir, route, _verified_digests(raw_dir, spec), spec.name)
 
     try:
-        return found(_try_disk(raw_dir, spec))
+        # The disk route has just hashed every file against its pinned digest: not again.
+        return MnistFiles(raw_dir, _try_disk(raw_dir, spec), dict(spec.raw_sha256), spec.name)
     except _RouteFailed as failure:
         failures.append(f"disk: {failure}")
 
@@ -154,9 +155,13 @@ def load_split(
     data_dir: Path | str, *, train: bool, dataset: str = "mnist"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Return (images uint8 (N, 28, 28), labels int64 (N,)) of the train or test split."""
-    ensure_dataset(data_dir, dataset)
-    reader_class = _torchvision_class(dataset_spec(dataset))
-    split = reader_class(root=data_dir, train=train, download=False)
+    return read_split(ensure_dataset(data_dir, dataset), train=train)
+
+
+def read_split(files: MnistFiles, *, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Like load_split, from files `ensure_dataset` has just verified (not hashed again)."""
+    reader_class = _torchvision_class(dataset_spec(files.dataset))
+    split = reader_class(root=files.raw_dir.parent.parent, train=train, download=False)
     return split.data, split.targets
 
 

@@ -45,7 +45,7 @@ from mnist_classifier.config import (
     make_config,
     read_config_file,
 )
-from mnist_classifier.data import MnistFiles, ensure_dataset, load_split
+from mnist_classifier.data import MnistFiles, ensure_dataset, read_split
 from mnist_classifier.datasets import dataset_spec
 from mnist_classifier.device import autocast, memory_format_for, resolve_device, resolve_precision
 from mnist_classifier.distributed import (
@@ -170,11 +170,20 @@ class Observers(TrainingObserver):
             observer.finished(result)
 
 
-def load_train_validation(config: TrainConfig) -> tuple[MnistFiles, Split, Split]:
-    """The verified training images, split into the training part and the fixed hold-out."""
+@dataclass(frozen=True)
+class TrainData:
+    """What training reads: where the images came from, and the two splits made of them."""
+
+    files: MnistFiles  # route and verified digests, recorded with every checkpoint and run
+    train_split: Split
+    validation_split: Split
+
+
+def split_for_training(
+    config: TrainConfig, images: torch.Tensor, labels: torch.Tensor, files: MnistFiles
+) -> TrainData:
+    """The training images, split into the training part and the fixed hold-out per `config`."""
     data = config.data
-    mnist_files = ensure_dataset(data.data_dir, data.dataset)
-    images, labels = load_split(data.data_dir, train=True, dataset=data.dataset)
     train_split, validation_split = split_train_validation(
         images, labels, data.validation_size, data.split_seed
     )
@@ -182,7 +191,14 @@ def load_train_validation(config: TrainConfig) -> tuple[MnistFiles, Split, Split
         train_split = Split(
             train_split.images[: data.max_train_images], train_split.labels[: data.max_train_images]
         )
-    return mnist_files, train_split, validation_split
+    return TrainData(files, train_split, validation_split)
+
+
+def load_train_validation(config: TrainConfig) -> TrainData:
+    """The verified training images of `config.data.dataset`, each file hashed once."""
+    files = ensure_dataset(config.data.data_dir, config.data.dataset)
+    images, labels = read_split(files, train=True)
+    return split_for_training(config, images, labels, files)
 
 
 def make_scheduler(
@@ -445,8 +461,12 @@ def train(
     run_dir: Path | None = None,
     resume_from: Path | None = None,
     force: bool = False,
+    data: TrainData | None = None,
 ) -> TrainResult:
     """Train per `config`; checkpoints go to `config.output_dir`, or else to `run_dir`.
+
+    `data` is the prepared splits (e.g. tests' synthetic ones); without it, the verified data
+    set named by `config.data` is obtained and split here.
 
     `resume_from` continues a run from an epoch checkpoint exactly where it stopped: same
     weights, optimizer and schedule state, early-stopping counters and random streams, so the
@@ -478,12 +498,14 @@ def train(
     torch.manual_seed(config.seed)
     batch_order_generator = torch.Generator().manual_seed(config.seed)
 
-    # Rank 0 obtains and verifies the data while the others wait, then they only verify it.
-    if not ranks.is_main:
-        barrier()
-    mnist_files, train_split, validation_split = load_train_validation(config)
-    if ranks.is_main:
-        barrier()
+    if data is None:
+        # Rank 0 obtains and verifies the data while the others wait, then they only verify it.
+        if not ranks.is_main:
+            barrier()
+        data = load_train_validation(config)
+        if ranks.is_main:
+            barrier()
+    mnist_files, train_split, validation_split = data.files, data.train_split, data.validation_split
     train_split, validation_split = train_split.to(device), validation_split.to(device)
     # Each rank validates its share; the sums are reduced, so all ranks report the same.
     validation_shard = Split(
