@@ -95,14 +95,20 @@ def main() -> None:
         f"(min {min(accuracies):.2%}, max {max(accuracies):.2%}); "
         f"median training time {statistics.median(seconds):.1f} s"
     )
-    print_per_class(results, accuracies, test_split.labels, dataset_spec(dataset).class_names)
+    seeds = list(range(arguments.first_seed, arguments.first_seed + arguments.seeds))
+    print_per_class(
+        results, seeds, accuracies, test_split.labels, dataset_spec(dataset).class_names
+    )
 
 
 def print_per_class(
-    results, accuracies: list[float], labels: torch.Tensor, class_names: tuple[str, ...]
+    results,
+    seeds: list[int],
+    accuracies: list[float],
+    labels: torch.Tensor,
+    class_names: tuple[str, ...],
 ) -> None:
     """Per-class test accuracy of every seed, and the median seed's confusion matrix."""
-    seeds = range(1, len(results) + 1)
     print("\n| class | " + " | ".join(f"seed {seed}" for seed in seeds) + " |")
     print("|---|" + "---:|" * len(results))
     for number, name in enumerate(class_names):
@@ -111,7 +117,7 @@ def print_per_class(
     by_accuracy = sorted(range(len(results)), key=lambda index: accuracies[index])
     median_index = by_accuracy[(len(results) - 1) // 2]
     confusion = confusion_matrix(labels.cpu(), results[median_index].predictions, len(class_names))
-    print(f"\nConfusion matrix, seed {median_index + 1} (rows: true class, columns: predicted):")
+    print(f"\nConfusion matrix, seed {seeds[median_index]} (rows: true class, columns: predicted):")
     print("| true \\ predicted | " + " | ".join(str(n) for n in range(len(class_names))) + " |")
     print("|---|" + "---:|" * len(class_names))
     for number, row in enumerate(confusion.tolist()):
