@@ -7,13 +7,20 @@ reports the model's answer unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import socket
+import threading
+import time
+from collections.abc import Iterator
 
 import numpy as np
 import torch
+import uvicorn
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from mnist_classifier.serve.app import create_app
 from mnist_classifier.serve.schemas import ModelInfo
 
 DIGEST = "ab" * 32
@@ -80,3 +87,36 @@ def assert_clean_error(response, status: int | tuple[int, ...]) -> str:
 
 def upload(data: bytes) -> dict:
     return {"files": {"file": ("digit.png", data, "image/png")}}
+
+
+@contextlib.contextmanager
+def uvicorn_in_thread(server: uvicorn.Server, sockets=None) -> Iterator[None]:
+    """Run `server` in a daemon thread for the block; fails if it has not started in 20 s."""
+    thread = threading.Thread(target=server.run, kwargs={"sockets": sockets}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.05)
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
+
+
+def free_loopback_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(served) -> Iterator[str]:
+    """A real uvicorn server for a loaded model on a free loopback port; yields its URL."""
+    port = free_loopback_port()
+    settings = uvicorn.Config(
+        create_app(served.predictor, served.info), host="127.0.0.1", port=port, log_level="warning"
+    )
+    with uvicorn_in_thread(uvicorn.Server(settings)):
+        yield f"http://127.0.0.1:{port}/"

@@ -22,7 +22,8 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from test_serve_browser import browser, serving  # noqa: F401  (browser: a fixture)
+from serving import serving
+from test_serve_browser import browser  # noqa: F401  (a fixture)
 from typer.testing import CliRunner
 
 from mnist_classifier import datasets

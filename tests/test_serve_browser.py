@@ -9,25 +9,20 @@ missing browser is a failure and not a silent skip.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import socket
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import uvicorn
 from photo_digits import photo_like
+from serving import serving
 from trained_model import tiny_checkpoint
 
 from mnist_classifier.batching import normalize
 from mnist_classifier.checkpoint import load_checkpoint
 from mnist_classifier.data import load_split
 from mnist_classifier.preprocess import preprocess_image
-from mnist_classifier.serve.app import create_app
 from mnist_classifier.serve.loading import load_checkpoint_model
 
 pytestmark = pytest.mark.slow  # trains the tiny model and starts a browser
@@ -48,33 +43,6 @@ STROKES = {
     "7": [[(70, 60), (210, 60), (120, 235)]],
     "1": [[(150, 40), (140, 240)]],
 }
-
-
-def free_loopback_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@contextlib.contextmanager
-def serving(served):
-    """A real uvicorn server for a loaded model on a free loopback port; yields its URL."""
-    port = free_loopback_port()
-    settings = uvicorn.Config(
-        create_app(served.predictor, served.info), host="127.0.0.1", port=port, log_level="warning"
-    )
-    server = uvicorn.Server(settings)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 @pytest.fixture(scope="module")

@@ -41,6 +41,7 @@ from serving import (
     local_client,
     png_bytes,
     upload,
+    uvicorn_in_thread,
 )
 from typer.testing import CliRunner
 
@@ -225,17 +226,10 @@ def running_server(limits: ServerLimits) -> Iterator[int]:
     port = listener.getsockname()[1]
     app = create_app(ChecksumPredictor(), MODEL_INFO, limits=limits)
     server = uvicorn.Server(server_config(app, HOST, port, limits, log_level="error"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
     try:
-        yield port
+        with uvicorn_in_thread(server, sockets=[listener]):
+            yield port
     finally:
-        server.should_exit = True
-        thread.join(timeout=20)
         listener.close()
 
 
