@@ -296,28 +296,27 @@ def _decompress_verified(gz_path: Path, destination: Path, spec: DatasetSpec) ->
 # Route 2: torchvision's downloader
 
 
-class _TorchvisionMNIST(torchvision.datasets.MNIST):
-    """torchvision's MNIST, pinned to the ``MNIST/raw`` layout and to the raw files only."""
+class _RawFilesOnly:
+    """torchvision's downloader pinned to ``<root>/<folder>/raw`` and to the raw files only."""
+
+    folder: str
 
     @property
     def raw_folder(self) -> str:
-        # torchvision derives the folder from the class name; subclasses must keep "MNIST".
-        return os.path.join(self.root, "MNIST", "raw")
+        # torchvision derives the folder from the class name, which a subclass changes.
+        return os.path.join(self.root, self.folder, "raw")
 
     def _check_legacy_exist(self) -> bool:
         # A stale processed/*.pt would be loaded instead of the verified raw files.
         return False
 
 
-class _TorchvisionFashionMNIST(torchvision.datasets.FashionMNIST):
-    """torchvision's FashionMNIST, pinned to ``FashionMNIST/raw`` and to the raw files only."""
+class _TorchvisionMNIST(_RawFilesOnly, torchvision.datasets.MNIST):
+    folder = "MNIST"
 
-    @property
-    def raw_folder(self) -> str:
-        return os.path.join(self.root, "FashionMNIST", "raw")
 
-    def _check_legacy_exist(self) -> bool:
-        return False
+class _TorchvisionFashionMNIST(_RawFilesOnly, torchvision.datasets.FashionMNIST):
+    folder = "FashionMNIST"
 
 
 def _torchvision_class(spec: DatasetSpec) -> type[torchvision.datasets.MNIST]:
