@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import checkpoint_payload
 
-from mnist_classifier.checkpoint import save_checkpoint
+from mnist_classifier.checkpoint import load_checkpoint, save_checkpoint
 from mnist_classifier.config import ConfigError, make_config
 from mnist_classifier.evaluation_report import default_report_dir
 from mnist_classifier.reporting import ConsoleTrainingObserver, evaluate_command, print_runs
@@ -103,18 +103,18 @@ def saved_run(tmp_path):
 
 def test_resume_continues_with_the_runs_saved_config(saved_run):
     path, saved = saved_run
-    assert config_for_resume(path, {}) == saved
+    assert config_for_resume(load_checkpoint(path), {}) == saved
 
 
 def test_settings_given_with_resume_still_count(saved_run, tmp_path):
     path, saved = saved_run
     config_file = tmp_path / "more.yaml"
     config_file.write_text("epochs: 6\nschedule:\n  name: step\n")
-    resumed = config_for_resume(path, {"batch_size": 16}, config_file=config_file)
+    resumed = config_for_resume(load_checkpoint(path), {"batch_size": 16}, config_file=config_file)
     assert (resumed.batch_size, resumed.epochs, resumed.schedule.name) == (16, 6, "step")
     assert resumed.lr == saved.lr  # not retyped: the run's own
     with pytest.raises(ConfigError, match="batch_size"):
-        config_for_resume(path, {"batch_size": 0})
+        config_for_resume(load_checkpoint(path), {"batch_size": 0})
 
 
 def test_the_live_bar_reads_the_device_only_when_it_refreshes(monkeypatch):

@@ -440,9 +440,9 @@ def _train_one_run(
         from mnist_classifier.train import config_for_resume
 
         try:
-            load_resume_checkpoint(resume_from)
+            resumed = load_resume_checkpoint(resume_from)
             if explicit is not None:
-                config = config_for_resume(resume_from, explicit[1], config_file=explicit[0])
+                config = config_for_resume(resumed, explicit[1], config_file=explicit[0])
         except (ResumeError, ConfigError) as error:
             raise _fail(str(error), EXIT_USAGE) from None
         except CheckpointError as error:

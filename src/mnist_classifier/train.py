@@ -373,12 +373,12 @@ def _restore(part: str, checkpoint_path: Path, restore) -> None:
 
 
 def config_for_resume(
-    checkpoint: Path, explicit: dict, config_file: Path | None = None
+    checkpoint: LoadedCheckpoint, explicit: dict, config_file: Path | None = None
 ) -> TrainConfig:
     """The config a resumed run continues with: the one saved in `checkpoint`, under the
     settings given now (`config_file`, then `explicit` dotted keys), which check_resumable
     still checks."""
-    settings = flatten(load_checkpoint(checkpoint).config.to_dict())
+    settings = flatten(checkpoint.config.to_dict())
     if config_file is not None:
         settings.update(flatten(read_config_file(config_file)))
     settings.update(explicit)
