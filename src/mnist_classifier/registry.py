@@ -19,9 +19,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from mnist_classifier.checkpoint import copy_checkpoint, load_checkpoint, require_dataset
+from mnist_classifier.checkpoint import copy_checkpoint, load_checkpoint
 from mnist_classifier.files import read_regular_file, sha256_of, write_json_atomically
-from mnist_classifier.paths import BEST_CHECKPOINT_NAME
+from mnist_classifier.paths import BEST_CHECKPOINT_NAME, DEFAULT_CHECKPOINT
 from mnist_classifier.provenance import git_commit
 
 MODEL_CARD_NAME = "model_card.json"
@@ -58,6 +58,20 @@ def existing_stage_checkpoint(models_dir: Path | str, stage: str, name: str = "m
     if stages:
         raise RegistryError(f"{missing}; the stages there are: {', '.join(stages)}")
     raise RegistryError(f"{missing}; it holds no models yet: python train_mnist.py trains one")
+
+
+def checkpoint_to_read(
+    checkpoint: Path | None, stage: str | None, models_dir: Path | str, dataset: str
+) -> Path:
+    """The checkpoint a command reads: the one named (the lab's default follows the data set:
+    models/staging/<dataset>/best_model.pt), or a stage's, never both."""
+    if stage is None:
+        if checkpoint is None or checkpoint == Path(DEFAULT_CHECKPOINT):
+            return Path(DEFAULT_CHECKPOINT).parent.parent / dataset / BEST_CHECKPOINT_NAME
+        return checkpoint
+    if checkpoint is not None:
+        raise RegistryError("give --checkpoint or --stage, not both")
+    return existing_stage_checkpoint(models_dir, stage, dataset)
 
 
 def resolve_source(models_dir: Path | str, source: str, name: str) -> Path:
@@ -116,21 +130,15 @@ def promote(
     dataset: str = "mnist",
 ) -> Promotion:
     """Evaluate `candidate` on the test set; copy it to `to_stage` if it meets the threshold."""
-    from mnist_classifier.batching import Split
-    from mnist_classifier.data import ensure_dataset, load_split
-    from mnist_classifier.evaluate import evaluate
+    # Lazily: evaluating reads the data set, which the server (importing this module) never does.
+    from mnist_classifier.evaluation_report import evaluate_checkpoint
 
     destination = stage_checkpoint(models_dir, to_stage, name)
     history_path = Path(models_dir) / HISTORY_NAME
     _, history_problems = read_history(history_path)  # before anything is copied
-    loaded = load_checkpoint(candidate)  # verified: digest, weights_only, schema, shapes
-    require_dataset(loaded, dataset, "promote")
-    mnist_files = ensure_dataset(data_dir, dataset)
-    result = evaluate(
-        loaded.model,
-        Split(*load_split(data_dir, train=False, dataset=dataset)),
-        normalization=loaded.normalization,
-    )
+    # The safe loader verifies digest, weights_only, schema and shapes.
+    evaluation = evaluate_checkpoint(candidate, dataset, data_dir=data_dir, action="promote")
+    loaded, result = evaluation.checkpoint, evaluation.result
     if result.accuracy < min_test_accuracy:
         raise PromotionRefused(
             f"{candidate} scored {result.accuracy:.2%} on the test set, below the required "
@@ -161,7 +169,7 @@ def promote(
         },
         "threshold": {"min_test_accuracy": min_test_accuracy},
         "config": loaded.config.to_dict(),
-        "data_sha256": dict(mnist_files.sha256),
+        "data_sha256": dict(evaluation.test_data.files.sha256),
     }
     write_json_atomically(destination.parent / MODEL_CARD_NAME, model_card)
     _append_history(

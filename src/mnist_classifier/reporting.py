@@ -28,7 +28,7 @@ from mnist_classifier.checkpoint import LoadedCheckpoint
 from mnist_classifier.config import TrainConfig
 from mnist_classifier.data import MnistFiles
 from mnist_classifier.datasets import MNIST, DatasetSpec, class_noun, dataset_spec
-from mnist_classifier.evaluate import EvalResult
+from mnist_classifier.evaluate import EvalResult, EvaluationObserver
 from mnist_classifier.paths import DEFAULT_CHECKPOINT
 from mnist_classifier.train import EpochResult, TrainingObserver, TrainResult, TrainSetup
 
@@ -49,6 +49,17 @@ def table_console() -> Console:
 
 def print_error(message: str) -> None:
     error_console.print(f"error: {message}", markup=False, soft_wrap=True)
+
+
+def print_version() -> None:
+    from importlib.metadata import version
+
+    import torchvision
+
+    print(
+        f"mnist-classifier {version('mnist-classifier')} "
+        f"(torch {torch.__version__}, torchvision {torchvision.__version__})"
+    )
 
 
 def describe_data(files: MnistFiles) -> str:
@@ -238,6 +249,30 @@ def evaluate_command(checkpoint: Path) -> str:
     return f"mnist evaluate --checkpoint {checkpoint}"
 
 
+def print_resume_choice(resume_from: Path | None, skipped: list[str]) -> None:
+    """What `--resume auto` found: the checkpoints it skipped, and where it resumes."""
+    for line in skipped:
+        print(line)
+    print(
+        f"Resuming from {resume_from} (run {resume_from.parent.name})"
+        if resume_from
+        else "No checkpoint to resume: starting fresh"
+    )
+
+
+def print_sweep_run(index: int, total: int, name: str) -> None:
+    print(f"\n=== sweep run {index}/{total}: {name} ===")
+
+
+def print_sweep_results(rows: list[dict]) -> None:
+    print()
+    print_runs(rows, "table")
+
+
+def print_learning_curves(path: Path) -> None:
+    print(f"Learning curves: {path}")
+
+
 def print_run_dir(run_dir) -> None:
     print(f"Run directory: {run_dir}  (tensorboard --logdir {run_dir.parent})")
 
@@ -267,6 +302,14 @@ def print_runs(rows: list[dict], output_format: str) -> None:
     for row in rows:
         table.add_row(*(_cell(column, row[column]) for column in columns))
     table_console().print(table)
+
+
+def print_models(rows: list[dict]) -> None:
+    """The registry's listing as a table; each unusable entry also as an error line."""
+    print_runs(rows, "table")
+    for row in rows:
+        if row["status"] != "ok":
+            print_error(f"{row['stage']}/{row['name']}: {row['status']}")
 
 
 def _csv_value(value):
@@ -299,6 +342,19 @@ def print_checkpoint_info(checkpoint: LoadedCheckpoint) -> None:
     print(f"  - Epoch: {checkpoint.epoch}")
     print(f"  - Validation Loss: {checkpoint.validation_loss:.4f}")
     print(f"  - Validation Accuracy: {100 * checkpoint.validation_accuracy:.2f}%")
+
+
+class ConsoleEvaluationObserver(EvaluationObserver):
+    """The lab's lines while `mnist evaluate` (test_mnist.py) loads and evaluates."""
+
+    def loading_test_data(self, checkpoint: LoadedCheckpoint, device: torch.device) -> None:
+        print(f"Using device: {device}")
+        print(f"Loading {checkpoint.dataset.title} test set...")
+
+    def evaluating(self, checkpoint: LoadedCheckpoint, test_split: Split) -> None:
+        print(f"Test samples: {len(test_split)}")
+        print_checkpoint_info(checkpoint)
+        print("\nTesting model...")
 
 
 def _class_label(name: str) -> str:
@@ -347,8 +403,9 @@ def print_json(value) -> None:
     sys.stdout.write(json.dumps(value, indent=2) + "\n")
 
 
-def print_report_details(report: dict, files: dict) -> None:
-    """The evaluation report beyond the lab's text: per-class P/R/F1, confusion, calibration."""
+def print_report_details(report: dict) -> None:
+    """The evaluation report beyond the lab's text: per-class P/R/F1, confusion, calibration,
+    and the files written (report["files"])."""
     print(f"\nPer-Class Precision / Recall / F1:\n{THIN_RULE}")
     names = report["class_names"]
     width = max(5, *(len(name) for name in names))  # MNIST's digits keep the 5-wide column
@@ -378,9 +435,18 @@ def print_report_details(report: dict, files: dict) -> None:
 
     ece = report["calibration"]["expected_calibration_error"]
     print(f"\nCalibration: expected calibration error {100 * ece:.2f}%")
+    files = report["files"]
     print(f"\nReport written to {Path(files['report']).parent}:")
     for path in files.values():
         print(f"  {path}")
+
+
+def print_predictions_json(predictions: list) -> None:
+    """The predictions as a JSON list on stdout; each failure also as one line on stderr."""
+    print_json([prediction.to_dict() for prediction in predictions])
+    for prediction in predictions:
+        if prediction.error is not None:
+            print_error(f"{prediction.file}: {prediction.error}")
 
 
 def print_predictions(predictions: list, model) -> None:

@@ -337,6 +337,12 @@ def comparison_rows(runs: list[RunRecord]) -> list[dict[str, Any]]:
     return rows
 
 
+def sweep_run_name(name: str, combination: dict[str, Any]) -> str:
+    """A sweep run's name: the config's, then the combination's values, e.g. run-lr=0.002."""
+    label = "-".join(f"{key.split('.')[-1]}={value}" for key, value in combination.items())
+    return f"{name}-{label}"
+
+
 def grid_overrides(grid: list[str]) -> list[dict[str, Any]]:
     """['lr=0.001,0.003', 'batch_size=64,128'] -> the 4 override dicts of their product."""
     axes = []

@@ -23,7 +23,13 @@ from mnist_classifier.checkpoint import (
     require_dataset,
 )
 from mnist_classifier.files import sha256_of
-from mnist_classifier.predict import Backend, OnnxBackend, TorchBackend, softmax
+from mnist_classifier.predict import (
+    Backend,
+    ModelFileError,
+    TorchBackend,
+    load_onnx_backend,
+    softmax,
+)
 from mnist_classifier.serve.schemas import ModelInfo, ModelMetrics
 
 MODEL_CARD_NAME = registry.MODEL_CARD_NAME
@@ -92,18 +98,10 @@ def load_checkpoint_model(
 
 def load_onnx_model(model_path: Path, dataset: str = "mnist") -> ServedModel:
     """onnxruntime on a file written by `mnist export` (it carries the normalisation)."""
-    if not model_path.is_file():
-        raise ServeError(f"ONNX model not found: {model_path}")
     try:
-        backend = OnnxBackend(model_path)
-    except Exception as error:  # onnxruntime raises its own exception types for bad files
-        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ServeError(f"{model_path} is not a usable exported ONNX model: {detail}") from None
-    if backend.dataset.name != dataset:
-        raise ServeError(
-            f"refusing to serve {model_path}: it was trained on {backend.dataset.title}; "
-            f"use --dataset {backend.dataset.name}"
-        )
+        backend = load_onnx_backend(model_path, dataset, action="serve")
+    except ModelFileError as error:
+        raise ServeError(str(error)) from None
     info = ModelInfo(
         digest=sha256_of(model_path),
         stage=None,

@@ -10,18 +10,23 @@ closes such connections. Bodies are timed by the app (`app.BodyLimits`), which c
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import ipaddress
 import logging
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from mnist_classifier.serve.limits import ServerLimits
+from mnist_classifier.serve.app import LOOPBACK_HOSTS, create_app
+from mnist_classifier.serve.limits import DEFAULT_LIMITS, ServerLimits
+
+if TYPE_CHECKING:
+    from mnist_classifier.serve.loading import ServedModel
 
 WILDCARD_ADDRESSES = ("0.0.0.0", "::", "")
 # A name or IPv4 address, optionally under a leading "*." (any subdomain), or "*" for any host:
@@ -91,6 +96,35 @@ def server_config(
         limit_concurrency=limits.max_connections,
         **options,
     )
+
+
+def run_server(
+    served: ServedModel,
+    *,
+    host: str,
+    port: int,
+    request_timeout_s: float,
+    extra_hosts: Sequence[str] = (),
+) -> None:
+    """Serve `served` on host:port until interrupted; the log says what, and who may reach it."""
+    hosts = allowed_hosts(host, extra_hosts)
+    limits = dataclasses.replace(DEFAULT_LIMITS, request_timeout_s=request_timeout_s)
+    server_app = create_app(served.predictor, served.info, limits=limits, allowed_hosts=hosts)
+    settings = server_config(server_app, host, port, limits)  # also sets up uvicorn's logs
+    log.info(
+        "Serving %s (%s, stage %s, sha256 %s)",
+        served.info.file_name,
+        served.info.backend,
+        served.info.stage or "none",
+        served.info.digest[:12],
+    )
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("Listening on %s: other machines can reach this server", host)
+        log.info(
+            "Requests must name one of these hosts (add others with --allowed-host): %s",
+            ", ".join([*LOOPBACK_HOSTS, *hosts]),
+        )
+    uvicorn.Server(settings).run()
 
 
 def allowed_hosts(listen_host: str, extra: Sequence[str]) -> list[str]:
