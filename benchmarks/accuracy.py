@@ -19,13 +19,14 @@ from pathlib import Path
 
 import torch
 
-from mnist_classifier.batching import Split
-from mnist_classifier.checkpoint import load_checkpoint
 from mnist_classifier.config import load_config, parse_assignment
-from mnist_classifier.data import load_split
 from mnist_classifier.datasets import dataset_spec
 from mnist_classifier.device import resolve_device
-from mnist_classifier.evaluate import evaluate
+from mnist_classifier.evaluation_report import (
+    VerifiedTestSplit,
+    evaluate_checkpoint,
+    load_test_data,
+)
 from mnist_classifier.metrics import confusion_matrix
 from mnist_classifier.train import train
 
@@ -54,7 +55,7 @@ def main() -> None:
     overrides = dict(parse_assignment(assignment) for assignment in arguments.set)
     device = resolve_device(arguments.device)
     dataset = load_config(arguments.config, overrides).data.dataset
-    test_split = Split(*load_split(arguments.data_dir, train=False, dataset=dataset)).to(device)
+    test_data = load_test_data(arguments.data_dir, dataset)  # read once, for every checkpoint
     print(
         f"Config: {arguments.config} {overrides or ''} on {device}, precision {arguments.precision}"
     )
@@ -78,8 +79,8 @@ def main() -> None:
                 },
             )
             result = train(config)
-            evaluation = test_evaluation(result.epochs[-1].checkpoint, test_split, device)
-            best_accuracy = test_evaluation(result.best_checkpoint, test_split, device).accuracy
+            evaluation = test_evaluation(result.epochs[-1].checkpoint, test_data, device)
+            best_accuracy = test_evaluation(result.best_checkpoint, test_data, device).accuracy
         results.append(evaluation)
         accuracy = evaluation.accuracy
         total = sum(epoch.seconds for epoch in result.epochs)
@@ -101,15 +102,14 @@ def main() -> None:
     )
     seeds = list(range(arguments.first_seed, arguments.first_seed + arguments.seeds))
     print_per_class(
-        results, seeds, accuracies, test_split.labels, dataset_spec(dataset).class_names
+        results, seeds, accuracies, test_data.split.labels, dataset_spec(dataset).class_names
     )
 
 
-def test_evaluation(checkpoint: Path, test_split: Split, device: str):
-    loaded = load_checkpoint(checkpoint)
-    return evaluate(
-        loaded.model.to(device), test_split, device=device, normalization=loaded.normalization
-    )
+def test_evaluation(checkpoint: Path, test_data: VerifiedTestSplit, device: torch.device):
+    """The checkpoint's test-set result, as `mnist evaluate` computes it."""
+    dataset = test_data.files.dataset
+    return evaluate_checkpoint(checkpoint, dataset, test_data=test_data, device=device).result
 
 
 def print_per_class(

@@ -46,7 +46,7 @@ class _OneLineUsageErrors:
             sys.exit(_fail(message, EXIT_USAGE).exit_code)
         except click_exceptions.ClickException as error:
             sys.exit(_fail(error.format_message(), error.exit_code).exit_code)
-        except click_exceptions.Abort:
+        except typer.Abort:  # Ctrl-C at a prompt
             sys.exit(_fail("aborted", EXIT_FAILURE).exit_code)
         if not standalone_mode:
             return code

@@ -122,8 +122,8 @@ class RankLaunch:
     explicit: dict = field(default_factory=dict)
 
     @classmethod
-    def read(cls, path: Path) -> RankLaunch:
-        return cls(**json.loads(path.read_text()))
+    def read(cls, path: Path | str) -> RankLaunch:
+        return cls(**json.loads(Path(path).read_text()))
 
 
 def launch_ranks(nproc: int, launch: RankLaunch, rank_command: str) -> int:

@@ -50,17 +50,17 @@ class ReportError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class TestData:
+class VerifiedTestSplit:
     """A data set's verified files and its test split (uint8, on the CPU), read from them."""
 
     files: MnistFiles
     split: Split
 
 
-def load_test_data(data_dir: Path | str, dataset: str) -> TestData:
+def load_test_data(data_dir: Path | str, dataset: str) -> VerifiedTestSplit:
     """Obtain and verify the data set's files once, then read its test split from them."""
     files = ensure_dataset(data_dir, dataset)
-    return TestData(files, Split(*read_split(files, train=False)))
+    return VerifiedTestSplit(files, Split(*read_split(files, train=False)))
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ class CheckpointEvaluation:
     """One checkpoint on its data set's test split: everything a report or a model card needs."""
 
     checkpoint: LoadedCheckpoint
-    test_data: TestData
+    test_data: VerifiedTestSplit
     result: EvalResult
 
 
@@ -77,7 +77,7 @@ def evaluate_checkpoint(
     dataset: str,
     *,
     data_dir: Path | str = DEFAULT_DATA_DIR,
-    test_data: TestData | None = None,
+    test_data: VerifiedTestSplit | None = None,
     device: torch.device | None = None,
     batch_size: int = 1000,
     action: str = "evaluate",

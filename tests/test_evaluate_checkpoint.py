@@ -1,0 +1,103 @@
+"""evaluate_checkpoint: the one path from a checkpoint file to its test-set result, and the
+report saved from it (what `mnist evaluate`, `mnist promote` and benchmarks/accuracy.py use)."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import checkpoint_payload
+from synthetic_data import synthetic_images
+
+from mnist_classifier.batching import Split
+from mnist_classifier.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from mnist_classifier.config import make_config
+from mnist_classifier.data import MnistFiles
+from mnist_classifier.evaluate import EvaluationObserver, evaluate
+from mnist_classifier.evaluation_report import (
+    ReportError,
+    VerifiedTestSplit,
+    evaluate_checkpoint,
+    save_report,
+)
+from mnist_classifier.model import SimpleCNN
+
+
+def _test_data(count: int = 200) -> VerifiedTestSplit:
+    files = MnistFiles(Path("synthetic"), "synthetic", {"synthetic": "0" * 64}, "mnist")
+    return VerifiedTestSplit(files, Split(*synthetic_images(count, seed=3)))
+
+
+def _checkpoint(tmp_path: Path, **changes) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path / "checkpoint_epoch_3.pt"
+    save_checkpoint(path, checkpoint_payload(SimpleCNN(), **changes))
+    return path
+
+
+class Recorder(EvaluationObserver):
+    def __init__(self) -> None:
+        self.calls = []
+
+    def loading_test_data(self, checkpoint, device) -> None:
+        self.calls.append(("loading", checkpoint.epoch, str(device)))
+
+    def evaluating(self, checkpoint, test_split) -> None:
+        self.calls.append(("evaluating", len(test_split)))
+
+
+def test_the_result_is_the_eager_models_on_the_test_split(tmp_path):
+    path, test_data, observer = _checkpoint(tmp_path), _test_data(), Recorder()
+    evaluation = evaluate_checkpoint(
+        path, "mnist", test_data=test_data, batch_size=64, observer=observer
+    )
+    loaded = load_checkpoint(path)
+    expected = evaluate(loaded.model, test_data.split, normalization=loaded.normalization)
+    assert torch.equal(evaluation.result.predictions, expected.predictions)
+    assert evaluation.result.correct == expected.correct and evaluation.result.total == 200
+    assert evaluation.result.loss == pytest.approx(expected.loss, rel=1e-6)
+    assert evaluation.checkpoint.path == path and evaluation.test_data is test_data
+    assert observer.calls == [("loading", 3, "cpu"), ("evaluating", 200)]
+
+
+def test_a_checkpoint_of_another_data_set_is_refused_before_any_data_is_read(tmp_path):
+    fashion = make_config({"data.dataset": "fashion-mnist"})
+    path, observer = _checkpoint(tmp_path, config=fashion.to_dict()), Recorder()
+    missing_data = tmp_path / "no-data-here"
+    with pytest.raises(CheckpointError, match="refusing to promote .* use --dataset fashion"):
+        evaluate_checkpoint(
+            path, "mnist", data_dir=missing_data, action="promote", observer=observer
+        )
+    assert observer.calls == [] and not missing_data.exists()
+
+
+def test_the_saved_report_is_report_json_and_reaches_the_run_summary(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "summary.json").write_text(json.dumps({"best_validation_accuracy": 0.5}))
+    path = run_dir / "best_model.pt"
+    save_checkpoint(path, checkpoint_payload())
+    evaluation = evaluate_checkpoint(path, "mnist", test_data=_test_data())
+
+    report = save_report(evaluation, grid_size=4, output_dir=tmp_path / "report")
+
+    written = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert written == json.loads(json.dumps(report))  # tuples as JSON lists
+    assert report["correct"] == evaluation.result.correct and report["test_images"] == 200
+    assert set(report["files"]) == {
+        "report",
+        "confusion_matrix",
+        "misclassified",
+        "sample_predictions",
+        "reliability_diagram",
+    }
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["test_accuracy"] == evaluation.result.accuracy
+
+
+def test_an_unwritable_report_folder_is_one_report_error(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    evaluation = evaluate_checkpoint(_checkpoint(tmp_path), "mnist", test_data=_test_data())
+    with pytest.raises(ReportError, match=f"cannot write the report to {blocker}/report"):
+        save_report(evaluation, grid_size=4, output_dir=blocker / "report")
