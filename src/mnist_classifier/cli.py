@@ -46,7 +46,7 @@ class _OneLineUsageErrors:
             sys.exit(_fail(message, EXIT_USAGE).exit_code)
         except click_exceptions.ClickException as error:
             sys.exit(_fail(error.format_message(), error.exit_code).exit_code)
-        except typer.Abort:  # Ctrl-C at a prompt
+        except typer.Abort:  # end of input at a prompt
             sys.exit(_fail("aborted", EXIT_FAILURE).exit_code)
         if not standalone_mode:
             return code
@@ -157,6 +157,13 @@ TrainDatasetOption = Annotated[
 ]
 DataDirOption = Annotated[
     Path | None, typer.Option(help="Where the data lives (torchvision layout). [default: ./data]")
+]
+TestDataDirOption = Annotated[  # for the commands that read the test split
+    Path,
+    typer.Option(
+        help="Where the data set lives (torchvision layout). [default: ./data]",
+        show_default=False,
+    ),
 ]
 DeviceOption = Annotated[Device | None, typer.Option(help="[default: auto]", show_default=False)]
 StageOption = Annotated[
@@ -317,15 +324,15 @@ def train(
     if nproc == 1:
         _train_one_run(config, quiet, resume=resume, force=force, explicit=(config_file, explicit))
         return
-    from mnist_classifier.distributed import RankLaunch, launch_ranks, process_limit
+    from mnist_classifier.distributed import (
+        LaunchError,
+        RankLaunch,
+        check_process_count,
+        launch_ranks,
+    )
 
-    limit, what = process_limit(config.device, config.distributed_backend)
-    if nproc > limit and not force:
-        raise _fail(
-            f"--nproc {nproc} is more than the {limit} {what} here; use --nproc {limit} "
-            "or fewer, or add --force to launch them anyway",
-            EXIT_USAGE,
-        )
+    with _failing(EXIT_USAGE, LaunchError):
+        check_process_count(nproc, config.device, config.distributed_backend, force)
     # The ranks get the config resolved here, and what a resumed run needs: no re-parsing.
     launch = RankLaunch(
         config.to_dict(), quiet, force, resume, str(config_file) if config_file else None, explicit
@@ -582,13 +589,7 @@ def evaluate(
         typer.Option(help=f"Checkpoint to evaluate. {SHOWN_CHECKPOINT}", show_default=False),
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per evaluation batch.")] = 64,
-    data_dir: Annotated[
-        Path,
-        typer.Option(
-            help="Where the data set lives (torchvision layout). [default: ./data]",
-            show_default=False,
-        ),
-    ] = Path(paths.DEFAULT_DATA_DIR),
+    data_dir: TestDataDirOption = Path(paths.DEFAULT_DATA_DIR),
     show_samples: Annotated[
         int, typer.Option(min=0, help="How many test predictions to list.")
     ] = 10,
@@ -744,12 +745,7 @@ def export(
     checkpoint: Annotated[
         Path, typer.Option(help=f"Checkpoint to export. {SHOWN_CHECKPOINT}", show_default=False)
     ] = DEFAULT_CHECKPOINT,
-    data_dir: Annotated[
-        Path,
-        typer.Option(
-            help="The data set, for the parity check. [default: ./data]", show_default=False
-        ),
-    ] = Path(paths.DEFAULT_DATA_DIR),
+    data_dir: TestDataDirOption = Path(paths.DEFAULT_DATA_DIR),
     dataset: DatasetOption = MNIST_DATASET,
 ) -> None:
     """Export a checkpoint and check it against the eager model on 1,000 test images."""
@@ -860,9 +856,7 @@ def promote(
         float, typer.Option(min=0.0, max=1.0, help="Refuse below this test accuracy (0..1).")
     ] = MNIST.target_accuracy,
     models_dir: ModelsDirOption = Path(paths.DEFAULT_MODELS_DIR),
-    data_dir: Annotated[
-        Path, typer.Option(help="Where the data set lives. [default: ./data]", show_default=False)
-    ] = Path(paths.DEFAULT_DATA_DIR),
+    data_dir: TestDataDirOption = Path(paths.DEFAULT_DATA_DIR),
     dataset: DatasetOption = MNIST_DATASET,
 ) -> None:
     """Evaluate a candidate on the test set and, if good enough, copy it to the next stage.

@@ -97,6 +97,10 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
+class LaunchError(RuntimeError):
+    """More processes were asked for than this machine runs usefully; one line saying so."""
+
+
 def process_limit(device_setting: str, backend: str) -> tuple[int, str]:
     """How many processes this machine runs usefully, and of what: one per GPU with nccl,
     else (gloo, CPU, or ranks sharing GPUs) one per CPU core this process may use."""
@@ -105,6 +109,16 @@ def process_limit(device_setting: str, backend: str) -> tuple[int, str]:
     if resolve_device(device_setting).type == "cuda" and backend != "gloo":
         return torch.cuda.device_count(), "GPUs"
     return len(os.sched_getaffinity(0)), "CPU cores"
+
+
+def check_process_count(nproc: int, device_setting: str, backend: str, force: bool) -> None:
+    """Refuse more processes than `process_limit`, unless forced."""
+    limit, what = process_limit(device_setting, backend)
+    if nproc > limit and not force:
+        raise LaunchError(
+            f"--nproc {nproc} is more than the {limit} {what} here; use --nproc {limit} "
+            "or fewer, or add --force to launch them anyway"
+        )
 
 
 @dataclass(frozen=True)
