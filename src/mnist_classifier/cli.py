@@ -540,7 +540,7 @@ def runs(
         save_learning_curves(
             {label: run.metrics for label, run in run_labels(records).items()}, plot
         )
-        if output_format.value == "table":
+        if output_format is RunsFormat.table:
             print_learning_curves(plot)
 
 
@@ -629,7 +629,7 @@ def evaluate(
         print_report_details,
     )
 
-    text = output_format.value == "text"
+    text = output_format is OutputFormat.text
     target = _resolved_device(device.value)
     checkpoint = _checkpoint_to_read(checkpoint, stage, models_dir, dataset.value)
     with _failing(EXIT_FAILURE, CheckpointError, DataError, ReportError):
@@ -711,7 +711,7 @@ def predict(
     if save_preprocessed is not None:
         with _failing(EXIT_USAGE, ConfigError):
             check_output_dir(save_preprocessed, "save_preprocessed", "--save-preprocessed")
-    if backend.value == "onnxruntime":
+    if backend is Backend.onnxruntime:
         if model is None:
             raise _fail(
                 "--backend onnxruntime needs --model PATH.onnx (see mnist export)", EXIT_USAGE
@@ -728,7 +728,7 @@ def predict(
         )
     files = collect_image_files(paths)
     predictions = predict_files(files, runner, save_preprocessed, model=answering)
-    if output_format.value == "json":
+    if output_format is OutputFormat.json:
         print_predictions_json(predictions)
     else:
         print_predictions(predictions, answering)
@@ -815,7 +815,7 @@ def serve(
     """
     if checkpoint is not None and stage is not None:
         raise _fail("give --checkpoint or --stage, not both", EXIT_USAGE)
-    onnx = backend.value == "onnxruntime"
+    onnx = backend is Backend.onnxruntime
     if onnx and (model is None or checkpoint or stage):
         raise _fail("--backend onnxruntime serves --model PATH.onnx alone", EXIT_USAGE)
     if not onnx and model is not None:
