@@ -404,43 +404,35 @@ def _train_one_run(
     (the --config file and the flags), so the user need not retype them.
     """
     from mnist_classifier.checkpoint import CheckpointError, CheckpointSaveError
+    from mnist_classifier.config import ConfigError
     from mnist_classifier.data import DataError
     from mnist_classifier.reporting import ConsoleTrainingObserver, print_run_dir
-    from mnist_classifier.runs import RunRecorder, create_run_dir, run_dirs_newest_first
-    from mnist_classifier.train import (
-        ResumeError,
-        TrainingDiverged,
-        find_resume_checkpoint,
-        find_resume_in_runs,
-        load_resume_checkpoint,
+    from mnist_classifier.resume import ResumeError, config_for_resume, load_resume_checkpoint
+    from mnist_classifier.runs import (
+        RunRecorder,
+        remove_if_empty,
+        resume_checkpoint_path,
+        run_dir_for,
     )
+    from mnist_classifier.train import TrainingDiverged
     from mnist_classifier.train import train as run_training
 
-    resume_from = None
+    try:
+        resume_path, skipped = resume_checkpoint_path(resume, config)
+    except ResumeError as error:
+        raise _fail(str(error), EXIT_FAILURE) from None
     if resume == "auto":
-        try:
-            if config.output_dir:
-                resume_from, skipped = find_resume_checkpoint(Path(config.output_dir))
-            else:
-                runs = run_dirs_newest_first(config.runs_dir, config.name)
-                resume_from, skipped = find_resume_in_runs(runs)
-        except ResumeError as error:
-            raise _fail(str(error), EXIT_FAILURE) from None
         for line in skipped:
             print(line)
         print(
-            f"Resuming from {resume_from} (run {resume_from.parent.name})"
-            if resume_from
+            f"Resuming from {resume_path} (run {resume_path.parent.name})"
+            if resume_path
             else "No checkpoint to resume: starting fresh"
         )
-    elif resume:
-        resume_from = Path(resume)
-    if resume_from is not None:  # a checkpoint that cannot be resumed costs no run folder
-        from mnist_classifier.config import ConfigError
-        from mnist_classifier.train import config_for_resume
-
+    resumed = None
+    if resume_path is not None:  # a checkpoint that cannot be resumed costs no run folder
         try:
-            resumed = load_resume_checkpoint(resume_from)
+            resumed = load_resume_checkpoint(resume_path)
             if explicit is not None:
                 config = config_for_resume(resumed, explicit[1], config_file=explicit[0])
         except (ResumeError, ConfigError) as error:
@@ -449,24 +441,17 @@ def _train_one_run(
             raise _fail(str(error), EXIT_FAILURE) from None
     # Under torchrun only rank 0 keeps a run directory; the others compute and stay quiet.
     rank = int(os.environ.get("RANK", "0"))
-    new_run_dir = None
-    if rank != 0:
-        run_dir, observers = None, []
-    elif resume_from is not None and (resume_from.parent / "config.yaml").is_file():
-        # A checkpoint inside a run directory continues that run's logs.
-        run_dir = resume_from.parent
-    else:
-        run_dir = new_run_dir = create_run_dir(config.runs_dir, config.name)
+    run_dir, is_new_run_dir, observers = None, False, []
     if rank == 0:
+        run_dir, is_new_run_dir = run_dir_for(config, resume_path)
         print_run_dir(run_dir)
         observers = [ConsoleTrainingObserver(quiet=quiet), RunRecorder(run_dir)]
     where = f"rank {rank}: " if "RANK" in os.environ else ""
     try:
-        run_training(config, observers, run_dir=run_dir, resume_from=resume_from, force=force)
+        run_training(config, observers, run_dir=run_dir, resume_from=resumed, force=force)
     except BaseException as error:
-        # A start that failed before writing anything (e.g. unverified data) leaves no folder.
-        if new_run_dir is not None and not any(new_run_dir.iterdir()):
-            new_run_dir.rmdir()
+        if is_new_run_dir:
+            remove_if_empty(run_dir)
         if isinstance(error, ResumeError):
             raise _fail(where + str(error), EXIT_USAGE) from None
         if isinstance(error, (DataError, CheckpointError, CheckpointSaveError, TrainingDiverged)):
@@ -688,7 +673,7 @@ def evaluate(
         grid_size=grid_size,
         class_names=loaded.dataset.class_names,
     )
-    report_dir = output_dir or default_report_dir(checkpoint, stage, loaded.raw.get("run_dir", ""))
+    report_dir = output_dir or default_report_dir(checkpoint, stage, loaded.run_dir)
     try:
         files = write_report_files(report, test_split.images, report_dir, grid_size=grid_size)
     except OSError as error:
@@ -697,7 +682,7 @@ def evaluate(
         ) from None
     # A checkpoint inside a run directory gets its test accuracy into that run's summary,
     # so `mnist runs` can show it beside the validation figures.
-    record_test_accuracy(loaded.path, result.accuracy, loaded.raw.get("run_dir", ""))
+    record_test_accuracy(loaded.path, result.accuracy, loaded.run_dir)
     if text:
         print_evaluation(result, test_split, show_samples, loaded.dataset)
         print_report_details(report, {name: str(path) for name, path in files.items()})
