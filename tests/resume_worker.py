@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from synthetic_data import synthetic_train_data
 
+from mnist_classifier import resume as resume_module
 from mnist_classifier import train as train_module
 from mnist_classifier.config import make_config
 
@@ -30,9 +31,12 @@ class LossRecorder(train_module.TrainingObserver):
 def main() -> None:
     config = make_config(json.loads(sys.argv[1]))
     record_path = Path(sys.argv[2])
-    resume_from = Path(sys.argv[sys.argv.index("--resume") + 1]) if "--resume" in sys.argv else None
+    resume_from = None
+    if "--resume" in sys.argv:
+        path = Path(sys.argv[sys.argv.index("--resume") + 1])
+        resume_from = resume_module.load_resume_checkpoint(path)
     if "--no-rng-restore" in sys.argv:
-        train_module.restore_rng_states = lambda states, generator: None
+        resume_module.restore_rng_states = lambda states, generator: None
 
     orders: list[torch.Tensor] = []
     original_batches = train_module.shuffled_batches

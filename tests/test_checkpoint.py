@@ -1,3 +1,4 @@
+import dataclasses
 import hashlib
 import os
 import pickle
@@ -9,6 +10,7 @@ from conftest import CreatesAFile, checkpoint_payload, vouch_for
 
 from mnist_classifier.checkpoint import (
     TEMPORARY_PREFIX,
+    CheckpointContents,
     CheckpointError,
     check_output_dir,
     copy_checkpoint,
@@ -16,7 +18,8 @@ from mnist_classifier.checkpoint import (
     remove_stale_temporaries,
     save_checkpoint,
 )
-from mnist_classifier.config import ConfigError, TrainConfig
+from mnist_classifier.config import ConfigError, TrainConfig, make_config
+from mnist_classifier.datasets import FASHION_MNIST
 from mnist_classifier.model import SimpleCNN
 
 
@@ -27,7 +30,8 @@ def test_round_trip_restores_weights_and_metadata(tmp_path):
 
     loaded = load_checkpoint(path)
     assert (loaded.epoch, loaded.validation_loss, loaded.validation_accuracy) == (3, 0.05, 0.985)
-    assert loaded.raw["accuracy"] == pytest.approx(98.5)  # the lab's key stays a percent
+    # The lab's key stays a percent.
+    assert torch.load(path, weights_only=True)["accuracy"] == pytest.approx(98.5)
     assert loaded.config == TrainConfig()
     for key, tensor in model.state_dict().items():
         assert torch.equal(loaded.model.state_dict()[key], tensor)
@@ -38,6 +42,72 @@ def test_round_trip_restores_weights_and_metadata(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt", "model.pt.sha256"]
     digest_line = (tmp_path / "model.pt.sha256").read_text()
     assert digest_line == f"{hashlib.sha256(path.read_bytes()).hexdigest()}  model.pt\n"
+
+
+def _same(first, second) -> bool:
+    if isinstance(first, torch.Tensor):
+        return torch.equal(first, second)
+    if isinstance(first, dict):
+        return first.keys() == second.keys() and all(_same(first[k], second[k]) for k in first)
+    if isinstance(first, (list, tuple)):
+        return len(first) == len(second) and all(map(_same, first, second))
+    return first == second
+
+
+def test_every_field_of_the_schema_is_written_and_read_back(tmp_path):
+    """The oracle is the value each field was given: a field that to_payload forgets to write,
+    or that load_checkpoint forgets to read, comes back as its default, which differs."""
+    model = SimpleCNN()
+    optimizer = torch.optim.Adam(model.parameters())
+    model(torch.zeros(1, 1, 28, 28)).sum().backward()
+    optimizer.step()  # a non-empty optimizer state
+    generator = torch.Generator().manual_seed(5)
+    written = CheckpointContents(
+        epoch=4,
+        model_state_dict=model.state_dict(),
+        optimizer_state_dict=optimizer.state_dict(),
+        validation_loss=0.25,
+        validation_accuracy=0.875,
+        config=make_config({"data.dataset": "fashion-mnist", "lr": 0.003}),
+        normalization=FASHION_MNIST.normalization,
+        train_loss=0.5,
+        train_accuracy=0.75,
+        best_validation_accuracy=0.9,
+        precision="bf16",
+        device="cuda:1",
+        torch_version="9.9.9",
+        data_sha256={"train-images-idx3-ubyte": "ab" * 32},
+        run_dir="/runs/20260101-000000-run",
+        scheduler_state_dict={"last_epoch": 7},
+        rng_state={"torch": torch.get_rng_state(), "batch_order": generator.get_state()},
+        rng_state_by_rank=[{"torch": torch.get_rng_state()}, {"torch": generator.get_state()}],
+        world_size=2,
+        global_step=96,
+        early_stopping=(0.875, 1),
+        history=[{"epoch": 1, "validation_accuracy": 0.5}],
+    )
+    defaults = CheckpointContents(
+        epoch=1,
+        model_state_dict={},
+        optimizer_state_dict={},
+        validation_loss=0.0,
+        validation_accuracy=0.0,
+        config=TrainConfig(),
+        normalization=FASHION_MNIST.normalization,
+    )
+    path = tmp_path / "checkpoint_epoch_4.pt"
+    save_checkpoint(path, written.to_payload())
+
+    loaded = load_checkpoint(path)
+    for field in dataclasses.fields(CheckpointContents):
+        value = getattr(written, field.name)
+        assert _same(getattr(loaded, field.name), value), field.name
+        if field.name != "normalization":  # the one a file from before it was saved lacks
+            assert not _same(getattr(defaults, field.name), value), field.name
+    # The lab's keys, as the lab wrote them: accuracy in percent.
+    on_disk = torch.load(path, weights_only=True)
+    assert (on_disk["epoch"], on_disk["loss"], on_disk["accuracy"]) == (4, 0.25, 87.5)
+    assert set(on_disk) >= {"model_state_dict", "optimizer_state_dict", "schema_version"}
 
 
 def test_missing_checkpoint_says_to_train_first(tmp_path):

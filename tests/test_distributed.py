@@ -80,9 +80,9 @@ def test_two_ranks_train_identical_weights_and_write_one_checkpoint(mnist_dir, t
     ]
     # Saved once, from the unwrapped model: it loads in a single process like any other.
     loaded = load_checkpoint(tmp_path / "checkpoints" / "checkpoint_epoch_2.pt")
-    assert not any(key.startswith("module.") for key in loaded.raw["model_state_dict"])
+    assert not any(key.startswith("module.") for key in loaded.model_state_dict)
     assert all(torch.equal(loaded.model.state_dict()[key], rank0[key]) for key in rank0)
-    assert loaded.raw["world_size"] == 2
+    assert loaded.world_size == 2
 
 
 def test_two_ranks_of_32_match_one_process_of_64(mnist_dir, tmp_path):
@@ -94,7 +94,7 @@ def test_two_ranks_of_32_match_one_process_of_64(mnist_dir, tmp_path):
     distributed = load_checkpoint(tmp_path / "ddp" / "checkpoint_epoch_2.pt")
     single_accuracy = single.epochs[-1].validation_accuracy
     assert abs(distributed.validation_accuracy - single_accuracy) <= 0.03
-    assert distributed.raw["train_loss"] == pytest.approx(single.epochs[-1].train_loss, rel=0.1)
+    assert distributed.train_loss == pytest.approx(single.epochs[-1].train_loss, rel=0.1)
 
 
 def test_a_failing_rank_fails_the_job_and_names_itself(mnist_dir, tmp_path):
@@ -139,7 +139,7 @@ def test_mnist_train_nproc_and_resume_under_ddp_is_bit_identical(mnist_dir, tmp_
     assert "Resuming from" in resumed.stdout
     (run_dir,) = (tmp_path / "runs").iterdir()  # rank 1 made no run directory of its own
     resumed_checkpoint = load_checkpoint(run_dir / "checkpoint_epoch_2.pt")
-    assert resumed_checkpoint.raw["world_size"] == 2
+    assert resumed_checkpoint.world_size == 2
 
     straight_dir = tmp_path / "straight"
     straight = subprocess.run(

@@ -20,9 +20,10 @@ from mnist_classifier.data import load_split
 from mnist_classifier.evaluate import evaluate
 from mnist_classifier.export import export_model
 from mnist_classifier.preprocess import preprocess_image
+from mnist_classifier.resume import ResumeError, load_resume_checkpoint
 from mnist_classifier.serve.app import create_app
 from mnist_classifier.serve.loading import load_checkpoint_model
-from mnist_classifier.train import ResumeError, train
+from mnist_classifier.train import train
 
 pytestmark = pytest.mark.slow  # trains twice on 512 of the real MNIST images
 
@@ -110,7 +111,7 @@ def test_resume_continues_the_same_model_and_refuses_another_dropout(trained, mn
     first_epoch = train(_config(mnist_dir, tmp_path, epochs=1))
     resumed = train(
         _config(mnist_dir, tmp_path / "resumed"),
-        resume_from=first_epoch.epochs[-1].checkpoint,
+        resume_from=load_resume_checkpoint(first_epoch.epochs[-1].checkpoint),
     )
     straight = torch.load(result.epochs[-1].checkpoint, weights_only=True)["model_state_dict"]
     continued = torch.load(resumed.epochs[-1].checkpoint, weights_only=True)["model_state_dict"]
@@ -119,7 +120,7 @@ def test_resume_continues_the_same_model_and_refuses_another_dropout(trained, mn
     with pytest.raises(ResumeError, match="model.dropout1 0.0 -> 0.25"):
         train(
             _config(mnist_dir, tmp_path / "other", **{"model.dropout1": 0.25}),
-            resume_from=first_epoch.epochs[-1].checkpoint,
+            resume_from=load_resume_checkpoint(first_epoch.epochs[-1].checkpoint),
         )
 
 

@@ -240,7 +240,9 @@ def test_checkpoint_normalization_is_read_back_and_checked(tmp_path):
     assert loaded.dataset is datasets.DATASETS["fashion-mnist"]
     assert loaded.normalization == FASHION_MNIST.normalization
     # Checkpoints from before the key are MNIST's, with MNIST's normalisation.
-    save_checkpoint(tmp_path / "old.pt", checkpoint_payload())
+    old = checkpoint_payload()
+    del old["normalization"]
+    save_checkpoint(tmp_path / "old.pt", old)
     assert load_checkpoint(tmp_path / "old.pt").normalization == (0.1307, 0.3081)
     for bad in ({"mean": 0.3}, {"mean": 0.3, "std": 0.0}, {"mean": float("nan"), "std": 1.0}):
         fashion_checkpoint(tmp_path / "bad.pt", normalization=bad)
@@ -315,8 +317,8 @@ def test_fashion_train_evaluate_predict_name_the_classes(tmp_path, tiny_data):
     checkpoint = train_tiny(tmp_path, tiny_data, "fashion-mnist")
     loaded = load_checkpoint(checkpoint)
     assert loaded.config.data.dataset == "fashion-mnist"
-    assert loaded.raw["normalization"] == FASHION_NORMALIZATION
-    assert loaded.raw["data_sha256"] == datasets.DATASETS["fashion-mnist"].raw_sha256
+    assert loaded.normalization._asdict() == FASHION_NORMALIZATION
+    assert loaded.data_sha256 == datasets.DATASETS["fashion-mnist"].raw_sha256
 
     common = ["--checkpoint", str(checkpoint), "--dataset", "fashion-mnist"]
     result = runner.invoke(

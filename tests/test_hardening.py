@@ -55,12 +55,9 @@ from mnist_classifier.registry import (
     promote,
     read_history,
 )
-from mnist_classifier.train import (
-    EpochResult,
-    ResumeError,
-    find_resume_in_runs,
-    rng_states,
-)
+from mnist_classifier.resume import ResumeError, rng_states
+from mnist_classifier.runs import find_resume_in_runs
+from mnist_classifier.train import EpochResult
 
 runner = CliRunner()
 
@@ -156,7 +153,7 @@ def test_mnist_train_resume_auto_says_which_run_it_resumes(tmp_path, monkeypatch
     assert result.exit_code == 0, result.output
     assert "skipped run 20260102-000000-rz: it holds no checkpoint" in result.output
     assert f"Resuming from {older / 'checkpoint_epoch_3.pt'} (run {older.name})" in result.output
-    assert resumed_from == [older / "checkpoint_epoch_3.pt"]
+    assert [checkpoint.path for checkpoint in resumed_from] == [older / "checkpoint_epoch_3.pt"]
 
 
 def test_a_start_that_fails_on_unverified_data_leaves_no_run_folder(tmp_path):

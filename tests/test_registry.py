@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from mnist_classifier.checkpoint import load_checkpoint
 from mnist_classifier.cli import app
 from mnist_classifier.config import make_config
+from mnist_classifier.resume import load_resume_checkpoint
 from mnist_classifier.serve.loading import ServeError, load_checkpoint_model
 from mnist_classifier.train import train
 
@@ -138,5 +139,5 @@ def test_a_code_carrying_checkpoint_is_refused_on_every_path(mnist_dir, tmp_path
         }
     )
     with pytest.raises(Exception, match="refused"):
-        train(config, resume_from=evil)
+        train(config, resume_from=load_resume_checkpoint(evil))
     assert not marker.exists()

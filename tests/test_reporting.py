@@ -12,7 +12,8 @@ from mnist_classifier.checkpoint import load_checkpoint, save_checkpoint
 from mnist_classifier.config import ConfigError, make_config
 from mnist_classifier.evaluation_report import default_report_dir
 from mnist_classifier.reporting import ConsoleTrainingObserver, evaluate_command, print_runs
-from mnist_classifier.train import EpochResult, config_for_resume
+from mnist_classifier.resume import config_for_resume
+from mnist_classifier.train import EpochResult
 
 
 def _epoch_result(**changes):

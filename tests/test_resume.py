@@ -13,12 +13,8 @@ from conftest import REPO_ROOT
 from mnist_classifier import train as train_module
 from mnist_classifier.checkpoint import CheckpointSaveError, digest_path
 from mnist_classifier.config import make_config
-from mnist_classifier.train import (
-    ResumeError,
-    TrainingDiverged,
-    find_resume_checkpoint,
-    train,
-)
+from mnist_classifier.resume import ResumeError, find_resume_checkpoint, load_resume_checkpoint
+from mnist_classifier.train import TrainingDiverged, train
 
 # Every train() here, and in the worker, reads tiny synthetic data: exactness needs no MNIST.
 pytestmark = pytest.mark.usefixtures("synthetic_data")
@@ -128,7 +124,7 @@ def test_without_the_random_state_restore_the_resume_would_differ(
 
 def test_resume_refuses_a_changed_batch_size_unless_forced(data_dir, tmp_path, uninterrupted):
     full_dir, _ = uninterrupted
-    checkpoint = full_dir / "checkpoint_epoch_1.pt"
+    checkpoint = load_resume_checkpoint(full_dir / "checkpoint_epoch_1.pt")
     changed = make_config(_settings(data_dir, tmp_path, batch_size=32))
     with pytest.raises(ResumeError, match="batch_size 64 -> 32.*--force"):
         train(changed, resume_from=checkpoint)

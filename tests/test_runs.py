@@ -97,7 +97,7 @@ def test_a_run_writes_every_artifact(mnist_dir, tmp_path):
     assert (run_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     best = load_checkpoint(run_dir / "best_model.pt")
     assert best.epoch == summary["best_epoch"]
-    assert best.raw["run_dir"] == str(run_dir.resolve())
+    assert best.run_dir == str(run_dir.resolve())
     assert (run_dir / "checkpoint_epoch_2.pt").is_file()
 
 

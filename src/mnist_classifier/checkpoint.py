@@ -1,7 +1,9 @@
 """Checkpoint files: what goes in them, how they are written, and the one way to read them.
 
-A checkpoint is a dict of tensors and plain values only (schema below), so that
+A checkpoint is a dict of tensors and plain values only, so that
 `torch.load(..., weights_only=True)` reads it and no file can run code on load.
+CheckpointContents is its one schema: `to_payload()` writes that dict, `load_checkpoint` reads
+it back as a LoadedCheckpoint, and nothing else touches the file's keys.
 
 Writing survives a crash at any instant. Each checkpoint has a sidecar `<name>.sha256` in
 `sha256sum` format. A save writes the new file to a temporary name and fsyncs it, adds the new
@@ -19,7 +21,7 @@ import math
 import pickle
 import re
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,25 +67,80 @@ class CheckpointSaveError(RuntimeError):
     """A checkpoint could not be written; the files that were there before are untouched."""
 
 
-@dataclass(frozen=True)
-class LoadedCheckpoint:
-    path: Path
-    model: SimpleCNN  # on the CPU, in eval mode
-    config: TrainConfig
+@dataclass(frozen=True, kw_only=True)
+class CheckpointContents:
+    """Every value a checkpoint holds, typed: the one schema, written by `to_payload()`.
+
+    The file keeps the lab's keys (`epoch`, `model_state_dict`, `optimizer_state_dict`, `loss`,
+    `accuracy` in percent) beside ours. Files not written by training (e.g. a lab's own) may
+    lack the keys after `normalization`; they read as the defaults below.
+    """
+
     epoch: int
-    validation_loss: float
-    validation_accuracy: float  # 0..1 (the file's `accuracy` key is the lab's percent)
-    raw: dict[str, Any]
+    model_state_dict: dict[str, torch.Tensor]
+    optimizer_state_dict: dict[str, Any]
+    validation_loss: float  # key `loss`
+    validation_accuracy: float  # 0..1; key `accuracy`, the lab's percent
+    config: TrainConfig
+    normalization: Normalization  # what the weights were trained with
+    train_loss: float | None = None
+    train_accuracy: float | None = None  # 0..1, over the epoch's batches with dropout on
+    best_validation_accuracy: float | None = None  # 0..1, over the run so far
+    precision: str = ""
+    device: str = ""
+    torch_version: str = ""
+    data_sha256: dict[str, str] | None = None  # the verified digests of the data set's files
+    run_dir: str = ""  # the run whose logs describe this checkpoint, even when saved elsewhere
+    # What an exact resume needs (resume.py checks it is all there):
+    scheduler_state_dict: dict[str, Any] = field(default_factory=dict)  # {} without a schedule
+    rng_state: dict[str, Any] | None = None  # rank 0's random streams
+    rng_state_by_rank: list[dict[str, Any]] = field(default_factory=list)  # under torchrun
+    world_size: int = 1
+    global_step: int | None = None  # optimizer steps taken over the whole run
+    early_stopping: tuple[float, int] | None = None  # best value, epochs without improvement
+    history: list[dict[str, Any]] | None = None  # every epoch so far, as plain records
 
     @property
     def dataset(self) -> DatasetSpec:
         return dataset_spec(self.config.data.dataset)
 
-    @property
-    def normalization(self) -> Normalization:
-        """What the weights were trained with; checkpoints from before it was saved are MNIST's."""
-        saved = self.raw.get("normalization")
-        return Normalization(**saved) if saved is not None else self.dataset.normalization
+    def to_payload(self) -> dict[str, Any]:
+        """The dict a checkpoint file holds: tensors and plain values only."""
+        return {
+            # The lab's keys first; the rest are ours.
+            "model_state_dict": self.model_state_dict,
+            "optimizer_state_dict": self.optimizer_state_dict,
+            "epoch": self.epoch,
+            "loss": self.validation_loss,
+            "accuracy": 100.0 * self.validation_accuracy,  # the lab's key holds a percent
+            "schema_version": SCHEMA_VERSION,
+            "architecture": ARCHITECTURE,
+            "config": self.config.to_dict(),
+            "normalization": self.normalization._asdict(),
+            "train_loss": self.train_loss,
+            "train_accuracy": self.train_accuracy,
+            "best_validation_accuracy": self.best_validation_accuracy,
+            "precision": self.precision,
+            "device": self.device,
+            "torch_version": self.torch_version,
+            "data_sha256": self.data_sha256,
+            "run_dir": self.run_dir,
+            "scheduler_state_dict": self.scheduler_state_dict,
+            "rng_state": self.rng_state,
+            "rng_state_by_rank": self.rng_state_by_rank,
+            "world_size": self.world_size,
+            "global_step": self.global_step,
+            "early_stopping": None if self.early_stopping is None else list(self.early_stopping),
+            "history": self.history,
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoadedCheckpoint(CheckpointContents):
+    """A checkpoint read back and verified, with its model rebuilt."""
+
+    path: Path
+    model: SimpleCNN  # on the CPU, in eval mode
 
 
 def require_dataset(checkpoint: LoadedCheckpoint, dataset: str, action: str) -> None:
@@ -186,6 +243,24 @@ def remove_stale_temporaries(directory: Path) -> list[Path]:
     return stale
 
 
+def epoch_checkpoint_path(directory: Path, epoch: int) -> Path:
+    """Where training saves the checkpoint of `epoch`."""
+    return Path(directory) / f"checkpoint_epoch_{epoch}.pt"
+
+
+def _epoch_number(path: Path) -> int:
+    match = re.fullmatch(r"checkpoint_epoch_(\d+)\.pt", path.name)
+    return int(match.group(1)) if match else -1
+
+
+def epoch_checkpoints(directory: Path) -> list[Path]:
+    """checkpoint_epoch_N.pt files in `directory`, newest epoch first."""
+    if not directory.is_dir():
+        return []
+    found = [path for path in directory.glob("checkpoint_epoch_*.pt") if _epoch_number(path) > 0]
+    return sorted(found, key=_epoch_number, reverse=True)
+
+
 def delete_checkpoint(path: Path) -> None:
     path.unlink(missing_ok=True)
     digest_path(path).unlink(missing_ok=True)
@@ -196,30 +271,6 @@ def copy_checkpoint(source: Path, destination: Path) -> str:
     load_checkpoint(source)  # never copy what would not load
     data = Path(source).read_bytes()
     return _commit_with_digest(destination, lambda handle: handle.write(data))
-
-
-def build_payload(
-    *,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    epoch: int,
-    validation_loss: float,
-    validation_accuracy: float,
-    config: TrainConfig,
-    extra: dict[str, Any],
-) -> dict[str, Any]:
-    """The payload of one checkpoint; `validation_accuracy` is a fraction, as everywhere in code."""
-    return {
-        "model_state_dict": model.state_dict(),
-        "optimizer_state_dict": optimizer.state_dict(),
-        "epoch": epoch,
-        "loss": validation_loss,
-        "accuracy": 100.0 * validation_accuracy,  # the lab's key holds a percent
-        "schema_version": SCHEMA_VERSION,
-        "architecture": ARCHITECTURE,
-        "config": config.to_dict(),
-        **extra,
-    }
 
 
 def load_checkpoint(path: Path | str) -> LoadedCheckpoint:
@@ -306,15 +357,48 @@ def load_checkpoint(path: Path | str) -> LoadedCheckpoint:
             "the training that wrote it diverged: use an earlier checkpoint"
         )
     model.eval()
-    return LoadedCheckpoint(
-        path=path,
-        model=model,
-        config=config,
-        epoch=int(raw["epoch"]),
-        validation_loss=float(raw["loss"]),
-        validation_accuracy=float(raw["accuracy"]) / 100,  # the lab's percent, as a fraction
-        raw=raw,
-    )
+    return LoadedCheckpoint(path=path, model=model, **_contents(raw, config))
+
+
+def _contents(raw: dict[str, Any], config: TrainConfig) -> dict[str, Any]:
+    """The schema's fields from a file's checked dict. A resume-only value of the wrong kind
+    reads as absent, and resume.py refuses it by name."""
+
+    def of_type(key: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
+        value = raw.get(key)
+        return value if isinstance(value, kind) else default
+
+    saved_normalization = raw.get("normalization")
+    early_stopping = raw.get("early_stopping")
+    return {
+        "epoch": int(raw["epoch"]),
+        "model_state_dict": raw["model_state_dict"],
+        "optimizer_state_dict": raw["optimizer_state_dict"],
+        "validation_loss": float(raw["loss"]),
+        "validation_accuracy": float(raw["accuracy"]) / 100,  # the lab's percent, as a fraction
+        "config": config,
+        # Checkpoints from before it was saved are MNIST's.
+        "normalization": Normalization(**saved_normalization)
+        if saved_normalization is not None
+        else dataset_spec(config.data.dataset).normalization,
+        "train_loss": of_type("train_loss", (int, float)),
+        "train_accuracy": of_type("train_accuracy", (int, float)),
+        "best_validation_accuracy": of_type("best_validation_accuracy", (int, float)),
+        "precision": of_type("precision", str, ""),
+        "device": of_type("device", str, ""),
+        "torch_version": of_type("torch_version", str, ""),
+        "data_sha256": of_type("data_sha256", dict),
+        "run_dir": of_type("run_dir", str, ""),
+        "scheduler_state_dict": of_type("scheduler_state_dict", dict, {}),
+        "rng_state": of_type("rng_state", dict),
+        "rng_state_by_rank": of_type("rng_state_by_rank", list, []),
+        "world_size": of_type("world_size", int, 1),
+        "global_step": of_type("global_step", int),
+        "early_stopping": tuple(early_stopping)
+        if isinstance(early_stopping, list) and len(early_stopping) == 2
+        else None,
+        "history": of_type("history", list),
+    }
 
 
 def _value_type_problem(raw: dict[str, Any]) -> str:

@@ -411,6 +411,7 @@ def _train_one_run(
     (the --config file and the flags), so the user need not retype them.
     """
     from mnist_classifier.checkpoint import CheckpointError, CheckpointSaveError
+    from mnist_classifier.config import ConfigError
     from mnist_classifier.data import DataError
     from mnist_classifier.distributed import launch_rank
     from mnist_classifier.reporting import (
@@ -418,35 +419,26 @@ def _train_one_run(
         print_resume_choice,
         print_run_dir,
     )
-    from mnist_classifier.runs import RunRecorder, create_run_dir, run_dirs_newest_first
-    from mnist_classifier.train import (
-        ResumeError,
-        TrainingDiverged,
-        find_resume_checkpoint,
-        find_resume_in_runs,
-        load_resume_checkpoint,
+    from mnist_classifier.resume import ResumeError, config_for_resume, load_resume_checkpoint
+    from mnist_classifier.runs import (
+        RunRecorder,
+        remove_if_empty,
+        resume_checkpoint_path,
+        run_dir_for,
     )
+    from mnist_classifier.train import TrainingDiverged
     from mnist_classifier.train import train as run_training
 
-    resume_from = None
+    try:
+        resume_path, skipped = resume_checkpoint_path(resume, config)
+    except ResumeError as error:
+        raise _fail(str(error), EXIT_FAILURE) from None
     if resume == "auto":
+        print_resume_choice(resume_path, skipped)
+    resumed = None
+    if resume_path is not None:  # a checkpoint that cannot be resumed costs no run folder
         try:
-            if config.output_dir:
-                resume_from, skipped = find_resume_checkpoint(Path(config.output_dir))
-            else:
-                runs = run_dirs_newest_first(config.runs_dir, config.name)
-                resume_from, skipped = find_resume_in_runs(runs)
-        except ResumeError as error:
-            raise _fail(str(error), EXIT_FAILURE) from None
-        print_resume_choice(resume_from, skipped)
-    elif resume:
-        resume_from = Path(resume)
-    if resume_from is not None:  # a checkpoint that cannot be resumed costs no run folder
-        from mnist_classifier.config import ConfigError
-        from mnist_classifier.train import config_for_resume
-
-        try:
-            resumed = load_resume_checkpoint(resume_from)
+            resumed = load_resume_checkpoint(resume_path)
             if explicit is not None:
                 config = config_for_resume(resumed, explicit[1], config_file=explicit[0])
         except (ResumeError, ConfigError) as error:
@@ -455,24 +447,17 @@ def _train_one_run(
             raise _fail(str(error), EXIT_FAILURE) from None
     # Under torchrun only rank 0 keeps a run directory; the others compute and stay quiet.
     rank = launch_rank()
-    new_run_dir = None
-    if rank not in (None, 0):
-        run_dir, observers = None, []
-    elif resume_from is not None and (resume_from.parent / "config.yaml").is_file():
-        # A checkpoint inside a run directory continues that run's logs.
-        run_dir = resume_from.parent
-    else:
-        run_dir = new_run_dir = create_run_dir(config.runs_dir, config.name)
+    run_dir, is_new_run_dir, observers = None, False, []
     if rank in (None, 0):
+        run_dir, is_new_run_dir = run_dir_for(config, resume_path)
         print_run_dir(run_dir)
         observers = [ConsoleTrainingObserver(quiet=quiet), RunRecorder(run_dir)]
     where = f"rank {rank}: " if rank is not None else ""
     try:
-        run_training(config, observers, run_dir=run_dir, resume_from=resume_from, force=force)
+        run_training(config, observers, run_dir=run_dir, resume_from=resumed, force=force)
     except BaseException as error:
-        # A start that failed before writing anything (e.g. unverified data) leaves no folder.
-        if new_run_dir is not None and not any(new_run_dir.iterdir()):
-            new_run_dir.rmdir()
+        if is_new_run_dir:
+            remove_if_empty(run_dir)
         if isinstance(error, ResumeError):
             raise _fail(where + str(error), EXIT_USAGE) from None
         if isinstance(error, (DataError, CheckpointError, CheckpointSaveError, TrainingDiverged)):

@@ -128,7 +128,7 @@ def save_report(
         grid_size=grid_size,
         class_names=loaded.dataset.class_names,
     )
-    run_dir = loaded.raw.get("run_dir", "")
+    run_dir = loaded.run_dir
     report_dir = output_dir or default_report_dir(loaded.path, stage, run_dir)
     try:
         files = write_report_files(

@@ -21,6 +21,7 @@ import itertools
 import json
 import re
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,9 +29,10 @@ from typing import Any
 
 import yaml
 
-from mnist_classifier.config import ConfigError, flatten, parse_assignment
+from mnist_classifier.config import ConfigError, TrainConfig, flatten, parse_assignment
 from mnist_classifier.files import write_json_atomically
 from mnist_classifier.provenance import software_provenance
+from mnist_classifier.resume import ResumeError, find_resume_checkpoint
 from mnist_classifier.train import EpochResult, TrainingObserver, TrainResult, TrainSetup
 
 METRIC_COLUMNS = (
@@ -86,6 +88,60 @@ def run_dirs_newest_first(runs_dir: Path | str, name: str) -> list[Path]:
         ),
         reverse=True,
     )
+
+
+def find_resume_in_runs(run_dirs: Sequence[Path]) -> tuple[Path | None, list[str]]:
+    """The newest epoch checkpoint in the newest of `run_dirs` (newest first) that holds a
+    valid one, and why each newer run was skipped.
+
+    None when no run holds any checkpoint (e.g. every start failed before its first epoch);
+    ResumeError when some do but none is valid, so a run never silently starts from scratch.
+    """
+    notes: list[str] = []
+    invalid_runs = 0
+    for run_dir in run_dirs:
+        try:
+            chosen, skipped = find_resume_checkpoint(run_dir)
+        except ResumeError as error:
+            notes.append(f"skipped run {run_dir.name}: {error}")
+            invalid_runs += 1
+            continue
+        notes.extend(skipped)
+        if chosen is not None:
+            return chosen, notes
+        notes.append(f"skipped run {run_dir.name}: it holds no checkpoint")
+    if invalid_runs:
+        raise ResumeError(
+            "no run holds a valid checkpoint to resume from:\n  " + "\n  ".join(notes)
+        )
+    return None, notes
+
+
+def resume_checkpoint_path(
+    resume: str | None, config: TrainConfig
+) -> tuple[Path | None, list[str]]:
+    """The checkpoint `--resume` names, and why newer ones were skipped: the path given, or for
+    'auto' the newest valid one in `config.output_dir` (when set), else in the newest run of
+    `config.name` that holds one. None when there is nothing to resume."""
+    if resume != "auto":
+        return (Path(resume) if resume else None), []
+    if config.output_dir:
+        return find_resume_checkpoint(Path(config.output_dir))
+    return find_resume_in_runs(run_dirs_newest_first(config.runs_dir, config.name))
+
+
+def run_dir_for(config: TrainConfig, resume_from: Path | None) -> tuple[Path, bool]:
+    """The folder a run logs to, and whether it was created now: a checkpoint inside a run
+    directory continues that run's logs; anything else starts a new one."""
+    if resume_from is not None and (resume_from.parent / "config.yaml").is_file():
+        return resume_from.parent, False
+    return create_run_dir(config.runs_dir, config.name), True
+
+
+def remove_if_empty(run_dir: Path) -> None:
+    """Remove a run directory a failed start wrote nothing into (e.g. unverified data)."""
+    if run_dir.is_dir() and not any(run_dir.iterdir()):
+        run_dir.rmdir()
 
 
 def provenance(config_seed: int, setup: TrainSetup) -> dict[str, Any]:
@@ -285,8 +341,6 @@ def list_runs(runs_dir: Path | str) -> list[RunRecord]:
 def parse_run_filters(filters: list[str]) -> dict[str, Any]:
     """['lr=0.002', 'schedule.name=onecycle'] -> {'lr': 0.002, 'schedule.name': 'onecycle'},
     typed as the config reads them; a key the config does not have is a ConfigError."""
-    from mnist_classifier.config import TrainConfig
-
     known = flatten(TrainConfig().to_dict())
     wanted = {}
     for text in filters:

@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import random
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
@@ -29,22 +26,16 @@ from mnist_classifier.batching import (
     split_train_validation,
 )
 from mnist_classifier.checkpoint import (
-    CheckpointError,
+    CheckpointContents,
     LoadedCheckpoint,
-    build_payload,
     delete_checkpoint,
-    load_checkpoint,
+    epoch_checkpoint_path,
+    epoch_checkpoints,
     remove_stale_temporaries,
     require_dataset,
     save_checkpoint,
 )
-from mnist_classifier.config import (
-    ConfigError,
-    TrainConfig,
-    flatten,
-    make_config,
-    read_config_file,
-)
+from mnist_classifier.config import ConfigError, TrainConfig
 from mnist_classifier.data import MnistFiles, ensure_dataset, read_split
 from mnist_classifier.datasets import dataset_spec
 from mnist_classifier.device import autocast, memory_format_for, resolve_device, resolve_precision
@@ -59,6 +50,12 @@ from mnist_classifier.distributed import (
 from mnist_classifier.evaluate import evaluate
 from mnist_classifier.model import SimpleCNN, count_parameters
 from mnist_classifier.paths import BEST_CHECKPOINT_NAME
+from mnist_classifier.resume import (
+    check_resumable,
+    restore_training_state,
+    restoring,
+    rng_states,
+)
 
 
 @dataclass(frozen=True)
@@ -255,198 +252,6 @@ class TrainingDiverged(RuntimeError):
     """The loss or a metric became NaN or infinite; nothing from that epoch was saved."""
 
 
-class ResumeError(RuntimeError):
-    """A run cannot be resumed from the given checkpoint(s); says which and why."""
-
-
-# Changing these between a checkpoint and its resumption would silently change the run.
-RESUME_MUST_MATCH = (
-    "batch_size",
-    "lr",
-    "label_smoothing",
-    "model.dropout1",
-    "model.dropout2",
-    "seed",
-    "schedule.name",
-    "schedule.warmup_epochs",
-    "schedule.step_size",
-    "schedule.gamma",
-    "data.validation_size",
-    "data.split_seed",
-    "data.max_train_images",
-)
-
-
-def rng_states(batch_order_generator: torch.Generator) -> dict:
-    """Every random stream training draws from, as tensors and plain values."""
-    numpy_state = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "python": random.getstate(),
-        "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
-        "batch_order": batch_order_generator.get_state(),
-    }
-
-
-def restore_rng_states(states: dict, batch_order_generator: torch.Generator) -> None:
-    torch.set_rng_state(states["torch"])
-    if states["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-    version, internal, gauss = states["python"]
-    random.setstate((version, tuple(internal), gauss))
-    name, keys, *rest = states["numpy"]
-    np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
-    batch_order_generator.set_state(states["batch_order"])
-
-
-def check_resumable(
-    checkpoint: LoadedCheckpoint, config: TrainConfig, data_sha256: dict, world_size: int = 1
-) -> None:
-    """Refuse a resumption that would not continue the same run (override with --force)."""
-    saved, wanted = flatten(checkpoint.config.to_dict()), flatten(config.to_dict())
-    keys = list(RESUME_MUST_MATCH)
-    if config.schedule.name in ("cosine", "onecycle"):
-        keys.append("epochs")  # these schedules are laid out over the whole run
-    changed = [
-        f"{key} {saved[key]!r} -> {wanted[key]!r}" for key in keys if saved[key] != wanted[key]
-    ]
-    if checkpoint.raw.get("data_sha256") != data_sha256:
-        changed.append("the data set's digests")
-    if checkpoint.raw.get("world_size", 1) != world_size:
-        changed.append(f"processes {checkpoint.raw.get('world_size', 1)} -> {world_size}")
-    if changed:
-        raise ResumeError(
-            f"refusing to resume from {checkpoint.path}: {'; '.join(changed)} "
-            "(use --force to resume anyway)"
-        )
-
-
-def load_resume_checkpoint(path: Path) -> LoadedCheckpoint:
-    """A checkpoint to continue from: verified, and holding a usable training state."""
-    checkpoint = load_checkpoint(path)
-    check_training_state(checkpoint)
-    return checkpoint
-
-
-def check_training_state(checkpoint: LoadedCheckpoint) -> None:
-    """Refuse, even with --force, a checkpoint without a usable training state to continue."""
-    state = checkpoint.raw
-    problem = ""
-    rng_state = state.get("rng_state")
-    history = state.get("history")
-    if not isinstance(rng_state, dict) or not {"torch", "python", "numpy", "batch_order"} <= set(
-        rng_state
-    ):
-        problem = "it holds no random-number state"
-    elif not isinstance(history, list) or not history:
-        problem = "its epoch history is empty"
-    elif not all(isinstance(record, dict) for record in history):
-        problem = "its epoch history is not a list of records"
-    elif not isinstance(state.get("global_step"), int):
-        problem = "it holds no step counter"
-    elif not (isinstance(state.get("early_stopping"), list) and len(state["early_stopping"]) == 2):
-        problem = "it holds no early-stopping counters"
-    if problem:
-        raise ResumeError(
-            f"cannot resume from {checkpoint.path}: {problem}, so the run cannot continue "
-            "exactly (not even with --force); start a new run, or resume another checkpoint"
-        )
-    # Loading it into a fresh optimizer finds a damaged state before any work starts.
-    optimizer = torch.optim.Adam(SimpleCNN().parameters())
-    _restore(
-        "optimizer state",
-        checkpoint.path,
-        lambda: optimizer.load_state_dict(state["optimizer_state_dict"]),
-    )
-
-
-def _restore(part: str, checkpoint_path: Path, restore) -> None:
-    """Run `restore()`; a damaged part of the saved state becomes one ResumeError naming it."""
-    try:
-        restore()
-    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as error:
-        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ResumeError(
-            f"cannot resume from {checkpoint_path}: its {part} is damaged ({detail[:200]})"
-        ) from None
-
-
-def config_for_resume(
-    checkpoint: LoadedCheckpoint, explicit: dict, config_file: Path | None = None
-) -> TrainConfig:
-    """The config a resumed run continues with: the one saved in `checkpoint`, under the
-    settings given now (`config_file`, then `explicit` dotted keys), which check_resumable
-    still checks."""
-    settings = flatten(checkpoint.config.to_dict())
-    if config_file is not None:
-        settings.update(flatten(read_config_file(config_file)))
-    settings.update(explicit)
-    return make_config(settings)
-
-
-def _epoch_number(path: Path) -> int:
-    match = re.fullmatch(r"checkpoint_epoch_(\d+)\.pt", path.name)
-    return int(match.group(1)) if match else -1
-
-
-def epoch_checkpoints(directory: Path) -> list[Path]:
-    """checkpoint_epoch_N.pt files in `directory`, newest epoch first."""
-    if not directory.is_dir():
-        return []
-    found = [path for path in directory.glob("checkpoint_epoch_*.pt") if _epoch_number(path) > 0]
-    return sorted(found, key=_epoch_number, reverse=True)
-
-
-def find_resume_checkpoint(directory: Path) -> tuple[Path | None, list[str]]:
-    """The newest epoch checkpoint that passes every check, and why newer ones were skipped.
-
-    None when there are no checkpoints at all; ResumeError when there are some but none is valid,
-    so a run never silently starts again from scratch.
-    """
-    skipped = []
-    candidates = epoch_checkpoints(directory)
-    for path in candidates:
-        try:
-            load_checkpoint(path)
-        except CheckpointError as error:
-            skipped.append(f"skipped {path.name}: {error}")
-            continue
-        return path, skipped
-    if candidates:
-        raise ResumeError(
-            f"no valid checkpoint to resume from in {directory}:\n  " + "\n  ".join(skipped)
-        )
-    return None, skipped
-
-
-def find_resume_in_runs(run_dirs: Sequence[Path]) -> tuple[Path | None, list[str]]:
-    """The newest epoch checkpoint in the newest of `run_dirs` (newest first) that holds a
-    valid one, and why each newer run was skipped.
-
-    None when no run holds any checkpoint (e.g. every start failed before its first epoch);
-    ResumeError when some do but none is valid, so a run never silently starts from scratch.
-    """
-    notes: list[str] = []
-    invalid_runs = 0
-    for run_dir in run_dirs:
-        try:
-            chosen, skipped = find_resume_checkpoint(run_dir)
-        except ResumeError as error:
-            notes.append(f"skipped run {run_dir.name}: {error}")
-            invalid_runs += 1
-            continue
-        notes.extend(skipped)
-        if chosen is not None:
-            return chosen, notes
-        notes.append(f"skipped run {run_dir.name}: it holds no checkpoint")
-    if invalid_runs:
-        raise ResumeError(
-            "no run holds a valid checkpoint to resume from:\n  " + "\n  ".join(notes)
-        )
-    return None, notes
-
-
 def _epoch_record(result: EpochResult) -> dict:
     return {**dataclasses.asdict(result), "checkpoint": str(result.checkpoint)}
 
@@ -459,7 +264,7 @@ def train(
     config: TrainConfig,
     observer: TrainingObserver | Sequence[TrainingObserver] | None = None,
     run_dir: Path | None = None,
-    resume_from: Path | None = None,
+    resume_from: LoadedCheckpoint | None = None,
     force: bool = False,
     data: TrainData | None = None,
 ) -> TrainResult:
@@ -468,10 +273,12 @@ def train(
     `data` is the prepared splits (e.g. tests' synthetic ones); without it, the verified data
     set named by `config.data` is obtained and split here.
 
-    `resume_from` continues a run from an epoch checkpoint exactly where it stopped: same
-    weights, optimizer and schedule state, early-stopping counters and random streams, so the
-    result is bit-identical to a run that was never interrupted (on the same device).
+    `resume_from` (from resume.load_resume_checkpoint) continues a run from an epoch checkpoint
+    exactly where it stopped: same weights, optimizer and schedule state, early-stopping
+    counters and random streams, so the result is bit-identical to a run that was never
+    interrupted (on the same device).
     """
+    # --- Set-up: device, processes, data, model, optimiser ------------------------------------
     wall_start = time.perf_counter()
     device = resolve_device(config.device)
     # Under torchrun: join the group; rank 0 alone prints, logs and writes checkpoints.
@@ -487,12 +294,9 @@ def train(
     precision = resolve_precision(config.precision, device)
     memory_format = memory_format_for(device)
     normalization = dataset_spec(config.data.dataset).normalization
-
-    # A checkpoint that cannot continue the run is refused before any data is read.
-    resumed = load_resume_checkpoint(resume_from) if resume_from is not None else None
-    if resumed is not None:
+    if resume_from is not None:
         # Not even --force: these weights learned other classes from other images.
-        require_dataset(resumed, config.data.dataset, "resume")
+        require_dataset(resume_from, config.data.dataset, "resume")
 
     # Seeds first: the weights' initialisation, dropout and the batch order all follow from them.
     torch.manual_seed(config.seed)
@@ -545,37 +349,20 @@ def train(
     start_epoch = 1
     if ranks.is_main:
         remove_stale_temporaries(checkpoint_dir)  # what a killed save left behind
-    if resumed is not None:
+
+    # --- Resume: continue exactly where the checkpoint left off -------------------------------
+    if resume_from is not None:
         if not force:
-            check_resumable(resumed, config, dict(mnist_files.sha256), ranks.world_size)
-        state = resumed.raw
-        model.load_state_dict(state["model_state_dict"])
-        _restore(
-            "optimizer state",
-            resumed.path,
-            lambda: optimizer.load_state_dict(state["optimizer_state_dict"]),
+            check_resumable(resume_from, config, dict(mnist_files.sha256), ranks.world_size)
+        restore_training_state(
+            resume_from, model, optimizer, scheduler, batch_order_generator, ranks.rank
         )
-        if scheduler is not None and state.get("scheduler_state_dict"):
-            _restore(
-                "schedule state",
-                resumed.path,
-                lambda: scheduler.load_state_dict(state["scheduler_state_dict"]),
-            )
-        by_rank = state.get("rng_state_by_rank") or [state["rng_state"]]
-        _restore(
-            "random-number state",
-            resumed.path,
-            lambda: restore_rng_states(by_rank[ranks.rank % len(by_rank)], batch_order_generator),
-        )
-        _restore(
-            "epoch history",
-            resumed.path,
-            lambda: result.epochs.extend(_epoch_from_record(record) for record in state["history"]),
-        )
+        with restoring("epoch history", resume_from.path):
+            result.epochs.extend(_epoch_from_record(record) for record in resume_from.history)
         best_validation_accuracy = max(epoch.validation_accuracy for epoch in result.epochs)
-        early_stopping.best, early_stopping.epochs_without_improvement = state["early_stopping"]
-        global_step = state["global_step"]
-        start_epoch = state["epoch"] + 1
+        early_stopping.best, early_stopping.epochs_without_improvement = resume_from.early_stopping
+        global_step = resume_from.global_step
+        start_epoch = resume_from.epoch + 1
 
     setup = TrainSetup(
         device=device,
@@ -595,6 +382,7 @@ def train(
 
     images_this_rank = len(shard(torch.arange(len(train_split)), ranks))  # same every epoch
     for epoch in range(start_epoch, config.epochs + 1):
+        # --- Epoch: forward, loss, backward, step, schedule -----------------------------------
         observer.epoch_started(epoch, config.epochs, len(train_split))
         learning_rate = optimizer.param_groups[0]["lr"]
         model.train()
@@ -635,6 +423,7 @@ def train(
             torch.cuda.synchronize()
         train_seconds = time.perf_counter() - epoch_start
 
+        # --- Validate: the hold-out split, summed over ranks ----------------------------------
         validation = evaluate(
             model,
             validation_shard,
@@ -670,7 +459,7 @@ def train(
             )
         is_best = validation_accuracy > best_validation_accuracy
         best_validation_accuracy = max(best_validation_accuracy, validation_accuracy)
-        checkpoint_path = checkpoint_dir / f"checkpoint_epoch_{epoch}.pt"
+        checkpoint_path = epoch_checkpoint_path(checkpoint_dir, epoch)
         epoch_result = EpochResult(
             epoch=epoch,
             learning_rate=learning_rate,
@@ -685,46 +474,47 @@ def train(
         )
         result.epochs.append(epoch_result)
         stop = early_stopping.should_stop(epoch_result)
+
+        # --- Save: rank 0 writes the epoch's checkpoint (and the best model) ------------------
         rng_by_rank = gather_objects(rng_states(batch_order_generator))  # a collective: all ranks
         if not ranks.is_main:
             if stop:
                 break
             continue
-        payload = build_payload(
-            model=model,
-            optimizer=optimizer,
+        checkpoint = CheckpointContents(
             epoch=epoch,
+            model_state_dict=model.state_dict(),
+            optimizer_state_dict=optimizer.state_dict(),
             validation_loss=validation_loss,
             validation_accuracy=validation_accuracy,
             config=config,
-            extra={  # accuracies as fractions 0..1, like everything machine-readable
-                "train_loss": train_loss,
-                "train_accuracy": train_accuracy,
-                "best_validation_accuracy": best_validation_accuracy,
-                "precision": precision,
-                "device": str(device),
-                "data_sha256": dict(mnist_files.sha256),
-                "normalization": normalization._asdict(),
-                "torch_version": str(torch.__version__),  # TorchVersion is not a plain str
-                # What an exact resume needs, all tensors and plain values:
-                "scheduler_state_dict": scheduler.state_dict() if scheduler is not None else {},
-                "rng_state": rng_by_rank[0],
-                "rng_state_by_rank": rng_by_rank if ranks.enabled else [],
-                "world_size": ranks.world_size,
-                # The run whose logs describe this checkpoint, even when it is saved elsewhere.
-                "run_dir": str(Path(run_dir).resolve()) if run_dir else "",
-                "global_step": global_step,
-                "early_stopping": [early_stopping.best, early_stopping.epochs_without_improvement],
-                "history": [_epoch_record(past) for past in result.epochs],
-            },
+            normalization=normalization,
+            train_loss=train_loss,
+            train_accuracy=train_accuracy,
+            best_validation_accuracy=best_validation_accuracy,
+            precision=precision,
+            device=str(device),
+            torch_version=str(torch.__version__),  # TorchVersion is not a plain str
+            data_sha256=dict(mnist_files.sha256),
+            run_dir=str(Path(run_dir).resolve()) if run_dir else "",
+            scheduler_state_dict=scheduler.state_dict() if scheduler is not None else {},
+            rng_state=rng_by_rank[0],
+            rng_state_by_rank=rng_by_rank if ranks.enabled else [],
+            world_size=ranks.world_size,
+            global_step=global_step,
+            early_stopping=(early_stopping.best, early_stopping.epochs_without_improvement),
+            history=[_epoch_record(past) for past in result.epochs],
         )
+        payload = checkpoint.to_payload()
         # The best model first: once an epoch's checkpoint exists, best_model.pt is at least
         # as new, whenever the process is killed.
         if is_best:
             save_checkpoint(checkpoint_dir / BEST_CHECKPOINT_NAME, payload)
         save_checkpoint(checkpoint_path, payload)
         if config.keep_last:
-            keep = {checkpoint_path, result.best.checkpoint, Path(resume_from or "")}
+            keep = {checkpoint_path, result.best.checkpoint}
+            if resume_from is not None:
+                keep.add(resume_from.path)
             for old in epoch_checkpoints(checkpoint_dir)[config.keep_last :]:
                 if old not in keep:
                     delete_checkpoint(old)

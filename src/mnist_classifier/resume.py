@@ -1,0 +1,195 @@
+"""Exact resume: what a checkpoint must hold to continue a run, and putting it back.
+
+Training captures every random stream with `rng_states` into each checkpoint. A resumption
+loads the checkpoint early (`load_resume_checkpoint`, before any data is read), checks that it
+continues the same run (`check_resumable`), then `restore_training_state` puts the weights,
+optimizer, schedule and random streams back, so the resumed run is bit-identical to one that
+was never interrupted (on the same device).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mnist_classifier.checkpoint import (
+    CheckpointError,
+    LoadedCheckpoint,
+    epoch_checkpoints,
+    load_checkpoint,
+)
+from mnist_classifier.config import TrainConfig, flatten, make_config, read_config_file
+from mnist_classifier.model import SimpleCNN
+
+
+class ResumeError(RuntimeError):
+    """A run cannot be resumed from the given checkpoint(s); says which and why."""
+
+
+# Changing these between a checkpoint and its resumption would silently change the run.
+RESUME_MUST_MATCH = (
+    "batch_size",
+    "lr",
+    "label_smoothing",
+    "model.dropout1",
+    "model.dropout2",
+    "seed",
+    "schedule.name",
+    "schedule.warmup_epochs",
+    "schedule.step_size",
+    "schedule.gamma",
+    "data.validation_size",
+    "data.split_seed",
+    "data.max_train_images",
+)
+# The random streams rng_states captures that every resumable checkpoint must hold.
+RNG_STREAMS = {"torch", "python", "numpy", "batch_order"}
+
+
+def rng_states(batch_order_generator: torch.Generator) -> dict:
+    """Every random stream training draws from, as tensors and plain values."""
+    numpy_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": random.getstate(),
+        "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
+        "batch_order": batch_order_generator.get_state(),
+    }
+
+
+def restore_rng_states(states: dict, batch_order_generator: torch.Generator) -> None:
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, *rest = states["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
+    batch_order_generator.set_state(states["batch_order"])
+
+
+def load_resume_checkpoint(path: Path) -> LoadedCheckpoint:
+    """A checkpoint to continue from: verified, and holding a usable training state."""
+    checkpoint = load_checkpoint(path)
+    check_training_state(checkpoint)
+    return checkpoint
+
+
+def check_training_state(checkpoint: LoadedCheckpoint) -> None:
+    """Refuse, even with --force, a checkpoint without a usable training state to continue."""
+    problem = ""
+    history = checkpoint.history
+    if checkpoint.rng_state is None or not RNG_STREAMS.issubset(checkpoint.rng_state):
+        problem = "it holds no random-number state"
+    elif not history:
+        problem = "its epoch history is empty"
+    elif not all(isinstance(record, dict) for record in history):
+        problem = "its epoch history is not a list of records"
+    elif checkpoint.global_step is None:
+        problem = "it holds no step counter"
+    elif checkpoint.early_stopping is None:
+        problem = "it holds no early-stopping counters"
+    if problem:
+        raise ResumeError(
+            f"cannot resume from {checkpoint.path}: {problem}, so the run cannot continue "
+            "exactly (not even with --force); start a new run, or resume another checkpoint"
+        )
+    # Loading it into a fresh optimizer finds a damaged state before any work starts.
+    optimizer = torch.optim.Adam(SimpleCNN().parameters())
+    with restoring("optimizer state", checkpoint.path):
+        optimizer.load_state_dict(checkpoint.optimizer_state_dict)
+
+
+@contextmanager
+def restoring(part: str, checkpoint_path: Path) -> Iterator[None]:
+    """A damaged `part` of the saved state, found while restoring it, becomes one ResumeError."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as error:
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ResumeError(
+            f"cannot resume from {checkpoint_path}: its {part} is damaged ({detail[:200]})"
+        ) from None
+
+
+def check_resumable(
+    checkpoint: LoadedCheckpoint, config: TrainConfig, data_sha256: dict, world_size: int = 1
+) -> None:
+    """Refuse a resumption that would not continue the same run (override with --force)."""
+    saved, wanted = flatten(checkpoint.config.to_dict()), flatten(config.to_dict())
+    keys = list(RESUME_MUST_MATCH)
+    if config.schedule.name in ("cosine", "onecycle"):
+        keys.append("epochs")  # these schedules are laid out over the whole run
+    changed = [
+        f"{key} {saved[key]!r} -> {wanted[key]!r}" for key in keys if saved[key] != wanted[key]
+    ]
+    if checkpoint.data_sha256 != data_sha256:
+        changed.append("the data set's digests")
+    if checkpoint.world_size != world_size:
+        changed.append(f"processes {checkpoint.world_size} -> {world_size}")
+    if changed:
+        raise ResumeError(
+            f"refusing to resume from {checkpoint.path}: {'; '.join(changed)} "
+            "(use --force to resume anyway)"
+        )
+
+
+def restore_training_state(
+    checkpoint: LoadedCheckpoint,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    batch_order_generator: torch.Generator,
+    rank: int = 0,
+) -> None:
+    """Put the weights, optimizer, schedule and this rank's random streams back as saved."""
+    model.load_state_dict(checkpoint.model_state_dict)
+    with restoring("optimizer state", checkpoint.path):
+        optimizer.load_state_dict(checkpoint.optimizer_state_dict)
+    if scheduler is not None and checkpoint.scheduler_state_dict:
+        with restoring("schedule state", checkpoint.path):
+            scheduler.load_state_dict(checkpoint.scheduler_state_dict)
+    by_rank = checkpoint.rng_state_by_rank or [checkpoint.rng_state]
+    with restoring("random-number state", checkpoint.path):
+        restore_rng_states(by_rank[rank % len(by_rank)], batch_order_generator)
+
+
+def config_for_resume(
+    checkpoint: LoadedCheckpoint, explicit: dict, config_file: Path | None = None
+) -> TrainConfig:
+    """The config a resumed run continues with: the one saved in `checkpoint`, under the
+    settings given now (`config_file`, then `explicit` dotted keys), which check_resumable
+    still checks."""
+    settings = flatten(checkpoint.config.to_dict())
+    if config_file is not None:
+        settings.update(flatten(read_config_file(config_file)))
+    settings.update(explicit)
+    return make_config(settings)
+
+
+def find_resume_checkpoint(directory: Path) -> tuple[Path | None, list[str]]:
+    """The newest epoch checkpoint that passes every check, and why newer ones were skipped.
+
+    None when there are no checkpoints at all; ResumeError when there are some but none is valid,
+    so a run never silently starts again from scratch.
+    """
+    skipped = []
+    candidates = epoch_checkpoints(directory)
+    for path in candidates:
+        try:
+            load_checkpoint(path)
+        except CheckpointError as error:
+            skipped.append(f"skipped {path.name}: {error}")
+            continue
+        return path, skipped
+    if candidates:
+        raise ResumeError(
+            f"no valid checkpoint to resume from in {directory}:\n  " + "\n  ".join(skipped)
+        )
+    return None, skipped
