@@ -28,7 +28,7 @@ def _command(mnist_dir, output_dir, runs_dir, pause):
         "--epochs",
         "6",
         "--max-train-images",
-        "640",
+        "320",
         "--validation-size",
         "300",
         "--schedule",
