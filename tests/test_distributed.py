@@ -62,14 +62,21 @@ def _torchrun(settings, out_dir, *extra, timeout=240):
     )
 
 
-def test_two_ranks_train_identical_weights_and_write_one_checkpoint(mnist_dir, tmp_path):
-    completed = _torchrun(_settings(mnist_dir, tmp_path / "checkpoints"), tmp_path)
+@pytest.fixture(scope="module")
+def two_rank_run(mnist_dir, tmp_path_factory):
+    """One 2-epoch run of two ranks, shared: its per-rank weights and its checkpoints."""
+    out_dir = tmp_path_factory.mktemp("two-ranks")
+    completed = _torchrun(_settings(mnist_dir, out_dir / "checkpoints"), out_dir)
     assert completed.returncode == 0, completed.stderr[-3000:]
-    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
-    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    return out_dir
+
+
+def test_two_ranks_train_identical_weights_and_write_one_checkpoint(two_rank_run):
+    rank0 = torch.load(two_rank_run / "rank0.pt", weights_only=True)
+    rank1 = torch.load(two_rank_run / "rank1.pt", weights_only=True)
     assert all(torch.equal(rank0[key], rank1[key]) for key in rank0)
 
-    checkpoints = sorted(path.name for path in (tmp_path / "checkpoints").iterdir())
+    checkpoints = sorted(path.name for path in (two_rank_run / "checkpoints").iterdir())
     assert checkpoints == [
         "best_model.pt",
         "best_model.pt.sha256",
@@ -79,19 +86,17 @@ def test_two_ranks_train_identical_weights_and_write_one_checkpoint(mnist_dir, t
         "checkpoint_epoch_2.pt.sha256",
     ]
     # Saved once, from the unwrapped model: it loads in a single process like any other.
-    loaded = load_checkpoint(tmp_path / "checkpoints" / "checkpoint_epoch_2.pt")
+    loaded = load_checkpoint(two_rank_run / "checkpoints" / "checkpoint_epoch_2.pt")
     assert not any(key.startswith("module.") for key in loaded.model_state_dict)
     assert all(torch.equal(loaded.model.state_dict()[key], rank0[key]) for key in rank0)
     assert loaded.world_size == 2
 
 
-def test_two_ranks_of_32_match_one_process_of_64(mnist_dir, tmp_path):
+def test_two_ranks_of_32_match_one_process_of_64(two_rank_run, mnist_dir, tmp_path):
     """Same global batches (the shards interleave one order); only dropout masks differ, so
     the results agree to within a stated tolerance, not bit for bit."""
-    completed = _torchrun(_settings(mnist_dir, tmp_path / "ddp"), tmp_path)
-    assert completed.returncode == 0, completed.stderr[-3000:]
     single = train(make_config(_settings(mnist_dir, tmp_path / "single", batch_size=64)))
-    distributed = load_checkpoint(tmp_path / "ddp" / "checkpoint_epoch_2.pt")
+    distributed = load_checkpoint(two_rank_run / "checkpoints" / "checkpoint_epoch_2.pt")
     single_accuracy = single.epochs[-1].validation_accuracy
     assert abs(distributed.validation_accuracy - single_accuracy) <= 0.03
     assert distributed.train_loss == pytest.approx(single.epochs[-1].train_loss, rel=0.1)

@@ -21,11 +21,12 @@ from mnist_classifier.preprocess import preprocess_image
 pytestmark = pytest.mark.slow  # trains a tiny model on the real MNIST files
 
 runner = CliRunner()
-REALISTIC_IMAGES = 300
-# Measured with the tiny model (1 epoch on 4,096 images, seed 0): 94.0% on these 300 MNIST
-# test crops as they are, 92.0% on their realistic versions (90.0% before photos were handled).
+REALISTIC_IMAGES = 150
+# Measured with the tiny model (1 epoch on 4,096 images, seed 0): 95.3% on these 150 MNIST
+# test crops as they are, 96.0% on their realistic versions; on the first 300, 94.0% and 92.0%
+# (90.0% before photos were handled), when the floor was 0.86: the floor keeps that 6-point margin.
 # With a 2-epoch lab model the first 500 realistic versions score 96.8% (README).
-MIN_REALISTIC_ACCURACY = 0.86
+MIN_REALISTIC_ACCURACY = 0.90
 MAX_ACCURACY_LOSS = 0.08  # realistic vs the same digits as MNIST crops
 PHOTO_IMAGES = 100
 # Measured with the same tiny model on the first 100 photo-like versions (tests/photo_digits.py,
