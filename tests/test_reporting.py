@@ -175,3 +175,17 @@ def test_the_live_bar_shows_the_epochs_running_mean(monkeypatch):
         "loss 2.8000  acc 60.00%",
     ):
         assert running in drawn
+
+
+def test_the_console_names_data_a_caller_prepared(tmp_path, capsys):
+    # train() takes prepared data with a route of the caller's own; the console must say so,
+    # not fail on a route it does not know.
+    from synthetic_data import synthetic_train_data
+
+    from mnist_classifier.train import train
+
+    config = make_config(
+        {"epochs": 1, "output_dir": str(tmp_path), "data.max_train_images": 64, "device": "cpu"}
+    )
+    train(config, [ConsoleTrainingObserver(live=False)], data=synthetic_train_data(config))
+    assert "prepared by the caller (synthetic)" in capsys.readouterr().out

