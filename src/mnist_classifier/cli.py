@@ -180,7 +180,7 @@ def _staging_dir_of_run(config_file: Path | None, settings: dict) -> str:
     from mnist_classifier.config import ConfigError, load_config
 
     with failing(EXIT_USAGE, ConfigError):
-        return paths.staging_dir(load_config(config_file, settings).data.dataset)
+        return str(Path(paths.staging_dir(load_config(config_file, settings).data.dataset)))
 
 
 def _resolve_config(config_file: Path | None, settings: dict):
