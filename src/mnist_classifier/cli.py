@@ -477,27 +477,14 @@ def export(
     dataset: options.DatasetOption = options.MNIST_DATASET,
 ) -> None:
     """Export a checkpoint and check it against the eager model on 1,000 test images."""
-    from mnist_classifier.data import DataError, load_split
-    from mnist_classifier.export import PARITY_IMAGES, ExportError, export_model
+    from mnist_classifier.data import DataError
+    from mnist_classifier.export import ExportError, export_checkpoint
     from mnist_classifier.reporting import print_export
 
     checkpoint = _checkpoint_to_read(checkpoint, None, options.DEFAULT_MODELS_DIR, dataset.value)
     loaded = _load_for_dataset(checkpoint, dataset.value, "export")
-    with failing(EXIT_FAILURE, DataError):
-        images, _labels = load_split(data_dir, train=False, dataset=dataset.value)
-    try:
-        result = export_model(
-            loaded.model,
-            export_format.value,
-            output,
-            images[:PARITY_IMAGES],
-            loaded.normalization,
-            loaded.dataset,
-        )
-    except ExportError as error:
-        raise fail(str(error), EXIT_FAILURE) from None
-    except OSError as error:
-        raise fail(f"cannot write {output}: {error.strerror or error}", EXIT_FAILURE) from None
+    with failing(EXIT_FAILURE, DataError, ExportError):
+        result = export_checkpoint(loaded, export_format.value, output, data_dir)
     print_export(result)
 
 
