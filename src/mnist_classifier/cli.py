@@ -36,27 +36,8 @@ app = typer.Typer(
 )
 
 
-def _print_version(value: bool) -> None:
-    if not value:
-        return
-    from mnist_classifier.reporting import print_version
-
-    print_version()
-    raise typer.Exit()
-
-
 @app.callback()
-def _main(
-    show_version: Annotated[
-        bool,
-        typer.Option(
-            "--version",
-            is_eager=True,
-            callback=_print_version,
-            help="Print the package, torch and torchvision versions and exit.",
-        ),
-    ] = False,
-) -> None:
+def _main(show_version: options.VersionOption = False) -> None:
     """Options of `mnist` itself; the app's help text is Typer(help=...) above."""
 
 
@@ -274,26 +255,10 @@ def runs(
     """Compare runs: the hyper-parameters that differ, best validation and test accuracy."""
     from mnist_classifier.config import ConfigError
     from mnist_classifier.reporting import print_learning_curves, print_runs
-    from mnist_classifier.runs import (
-        comparison_rows,
-        list_runs,
-        matching_runs,
-        parse_run_filters,
-        run_labels,
-    )
+    from mnist_classifier.runs import NoRunsFound, comparison_rows, run_labels, runs_to_compare
 
-    with failing(EXIT_USAGE, ConfigError):
-        wanted = parse_run_filters(filters or [])
-    records = list_runs(runs_dir)
-    if not records:
-        raise fail(f"no runs found in {runs_dir}; train one first: mnist train", EXIT_FAILURE)
-    records = matching_runs(records, wanted)
-    if not records:
-        raise fail(
-            f"no runs match {' '.join(filters or [])} in {runs_dir}; "
-            f"mnist runs --runs-dir {runs_dir} lists them all",
-            EXIT_FAILURE,
-        )
+    with failing(EXIT_USAGE, ConfigError), failing(EXIT_FAILURE, NoRunsFound):
+        records = runs_to_compare(runs_dir, filters or [])
     print_runs(comparison_rows(records), output_format.value)
     if plot:
         from mnist_classifier.figures import save_learning_curves

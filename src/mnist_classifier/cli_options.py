@@ -109,6 +109,26 @@ def run_script(command, defaults: dict | None = None) -> None:
     script()
 
 
+def _print_version(value: bool) -> None:
+    if not value:
+        return
+    from mnist_classifier.reporting import print_version
+
+    print_version()
+    raise typer.Exit()
+
+
+VersionOption = Annotated[
+    bool,
+    typer.Option(
+        "--version",
+        is_eager=True,
+        callback=_print_version,
+        help="Print the package, torch and torchvision versions and exit.",
+    ),
+]
+
+
 def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
     """An Enum of `values`, each named as it is written, so that Typer offers and checks them."""
     return Enum(name, [(value, value) for value in values], type=str)

@@ -370,6 +370,26 @@ def matching_runs(runs: list[RunRecord], wanted: dict[str, Any]) -> list[RunReco
     ]
 
 
+class NoRunsFound(LookupError):
+    """No run to compare: none under the runs folder, or none that the filters match."""
+
+
+def runs_to_compare(runs_dir: Path | str, filters: list[str]) -> list[RunRecord]:
+    """The runs under `runs_dir` whose config has the `filters`' values (KEY=VALUE), oldest
+    first; ConfigError for a bad filter, NoRunsFound (saying what to do) when none is left."""
+    wanted = parse_run_filters(filters)
+    records = list_runs(runs_dir)
+    if not records:
+        raise NoRunsFound(f"no runs found in {runs_dir}; train one first: mnist train")
+    records = matching_runs(records, wanted)
+    if not records:
+        raise NoRunsFound(
+            f"no runs match {' '.join(filters)} in {runs_dir}; "
+            f"mnist runs --runs-dir {runs_dir} lists them all"
+        )
+    return records
+
+
 def run_labels(runs: list[RunRecord]) -> dict[str, RunRecord]:
     """Each run by the settings that differ between `runs` (its folder name where none do)."""
     keys = differing_keys(runs)
