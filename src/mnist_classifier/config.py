@@ -348,6 +348,14 @@ def parse_assignment(assignment: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+def explicit_settings(assignments: list[str], flags: dict[str, Any]) -> dict[str, Any]:
+    """The settings given on the command line as dotted keys: the --set `assignments`, then the
+    typed `flags` that were given (None means 'not given'), which take precedence."""
+    settings = dict(parse_assignment(assignment) for assignment in assignments)
+    settings.update({key: value for key, value in flags.items() if value is not None})
+    return settings
+
+
 def _apply(tree: dict[str, Any], dotted_key: str, value: Any) -> None:
     *parents, leaf = dotted_key.split(".")
     node = tree

@@ -142,7 +142,11 @@ class RankLaunch:
 
 def launch_ranks(nproc: int, launch: RankLaunch, rank_command: str) -> int:
     """Start `nproc` ranks under torchrun, each running `mnist <rank_command> LAUNCH_FILE` on
-    `launch` written to a temporary file; returns torchrun's exit code."""
+    `launch` written to a temporary file; returns torchrun's exit code.
+
+    LaunchError, before anything starts, if `nproc` is more than `process_limit` (unforced)."""
+    settings = launch.config
+    check_process_count(nproc, settings["device"], settings["distributed_backend"], launch.force)
     with tempfile.TemporaryDirectory(prefix="mnist-launch-") as folder:
         launch_file = Path(folder) / "launch.json"
         launch_file.write_text(json.dumps(asdict(launch)))

@@ -20,8 +20,9 @@ import numpy as np
 import torch
 
 from mnist_classifier.batching import normalize
-from mnist_classifier.checkpoint import ARCHITECTURE
+from mnist_classifier.checkpoint import ARCHITECTURE, LoadedCheckpoint
 from mnist_classifier.config import EXPORT_FORMATS
+from mnist_classifier.data import load_split
 from mnist_classifier.datasets import IMAGE_SIDE, MNIST, NUM_CLASSES, DatasetSpec, Normalization
 from mnist_classifier.files import PRIVATE_FILE_MODE, sha256_of, write_json_atomically
 from mnist_classifier.model import SimpleCNN
@@ -100,6 +101,26 @@ def export_model(
             files.append(output.parent / staged.name)
             os.replace(staged, files[-1])
     return ExportResult(export_format, output, tuple(files), parity, checker)
+
+
+def export_checkpoint(
+    checkpoint: LoadedCheckpoint, export_format: str, output: Path, data_dir: Path | str
+) -> ExportResult:
+    """`export_model` on a loaded checkpoint, checked on the first PARITY_IMAGES test images of
+    its data set (DataError if they do not verify); an output that cannot be written is an
+    ExportError too."""
+    images, _labels = load_split(data_dir, train=False, dataset=checkpoint.dataset.name)
+    try:
+        return export_model(
+            checkpoint.model,
+            export_format,
+            output,
+            images[:PARITY_IMAGES],
+            checkpoint.normalization,
+            checkpoint.dataset,
+        )
+    except OSError as error:
+        raise ExportError(f"cannot write {output}: {error.strerror or error}") from None
 
 
 def compare_logits(eager: np.ndarray, exported: np.ndarray) -> Parity:

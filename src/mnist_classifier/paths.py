@@ -1,8 +1,8 @@
 """Where this project's files live by default, relative to the working directory (a leaf module).
 
 The lab's layout: the data set under ./data, the model `python train_mnist.py` writes and
-`python test_mnist.py` reads under ./models/staging/mnist/, and the registry's stages under
-./models/<stage>/<data set>/.
+`python test_mnist.py` reads under ./models/staging/mnist/ (./models/staging/fashion-mnist/
+for Fashion-MNIST), and the registry's stages under ./models/<stage>/<data set>/.
 """
 
 DEFAULT_DATA_DIR = "./data"
@@ -10,5 +10,16 @@ DEFAULT_MODELS_DIR = "./models"
 DEFAULT_RUNS_DIR = "./runs"
 # The file name under which training keeps its best model, and a registry stage its model.
 BEST_CHECKPOINT_NAME = "best_model.pt"
-DEFAULT_STAGING_DIR = f"{DEFAULT_MODELS_DIR}/staging/mnist"
+
+
+def staging_dir(dataset: str) -> str:
+    """The staging folder of a data set's models: where train_mnist.py writes, and the folder of
+    the checkpoint that test_mnist.py and `mnist evaluate` read by default."""
+    return f"{DEFAULT_MODELS_DIR}/staging/{dataset}"
+
+
+DEFAULT_STAGING_DIR = staging_dir("mnist")
+# train_mnist.py's default --output-dir, written as its --help shows it: the staging folder of
+# the data set the run trains on (the flag, --set or the --config file says which).
+STAGING_DIR_OF_DATASET = staging_dir("<dataset>")
 DEFAULT_CHECKPOINT = f"{DEFAULT_STAGING_DIR}/{BEST_CHECKPOINT_NAME}"

@@ -21,7 +21,7 @@ from typing import Any
 
 from mnist_classifier.checkpoint import copy_checkpoint, load_checkpoint
 from mnist_classifier.files import read_regular_file, sha256_of, write_json_atomically
-from mnist_classifier.paths import BEST_CHECKPOINT_NAME, DEFAULT_CHECKPOINT
+from mnist_classifier.paths import BEST_CHECKPOINT_NAME, DEFAULT_CHECKPOINT, staging_dir
 from mnist_classifier.provenance import git_commit
 
 MODEL_CARD_NAME = "model_card.json"
@@ -67,7 +67,7 @@ def checkpoint_to_read(
     models/staging/<dataset>/best_model.pt), or a stage's, never both."""
     if stage is None:
         if checkpoint is None or checkpoint == Path(DEFAULT_CHECKPOINT):
-            return Path(DEFAULT_CHECKPOINT).parent.parent / dataset / BEST_CHECKPOINT_NAME
+            return Path(staging_dir(dataset)) / BEST_CHECKPOINT_NAME
         return checkpoint
     if checkpoint is not None:
         raise RegistryError("give --checkpoint or --stage, not both")

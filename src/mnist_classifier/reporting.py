@@ -29,7 +29,7 @@ from mnist_classifier.config import TrainConfig
 from mnist_classifier.data import MnistFiles
 from mnist_classifier.datasets import MNIST, DatasetSpec, class_noun, dataset_spec
 from mnist_classifier.evaluate import EvalResult, EvaluationObserver
-from mnist_classifier.paths import DEFAULT_CHECKPOINT
+from mnist_classifier.paths import BEST_CHECKPOINT_NAME, staging_dir
 from mnist_classifier.train import EpochResult, TrainingObserver, TrainResult, TrainSetup
 
 RULE = "=" * 60
@@ -241,16 +241,19 @@ class ConsoleTrainingObserver(TrainingObserver):
         )
         print(f"Best model: {result.best_checkpoint}")
         print(RULE)
-        print(f"Next: evaluate it on the test set: {evaluate_command(result.best_checkpoint)}")
+        command = evaluate_command(result.best_checkpoint, result.config.data.dataset)
+        print(f"Next: evaluate it on the test set: {command}")
 
 
-def evaluate_command(checkpoint: Path) -> str:
+def evaluate_command(checkpoint: Path, dataset: str = MNIST.name) -> str:
     """The command that evaluates `checkpoint`, in the voice of the command that trained it."""
+    dataset_flag = "" if dataset == MNIST.name else f" --dataset {dataset}"
     if Path(sys.argv[0]).name == "train_mnist.py":
-        if Path(checkpoint) == Path(DEFAULT_CHECKPOINT):  # test_mnist.py's default
-            return "python test_mnist.py"
-        return f"python test_mnist.py --checkpoint {checkpoint}"
-    return f"mnist evaluate --checkpoint {checkpoint}"
+        # test_mnist.py's default: the data set's staging best_model.pt
+        if Path(checkpoint) == Path(staging_dir(dataset)) / BEST_CHECKPOINT_NAME:
+            return f"python test_mnist.py{dataset_flag}"
+        return f"python test_mnist.py --checkpoint {checkpoint}{dataset_flag}"
+    return f"mnist evaluate --checkpoint {checkpoint}{dataset_flag}"
 
 
 def print_resume_choice(resume_from: Path | None, skipped: list[str]) -> None:

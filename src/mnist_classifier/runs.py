@@ -21,7 +21,8 @@ import itertools
 import json
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -130,18 +131,27 @@ def resume_checkpoint_path(
     return find_resume_in_runs(run_dirs_newest_first(config.runs_dir, config.name))
 
 
-def run_dir_for(config: TrainConfig, resume_from: Path | None) -> tuple[Path, bool]:
-    """The folder a run logs to, and whether it was created now: a checkpoint inside a run
-    directory continues that run's logs; anything else starts a new one."""
+@contextmanager
+def run_directory(
+    config: TrainConfig, resume_from: Path | None, rank: int | None = None
+) -> Iterator[Path | None]:
+    """The folder a run logs to, while it trains: a checkpoint inside a run directory continues
+    that run's logs; anything else starts a new one. Under torchrun only rank 0 keeps one (the
+    others get None). A folder created here that a failed start wrote nothing into (unverified
+    data, say) is removed again."""
+    if rank not in (None, 0):
+        yield None
+        return
     if resume_from is not None and (resume_from.parent / "config.yaml").is_file():
-        return resume_from.parent, False
-    return create_run_dir(config.runs_dir, config.name), True
-
-
-def remove_if_empty(run_dir: Path) -> None:
-    """Remove a run directory a failed start wrote nothing into (e.g. unverified data)."""
-    if run_dir.is_dir() and not any(run_dir.iterdir()):
-        run_dir.rmdir()
+        yield resume_from.parent
+        return
+    run_dir = create_run_dir(config.runs_dir, config.name)
+    try:
+        yield run_dir
+    except BaseException:
+        if run_dir.is_dir() and not any(run_dir.iterdir()):
+            run_dir.rmdir()
+        raise
 
 
 def provenance(config_seed: int, setup: TrainSetup) -> dict[str, Any]:
@@ -358,6 +368,26 @@ def matching_runs(runs: list[RunRecord], wanted: dict[str, Any]) -> list[RunReco
     return [
         run for run in runs if all(run.config.get(key) == value for key, value in wanted.items())
     ]
+
+
+class NoRunsFound(LookupError):
+    """No run to compare: none under the runs folder, or none that the filters match."""
+
+
+def runs_to_compare(runs_dir: Path | str, filters: list[str]) -> list[RunRecord]:
+    """The runs under `runs_dir` whose config has the `filters`' values (KEY=VALUE), oldest
+    first; ConfigError for a bad filter, NoRunsFound (saying what to do) when none is left."""
+    wanted = parse_run_filters(filters)
+    records = list_runs(runs_dir)
+    if not records:
+        raise NoRunsFound(f"no runs found in {runs_dir}; train one first: mnist train")
+    records = matching_runs(records, wanted)
+    if not records:
+        raise NoRunsFound(
+            f"no runs match {' '.join(filters)} in {runs_dir}; "
+            f"mnist runs --runs-dir {runs_dir} lists them all"
+        )
+    return records
 
 
 def run_labels(runs: list[RunRecord]) -> dict[str, RunRecord]:

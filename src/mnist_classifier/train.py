@@ -28,6 +28,7 @@ from mnist_classifier.batching import (
 from mnist_classifier.checkpoint import (
     CheckpointContents,
     LoadedCheckpoint,
+    check_output_dir,
     delete_checkpoint,
     epoch_checkpoint_path,
     epoch_checkpoints,
@@ -36,7 +37,7 @@ from mnist_classifier.checkpoint import (
     save_checkpoint,
 )
 from mnist_classifier.config import ConfigError, TrainConfig
-from mnist_classifier.data import MnistFiles, ensure_dataset, read_split
+from mnist_classifier.data import MnistFiles, check_data_dir, ensure_dataset, read_split
 from mnist_classifier.datasets import dataset_spec
 from mnist_classifier.device import autocast, memory_format_for, resolve_device, resolve_precision
 from mnist_classifier.distributed import (
@@ -258,6 +259,18 @@ def _epoch_record(result: EpochResult) -> dict:
 
 def _epoch_from_record(record: dict) -> EpochResult:
     return EpochResult(**{**record, "checkpoint": Path(record["checkpoint"])})
+
+
+def check_before_training(config: TrainConfig) -> None:
+    """Fail before any work when `config` cannot run here: a device or precision this machine
+    lacks (DeviceError), an output or runs folder that cannot be written (ConfigError), a data
+    folder that is a file (DataError)."""
+    resolve_precision(config.precision, resolve_device(config.device))
+    if config.output_dir:
+        check_output_dir(config.output_dir)
+    # The run directory goes under runs_dir even when checkpoints go to output_dir.
+    check_output_dir(config.runs_dir, "runs_dir", "--runs-dir")
+    check_data_dir(config.data.data_dir)
 
 
 def train(
