@@ -15,7 +15,7 @@ from conftest import REPO_ROOT
 
 from mnist_classifier.checkpoint import load_checkpoint
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.serial]  # kills at moments timed from a reference run
 KILLS = 10  # every second kill waits for a save to begin, then strikes inside it
 SAVE_PAUSE_SECONDS = 0.25
 

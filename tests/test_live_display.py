@@ -14,7 +14,8 @@ import time
 import pytest
 from conftest import REPO_ROOT
 
-pytestmark = pytest.mark.slow  # trains on a subset of the real MNIST files
+# Trains on a subset of the real MNIST files; the bar is caught frame by frame, so it runs alone.
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 BATCH_SIZE = 64
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")

@@ -276,6 +276,7 @@ def test_bad_input_is_a_clean_4xx_and_the_server_still_predicts(client, name):
     assert_predicts_seven_correctly(client)
 
 
+@pytest.mark.serial  # the answer's deadline is measured against the clock
 def test_a_stuck_model_answers_504_in_time_and_health_still_answers():
     predictor = BlockedPredictor()
     limits = dataclasses.replace(DEFAULT_LIMITS, request_timeout_s=0.3)

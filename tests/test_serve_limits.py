@@ -53,6 +53,9 @@ from mnist_classifier.serve.limits import DEFAULT_LIMITS, ServerLimits
 from mnist_classifier.serve.loading import ServeError, load_checkpoint_model, stage_checkpoint
 from mnist_classifier.serve.server import allowed_hosts, server_config
 
+# Header, body and answer timeouts are measured against the clock: run alone.
+pytestmark = pytest.mark.serial
+
 HOST = "127.0.0.1"  # loopback only: nothing here listens on the network
 DRAWN_PIXELS = (255 - np.asarray(Image.open(io.BytesIO(SEVEN_PNG)).resize((28, 28)))).tolist()
 
