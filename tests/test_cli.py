@@ -312,3 +312,10 @@ def test_train_mnist_script_writes_to_the_staging_folder_of_its_data_set(
         dataset = trained[0].data.dataset
         evaluated_by_default = checkpoint_to_read(None, None, "models", dataset)
         assert evaluated_by_default.parent == Path(checkpoints_in)
+
+
+def test_predict_names_its_argument_images_in_usage_and_errors():
+    usage = runner.invoke(app, ["predict", "-h"]).output.splitlines()[0]
+    assert usage.endswith("{IMAGES}...")
+    missing = runner.invoke(app, ["predict"])
+    assert missing.exit_code == 2 and "Missing argument 'IMAGES'" in missing.output

@@ -298,7 +298,8 @@ GridSizeOption = Annotated[
 
 # --- mnist predict -------------------------------------------------------------------------------
 ImagePathsArgument = Annotated[
-    list[Path], typer.Argument(help="Image files (PNG, JPEG, BMP, GIF, TIFF) or folders.")
+    list[Path],
+    typer.Argument(metavar="IMAGES", help="Image files (PNG, JPEG, BMP, GIF, TIFF) or folders."),
 ]
 PredictCheckpointOption = Annotated[
     Path | None,
