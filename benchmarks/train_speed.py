@@ -41,6 +41,7 @@ def run_baseline(data_dir: str, steps: int) -> dict:
     from torchvision import datasets, transforms
 
     from mnist_classifier.batching import split_train_validation
+    from mnist_classifier.datasets import MNIST
 
     class LabSimpleCNN(nn.Module):
         def __init__(self):
@@ -62,7 +63,10 @@ def run_baseline(data_dir: str, steps: int) -> dict:
 
     torch.manual_seed(1)
     transform = transforms.Compose(
-        [transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))]
+        [
+            transforms.ToTensor(),
+            transforms.Normalize((MNIST.normalization.mean,), (MNIST.normalization.std,)),
+        ]
     )
     train_set = datasets.MNIST(data_dir, train=True, transform=transform)
     test_set = datasets.MNIST(data_dir, train=False, transform=transform)
