@@ -127,7 +127,7 @@ def test_resume_auto_skips_newer_runs_without_a_valid_checkpoint(tmp_path):
 
     chosen, notes = find_resume_in_runs([broken, empty, older])
 
-    assert chosen == older / "checkpoint_epoch_3.pt"
+    assert chosen.path == older / "checkpoint_epoch_3.pt"
     assert any(broken.name in note for note in notes)
     assert any(empty.name in note and "no checkpoint" in note for note in notes)
     # Checkpoints exist but none is valid: refused, never a fresh start.

@@ -149,7 +149,7 @@ def test_auto_picks_the_newest_valid_checkpoint_and_says_what_it_skipped(tmp_pat
     newest.write_bytes(bytes(content))
 
     chosen, skipped = find_resume_checkpoint(tmp_path)
-    assert chosen == tmp_path / f"checkpoint_epoch_{EPOCHS - 1}.pt"
+    assert chosen.path == tmp_path / f"checkpoint_epoch_{EPOCHS - 1}.pt"
     assert len(skipped) == 1 and "does not match its digest" in skipped[0]
 
     for path in tmp_path.glob("checkpoint_epoch_*.pt"):

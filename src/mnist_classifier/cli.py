@@ -199,19 +199,19 @@ def _train_one_run(
         print_resume_choice,
         print_run_dir,
     )
-    from mnist_classifier.resume import ResumeError, config_for_resume, load_resume_checkpoint
-    from mnist_classifier.runs import RunRecorder, resume_checkpoint_path, run_directory
+    from mnist_classifier.resume import ResumeError, check_training_state, config_for_resume
+    from mnist_classifier.runs import RunRecorder, checkpoint_to_resume, run_directory
     from mnist_classifier.train import TrainingDiverged
     from mnist_classifier.train import train as run_training
 
-    with failing(EXIT_FAILURE, ResumeError):
-        resume_path, skipped = resume_checkpoint_path(resume, config)
+    with failing(EXIT_FAILURE, ResumeError, CheckpointError):
+        resumed, skipped = checkpoint_to_resume(resume, config)
+    resume_path = resumed.path if resumed is not None else None
     if resume == "auto":
         print_resume_choice(resume_path, skipped)
-    resumed = None
-    if resume_path is not None:  # a checkpoint that cannot be resumed costs no run folder
-        with failing(EXIT_USAGE, ResumeError, ConfigError), failing(EXIT_FAILURE, CheckpointError):
-            resumed = load_resume_checkpoint(resume_path)
+    if resumed is not None:  # a checkpoint that cannot be resumed costs no run folder
+        with failing(EXIT_USAGE, ResumeError, ConfigError):
+            check_training_state(resumed)
             config = config_for_resume(resumed, settings or {}, config_file)
     rank = launch_rank()
     where = f"rank {rank}: " if rank is not None else ""

@@ -173,8 +173,9 @@ def config_for_resume(
     return make_config(settings)
 
 
-def find_resume_checkpoint(directory: Path) -> tuple[Path | None, list[str]]:
-    """The newest epoch checkpoint that passes every check, and why newer ones were skipped.
+def find_resume_checkpoint(directory: Path) -> tuple[LoadedCheckpoint | None, list[str]]:
+    """The newest epoch checkpoint that passes every check, loaded (so it is read and verified
+    once), and why newer ones were skipped.
 
     None when there are no checkpoints at all; ResumeError when there are some but none is valid,
     so a run never silently starts again from scratch.
@@ -183,11 +184,11 @@ def find_resume_checkpoint(directory: Path) -> tuple[Path | None, list[str]]:
     candidates = epoch_checkpoints(directory)
     for path in candidates:
         try:
-            load_checkpoint(path)
+            checkpoint = load_checkpoint(path)
         except CheckpointError as error:
             skipped.append(f"skipped {path.name}: {error}")
             continue
-        return path, skipped
+        return checkpoint, skipped
     if candidates:
         raise ResumeError(
             f"no valid checkpoint to resume from in {directory}:\n  " + "\n  ".join(skipped)

@@ -30,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from mnist_classifier.checkpoint import LoadedCheckpoint, load_checkpoint
 from mnist_classifier.config import ConfigError, TrainConfig, flatten, parse_assignment
 from mnist_classifier.files import write_json_atomically
 from mnist_classifier.provenance import software_provenance
@@ -91,7 +92,7 @@ def run_dirs_newest_first(runs_dir: Path | str, name: str) -> list[Path]:
     )
 
 
-def find_resume_in_runs(run_dirs: Sequence[Path]) -> tuple[Path | None, list[str]]:
+def find_resume_in_runs(run_dirs: Sequence[Path]) -> tuple[LoadedCheckpoint | None, list[str]]:
     """The newest epoch checkpoint in the newest of `run_dirs` (newest first) that holds a
     valid one, and why each newer run was skipped.
 
@@ -118,14 +119,14 @@ def find_resume_in_runs(run_dirs: Sequence[Path]) -> tuple[Path | None, list[str
     return None, notes
 
 
-def resume_checkpoint_path(
+def checkpoint_to_resume(
     resume: str | None, config: TrainConfig
-) -> tuple[Path | None, list[str]]:
-    """The checkpoint `--resume` names, and why newer ones were skipped: the path given, or for
-    'auto' the newest valid one in `config.output_dir` (when set), else in the newest run of
-    `config.name` that holds one. None when there is nothing to resume."""
+) -> tuple[LoadedCheckpoint | None, list[str]]:
+    """The checkpoint `--resume` names, loaded and verified, and why newer ones were skipped:
+    the path given, or for 'auto' the newest valid one in `config.output_dir` (when set), else
+    in the newest run of `config.name` that holds one. None when there is nothing to resume."""
     if resume != "auto":
-        return (Path(resume) if resume else None), []
+        return (load_checkpoint(Path(resume)) if resume else None), []
     if config.output_dir:
         return find_resume_checkpoint(Path(config.output_dir))
     return find_resume_in_runs(run_dirs_newest_first(config.runs_dir, config.name))
