@@ -2,16 +2,14 @@
 that every file on disk verifies, best_model.pt holds the best finished epoch, and `--resume auto`
 ends on exactly the weights of a run that was never interrupted."""
 
+import multiprocessing
 import random
 import shutil
-import signal
-import subprocess
-import sys
 import time
 
 import pytest
 import torch
-from conftest import REPO_ROOT
+from crash_worker import MODULES_A_RUN_IMPORTS, train_with_paused_saves
 
 from mnist_classifier.checkpoint import load_checkpoint
 
@@ -20,11 +18,8 @@ KILLS = 10  # every second kill waits for a save to begin, then strikes inside i
 SAVE_PAUSE_SECONDS = 0.25
 
 
-def _command(mnist_dir, output_dir, runs_dir, pause):
+def _arguments(mnist_dir, output_dir, runs_dir):
     return [
-        sys.executable,
-        str(REPO_ROOT / "tests" / "crash_worker.py"),
-        str(pause),
         "--epochs",
         "6",
         "--max-train-images",
@@ -75,26 +70,54 @@ def _check_everything_on_disk(output_dir):
 def _wait_for_a_save_to_begin(output_dir, process, timeout=30.0):
     """Poll until a save has written its temporary file (it then pauses before the rename)."""
     deadline = time.monotonic() + timeout
-    while not any(output_dir.glob(".*.tmp")) and process.poll() is None:
+    while not any(output_dir.glob(".*.tmp")) and process.is_alive():
         assert time.monotonic() < deadline, "no save began within 30 s"
         time.sleep(0.005)
 
 
-def _start(command):
+@pytest.fixture(scope="module")
+def forkserver():
+    """Runs start by forking a server that imported torch and the training code once."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(MODULES_A_RUN_IMPORTS)
+    return context
+
+
+def _start(forkserver, arguments, pause, log_path):
     """Start a run and return once its data is loaded and training begins."""
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for line in process.stdout:
-        if line.startswith("Starting training"):
-            break
+    log_path.unlink(missing_ok=True)
+    process = forkserver.Process(
+        target=train_with_paused_saves, args=(pause, arguments, log_path), daemon=True
+    )
+    process.start()
+    while process.is_alive() and "\nStarting training" not in _read(log_path):
+        time.sleep(0.005)
     return process
 
 
-def test_sigkill_at_random_moments_never_loses_or_corrupts_anything(mnist_dir, tmp_path):
+def _read(log_path):
+    return log_path.read_text() if log_path.exists() else ""
+
+
+def _run_to_the_end(forkserver, arguments, pause, log_path):
+    """Start a run, wait for it, and return its output; fail with it if the run failed."""
+    process = _start(forkserver, arguments, pause, log_path)
+    process.join()
+    assert process.exitcode == 0, _read(log_path)
+    return _read(log_path)
+
+
+def test_sigkill_at_random_moments_never_loses_or_corrupts_anything(
+    mnist_dir, tmp_path, forkserver
+):
+    log_path = tmp_path / "run.log"
     reference_dir = tmp_path / "reference"
-    process = _start(_command(mnist_dir, reference_dir, tmp_path / "runs", 0))
+    process = _start(
+        forkserver, _arguments(mnist_dir, reference_dir, tmp_path / "runs"), 0, log_path
+    )
     started = time.monotonic()
-    _output, errors = process.communicate()
-    assert process.returncode == 0, errors
+    process.join()
+    assert process.exitcode == 0, _read(log_path)
     # The other kills fall anywhere in the time training takes on this machine, under its
     # present load: a fixed window would, on a slow or busy machine, always strike before the
     # first checkpoint, and the runs would never get far enough to resume.
@@ -105,21 +128,22 @@ def test_sigkill_at_random_moments_never_loses_or_corrupts_anything(mnist_dir, t
     kills, kills_inside_a_save, finished_runs = 0, 0, 0
     output_dir = tmp_path / "killed-0"
     while kills < KILLS:
-        process = _start(_command(mnist_dir, output_dir, tmp_path / "runs", SAVE_PAUSE_SECONDS))
+        arguments = _arguments(mnist_dir, output_dir, tmp_path / "runs")
+        process = _start(forkserver, arguments, SAVE_PAUSE_SECONDS, log_path)
         if kills % 2:
             _wait_for_a_save_to_begin(output_dir, process)
             time.sleep(moments.uniform(0.0, 0.8 * SAVE_PAUSE_SECONDS))
         else:
             time.sleep(moments.uniform(0.0, training_seconds))
-        if process.poll() is None:
-            process.send_signal(signal.SIGKILL)
-            process.wait()
+        if process.is_alive():
+            process.kill()  # SIGKILL
+            process.join()
             kills += 1
             kills_inside_a_save += any(output_dir.glob(".*.tmp"))
             _check_everything_on_disk(output_dir)
         else:
-            process.communicate()
-            assert process.returncode == 0
+            process.join()
+            assert process.exitcode == 0, _read(log_path)
         if (output_dir / "checkpoint_epoch_6.pt").exists():
             # The run finished through its resumptions: same weights as never interrupted.
             final = _final_weights(output_dir)
@@ -130,10 +154,9 @@ def test_sigkill_at_random_moments_never_loses_or_corrupts_anything(mnist_dir, t
 
     assert kills_inside_a_save >= KILLS // 2, kills_inside_a_save
     # Finish the run in progress, and compare it too.
-    completed = subprocess.run(
-        _command(mnist_dir, output_dir, tmp_path / "runs", 0), capture_output=True, text=True
+    output = _run_to_the_end(
+        forkserver, _arguments(mnist_dir, output_dir, tmp_path / "runs"), 0, log_path
     )
-    assert completed.returncode == 0, completed.stderr
-    assert "Resuming from" in completed.stdout or finished_runs
+    assert "Resuming from" in output or finished_runs
     final = _final_weights(output_dir)
     assert all(torch.equal(final[key], reference[key]) for key in reference)
