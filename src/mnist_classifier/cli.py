@@ -1,7 +1,9 @@
 """The `mnist` command: one thin function per verb. Parse, call the library, report.
 
-The options they share, the choice Enums and the one-line usage errors are in cli_options.py.
-torch is imported inside the commands so that `mnist --help` answers at once.
+The options they share, the choice Enums and the one-line usage errors are in cli_options.py;
+the steps several commands take (a library call with its errors as exit codes, training one
+run) are in cli_steps.py. torch is imported inside the commands, so that `mnist --help`
+answers at once.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Annotated
 import typer
 
 from mnist_classifier import cli_options as options
+from mnist_classifier import cli_steps as steps
 from mnist_classifier import paths
 from mnist_classifier.cli_options import (
     APP_SETTINGS,
@@ -39,32 +42,6 @@ app = typer.Typer(
 @app.callback()
 def _main(show_version: options.VersionOption = False) -> None:
     """Options of `mnist` itself; the app's help text is Typer(help=...) above."""
-
-
-def _checkpoint_to_read(
-    checkpoint: Path | None, stage: str | None, models_dir: Path, dataset: str
-) -> Path:
-    from mnist_classifier.registry import RegistryError, checkpoint_to_read
-
-    with failing(EXIT_USAGE, RegistryError):
-        return checkpoint_to_read(checkpoint, stage, models_dir, dataset)
-
-
-def _load_for_dataset(checkpoint: Path, dataset: str, action: str):
-    """The checkpoint, read by the safe loader and refused if trained on another data set."""
-    from mnist_classifier.checkpoint import CheckpointError, load_checkpoint, require_dataset
-
-    with failing(EXIT_FAILURE, CheckpointError):
-        loaded = load_checkpoint(checkpoint)
-        require_dataset(loaded, dataset, action)
-    return loaded
-
-
-def _resolved_device(setting: str):
-    from mnist_classifier.device import DeviceError, resolve_device
-
-    with failing(EXIT_USAGE, DeviceError):
-        return resolve_device(setting)
 
 
 @app.command()
@@ -114,12 +91,12 @@ def train(
         "name": name,
         "keep_last": keep_last,
     }
-    settings = _explicit_settings(assignments, flags)
+    settings = steps.explicit_settings(assignments, flags)
     if output_dir == Path(paths.STAGING_DIR_OF_DATASET):  # train_mnist.py's default
-        settings["output_dir"] = _staging_dir_of_run(config_file, settings)
-    config = _resolve_config(config_file, settings)
+        settings["output_dir"] = steps.staging_dir_of_run(config_file, settings)
+    config = steps.resolve_config(config_file, settings)
     if nproc == 1:
-        _train_one_run(config, quiet, resume, force, config_file, settings)
+        steps.train_one_run(config, quiet, resume, force, config_file, settings)
         return
     from mnist_classifier.distributed import LaunchError, RankLaunch, launch_ranks
 
@@ -146,87 +123,9 @@ def train_rank(launch_file: Path) -> None:
     launch = RankLaunch.read(launch_file)
     config_file = Path(launch.config_file) if launch.config_file else None
     config = config_from_dict(launch.config)
-    _train_one_run(config, launch.quiet, launch.resume, launch.force, config_file, launch.explicit)
-
-
-def _explicit_settings(assignments: list[str] | None, flags: dict) -> dict:
-    from mnist_classifier.config import ConfigError, explicit_settings
-
-    with failing(EXIT_USAGE, ConfigError):
-        return explicit_settings(assignments or [], flags)
-
-
-def _staging_dir_of_run(config_file: Path | None, settings: dict) -> str:
-    """The lab's staging folder of the data set the run uses (a flag, --set or the file)."""
-    from mnist_classifier.config import ConfigError, load_config
-
-    with failing(EXIT_USAGE, ConfigError):
-        return str(Path(paths.staging_dir(load_config(config_file, settings).data.dataset)))
-
-
-def _resolve_config(config_file: Path | None, settings: dict):
-    """Defaults < file < `settings`, checked for this machine; errors are usage errors."""
-    from mnist_classifier.config import ConfigError, load_config
-    from mnist_classifier.data import DataError
-    from mnist_classifier.device import DeviceError
-    from mnist_classifier.train import check_before_training
-
-    with failing(EXIT_USAGE, ConfigError, DeviceError, DataError):
-        config = load_config(config_file, settings)
-        check_before_training(config)
-    return config
-
-
-def _train_one_run(
-    config,
-    quiet: bool,
-    resume: str | None = None,
-    force: bool = False,
-    config_file: Path | None = None,
-    settings: dict | None = None,
-) -> Path | None:
-    """Train in a run directory (a new one, or the resumed run's), printing progress.
-
-    A resumed run continues with its own saved config under the settings given now (the
-    --config file and the flags), so the user need not retype them.
-    """
-    from mnist_classifier.checkpoint import CheckpointError, CheckpointSaveError
-    from mnist_classifier.config import ConfigError
-    from mnist_classifier.data import DataError
-    from mnist_classifier.distributed import launch_rank
-    from mnist_classifier.reporting import (
-        ConsoleTrainingObserver,
-        print_resume_choice,
-        print_run_dir,
+    steps.train_one_run(
+        config, launch.quiet, launch.resume, launch.force, config_file, launch.explicit
     )
-    from mnist_classifier.resume import ResumeError, check_training_state, config_for_resume
-    from mnist_classifier.runs import RunRecorder, checkpoint_to_resume, run_directory
-    from mnist_classifier.train import TrainingDiverged
-    from mnist_classifier.train import train as run_training
-
-    with failing(EXIT_FAILURE, ResumeError, CheckpointError):
-        resumed, skipped = checkpoint_to_resume(resume, config)
-    resume_path = resumed.path if resumed is not None else None
-    if resume == "auto":
-        print_resume_choice(resume_path, skipped)
-    if resumed is not None:  # a checkpoint that cannot be resumed costs no run folder
-        with failing(EXIT_USAGE, ResumeError, ConfigError):
-            check_training_state(resumed)
-            config = config_for_resume(resumed, settings or {}, config_file)
-    rank = launch_rank()
-    where = f"rank {rank}: " if rank is not None else ""
-    failures = (DataError, CheckpointError, CheckpointSaveError, TrainingDiverged)
-    with (
-        failing(EXIT_USAGE, ResumeError, prefix=where),
-        failing(EXIT_FAILURE, *failures, prefix=where),
-        run_directory(config, resume_path, rank) as run_dir,
-    ):
-        observers = []
-        if run_dir is not None:  # under torchrun, rank 0 alone prints and records
-            print_run_dir(run_dir)
-            observers = [ConsoleTrainingObserver(quiet=quiet), RunRecorder(run_dir)]
-        run_training(config, observers, run_dir=run_dir, resume_from=resumed, force=force)
-    return run_dir
 
 
 config_app = typer.Typer(help="Inspect the training configuration.", cls=Group, **APP_SETTINGS)
@@ -240,7 +139,7 @@ def config_show(
     """Print the resolved config (defaults < --config file < --set) as YAML."""
     from mnist_classifier.reporting import print_config
 
-    print_config(_resolve_config(config_file, _explicit_settings(assignments, {})))
+    print_config(steps.resolve_config(config_file, steps.explicit_settings(assignments, {})))
 
 
 @app.command()
@@ -294,13 +193,13 @@ def sweep(
     # Resolve every combination before training any, so a bad value costs nothing.
     configs = []
     for combination in combinations:
-        settings = _explicit_settings(assignments, {**base, **combination})
-        config = _resolve_config(config_file, settings)
+        settings = steps.explicit_settings(assignments, {**base, **combination})
+        config = steps.resolve_config(config_file, settings)
         configs.append(dataclasses.replace(config, name=sweep_run_name(config.name, combination)))
     run_dirs = []
     for index, config in enumerate(configs, start=1):
         print_sweep_run(index, len(configs), config.name)
-        run_dirs.append(_train_one_run(config, quiet))
+        run_dirs.append(steps.train_one_run(config, quiet))
     print_sweep_results(comparison_rows([read_run(run_dir) for run_dir in run_dirs]))
 
 
@@ -335,8 +234,8 @@ def evaluate(
     )
 
     text = output_format is options.OutputFormat.text
-    target = _resolved_device(device.value)
-    checkpoint = _checkpoint_to_read(checkpoint, stage, models_dir, dataset.value)
+    target = steps.resolved_device(device.value)
+    checkpoint = steps.checkpoint_to_read(checkpoint, stage, models_dir, dataset.value)
     with failing(EXIT_FAILURE, CheckpointError, DataError, ReportError):
         evaluation = evaluate_checkpoint(
             checkpoint,
@@ -413,8 +312,8 @@ def predict(
             runner = load_onnx_backend(model, dataset.value)
         answering = ModelIdentity.of(model)
     else:
-        model_file = _checkpoint_to_read(checkpoint, stage, models_dir, dataset.value)
-        loaded = _load_for_dataset(model_file, dataset.value, "predict")
+        model_file = steps.checkpoint_to_read(checkpoint, stage, models_dir, dataset.value)
+        loaded = steps.load_for_dataset(model_file, dataset.value, "predict")
         runner, answering = (
             TorchBackend.from_checkpoint(loaded),
             ModelIdentity.of(model_file, stage),
@@ -446,8 +345,10 @@ def export(
     from mnist_classifier.export import ExportError, export_checkpoint
     from mnist_classifier.reporting import print_export
 
-    checkpoint = _checkpoint_to_read(checkpoint, None, options.DEFAULT_MODELS_DIR, dataset.value)
-    loaded = _load_for_dataset(checkpoint, dataset.value, "export")
+    checkpoint = steps.checkpoint_to_read(
+        checkpoint, None, options.DEFAULT_MODELS_DIR, dataset.value
+    )
+    loaded = steps.load_for_dataset(checkpoint, dataset.value, "export")
     with failing(EXIT_FAILURE, DataError, ExportError):
         result = export_checkpoint(loaded, export_format.value, output, data_dir)
     print_export(result)
@@ -487,7 +388,7 @@ def serve(
             raise fail(f"--allowed-host {problem}", EXIT_USAGE)
     if not onnx and checkpoint is None:
         stage = stage or "production"
-        checkpoint = _checkpoint_to_read(None, stage, models_dir, dataset.value)
+        checkpoint = steps.checkpoint_to_read(None, stage, models_dir, dataset.value)
     with failing(EXIT_FAILURE, ServeError):
         if onnx:
             served = load_onnx_model(model, dataset.value)

@@ -1,0 +1,119 @@
+"""Steps several `mnist` commands share: a library call whose errors stop the command with one
+line and an exit code (1: the work failed; 2: the command line asked for something that cannot
+be), and the training of one run that `train`, its torchrun ranks and `sweep` all do.
+
+Like cli.py, it imports the library inside each step, so that `mnist --help` answers at once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mnist_classifier import paths
+from mnist_classifier.cli_options import EXIT_FAILURE, EXIT_USAGE, failing
+
+
+def checkpoint_to_read(
+    checkpoint: Path | None, stage: str | None, models_dir: Path, dataset: str
+) -> Path:
+    from mnist_classifier.registry import RegistryError, checkpoint_to_read
+
+    with failing(EXIT_USAGE, RegistryError):
+        return checkpoint_to_read(checkpoint, stage, models_dir, dataset)
+
+
+def load_for_dataset(checkpoint: Path, dataset: str, action: str):
+    """The checkpoint, read by the safe loader and refused if trained on another data set."""
+    from mnist_classifier.checkpoint import CheckpointError, load_checkpoint, require_dataset
+
+    with failing(EXIT_FAILURE, CheckpointError):
+        loaded = load_checkpoint(checkpoint)
+        require_dataset(loaded, dataset, action)
+    return loaded
+
+
+def resolved_device(setting: str):
+    from mnist_classifier.device import DeviceError, resolve_device
+
+    with failing(EXIT_USAGE, DeviceError):
+        return resolve_device(setting)
+
+
+def explicit_settings(assignments: list[str] | None, flags: dict) -> dict:
+    from mnist_classifier.config import ConfigError, explicit_settings
+
+    with failing(EXIT_USAGE, ConfigError):
+        return explicit_settings(assignments or [], flags)
+
+
+def staging_dir_of_run(config_file: Path | None, settings: dict) -> str:
+    """The lab's staging folder of the data set the run uses (a flag, --set or the file)."""
+    from mnist_classifier.config import ConfigError, load_config
+
+    with failing(EXIT_USAGE, ConfigError):
+        return str(Path(paths.staging_dir(load_config(config_file, settings).data.dataset)))
+
+
+def resolve_config(config_file: Path | None, settings: dict):
+    """Defaults < file < `settings`, checked for this machine; errors are usage errors."""
+    from mnist_classifier.config import ConfigError, load_config
+    from mnist_classifier.data import DataError
+    from mnist_classifier.device import DeviceError
+    from mnist_classifier.train import check_before_training
+
+    with failing(EXIT_USAGE, ConfigError, DeviceError, DataError):
+        config = load_config(config_file, settings)
+        check_before_training(config)
+    return config
+
+
+def train_one_run(
+    config,
+    quiet: bool,
+    resume: str | None = None,
+    force: bool = False,
+    config_file: Path | None = None,
+    settings: dict | None = None,
+) -> Path | None:
+    """Train in a run directory (a new one, or the resumed run's), printing progress.
+
+    A resumed run continues with its own saved config under the settings given now (the
+    --config file and the flags), so the user need not retype them.
+    """
+    from mnist_classifier.checkpoint import CheckpointError, CheckpointSaveError
+    from mnist_classifier.config import ConfigError
+    from mnist_classifier.data import DataError
+    from mnist_classifier.distributed import launch_rank
+    from mnist_classifier.reporting import (
+        ConsoleTrainingObserver,
+        print_resume_choice,
+        print_run_dir,
+    )
+    from mnist_classifier.resume import ResumeError, check_training_state, config_for_resume
+    from mnist_classifier.runs import RunRecorder, checkpoint_to_resume, run_directory
+    from mnist_classifier.train import TrainingDiverged
+    from mnist_classifier.train import train as run_training
+
+    with failing(EXIT_FAILURE, ResumeError, CheckpointError):
+        resumed, skipped = checkpoint_to_resume(resume, config)
+    resume_path = resumed.path if resumed is not None else None
+    if resume == "auto":
+        print_resume_choice(resume_path, skipped)
+    if resumed is not None:  # a checkpoint that cannot be resumed costs no run folder
+        with failing(EXIT_USAGE, ResumeError, ConfigError):
+            check_training_state(resumed)
+            config = config_for_resume(resumed, settings or {}, config_file)
+    rank = launch_rank()
+    where = f"rank {rank}: " if rank is not None else ""
+    failures = (DataError, CheckpointError, CheckpointSaveError, TrainingDiverged)
+    with (
+        failing(EXIT_USAGE, ResumeError, prefix=where),
+        failing(EXIT_FAILURE, *failures, prefix=where),
+        run_directory(config, resume_path, rank) as run_dir,
+    ):
+        observers = []
+        if run_dir is not None:  # under torchrun, rank 0 alone prints and records
+            print_run_dir(run_dir)
+            observers = [ConsoleTrainingObserver(quiet=quiet), RunRecorder(run_dir)]
+        run_training(config, observers, run_dir=run_dir, resume_from=resumed, force=force)
+    return run_dir
