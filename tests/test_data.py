@@ -398,7 +398,7 @@ def set_served_md5s(served: Path, monkeypatch) -> None:
         (f"{name}.gz", hashlib.md5((served / f"{name}.gz").read_bytes()).hexdigest())
         for name in pinned()
     ]
-    monkeypatch.setattr(data._TorchvisionMNIST, "resources", resources)
+    monkeypatch.setattr(data._torchvision_class("MNIST"), "resources", resources)
 
 
 def assert_left_clean(data_dir: Path) -> None:
@@ -672,7 +672,7 @@ def test_fashion_torchvision_route_downloads_from_a_mirror(
         (f"{name}.gz", hashlib.md5((served / f"{name}.gz").read_bytes()).hexdigest())
         for name in synthetic_fashion
     ]
-    monkeypatch.setattr(data._TorchvisionFashionMNIST, "resources", resources)
+    monkeypatch.setattr(data._torchvision_class("FashionMNIST"), "resources", resources)
     monkeypatch.setattr(data, "_try_debian", fail_if_called)
     data_dir = tmp_path / "d"
 
@@ -705,3 +705,24 @@ def test_real_fashion_mnist_through_debian(tmp_path):
     mean, std = datasets.FASHION_MNIST.normalization
     assert abs(pixels.mean().item() - mean) < 5e-5
     assert abs(pixels.std(unbiased=False).item() - std) < 5e-5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("train", [True, False], ids=["train", "test"])
+def test_splits_read_as_torchvisions_mnist_reads_them(mnist_dir, train):
+    from torchvision.datasets import MNIST
+
+    images, labels = data.read_split(data.ensure_dataset(mnist_dir), train=train)
+
+    expected = MNIST(root=mnist_dir, train=train, download=False)
+    assert images.dtype == expected.data.dtype and labels.dtype == expected.targets.dtype
+    assert torch.equal(images, expected.data)
+    assert torch.equal(labels, expected.targets)
+
+
+def test_a_file_that_is_not_idx_is_refused_by_the_reader(tmp_path):
+    path = tmp_path / "t10k-labels-idx1-ubyte"
+    path.write_bytes(data.encode_idx_images(np.zeros((1, 2, 2), dtype=np.uint8)))
+
+    with pytest.raises(DataError, match="not an IDX file"):
+        data._read_idx(path, data.IDX_LABELS_MAGIC)
