@@ -114,16 +114,20 @@ def test_a_failing_rank_fails_the_job_and_names_itself(mnist_dir, tmp_path):
     assert time.monotonic() - start < 150  # failed, did not hang
 
 
-def test_mnist_train_nproc_and_resume_under_ddp_is_bit_identical(mnist_dir, tmp_path):
-    """1 epoch, then `--resume auto` to 2, ends on the weights of a straight 2-epoch DDP run:
-    each rank's dropout and the shared batch order continue where they stopped."""
+def test_mnist_train_nproc_and_resume_under_ddp_is_bit_identical(two_rank_run, mnist_dir, tmp_path):
+    """1 epoch of `mnist train --nproc 2`, then `--resume auto` to 2, ends on the weights of
+    the straight 2-epoch run of the same settings: each rank's dropout and the shared batch
+    order continue where they stopped, and the CLI's ranks train as train() under torchrun."""
+    settings = _settings(mnist_dir, "unused")
     arguments = [
         "--nproc",
         "2",
+        "--batch-size",
+        str(settings["batch_size"]),
         "--max-train-images",
-        "512",
+        str(settings["data.max_train_images"]),
         "--validation-size",
-        "300",
+        str(settings["data.validation_size"]),
         "--device",
         "cpu",
         "--data-dir",
@@ -146,14 +150,6 @@ def test_mnist_train_nproc_and_resume_under_ddp_is_bit_identical(mnist_dir, tmp_
     resumed_checkpoint = load_checkpoint(run_dir / "checkpoint_epoch_2.pt")
     assert resumed_checkpoint.world_size == 2
 
-    straight_dir = tmp_path / "straight"
-    straight = subprocess.run(
-        [*command, "--epochs", "2", "--output-dir", str(straight_dir)],
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert straight.returncode == 0, straight.stderr[-3000:]
-    expected = load_checkpoint(straight_dir / "checkpoint_epoch_2.pt").model.state_dict()
-    resumed_weights = resumed_checkpoint.model.state_dict()
+    straight = load_checkpoint(two_rank_run / "checkpoints" / "checkpoint_epoch_2.pt")
+    expected, resumed_weights = straight.model.state_dict(), resumed_checkpoint.model.state_dict()
     assert all(torch.equal(resumed_weights[key], expected[key]) for key in expected)
