@@ -23,7 +23,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from serving import serving
-from test_serve_browser import browser  # noqa: F401  (a fixture)
 from typer.testing import CliRunner
 
 from mnist_classifier import datasets
@@ -491,7 +490,7 @@ def test_real_fashion_mnist_train_then_evaluate(tmp_path, fashion_dir):
 
 
 @pytest.mark.slow  # starts a server and a browser
-def test_the_page_offers_a_photo_upload_and_names_the_classes(tmp_path, browser):  # noqa: F811
+def test_the_page_offers_a_photo_upload_and_names_the_classes(tmp_path, browser):
     served = load_checkpoint_model(fashion_checkpoint(tmp_path / "fashion.pt"), "fashion-mnist")
     photo = tmp_path / "coat.png"
     photo.write_bytes(photographed(garment(), scale=6))

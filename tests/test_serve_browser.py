@@ -9,9 +9,6 @@ missing browser is a failure and not a silent skip.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -27,15 +24,6 @@ from mnist_classifier.serve.loading import load_checkpoint_model
 
 pytestmark = pytest.mark.slow  # trains the tiny model and starts a browser
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",  # CI runs as root, where Chromium's sandbox refuses to start
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-]
 PAD = "#pad"
 # Strokes in the 280x280 canvas's own pixels, checked to be read as their digit by the tiny
 # model: a "7" is a top bar and a long diagonal, a "1" one upright line.
@@ -49,23 +37,6 @@ STROKES = {
 def server_url(mnist_dir):
     with serving(load_checkpoint_model(tiny_checkpoint(mnist_dir), stage="test")) as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        reason = f"{CHROMIUM} is missing: apt-get install -y chromium (make test does this)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
-        )
-        yield browser
-        browser.close()
 
 
 def draw(page, strokes) -> None:
