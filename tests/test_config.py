@@ -109,6 +109,17 @@ def test_assignments_are_read_as_yaml_scalars():
         parse_assignment("epochs")
 
 
+def test_config_show_only_shows_even_a_config_this_machine_could_not_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default folders ./runs, ./models and ./data are here
+    shown = CliRunner().invoke(
+        app, ["config", "show", "--set", "device=cuda", "--set", "runs_dir=deep/runs"]
+    )
+
+    assert shown.exit_code == 0, shown.output
+    assert "device: cuda" in shown.output and "runs_dir: deep/runs" in shown.output
+    assert list(tmp_path.iterdir()) == []  # no folder made, no device or data checked
+
+
 def test_config_show_prints_the_resolved_config_and_rejects_before_reading_data(tmp_path):
     runner = CliRunner()
     shown = runner.invoke(

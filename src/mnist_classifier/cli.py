@@ -139,7 +139,8 @@ def config_show(
     """Print the resolved config (defaults < --config file < --set) as YAML."""
     from mnist_classifier.reporting import print_config
 
-    print_config(steps.resolve_config(config_file, steps.explicit_settings(assignments, {})))
+    # Only shown: no device, folder or data check, so nothing is created.
+    print_config(steps.load_config(config_file, steps.explicit_settings(assignments, {})))
 
 
 @app.command()

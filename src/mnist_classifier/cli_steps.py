@@ -46,23 +46,30 @@ def explicit_settings(assignments: list[str] | None, flags: dict) -> dict:
         return explicit_settings(assignments or [], flags)
 
 
-def staging_dir_of_run(config_file: Path | None, settings: dict) -> str:
-    """The lab's staging folder of the data set the run uses (a flag, --set or the file)."""
-    from mnist_classifier.config import ConfigError, load_config
+def load_config(config_file: Path | None, settings: dict):
+    """Defaults < file < `settings`; errors are usage errors. Nothing is checked or created."""
+    from mnist_classifier.config import ConfigError
+    from mnist_classifier.config import load_config as load
 
     with failing(EXIT_USAGE, ConfigError):
-        return str(Path(paths.staging_dir(load_config(config_file, settings).data.dataset)))
+        return load(config_file, settings)
+
+
+def staging_dir_of_run(config_file: Path | None, settings: dict) -> str:
+    """The lab's staging folder of the data set the run uses (a flag, --set or the file)."""
+    return str(Path(paths.staging_dir(load_config(config_file, settings).data.dataset)))
 
 
 def resolve_config(config_file: Path | None, settings: dict):
-    """Defaults < file < `settings`, checked for this machine; errors are usage errors."""
-    from mnist_classifier.config import ConfigError, load_config
+    """The config, checked for this machine (device, precision, writable folders, data folder);
+    errors are usage errors."""
+    from mnist_classifier.config import ConfigError
     from mnist_classifier.data import DataError
     from mnist_classifier.device import DeviceError
     from mnist_classifier.train import check_before_training
 
-    with failing(EXIT_USAGE, ConfigError, DeviceError, DataError):
-        config = load_config(config_file, settings)
+    config = load_config(config_file, settings)
+    with failing(EXIT_USAGE, DeviceError, DataError, ConfigError):
         check_before_training(config)
     return config
 
