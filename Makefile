@@ -29,9 +29,10 @@ evaluate: setup
 
 # Two passes: everything else on both cores, then the tests that race the clock on their own,
 # where another test's load cannot make them miss a deadline. Each test module runs on one
-# worker (loadscope), so a model its tests share is trained once, not once per worker.
+# worker (loadscope), so a model its tests share is trained once, not once per worker; modules
+# start in collection order, which tests/conftest.py makes slow-first (no reorder).
 test: data chromium
-	$(BIN)/python -m pytest -n 2 --dist loadscope -m "not serial"
+	$(BIN)/python -m pytest -n 2 --dist loadscope --no-loadscope-reorder -m "not serial"
 	$(BIN)/python -m pytest -m serial
 
 # The drawing page's browser test drives Debian's Chromium (Playwright's own browser download

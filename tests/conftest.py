@@ -84,3 +84,11 @@ def browser():
         )
         yield browser
         browser.close()
+
+
+def pytest_collection_modifyitems(items):
+    """Tests marked slow first. Under `make test` (pytest-xdist, --dist loadscope
+    --no-loadscope-reorder) each module goes to one worker in the order its first test comes:
+    the long modules start early and the many quick ones fill in at the end, instead of a
+    one-test module that takes a minute (the lab's epoch) starting last while a core idles."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
