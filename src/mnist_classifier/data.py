@@ -39,7 +39,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mnist_classifier.datasets import IMAGE_SIDE, RAW_SIZES, DatasetSpec, dataset_spec
+from mnist_classifier.datasets import (
+    IMAGE_SIDE,
+    RAW_FILE_NAMES,
+    RAW_SIZES,
+    DatasetSpec,
+    dataset_spec,
+)
 from mnist_classifier.files import SHARED_FILE_MODE, sha256_of, write_atomically
 from mnist_classifier.paths import DEFAULT_DATA_DIR
 
@@ -160,9 +166,10 @@ def load_split(
 
 def read_split(files: MnistFiles, *, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Like load_split, from files `ensure_dataset` has just verified (not hashed again)."""
-    prefix = "train" if train else "t10k"
-    images = _read_idx(files.raw_dir / f"{prefix}-images-idx3-ubyte", IDX_IMAGES_MAGIC)
-    labels = _read_idx(files.raw_dir / f"{prefix}-labels-idx1-ubyte", IDX_LABELS_MAGIC)
+    # RAW_FILE_NAMES lists the training split's images and labels, then the test split's.
+    images_name, labels_name = RAW_FILE_NAMES[:2] if train else RAW_FILE_NAMES[2:]
+    images = _read_idx(files.raw_dir / images_name, IDX_IMAGES_MAGIC)
+    labels = _read_idx(files.raw_dir / labels_name, IDX_LABELS_MAGIC)
     return images, labels.long()
 
 
