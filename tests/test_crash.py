@@ -100,11 +100,13 @@ def _read(log_path):
 
 
 def _run_to_the_end(forkserver, arguments, pause, log_path):
-    """Start a run, wait for it, and return its output; fail with it if the run failed."""
+    """Start a run and wait for it; its output and the seconds from the start of training to
+    its end. Fails with the output if the run failed."""
     process = _start(forkserver, arguments, pause, log_path)
+    started = time.monotonic()
     process.join()
     assert process.exitcode == 0, _read(log_path)
-    return _read(log_path)
+    return _read(log_path), time.monotonic() - started
 
 
 def test_sigkill_at_random_moments_never_loses_or_corrupts_anything(
@@ -112,16 +114,12 @@ def test_sigkill_at_random_moments_never_loses_or_corrupts_anything(
 ):
     log_path = tmp_path / "run.log"
     reference_dir = tmp_path / "reference"
-    process = _start(
-        forkserver, _arguments(mnist_dir, reference_dir, tmp_path / "runs"), 0, log_path
-    )
-    started = time.monotonic()
-    process.join()
-    assert process.exitcode == 0, _read(log_path)
     # The other kills fall anywhere in the time training takes on this machine, under its
     # present load: a fixed window would, on a slow or busy machine, always strike before the
     # first checkpoint, and the runs would never get far enough to resume.
-    training_seconds = time.monotonic() - started
+    _output, training_seconds = _run_to_the_end(
+        forkserver, _arguments(mnist_dir, reference_dir, tmp_path / "runs"), 0, log_path
+    )
     reference = _final_weights(reference_dir)
 
     moments = random.Random(20261127)
@@ -154,7 +152,7 @@ def test_sigkill_at_random_moments_never_loses_or_corrupts_anything(
 
     assert kills_inside_a_save >= KILLS // 2, kills_inside_a_save
     # Finish the run in progress, and compare it too.
-    output = _run_to_the_end(
+    output, _seconds = _run_to_the_end(
         forkserver, _arguments(mnist_dir, output_dir, tmp_path / "runs"), 0, log_path
     )
     assert "Resuming from" in output or finished_runs
