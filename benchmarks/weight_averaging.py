@@ -33,8 +33,7 @@ class WeightAverages(TrainingObserver):
     """EMAs and tail averages of the model's weights, updated after every optimizer step."""
 
     def started(self, config, setup) -> None:
-        steps_per_epoch = -(-setup.train_size // config.batch_size)
-        self.total_steps = steps_per_epoch * config.epochs
+        total_steps = -(-setup.train_size // config.batch_size) * config.epochs
         self.model = setup.model
         self.averages = {
             f"EMA {decay}": AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(decay))
@@ -44,7 +43,7 @@ class WeightAverages(TrainingObserver):
         for fraction in SWA_LAST_FRACTIONS:
             name = f"SWA, last {fraction:.0%} of steps"
             self.averages[name] = AveragedModel(self.model)
-            self.swa_starts[name] = round(self.total_steps * (1 - fraction))
+            self.swa_starts[name] = round(total_steps * (1 - fraction))
 
     def batch_done(
         self, epoch, images_seen, images_total, loss, correct, step=0, learning_rate=0.0
