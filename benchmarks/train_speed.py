@@ -117,7 +117,8 @@ def run_engine(data_dir: str, steps: int, config_overrides: dict | None = None) 
     from mnist_classifier.evaluate import evaluate
     from mnist_classifier.train import train
 
-    overrides = dict(config_overrides or {})
+    # The CPU's figures, also on a machine with a GPU (where `auto` would pick the GPU).
+    overrides = {"device": "cpu", **(config_overrides or {})}
     config_file = overrides.pop("config_file", None)
     if config_file is None:  # the lab's settings, for exactly `steps` optimizer steps
         if steps < STEPS_PER_EPOCH:  # part of an epoch: train on that many full batches
@@ -185,7 +186,8 @@ def _machine() -> str:
     present = [flag for flag in PRECISION_FLAGS if flag in flags]
     absent = [flag for flag in PRECISION_FLAGS if flag not in flags]
     return (
-        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}\n"
+        f"{cpu}, {len(os.sched_getaffinity(0))} of its {os.cpu_count()} cores usable here, "
+        f"{torch.get_num_threads()} threads, torch {torch.__version__}\n"
         f"CPU flags: {', '.join(present) or 'none'} present; {', '.join(absent) or 'none'} absent"
         f" -> precision auto = {resolve_precision('auto', torch.device('cpu'))}, "
         f"kernels {torch.backends.cpu.get_cpu_capability()}"

@@ -198,6 +198,9 @@ class TrainConfig:
     distributed_backend: str = (
         "auto"  # under torchrun: auto (nccl on CUDA, gloo on CPU) | gloo | nccl
     )
+    # On a CUDA GPU in one process, record the training step once as a CUDA graph and replay it
+    # (false: launch every kernel from Python each step). Elsewhere it changes nothing.
+    cuda_graph: bool = True
     # --- output ---
     runs_dir: str = DEFAULT_RUNS_DIR  # each run writes <runs_dir>/<UTC time>-<name>/
     name: str = "run"

@@ -42,7 +42,9 @@ def resolve_precision(requested: str, device: torch.device) -> str:
     if requested == "auto":
         # Measured on an H100 (benchmarks/accuracy.py, fast preset): bf16 autocast trained this
         # small model at 0.88x the speed of fp32, because its steps are bound by kernel launches,
-        # not arithmetic, and autocast adds casts. So CUDA stays fp32 unless asked.
+        # not arithmetic, and autocast adds casts. Replayed as a CUDA graph (one process) bf16
+        # is 1.26x fp32 on an H200 (benchmarks/gpu_speed.py), but several processes under DDP
+        # launch every kernel, so CUDA stays fp32 unless asked.
         if device.type == "cpu":
             return "bf16" if cpu_has_native_bf16() else "fp32"
         return "fp32"
@@ -51,12 +53,13 @@ def resolve_precision(requested: str, device: torch.device) -> str:
     return requested
 
 
-def autocast(device: torch.device, precision: str):
-    """Mixed precision for the forward pass; a no-op for fp32."""
+def autocast(device: torch.device, precision: str, cache_enabled: bool = True):
+    """Mixed precision for the forward pass; a no-op for fp32. A step recorded as a CUDA graph
+    needs `cache_enabled=False`: torch's cast-weight cache must not outlive the recording."""
     if precision == "fp32":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=cache_enabled)
 
 
 def memory_format_for(device: torch.device) -> torch.memory_format:

@@ -37,6 +37,7 @@ from mnist_classifier.checkpoint import (
     save_checkpoint,
 )
 from mnist_classifier.config import ConfigError, TrainConfig
+from mnist_classifier.cuda_graph import GraphedStep, StepOutputs
 from mnist_classifier.data import MnistFiles, check_data_dir, ensure_dataset, read_split
 from mnist_classifier.datasets import dataset_spec
 from mnist_classifier.device import autocast, memory_format_for, resolve_device, resolve_precision
@@ -393,6 +394,24 @@ def train(
     )
     observer.started(config, setup)
 
+    def forward_backward(images: torch.Tensor, labels: torch.Tensor) -> StepOutputs:
+        """The batch's gradients, summed into .grad; its mean loss and count of right answers."""
+        with autocast(device, precision, cache_enabled=graphed_step is None):
+            logits = trained_model(normalize(images, memory_format, normalization))  # (B, 10)
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
+        grad_scaler.scale(loss).backward()
+        return loss.detach(), (logits.argmax(dim=1) == labels).sum()
+
+    # One CUDA process: the step is launch-bound there, and a graph launches it at once. (Not
+    # under DDP, whose gradient hooks talk to other ranks, nor with fp16's loss scaling.)
+    graphed_step = (
+        GraphedStep(forward_backward, optimizer)
+        if config.cuda_graph
+        and device.type == "cuda"
+        and not ranks.enabled
+        and not grad_scaler.is_enabled()
+        else None
+    )
     images_this_rank = len(shard(torch.arange(len(train_split)), ranks))  # same every epoch
     for epoch in range(start_epoch, config.epochs + 1):
         # --- Epoch: forward, loss, backward, step, schedule -----------------------------------
@@ -407,26 +426,27 @@ def train(
 
         batches = shuffled_batches(train_split, config.batch_size, batch_order_generator, ranks)
         for images, labels in batches:
-            with autocast(device, precision):
-                logits = trained_model(normalize(images, memory_format, normalization))  # (B, 10)
-            loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
+            if graphed_step is not None and len(labels) == config.batch_size:
+                loss, batch_correct = graphed_step(images, labels)
+            else:
+                # Under a graph, .grad must stay the tensors that the graph writes into.
+                optimizer.zero_grad(set_to_none=graphed_step is None)
+                loss, batch_correct = forward_backward(images, labels)
             step_learning_rate = optimizer.param_groups[0]["lr"]
-            grad_scaler.scale(loss).backward()
             grad_scaler.step(optimizer)
             grad_scaler.update()
             if scheduler is not None:
                 scheduler.step()
             global_step += 1
 
-            loss_sum += loss.detach() * len(labels)
-            correct += (logits.argmax(dim=1) == labels).sum()
+            loss_sum += loss * len(labels)
+            correct += batch_correct
             images_seen += len(labels)
             observer.batch_done(
                 epoch,
                 images_seen,
                 images_this_rank,
-                loss.detach(),
+                loss,
                 correct,
                 global_step,
                 float(step_learning_rate),
