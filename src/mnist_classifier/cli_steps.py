@@ -89,6 +89,7 @@ def train_one_run(
     """
     from mnist_classifier.checkpoint import CheckpointError, CheckpointSaveError
     from mnist_classifier.config import ConfigError
+    from mnist_classifier.cuda_graph import CudaGraphError
     from mnist_classifier.data import DataError
     from mnist_classifier.distributed import launch_rank
     from mnist_classifier.reporting import (
@@ -112,7 +113,7 @@ def train_one_run(
             config = config_for_resume(resumed, settings or {}, config_file)
     rank = launch_rank()
     where = f"rank {rank}: " if rank is not None else ""
-    failures = (DataError, CheckpointError, CheckpointSaveError, TrainingDiverged)
+    failures = (DataError, CheckpointError, CheckpointSaveError, TrainingDiverged, CudaGraphError)
     with (
         failing(EXIT_USAGE, ResumeError, prefix=where),
         failing(EXIT_FAILURE, *failures, prefix=where),

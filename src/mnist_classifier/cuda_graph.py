@@ -20,6 +20,10 @@ WARMUP_STEPS = 3
 StepOutputs = tuple[torch.Tensor, torch.Tensor]  # the batch's loss and its count of right answers
 
 
+class CudaGraphError(RuntimeError):
+    """The GPU or its driver could not record the step as a CUDA graph."""
+
+
 class GraphedStep:
     """Calls `forward_backward(images, labels)` for full batches of one shape, as a graph.
 
@@ -70,6 +74,14 @@ class GraphedStep:
         is this batch's step."""
         self.images, self.labels = images.clone(), labels.clone()
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.optimizer.zero_grad(set_to_none=False)
-            self.outputs = self.forward_backward(self.images, self.labels)
+        try:
+            with torch.cuda.graph(self.graph):
+                self.optimizer.zero_grad(set_to_none=False)
+                self.outputs = self.forward_backward(self.images, self.labels)
+        except RuntimeError as error:
+            lines = str(error).strip().splitlines()
+            reason = lines[0] if lines else type(error).__name__
+            raise CudaGraphError(
+                f"recording the training step as a CUDA graph failed ({reason}); "
+                "train without one: --set cuda_graph=false"
+            ) from error
