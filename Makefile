@@ -48,9 +48,12 @@ fashion-mnist-package:
 	  ($(SUDO) apt-get update && $(SUDO) apt-get install -y dataset-fashion-mnist)
 
 # The CPU kind, then the engine and the fast preset against the conventional pipeline, each
-# beside its compute floor (README, Performance).
+# beside its compute floor (README, Performance); where torch also sees a CUDA GPU, the fast
+# preset there with and without a CUDA graph, beside its floor.
 bench: data
 	$(BIN)/python benchmarks/train_speed.py
+	@if $(BIN)/python -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then \
+		$(BIN)/python benchmarks/gpu_speed.py; fi
 
 # 2,000 predictions from 16 clients against `mnist serve` on loopback; stops by itself.
 bench-serve: data
