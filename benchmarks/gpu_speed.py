@@ -27,6 +27,7 @@ from accuracy import test_evaluation  # this folder is on sys.path when run
 
 from mnist_classifier.batching import normalize
 from mnist_classifier.config import TrainConfig, load_config, parse_assignment
+from mnist_classifier.cuda_graph import WARMUP_STEPS, GraphedStep
 from mnist_classifier.device import autocast, memory_format_for, resolve_precision
 from mnist_classifier.evaluation_report import load_test_data
 from mnist_classifier.model import SimpleCNN
@@ -49,22 +50,19 @@ def floor_seconds(config: TrainConfig, device: torch.device, steps: int) -> floa
     images = torch.randint(0, 256, (config.batch_size, 28, 28), dtype=torch.uint8, device=device)
     labels = torch.randint(0, 10, (config.batch_size,), device=device)
 
-    def step():
-        optimizer.zero_grad(set_to_none=False)
+    def step(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         with autocast(device, precision, cache_enabled=False):
             logits = model(normalize(images, memory_format))
-        F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing).backward()
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
+        loss.backward()
         optimizer.step()
+        return loss.detach()
 
-    side_stream = torch.cuda.Stream()
-    side_stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side_stream):
-        for _ in range(3):
-            step()
-    torch.cuda.current_stream().wait_stream(side_stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
+    # The training loop's own warm-up and recording; this graph holds Adam as well.
+    graphed = GraphedStep(step, optimizer)
+    for _ in range(WARMUP_STEPS + 1):  # the last call records the graph and replays it once
+        graphed(images, labels)
+    graph = graphed.graph
     for _ in range(20):
         graph.replay()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

@@ -10,6 +10,7 @@ as without a graph.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Generic, TypeVar
 
 import torch
 
@@ -18,17 +19,19 @@ import torch
 WARMUP_STEPS = 3
 
 StepOutputs = tuple[torch.Tensor, torch.Tensor]  # the batch's loss and its count of right answers
+Outputs = TypeVar("Outputs")  # what the recorded function returns: StepOutputs in training
 
 
 class CudaGraphError(RuntimeError):
     """The GPU or its driver could not record the step as a CUDA graph."""
 
 
-class GraphedStep:
+class GraphedStep(Generic[Outputs]):
     """Calls `forward_backward(images, labels)` for full batches of one shape, as a graph.
 
     `forward_backward` must leave the batch's gradients summed into the parameters' `.grad`
-    and return device tensors. The gradients are zeroed in place, never set to None: the
+    and return device tensors (it may also step a `capturable` optimizer, as the GPU
+    benchmark's floor does). The gradients are zeroed in place, never set to None: the
     graph writes into the tensors that `.grad` held when it was recorded, so the optimizer
     must keep reading those. A batch of another shape (an epoch's short last batch) goes
     through `forward_backward` directly after `zero_grad(set_to_none=False)`.
@@ -36,7 +39,7 @@ class GraphedStep:
 
     def __init__(
         self,
-        forward_backward: Callable[[torch.Tensor, torch.Tensor], StepOutputs],
+        forward_backward: Callable[[torch.Tensor, torch.Tensor], Outputs],
         optimizer: torch.optim.Optimizer,
     ) -> None:
         self.forward_backward = forward_backward
@@ -44,9 +47,9 @@ class GraphedStep:
         self.steps_before_recording = WARMUP_STEPS
         self.graph: torch.cuda.CUDAGraph | None = None
         self.images = self.labels = None  # the graph's inputs, once recorded
-        self.outputs: StepOutputs | None = None  # the graph's outputs, rewritten by each replay
+        self.outputs: Outputs | None = None  # the graph's outputs, rewritten by each replay
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> StepOutputs:
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> Outputs:
         if self.graph is None and self.steps_before_recording > 0:
             self.steps_before_recording -= 1
             return self._warmup_step(images, labels)
@@ -58,7 +61,7 @@ class GraphedStep:
         self.graph.replay()
         return self.outputs
 
-    def _warmup_step(self, images: torch.Tensor, labels: torch.Tensor) -> StepOutputs:
+    def _warmup_step(self, images: torch.Tensor, labels: torch.Tensor) -> Outputs:
         # On a side stream, as torch's CUDA graph notes ask, so that no work of the warm-up
         # is left pending on the stream the recording will use.
         side_stream = torch.cuda.Stream(images.device)
