@@ -33,20 +33,27 @@ from mnist_classifier.train import train
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def main() -> None:
+def per_seed_parser(description: str, default_config: str) -> argparse.ArgumentParser:
+    """The options of every benchmark that trains one model per seed (this one,
+    gpu_speed.py, weight_averaging.py): the config file, how many seeds, the data folder."""
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--config", default=str(REPO_ROOT / "configs" / "seed.yaml"), help="a file in configs/"
+        "--config", default=str(REPO_ROOT / "configs" / default_config), help="a file in configs/"
     )
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--data-dir", default=str(REPO_ROOT / "data"))
+    return parser
+
+
+def main() -> None:
+    parser = per_seed_parser(__doc__, "seed.yaml")
     parser.add_argument(
         "--first-seed", type=int, default=1, help="seeds run from here: screen on 1, add 2 and 3"
     )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto")
-    parser.add_argument("--data-dir", default=str(REPO_ROOT / "data"))
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key"
     )

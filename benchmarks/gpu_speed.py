@@ -16,14 +16,12 @@ steps the config trains for: what the GPU needs when nothing waits on Python.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from accuracy import test_evaluation  # this folder is on sys.path when run
+from accuracy import per_seed_parser, test_evaluation  # this folder is on sys.path when run
 
 from mnist_classifier.batching import normalize
 from mnist_classifier.config import TrainConfig, load_config, parse_assignment
@@ -33,7 +31,6 @@ from mnist_classifier.evaluation_report import load_test_data
 from mnist_classifier.model import SimpleCNN
 from mnist_classifier.train import load_train_validation, train
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 WAYS = {"launched": False, "graph": True}  # the name printed -> config.cuda_graph
 
 
@@ -78,12 +75,7 @@ def floor_seconds(config: TrainConfig, device: torch.device, steps: int) -> floa
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--config", default=str(REPO_ROOT / "configs" / "fast.yaml"))
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--data-dir", default=str(REPO_ROOT / "data"))
+    parser = per_seed_parser(__doc__, "fast.yaml")
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key"
     )

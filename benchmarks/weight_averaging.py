@@ -11,11 +11,10 @@ last-weights column is what `mnist train` gives.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
-from pathlib import Path
 
+from accuracy import per_seed_parser  # this folder is on sys.path when run
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from mnist_classifier.config import load_config
@@ -24,7 +23,6 @@ from mnist_classifier.evaluate import evaluate
 from mnist_classifier.evaluation_report import load_test_data
 from mnist_classifier.train import TrainingObserver, train
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 EMA_DECAYS = (0.9, 0.98, 0.995)
 SWA_LAST_FRACTIONS = (0.25, 0.5)  # average the weights after each of the last 25% / 50% of steps
 
@@ -54,13 +52,7 @@ class WeightAverages(TrainingObserver):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--config", default=str(REPO_ROOT / "configs" / "fast.yaml"))
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--data-dir", default=str(REPO_ROOT / "data"))
-    arguments = parser.parse_args()
+    arguments = per_seed_parser(__doc__, "fast.yaml").parse_args()
 
     dataset = load_config(arguments.config).data.dataset
     normalization = dataset_spec(dataset).normalization
