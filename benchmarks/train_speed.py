@@ -1,6 +1,6 @@
 """Training speed, side by side: the conventional pipeline (A) against this project's engine (B).
 
-    python benchmarks/train_speed.py [--rounds 2] [--steps N] [--fast-seeds 3]
+    python benchmarks/train_speed.py [--rounds 2] [--steps N] [--fast-seeds 3] [--cpu-isa avx2]
 
 A is the pipeline the lab describes, written plainly below: torchvision's MNIST dataset with
 per-sample ToTensor + Normalize, DataLoader(batch_size=64, shuffle=True), the lab's SimpleCNN,
@@ -10,6 +10,10 @@ machine, each in its own process so that its peak RSS is its own, alternating A,
 Reported: the CPU flags that decide precision; images/s, the ratio B/A, peak RSS, test
 accuracy; the fast preset's time to 99% against A's one epoch; and beside both, the compute
 floor (`step_profile.py`'s step on a ready batch, times the steps).
+
+`--cpu-isa avx2` measures an AVX-512 CPU as an AVX2-only one: the whole benchmark runs again
+with torch's own kernels, oneDNN's and MKL's each held to AVX2, the nearest to a 2-core
+AVX2-only machine that an AVX-512 one can give (same cores and clock, narrower vectors).
 """
 
 from __future__ import annotations
@@ -167,6 +171,21 @@ def _in_child(role: str, arguments: argparse.Namespace, extra: dict | None = Non
 # The CPU flags that decide which precision and kernels the engine gets.
 PRECISION_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
 
+# What holds each of torch's three kernel sources to AVX2; each is read once, when torch first
+# uses that source, so they must be in the environment before the process imports torch.
+AVX2_ONLY = {
+    "ATEN_CPU_CAPABILITY": "avx2",  # torch's own vectorised kernels
+    "ONEDNN_MAX_CPU_ISA": "AVX2",  # convolutions
+    "MKL_ENABLE_INSTRUCTIONS": "AVX2",  # matrix multiplies
+}
+
+
+def _run_as_avx2_only() -> None:
+    """Replace this process with the same command under AVX2_ONLY, unless it already is."""
+    if all(os.environ.get(name) == value for name, value in AVX2_ONLY.items()):
+        return
+    os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **AVX2_ONLY})
+
 
 def _machine() -> str:
     import torch
@@ -185,12 +204,14 @@ def _machine() -> str:
         pass
     present = [flag for flag in PRECISION_FLAGS if flag in flags]
     absent = [flag for flag in PRECISION_FLAGS if flag not in flags]
+    held = [f"{name}={os.environ[name]}" for name in AVX2_ONLY if name in os.environ]
     return (
         f"{cpu}, {len(os.sched_getaffinity(0))} of its {os.cpu_count()} cores usable here, "
         f"{torch.get_num_threads()} threads, torch {torch.__version__}\n"
         f"CPU flags: {', '.join(present) or 'none'} present; {', '.join(absent) or 'none'} absent"
         f" -> precision auto = {resolve_precision('auto', torch.device('cpu'))}, "
         f"kernels {torch.backends.cpu.get_cpu_capability()}"
+        + (f"\nKernels held back by {', '.join(held)}" if held else "")
     )
 
 
@@ -209,6 +230,11 @@ def main() -> None:
     parser.add_argument(
         "--fast-seeds", type=int, default=3, help="seeds for the fast preset (0 to skip)"
     )
+    parser.add_argument(
+        "--cpu-isa",
+        choices=["avx2"],
+        help="hold torch, oneDNN and MKL to these instructions (an AVX2-only machine's kernels)",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--overrides", default="{}", help=argparse.SUPPRESS)
     arguments = parser.parse_args()
@@ -220,6 +246,8 @@ def main() -> None:
             f"epoch) or a multiple of {STEPS_PER_EPOCH} (whole epochs), so A and B take the same"
         )
 
+    if arguments.cpu_isa == "avx2":
+        _run_as_avx2_only()  # before anything here imports torch; the workers inherit it
     if arguments.worker:
         overrides = json.loads(arguments.overrides)
         if arguments.worker == "A":
