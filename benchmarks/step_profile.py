@@ -21,7 +21,7 @@ from compile_speed import synthetic_training_step  # this folder is on sys.path 
 from torch.profiler import ProfilerActivity, profile
 
 from mnist_classifier.config import ModelConfig, load_config
-from mnist_classifier.device import memory_format_for, resolve_precision
+from mnist_classifier.device import memory_format_for, resolve_precision, reuse_freed_memory
 from mnist_classifier.model import SimpleCNN
 
 MATMUL_SIZE = 1024
@@ -44,6 +44,7 @@ def best_milliseconds(function, repeats: int = 5, calls: int = 30) -> float:
 def ready_batch_step(batch_size: int, settings: ModelConfig) -> tuple[SimpleCNN, Callable]:
     """The engine's CPU training step on one fixed batch: no data handling, only arithmetic."""
     torch.manual_seed(0)
+    reuse_freed_memory()  # as train() does on the CPU: page faults are no part of the floor
     cpu = torch.device("cpu")
     model = SimpleCNN(settings).to(memory_format=memory_format_for(cpu))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)

@@ -40,7 +40,13 @@ from mnist_classifier.config import ConfigError, TrainConfig
 from mnist_classifier.cuda_graph import GraphedStep, StepOutputs
 from mnist_classifier.data import MnistFiles, check_data_dir, ensure_dataset, read_split
 from mnist_classifier.datasets import dataset_spec
-from mnist_classifier.device import autocast, memory_format_for, resolve_device, resolve_precision
+from mnist_classifier.device import (
+    autocast,
+    memory_format_for,
+    resolve_device,
+    resolve_precision,
+    reuse_freed_memory,
+)
 from mnist_classifier.distributed import (
     all_reduce_sum,
     barrier,
@@ -307,6 +313,8 @@ def train(
     checkpoint_dir = Path(config.output_dir or run_dir or ".")
     precision = resolve_precision(config.precision, device)
     memory_format = memory_format_for(device)
+    if device.type == "cpu":
+        reuse_freed_memory()  # the CPU's steps then stop faulting their tensors in afresh
     normalization = dataset_spec(config.data.dataset).normalization
     if resume_from is not None:
         # Not even --force: these weights learned other classes from other images.
