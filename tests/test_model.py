@@ -2,6 +2,9 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mnist_classifier.config import (
     ConfigError,
@@ -10,7 +13,7 @@ from mnist_classifier.config import (
     load_config,
     make_config,
 )
-from mnist_classifier.model import SimpleCNN, count_parameters
+from mnist_classifier.model import Dropout, SimpleCNN, count_parameters
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -108,3 +111,64 @@ def test_the_seed_config_keeps_the_labs_dropout_and_old_checkpoints_read_as_the_
         key: value for key, value in seed.to_dict().items() if key != "model"
     }
     assert config_from_dict(saved_before_the_setting).model == ModelConfig()
+
+
+def _dropped_both_ways(x: torch.Tensor, p: float, seed: int):
+    """(ours, torch's): output, input gradient and the generator's next draw after each."""
+    results = []
+    for dropout in (Dropout(p).train(), lambda t: F.dropout(t, p, training=True)):
+        leaf = x.detach().clone().requires_grad_()
+        torch.manual_seed(seed)
+        out = dropout(leaf)
+        after = torch.randint(0, 2**62, (4,))
+        out.backward(torch.arange(out.numel(), dtype=out.dtype).reshape(out.shape))
+        results.append((out.detach(), leaf.grad, after))
+    return results
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    shape=st.lists(st.integers(1, 9), min_size=1, max_size=4),
+    p=st.one_of(st.sampled_from([0.25, 0.5, 0.1]), st.floats(0.001, 0.999)),
+    dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float64]),
+    channels_last=st.booleans(),
+    strided=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_cpu_dropout_draws_torchs_own_mask(shape, p, dtype, channels_last, strided, seed):
+    # The oracle is torch's CPU dropout: same output and gradient bit for bit, and the
+    # generator left where torch leaves it, so every later draw (and run) is unchanged.
+    x = torch.randn(shape).to(dtype)
+    if channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    if strided:  # a view that is neither layout: torch's own dropout takes it
+        x = x[..., ::2]
+    (ours, our_grad, our_next), (theirs, their_grad, their_next) = _dropped_both_ways(x, p, seed)
+    assert torch.equal(ours, theirs)
+    assert torch.equal(our_grad, their_grad)
+    assert torch.equal(our_next, their_next)
+    assert ours.stride() == theirs.stride()
+
+
+def test_the_models_dropout_drops_about_p_and_is_the_identity_in_evaluation():
+    x = torch.ones(200_000)
+    torch.manual_seed(0)
+    dropped = Dropout(0.25).train()(x)
+    assert abs((dropped == 0).float().mean().item() - 0.25) < 0.005
+    assert torch.equal(dropped.unique(), torch.tensor([0.0, 1 / 0.75]))  # kept ones scaled
+    assert torch.equal(Dropout(0.25).eval()(x), x)
+    assert torch.equal(Dropout(0.0).train()(x), x)
+
+
+def test_the_lab_model_in_training_is_the_same_function_as_with_torchs_dropout():
+    torch.manual_seed(0)
+    ours = SimpleCNN().to(memory_format=torch.channels_last).train()
+    torchs = SimpleCNN().to(memory_format=torch.channels_last).train()
+    torchs.load_state_dict(ours.state_dict())
+    torchs.dropout1, torchs.dropout2 = torch.nn.Dropout(0.25), torch.nn.Dropout(0.5)
+    images = torch.randn(64, 1, 28, 28).contiguous(memory_format=torch.channels_last)
+    outputs = []
+    for model in (ours, torchs):
+        torch.manual_seed(7)
+        outputs.append(model(images))
+    assert torch.equal(*outputs)
