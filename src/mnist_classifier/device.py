@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import platform
 from pathlib import Path
 
@@ -95,7 +94,7 @@ def reuse_freed_memory() -> bool:
     """
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    libc = ctypes.CDLL(None)  # the process's own symbols, glibc's among them
     return bool(
         libc.mallopt(_M_MMAP_THRESHOLD, _LARGEST_HEAP_BLOCK)
         and libc.mallopt(_M_TRIM_THRESHOLD, _KEPT_FREE_MEMORY)
