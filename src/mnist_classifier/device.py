@@ -86,11 +86,11 @@ def reuse_freed_memory() -> bool:
 
     A step allocates and frees the same few tens of MiB of activations and gradients each time.
     By default glibc maps large blocks fresh from the kernel and hands freed memory at the top
-    of its heap back, so every step faulted its tensors in page by page again: two million page
-    faults in one epoch of the fast preset, about a fifth of its training time on a 2-core Xeon
-    (benchmarks/train_speed.py). Here blocks up to 32 MiB come from the heap and freed memory
-    stays in the process; its peak size is unchanged, but it is returned only when the process
-    ends. Process-wide, so the training process calls it, once.
+    of its heap back, so every step faulted its tensors in page by page again: about a quarter
+    of the fast preset's training time on a 2-core Xeon (benchmarks/train_speed.py). Here
+    blocks up to 32 MiB come from the heap and freed memory stays in the process; its peak size
+    is unchanged, but it is returned only when the process ends. Both settings count: the
+    threshold alone left a third of the faults. Process-wide: the training process calls it.
     """
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
