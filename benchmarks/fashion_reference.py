@@ -19,10 +19,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Subset
-from torchvision import datasets, transforms
+from torch.utils.data import DataLoader
+from tutorial_pipeline import tutorial_datasets, tutorial_test_accuracy  # folder on sys.path
 
-from mnist_classifier.batching import split_train_validation
 from mnist_classifier.config import TrainConfig, load_config
 from mnist_classifier.data import ensure_dataset
 from mnist_classifier.datasets import FASHION_MNIST
@@ -43,12 +42,7 @@ def test_accuracy_after_training(train_set, test_set, seed: int, recipe: TrainCo
             optimizer.zero_grad()
             F.cross_entropy(model(images), labels).backward()
             optimizer.step()
-    model.eval()
-    correct = 0
-    with torch.no_grad():
-        for images, labels in DataLoader(test_set, batch_size=1000):
-            correct += (model(images).argmax(1) == labels).sum().item()
-    return correct / len(test_set)
+    return tutorial_test_accuracy(model, test_set)
 
 
 def main() -> None:
@@ -63,19 +57,12 @@ def main() -> None:
     overrides = {} if arguments.epochs is None else {"epochs": arguments.epochs}
     recipe = load_config(LAB_CONFIG, overrides)
     ensure_dataset(arguments.data_dir, FASHION_MNIST.name)  # verified before torchvision reads it
-    normalization = FASHION_MNIST.normalization
-    transform = transforms.Compose(
-        [transforms.ToTensor(), transforms.Normalize((normalization.mean,), (normalization.std,))]
-    )
-    full = datasets.FashionMNIST(arguments.data_dir, train=True, transform=transform)
-    test_set = datasets.FashionMNIST(arguments.data_dir, train=False, transform=transform)
-    indices = torch.arange(len(full))
-    kept, _ = split_train_validation(
-        indices, indices, recipe.data.validation_size, recipe.data.split_seed
+    full, kept, test_set = tutorial_datasets(
+        arguments.data_dir, FASHION_MNIST, recipe.data.validation_size, recipe.data.split_seed
     )
     training_sets = {
         f"all {len(full):,} (the handout)": full,
-        f"{len(kept):,} (as mnist train)": Subset(full, kept.labels.tolist()),
+        f"{len(kept):,} (as mnist train)": kept,
     }
 
     seeds = range(1, arguments.seeds + 1)

@@ -41,10 +41,9 @@ def run_baseline(data_dir: str, steps: int) -> dict:
     import torch
     import torch.nn.functional as F
     from torch import nn
-    from torch.utils.data import DataLoader, Subset
-    from torchvision import datasets, transforms
+    from torch.utils.data import DataLoader
+    from tutorial_pipeline import tutorial_datasets, tutorial_test_accuracy  # on sys.path
 
-    from mnist_classifier.batching import split_train_validation
     from mnist_classifier.datasets import MNIST
 
     class LabSimpleCNN(nn.Module):
@@ -66,21 +65,9 @@ def run_baseline(data_dir: str, steps: int) -> dict:
             return self.fc2(x)
 
     torch.manual_seed(1)
-    transform = transforms.Compose(
-        [
-            transforms.ToTensor(),
-            transforms.Normalize((MNIST.normalization.mean,), (MNIST.normalization.std,)),
-        ]
-    )
-    train_set = datasets.MNIST(data_dir, train=True, transform=transform)
-    test_set = datasets.MNIST(data_dir, train=False, transform=transform)
     # The same 55,000 training images as B: the hold-out is chosen by the same function.
-    indices = torch.arange(len(train_set))
-    train_part, _ = split_train_validation(indices, indices, 5000, split_seed=0)
-    train_loader = DataLoader(
-        Subset(train_set, train_part.labels.tolist()), LAB_BATCH_SIZE, shuffle=True
-    )
-    test_loader = DataLoader(test_set, batch_size=1000)
+    _, train_set, test_set = tutorial_datasets(data_dir, MNIST, 5000, split_seed=0)
+    train_loader = DataLoader(train_set, LAB_BATCH_SIZE, shuffle=True)
 
     model = LabSimpleCNN()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -98,16 +85,10 @@ def run_baseline(data_dir: str, steps: int) -> dict:
             if step == steps:
                 break
     seconds = time.perf_counter() - start
-
-    model.eval()
-    correct = 0
-    with torch.no_grad():
-        for images, labels in test_loader:
-            correct += (model(images).argmax(1) == labels).sum().item()
     return {
         "images_per_second": images_seen / seconds,
         "seconds": seconds,
-        "test_accuracy": correct / len(test_set),
+        "test_accuracy": tutorial_test_accuracy(model, test_set),
     }
 
 
