@@ -1,6 +1,8 @@
 """`mnist predict` on realistic user images, its bad-input handling, and `mnist export` parity."""
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -122,18 +124,31 @@ def test_predict_text_names_the_model_that_answered(checkpoint, user_images):
 
 
 def test_predict_json_lists_every_file_and_reports_each_failure_on_one_line(
-    checkpoint, user_images, tmp_path
+    checkpoint, user_images, tmp_path, monkeypatch
 ):
     (tmp_path / "empty.png").write_bytes(b"")
     (tmp_path / "figure.eps").write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n")
+    locked = tmp_path / "locked.png"  # another user's file, without read permission for us
+    locked.write_bytes((user_images / sorted(os.listdir(user_images))[0]).read_bytes())
+    access, read_bytes = os.access, Path.read_bytes
+    monkeypatch.setattr(
+        os, "access", lambda path, mode, **kw: str(path) != str(locked) and access(path, mode, **kw)
+    )
+
+    def refuse_locked(path):
+        if path == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return read_bytes(path)
+
+    monkeypatch.setattr(Path, "read_bytes", refuse_locked)
     arguments = ["predict", str(user_images), str(tmp_path / "empty.png"), str(tmp_path / "no.png")]
-    arguments += [str(tmp_path / "figure.eps"), "--checkpoint", str(checkpoint), "--format", "json"]
-    arguments += ["--save-preprocessed", str(tmp_path / "seen")]
+    arguments += [str(tmp_path / "figure.eps"), str(locked), "--checkpoint", str(checkpoint)]
+    arguments += ["--format", "json", "--save-preprocessed", str(tmp_path / "seen")]
     result = runner.invoke(app, arguments)
     assert result.exit_code == 2
     assert "Traceback" not in result.output
     listed = json.loads(result.stdout)
-    assert len(listed) == 13
+    assert len(listed) == 14
     good = [entry for entry in listed if "error" not in entry]
     assert len(good) == 10
     digest = sha256_of(checkpoint)
@@ -144,9 +159,10 @@ def test_predict_json_lists_every_file_and_reports_each_failure_on_one_line(
         assert entry["top3"][0]["digit"] == entry["digit"]
         assert entry["probability"] >= entry["top3"][1]["probability"] >= 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 3 and len(result.stderr.splitlines()) == 3
+    assert len(errors) == 4 and len(result.stderr.splitlines()) == 4
     assert any("empty.png: empty file" in line for line in errors)
     assert any("no.png: no such file" in line for line in errors)
+    assert f"error: {locked}: cannot be read (Permission denied)" in errors
     assert len(list((tmp_path / "seen").glob("*.png"))) == 10
 
 

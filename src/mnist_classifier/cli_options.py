@@ -299,7 +299,13 @@ GridSizeOption = Annotated[
 # --- mnist predict -------------------------------------------------------------------------------
 ImagePathsArgument = Annotated[
     list[Path],
-    typer.Argument(metavar="IMAGES", help="Image files (PNG, JPEG, BMP, GIF, TIFF) or folders."),
+    # readable=False: a file that cannot be read is reported on its own line, like any other
+    # unusable file, and the rest still run.
+    typer.Argument(
+        metavar="IMAGES",
+        readable=False,
+        help="Image files (PNG, JPEG, BMP, GIF, TIFF) or folders.",
+    ),
 ]
 PredictCheckpointOption = Annotated[
     Path | None,

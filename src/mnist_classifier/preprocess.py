@@ -10,7 +10,9 @@ shadow edge darkens the paper more than faint ink does, so a fixed threshold cal
 So the paper's brightness is estimated at every point, at a scale larger than a stroke (a
 morphological closing, which fills dark strokes but keeps shadow edges and gradients), and
 divided out; the ink threshold is then chosen from the image (Otsu), and only the digit's
-connected components are kept. The image operations are scipy.ndimage's.
+connected components are kept: not specks, not marks far from it, not a band along the
+picture's side (a scanner's lid, the desk) nor a box or circle drawn around it. The image
+operations are scipy.ndimage's.
 
 This module is shared by `mnist predict` and `mnist serve`: `preprocess_image` accepts raw
 bytes (an upload) or a PIL image and returns uint8 (28, 28), or raises `ImageError` with one
@@ -23,13 +25,14 @@ JPEGs are decoded at a reduced scale when they are larger than the analysis need
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 from scipy import ndimage
 
 from mnist_classifier.datasets import IMAGE_SIDE
@@ -40,6 +43,10 @@ MAX_FILE_BYTES = 5 * 1024 * 1024
 MAX_IMAGE_PIXELS = 16_000_000
 # Pillow's own guard (it warns above this and refuses above twice this) as a second line.
 Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+# Pillow warns on stderr, with its own source line, about damaged metadata that it then skips
+# (corrupt EXIF, odd TIFF tags): the image still decodes, and an image that cannot be used is
+# reported on one line, so these say nothing a user could act on.
+warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
 # Wider or taller than this is a strip, not a digit (a 1,000,000x1 PNG asks for gigabytes in
 # later steps); refused from the header too.
 MAX_ASPECT_RATIO = 50
@@ -68,6 +75,14 @@ MAX_COMPONENT_GAP = 0.5
 # A component on the picture's edge is the digit only if nothing clear of the edge has this
 # share of its ink.
 EDGE_COMPONENT_SHARE = 0.25
+# A band along a side of the picture (touching it along at least BAND_LENGTH of its length and
+# at most BAND_DEPTH of the picture deep) is a scanner's lid, the desk or the sheet's edge.
+BAND_LENGTH = 0.9
+BAND_DEPTH = 0.1
+# A component with another one in a hole of its own, at least this share of its size across,
+# is a printed box or a circle around the digit.
+ENCLOSED_SHARE = 0.25
+MAX_FRAME_CANDIDATES = 16
 # Thin strokes on large canvases shrink to a faint grey line at 20x20; MNIST strokes are about
 # 2 pixels wide at that scale, so thinner ones are widened before scaling.
 MIN_STROKE_WIDTH_IN_BOX = 2.0
@@ -114,14 +129,20 @@ def read_image_file(path: Path | str) -> bytes:
         raise ImageError("a broken link or a symlink loop" if path.is_symlink() else "no such file")
     if not path.is_file():
         raise ImageError("not a regular file")
-    size = path.stat().st_size
+    try:
+        size = path.stat().st_size
+    except OSError as error:
+        raise ImageError(f"cannot be read ({error.strerror or _one_line(error)})") from None
     if size == 0:
         raise ImageError("empty file (0 bytes)")
     if size > MAX_FILE_BYTES:
         raise ImageError(
             f"file is {size / 2**20:.1f} MiB, over the {MAX_FILE_BYTES // 2**20} MiB limit"
         )
-    return path.read_bytes()
+    try:
+        return path.read_bytes()
+    except OSError as error:  # no read permission, an I/O error, a file gone since listed
+        raise ImageError(f"cannot be read ({error.strerror or _one_line(error)})") from None
 
 
 def open_image(data: bytes) -> Image.Image:
@@ -141,9 +162,11 @@ def open_image(data: bytes) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we refuse it next
             image = Image.open(io.BytesIO(data), formats=formats)
-    except Image.DecompressionBombError:
+    except Image.DecompressionBombError as error:
         # Pillow's message quotes its own limit (twice ours); ours is the one that applies.
-        raise ImageError(_too_many_pixels("declares more pixels than that")) from None
+        raise ImageError(_too_many_pixels(f"declares {bomb_pixels(error):,} pixels")) from None
+    except UnidentifiedImageError:  # its message names an in-memory object, not the file
+        raise ImageError(f"not a valid {formats[0]} file (its header cannot be read)") from None
     except Exception as error:
         raise ImageError(f"unreadable {formats[0]} header ({_one_line(error)})") from None
     _check_dimensions(image)
@@ -178,7 +201,7 @@ def preprocess_image(source: bytes | Image.Image) -> torch.Tensor:
     stroke_scale = PAPER_STROKE_WIDTHS * _stroke_width(strokes)
     if stroke_scale < paper_scale:
         ink = _ink_map(grey, stroke_scale)
-        strokes = _digit_strokes(ink)
+        strokes = _digit_strokes(ink, within=strokes)
     rows = np.flatnonzero(strokes.any(axis=1))
     columns = np.flatnonzero(strokes.any(axis=0))
     box = np.s_[rows[0] : rows[-1] + 1, columns[0] : columns[-1] + 1]  # the digit's bounding box
@@ -212,6 +235,12 @@ def _upright_grey(source: bytes | Image.Image) -> np.ndarray:
     return _to_grey_array(image)
 
 
+def bomb_pixels(error: Image.DecompressionBombError) -> int:
+    """The pixel count Pillow's refusal quotes; at least what Pillow refuses if it quotes none."""
+    quoted = re.search(r"\((\d+) pixels\)", str(error))
+    return int(quoted.group(1)) if quoted else 2 * MAX_IMAGE_PIXELS + 1
+
+
 def _too_many_pixels(detail: str) -> str:
     return f"{detail}: over the {MAX_IMAGE_PIXELS:,}-pixel limit (refused before decoding)"
 
@@ -230,18 +259,11 @@ def _check_dimensions(image: Image.Image) -> None:
 
 
 def _to_grey_array(image: Image.Image) -> np.ndarray:
-    """Luminance 0..255 as float32, shrunk to about ANALYSIS_SIDE; transparency on white."""
+    """Luminance 0..255 as float32, shrunk to about ANALYSIS_SIDE; transparency as paper."""
     if image.mode in NUMERIC_MODES:
-        values = np.asarray(image, dtype=np.float64)
-        if not np.isfinite(values).all():
-            raise ImageError("pixel values include NaN or infinity")
-        low, high = float(values.min()), float(values.max())
-        scaled = (values - low) * (255.0 / (high - low)) if high > low else values * 0
-        image = Image.fromarray(np.round(scaled).astype(np.uint8))
+        image = Image.fromarray(_numeric_to_8_bit(np.asarray(image)))
     elif image.mode in TRANSPARENT_MODES or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(canvas, rgba)
+        image = _on_opaque_paper(image.convert("RGBA"))
     grey = image.convert("L")
     factor = max(grey.size) // ANALYSIS_SIDE
     if factor >= 2:
@@ -249,19 +271,59 @@ def _to_grey_array(image: Image.Image) -> np.ndarray:
     return np.asarray(grey, dtype=np.float32)
 
 
+def _on_opaque_paper(rgba: Image.Image) -> Image.Image:
+    """Transparent pixels as white paper, or as black where that is all that shows the ink
+    (light strokes on a transparent canvas)."""
+    for paper in (255, 0):
+        composite = Image.alpha_composite(Image.new("RGBA", rgba.size, (paper,) * 3 + (255,)), rgba)
+        darkest, lightest = composite.convert("L").getextrema()
+        if lightest - darkest >= MIN_INK_CONTRAST * 255:
+            break
+    return composite
+
+
+def _numeric_to_8_bit(values: np.ndarray) -> np.ndarray:
+    """16-bit, 32-bit or float pixels as 0..255, read in their kind's full range.
+
+    Integers from 0 to 65535 are 16-bit levels, floats from 0 to 1 are fractions of white: so a
+    16-bit scan of a blank page, or its sensor noise, is as blank as in 8 bits. Values outside
+    those ranges have no full scale to read them in, and are stretched from darkest to lightest.
+    """
+    is_float, values = values.dtype.kind == "f", values.astype(np.float64)
+    if not np.isfinite(values).all():
+        raise ImageError("pixel values include NaN or infinity")
+    low, high = float(values.min()), float(values.max())
+    full_scale = 1.0 if is_float else 65535.0
+    if low >= 0.0 and high <= full_scale:
+        scaled = values * (255.0 / full_scale)
+    else:
+        scaled = (values - low) * (255.0 / (high - low)) if high > low else values * 0
+    return np.round(scaled).astype(np.uint8)
+
+
 def _dark_ink_on_light_paper(grey: np.ndarray) -> np.ndarray:
     """The image with its ink dark: inverted when the ink is light (chalk, a screen).
 
-    The picture's border is mostly paper. Once the lighting is taken out (a median wider than
-    the strokes, which follows shadows and gradients in either polarity since the ink is a
-    minority), paper nearer the brightest pixels than the darkest means dark ink on light
-    paper. Without that step a shadow over most of the border reads as dark paper. The rule is
-    symmetric, so a mirror image gives the same result.
+    The paper is most of the picture and most of its border. Once the lighting is taken out
+    (a median wider than the strokes, which follows shadows and gradients in either polarity
+    since the ink is a minority), paper nearer the darkest pixels than the brightest means
+    light ink on dark paper. Without that step a shadow over most of the border reads as dark
+    paper. Each of the two views of the paper can be misled: the border by a sheet lying on a
+    dark desk, the picture as a whole by a sharp shadow over half of it; so the ink is taken
+    for light only when both say so. The darkest and brightest are looked for away from the
+    picture's edge: beside a dark band along one side (a scanner's lid) the median, which sees
+    the picture extended by its edges, lies below the paper for a cell or two, and that paper
+    would pass for light ink. The rule is symmetric, so a mirror image gives the same result.
     """
-    flat = grey - _paper_estimate(grey, PAPER_SCALE * min(grey.shape), ndimage.median_filter)
+    paper_scale = PAPER_SCALE * min(grey.shape)
+    flat = grey - _paper_estimate(grey, paper_scale, ndimage.median_filter)
     border = np.concatenate([flat[0, :], flat[-1, :], flat[:, 0], flat[:, -1]])
-    darkest, brightest = np.percentile(flat, [0.1, 99.9])
-    return 255.0 - grey if float(np.median(border)) < (darkest + brightest) / 2 else grey
+    margin = 2 * max(1, int(paper_scale) // PAPER_GRID)  # two of the median's cells
+    inside = flat[margin:-margin, margin:-margin]
+    darkest, middle, brightest = np.percentile(inside if inside.size else flat, [0.1, 50, 99.9])
+    halfway = (darkest + brightest) / 2
+    light_ink = float(np.median(border)) < halfway and float(middle) < halfway
+    return 255.0 - grey if light_ink else grey
 
 
 def _ink_map(grey: np.ndarray, paper_scale: float) -> np.ndarray:
@@ -318,8 +380,13 @@ def _ink_strength(ink: np.ndarray) -> float:
     return float(np.partition(values, values.size - rank)[values.size - rank])
 
 
-def _digit_strokes(ink: np.ndarray) -> np.ndarray:
-    """The pixels of the digit: Otsu's ink threshold, then the components that form the digit."""
+def _digit_strokes(ink: np.ndarray, within: np.ndarray | None = None) -> np.ndarray:
+    """The pixels of the digit: Otsu's ink threshold, then the components that form the digit.
+
+    `within`: the digit's strokes as a wider look found them. Only components that overlap them
+    can be the digit: the finer look separates the digit from what the wider one merged with
+    it, and must not take in marks that the wider one had already set apart.
+    """
     threshold = max(_otsu_threshold(ink), MIN_INK_THRESHOLD)
     labels, count = ndimage.label(ink > threshold)
     if count == 0:
@@ -334,12 +401,24 @@ def _digit_strokes(ink: np.ndarray) -> np.ndarray:
     )
     top, left, bottom, right = boxes.T
     height, width = ink.shape
-    touches_edge = (top == 0) | (left == 0) | (bottom == height) | (right == width)
-    # The digit is the heaviest component, unless it touches the picture's edge (where the
-    # sheet's border and cut-off shadows lie) and a fair-sized one clear of the edge exists;
-    # a digit drawn to the edge of a canvas still counts.
-    main = int(np.argmax(weights))
-    clear = np.flatnonzero(~touches_edge)
+    tall, wide = bottom - top, right - left
+    on_left_or_right = (left == 0) | (right == width)
+    on_top_or_bottom = (top == 0) | (bottom == height)
+    touches_edge = on_left_or_right | on_top_or_bottom
+    band = (on_left_or_right & (tall >= BAND_LENGTH * height) & (wide <= BAND_DEPTH * width)) | (
+        on_top_or_bottom & (wide >= BAND_LENGTH * width) & (tall <= BAND_DEPTH * height)
+    )
+    not_digit = band | _frames(labels, boxes, weights)
+    if within is not None:
+        overlapping = np.zeros(count + 1, dtype=bool)
+        overlapping[np.unique(labels[within])] = True
+        not_digit |= ~overlapping[1:]
+    # The digit is the heaviest component that is neither a band nor a frame, unless it touches
+    # the picture's edge (where the sheet's border and cut-off shadows lie) and a fair-sized one
+    # clear of the edge exists; a digit drawn to the edge of a canvas still counts.
+    candidates = np.flatnonzero(~not_digit) if not not_digit.all() else np.arange(count)
+    main = int(candidates[np.argmax(weights[candidates])])
+    clear = np.flatnonzero(~touches_edge & ~not_digit)
     if touches_edge[main] and clear.size:
         heaviest_clear = int(clear[np.argmax(weights[clear])])
         if weights[heaviest_clear] >= EDGE_COMPONENT_SHARE * weights[main]:
@@ -352,10 +431,30 @@ def _digit_strokes(ink: np.ndarray) -> np.ndarray:
         (weights >= MIN_COMPONENT_SHARE * weights[main])
         & (np.maximum(gap_rows, gap_columns) <= reach)
         & (~touches_edge | touches_edge[main])
+        & ~not_digit
     )
     keep[main] = True
     keep = np.concatenate([[False], keep])  # label 0 is the paper
     return keep[labels]
+
+
+def _frames(labels: np.ndarray, boxes: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Which components enclose another, ENCLOSED_SHARE of their size across: a form's box or
+    a circle drawn around the digit. No stroke of a digit holds another in a hole of its own."""
+    top, left, bottom, right = boxes.T
+    extents = np.maximum(bottom - top, right - left)
+    frames = np.zeros(len(boxes), dtype=bool)
+    # A frame weighs about as much as the digit in it: only the heaviest few that are not
+    # specks are looked at (a photo of noise has thousands of components).
+    heaviest = np.argsort(weights)[::-1][:MAX_FRAME_CANDIDATES]
+    heaviest = heaviest[weights[heaviest] >= MIN_COMPONENT_SHARE * weights.max()]
+    for index in heaviest[extents[heaviest] >= 3]:  # smaller: no room for anything inside
+        window = labels[top[index] : bottom[index], left[index] : right[index]]
+        own = window == index + 1
+        inside = window[ndimage.binary_fill_holes(own) & ~own]
+        enclosed = np.unique(inside[inside > 0]) - 1
+        frames[index] = bool((extents[enclosed] >= ENCLOSED_SHARE * extents[index]).any())
+    return frames
 
 
 def _otsu_threshold(values: np.ndarray) -> float:
