@@ -92,10 +92,19 @@ def test_predict_gives_the_model_the_preprocessed_image_and_reports_its_answer(c
     assert answer["model"] == {"digest": DIGEST, "stage": "production"}
 
 
-def test_json_base64_with_or_without_data_url_prefix_answers_as_the_upload_does(client):
+def test_json_base64_as_encoders_write_it_answers_as_the_upload_does(client):
     upload = post_file(client, SEVEN_PNG).json()
     encoded = base64.b64encode(SEVEN_PNG).decode()
-    for image in (encoded, "data:image/png;base64," + encoded):
+    assert "+" in encoded or "/" in encoded  # so the URL-safe form below differs
+    variants = [
+        encoded,
+        "data:image/png;base64," + encoded,  # a canvas's toDataURL()
+        "data:application/octet-stream;base64," + encoded,  # a file read as a data URL
+        base64.encodebytes(SEVEN_PNG).decode(),  # lines of 76 characters, as `base64` writes
+        base64.urlsafe_b64encode(SEVEN_PNG).decode(),
+        encoded.rstrip("="),  # padding dropped
+    ]
+    for image in variants:
         assert client.post("/predict", json={"image": image}).json() == upload
 
 
@@ -134,6 +143,8 @@ def test_batch_over_the_limit_and_batch_with_one_bad_image_are_refused(client):
 def test_health_model_and_page(client):
     health = client.get("/health").json()
     assert health == {"status": "ok", "model": {"digest": DIGEST, "stage": "production"}}
+    probe = client.head("/health")  # as uptime monitors ask
+    assert probe.status_code == 200 and probe.content == b""
     assert client.get("/model").json() == MODEL_INFO.model_dump()
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
@@ -241,7 +252,7 @@ BAD_REQUESTS = {
     "blank image": (upload(BLANK_PNG), 400),
     "empty file": (upload(b""), 400),
     "eps": (upload(b"%!PS-Adobe-3.0 EPSF-3.0\n"), 400),
-    "bomb": (upload(png_header_only(10_000, 10_000)), 400),
+    "bomb": (upload(png_header_only(10_000, 10_000)), 413),  # as any image over the limit
     **{f"odd image {name}": (upload(make()), 400) for name, (make, _) in ODD_IMAGES.items()},
     "form urlencoded": ({"data": {"image": "7"}}, 415),
     "form without file": ({"files": {"picture": ("a.png", SEVEN_PNG, "image/png")}}, 422),

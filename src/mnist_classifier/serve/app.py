@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi_offline import FastAPIOffline
 from PIL import Image
 from pydantic import BaseModel, ValidationError
@@ -59,7 +59,9 @@ LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 # At most this many validation problems are listed in a 422, so a 28x28 array of NaN answers
 # with three lines, not 784.
 MAX_LISTED_PROBLEMS = 3
-DATA_URL_PREFIX = re.compile(r"data:image/[A-Za-z0-9.+-]+;base64,")
+DATA_URL_PREFIX = re.compile(r"data:[A-Za-z0-9.+/-]*;base64,")
+# Base64 as encoders write it besides the plain alphabet: the URL-safe alphabet's two letters.
+URL_SAFE_LETTERS = str.maketrans("-_", "+/")
 
 ERROR_RESPONSES: dict[int | str, dict] = {
     400: {"model": ErrorResponse, "description": "Not a usable image, or invalid JSON."},
@@ -194,6 +196,10 @@ def create_app(
     @app.get("/health", response_model=HealthResponse)
     async def health() -> HealthResponse:
         return HealthResponse(status="ok", model=identity)
+
+    @app.head("/health", include_in_schema=False)  # load balancers and uptime monitors ask so
+    async def health_probe() -> Response:
+        return Response(status_code=200)
 
     @app.get("/model", response_model=ModelInfo)
     async def model() -> ModelInfo:
@@ -345,6 +351,10 @@ def _source_from_json(item: ImageInput, index: int, batch: bool) -> ImageSource:
     if item.pixels is not None:
         return np.asarray(item.pixels, dtype=np.float64)  # (28, 28), validated
     encoded = DATA_URL_PREFIX.sub("", item.image or "", count=1)
+    # Also as encoders write it: broken into lines (the `base64` command, every 76 characters),
+    # URL-safe, or with its "=" padding dropped.
+    encoded = "".join(encoded.split()).translate(URL_SAFE_LETTERS)
+    encoded += "=" * (-len(encoded) % 4)
     try:
         return base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):

@@ -21,7 +21,7 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image
 
-from mnist_classifier.preprocess import ACCEPTED_SIGNATURES
+from mnist_classifier.preprocess import ACCEPTED_SIGNATURES, bomb_pixels
 
 T = TypeVar("T")
 
@@ -70,7 +70,8 @@ _FORMATS = sorted(set(ACCEPTED_SIGNATURES.values()))
 def declared_pixels(source: bytes | np.ndarray) -> int:
     """The pixels an image's header declares (a JSON array's own size), read without decoding.
 
-    A file Pillow cannot even open counts 0: preparing it fails at once, with its reason.
+    A file Pillow cannot even open counts 0: preparing it fails at once, with its reason. One
+    that Pillow refuses as a decompression bomb counts the pixels its refusal quotes.
     """
     if isinstance(source, np.ndarray):
         return source.size
@@ -79,6 +80,8 @@ def declared_pixels(source: bytes | np.ndarray) -> int:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(source), formats=_FORMATS) as image:  # the header only
                 width, height = image.size
+    except Image.DecompressionBombError as error:  # over Pillow's own limit, twice ours
+        return bomb_pixels(error)
     except Exception:  # any unreadable header: preprocess_image names what is wrong
         return 0
     return width * height

@@ -27,9 +27,9 @@ class ImageInput(BaseModel):
     image: str | None = Field(
         default=None,
         description=(
-            "A PNG, JPEG, BMP, GIF or TIFF file, base64-encoded; a `data:image/...;base64,` "
-            "prefix (as canvas.toDataURL gives) is allowed. Any size; dark ink on light paper "
-            "or light on dark."
+            "A PNG, JPEG, BMP, GIF or TIFF file, base64-encoded (standard or URL-safe, in "
+            "lines or not, padded or not); a `data:...;base64,` prefix (as canvas.toDataURL "
+            "gives) is allowed. Any size; dark ink on light paper or light on dark."
         ),
         examples=["iVBORw0KGgoAAAANSUhEUgAA..."],
     )
