@@ -333,7 +333,7 @@ def predict(
 
 @app.command()
 def export(
-    output: Annotated[Path, typer.Option(help="File to write (safetensors adds a .json sidecar).")],
+    output: options.ExportOutputOption,
     export_format: Annotated[
         options.ExportFormat, typer.Option("--format")
     ] = options.ExportFormat.onnx,
@@ -343,12 +343,15 @@ def export(
 ) -> None:
     """Export a checkpoint and check it against the eager model on 1,000 test images."""
     from mnist_classifier.data import DataError
-    from mnist_classifier.export import ExportError, export_checkpoint
+    from mnist_classifier.export import ExportError, check_export_output, export_checkpoint
+    from mnist_classifier.files import NotOurFile
     from mnist_classifier.reporting import print_export
 
     checkpoint = steps.checkpoint_to_read(
         checkpoint, None, options.DEFAULT_MODELS_DIR, dataset.value
     )
+    with failing(EXIT_USAGE, NotOurFile):
+        check_export_output(export_format.value, output, checkpoint)
     loaded = steps.load_for_dataset(checkpoint, dataset.value, "export")
     with failing(EXIT_FAILURE, DataError, ExportError):
         result = export_checkpoint(loaded, export_format.value, output, data_dir)
