@@ -157,6 +157,8 @@ def runs(
     from mnist_classifier.reporting import print_learning_curves, print_runs
     from mnist_classifier.runs import NoRunsFound, comparison_rows, run_labels, runs_to_compare
 
+    if plot:
+        steps.check_plot_file(plot)
     with failing(EXIT_USAGE, ConfigError), failing(EXIT_FAILURE, NoRunsFound):
         records = runs_to_compare(runs_dir, filters or [])
     print_runs(comparison_rows(records), output_format.value)
