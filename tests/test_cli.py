@@ -78,6 +78,10 @@ def test_type_errors_from_the_parser_exit_2():
         (["train", "--epoch", "2"], "No such option: --epoch"),
         (["nosuch"], "No such command 'nosuch'"),
         (["config", "show", "--set"], "Option '--set' requires an argument"),
+        # Path("") is the current folder: an empty path to write to would write there.
+        (["export", "--output", ""], "Invalid value for '--output': an empty path"),
+        (["runs", "--plot", ""], "Invalid value for '--plot': an empty path"),
+        (["evaluate", "--output-dir", ""], "Invalid value for '--output-dir': an empty path"),
     ],
 )
 def test_every_usage_error_is_one_error_line_with_exit_2(arguments, message):

@@ -8,9 +8,11 @@ import pytest
 import torch
 from conftest import checkpoint_payload
 from synthetic_data import synthetic_images
+from typer.testing import CliRunner
 
 from mnist_classifier.batching import Split
 from mnist_classifier.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from mnist_classifier.cli import app
 from mnist_classifier.config import make_config
 from mnist_classifier.data import MnistFiles
 from mnist_classifier.evaluate import EvaluationObserver, evaluate
@@ -20,6 +22,7 @@ from mnist_classifier.evaluation_report import (
     evaluate_checkpoint,
     save_report,
 )
+from mnist_classifier.files import NotOurFile
 from mnist_classifier.model import SimpleCNN
 
 
@@ -101,3 +104,53 @@ def test_an_unwritable_report_folder_is_one_report_error(tmp_path):
     evaluation = evaluate_checkpoint(_checkpoint(tmp_path), "mnist", test_data=_test_data())
     with pytest.raises(ReportError, match=f"cannot write the report to {blocker}/report"):
         save_report(evaluation, grid_size=4, output_dir=blocker / "report")
+
+
+def test_a_report_replaces_an_earlier_report_in_its_folder(tmp_path):
+    evaluation = evaluate_checkpoint(_checkpoint(tmp_path), "mnist", test_data=_test_data())
+    first = save_report(evaluation, grid_size=4, output_dir=tmp_path / "report")
+    second = save_report(evaluation, grid_size=4, output_dir=tmp_path / "report")
+    assert second == first and first["written_by"] == "mnist evaluate"
+
+
+@pytest.mark.parametrize("name", ["report.json", "misclassified.png", "confusion_matrix.png"])
+def test_a_report_never_replaces_a_file_it_did_not_write(tmp_path, name):
+    evaluation = evaluate_checkpoint(_checkpoint(tmp_path), "mnist", test_data=_test_data())
+    folder = tmp_path / "report"
+    folder.mkdir()
+    (folder / name).write_bytes(b"the user's own file")
+
+    with pytest.raises(NotOurFile, match=f"{folder / name} exists and is not a "):
+        save_report(evaluation, grid_size=4, output_dir=folder)
+    assert [path.name for path in folder.iterdir()] == [name]  # nothing written beside it
+    assert (folder / name).read_bytes() == b"the user's own file"
+
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize(
+    ("users_file", "message"),
+    [
+        ("report.json", "report.json exists and is not a report of this project"),
+        ("misclassified.png", "misclassified.png exists and is not a figure of this project"),
+    ],
+)
+def test_evaluate_refuses_a_report_folder_holding_other_files_before_evaluating(
+    tmp_path, users_file, message
+):
+    folder = tmp_path / "report"
+    folder.mkdir()
+    (folder / users_file).write_bytes(b"the user's own file")
+    no_data = tmp_path / "no-data"  # the refusal comes before any data is read
+    arguments = ["evaluate", "--checkpoint", str(_checkpoint(tmp_path)), "--device", "cpu"]
+    result = runner.invoke(
+        app, [*arguments, "--data-dir", str(no_data), "--output-dir", str(folder)]
+    )
+
+    assert result.exit_code == 2, result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert result.output.startswith("error: ") and message in result.output
+    assert "choose another --output-dir" in result.output
+    assert (folder / users_file).read_bytes() == b"the user's own file"
+    assert [path.name for path in folder.iterdir()] == [users_file] and not no_data.exists()

@@ -12,6 +12,7 @@ from mnist_classifier.checkpoint import load_checkpoint
 from mnist_classifier.cli import app
 from mnist_classifier.config import config_from_dict
 from mnist_classifier.datasets import MNIST
+from mnist_classifier.figures import is_our_figure
 from mnist_classifier.runs import list_runs, record_test_accuracy, run_labels
 
 runner = CliRunner()
@@ -240,6 +241,51 @@ def test_a_bad_run_filter_is_a_usage_error(tmp_path, filters, message):
     result = runner.invoke(app, ["runs", *filters, "--runs-dir", str(tmp_path)])
     assert result.exit_code == 2 and message in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def _a_recorded_run(runs_dir):
+    run_dir = runs_dir / "20260101-000000-run"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("lr: 0.001\n")
+    (run_dir / "metrics.csv").write_text(
+        "epoch,train_loss,train_accuracy,validation_loss,validation_accuracy\n1,0.5,0.8,0.4,0.85\n"
+    )
+
+
+@pytest.mark.parametrize("name", ["curves.txt", "curves", "curves.jpg"])
+def test_a_plot_in_a_format_not_drawn_is_a_usage_error_before_any_work(tmp_path, name):
+    _a_recorded_run(tmp_path / "runs")
+    plot = tmp_path / name
+    result = runner.invoke(app, ["runs", "--runs-dir", str(tmp_path / "runs"), "--plot", str(plot)])
+    assert result.exit_code == 2, result.output
+    assert result.output == f"error: --plot {plot} must end in one of .png, .svg, .pdf\n"
+    assert not plot.exists()
+
+
+def test_a_plot_never_replaces_a_file_it_did_not_draw(tmp_path):
+    _a_recorded_run(tmp_path / "runs")
+    notes = tmp_path / "notes.png"
+    notes.write_bytes(b"the user's own picture")
+    result = runner.invoke(
+        app, ["runs", "--runs-dir", str(tmp_path / "runs"), "--plot", str(notes)]
+    )
+    assert result.exit_code == 2, result.output
+    assert result.output == (
+        f"error: {notes} exists and is not a plot of this project; choose another --plot, "
+        "or move that file away\n"
+    )
+    assert notes.read_bytes() == b"the user's own picture"
+
+
+@pytest.mark.parametrize("name", ["curves.png", "curves.svg", "curves.PDF"])
+def test_a_plot_of_ours_is_redrawn_in_place(tmp_path, name):
+    _a_recorded_run(tmp_path / "runs")
+    plot = tmp_path / name
+    arguments = ["runs", "--runs-dir", str(tmp_path / "runs"), "--plot", str(plot)]
+    for _ in range(2):  # the second time over the first plot
+        result = runner.invoke(app, [*arguments, "--format", "json"])
+        assert result.exit_code == 0, result.output
+        assert is_our_figure(plot)
 
 
 def test_sweep_rejects_a_bad_grid_before_training(tmp_path):

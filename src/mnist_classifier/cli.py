@@ -157,6 +157,8 @@ def runs(
     from mnist_classifier.reporting import print_learning_curves, print_runs
     from mnist_classifier.runs import NoRunsFound, comparison_rows, run_labels, runs_to_compare
 
+    if plot:
+        steps.check_plot_file(plot)
     with failing(EXIT_USAGE, ConfigError), failing(EXIT_FAILURE, NoRunsFound):
         records = runs_to_compare(runs_dir, filters or [])
     print_runs(comparison_rows(records), output_format.value)
@@ -226,7 +228,14 @@ def evaluate(
     """
     from mnist_classifier.checkpoint import CheckpointError
     from mnist_classifier.data import DataError
-    from mnist_classifier.evaluation_report import ReportError, evaluate_checkpoint, save_report
+    from mnist_classifier.evaluation_report import (
+        ReportError,
+        check_report_dir,
+        default_report_dir,
+        evaluate_checkpoint,
+        save_report,
+    )
+    from mnist_classifier.files import NotOurFile
     from mnist_classifier.reporting import (
         ConsoleEvaluationObserver,
         print_evaluation,
@@ -237,16 +246,24 @@ def evaluate(
     text = output_format is options.OutputFormat.text
     target = steps.resolved_device(device.value)
     checkpoint = steps.checkpoint_to_read(checkpoint, stage, models_dir, dataset.value)
-    with failing(EXIT_FAILURE, CheckpointError, DataError, ReportError):
+    loaded = steps.load_for_dataset(checkpoint, dataset.value, "evaluate")
+    # The report's folder is known from the checkpoint: refuse it before the evaluation.
+    report_dir = output_dir or default_report_dir(loaded.path, stage, loaded.run_dir)
+    with failing(EXIT_USAGE, NotOurFile):
+        check_report_dir(report_dir)
+    with (
+        failing(EXIT_USAGE, NotOurFile),
+        failing(EXIT_FAILURE, CheckpointError, DataError, ReportError),
+    ):
         evaluation = evaluate_checkpoint(
-            checkpoint,
+            loaded,
             dataset.value,
             data_dir=data_dir,
             device=target,
             batch_size=batch_size,
             observer=ConsoleEvaluationObserver() if text else None,
         )
-        report = save_report(evaluation, grid_size=grid_size, output_dir=output_dir, stage=stage)
+        report = save_report(evaluation, grid_size=grid_size, output_dir=report_dir)
     if text:
         result, loaded = evaluation.result, evaluation.checkpoint
         print_evaluation(result, evaluation.test_data.split, show_samples, loaded.dataset)
@@ -333,7 +350,7 @@ def predict(
 
 @app.command()
 def export(
-    output: Annotated[Path, typer.Option(help="File to write (safetensors adds a .json sidecar).")],
+    output: options.ExportOutputOption,
     export_format: Annotated[
         options.ExportFormat, typer.Option("--format")
     ] = options.ExportFormat.onnx,
@@ -343,12 +360,15 @@ def export(
 ) -> None:
     """Export a checkpoint and check it against the eager model on 1,000 test images."""
     from mnist_classifier.data import DataError
-    from mnist_classifier.export import ExportError, export_checkpoint
+    from mnist_classifier.export import ExportError, check_export_output, export_checkpoint
+    from mnist_classifier.files import NotOurFile
     from mnist_classifier.reporting import print_export
 
     checkpoint = steps.checkpoint_to_read(
         checkpoint, None, options.DEFAULT_MODELS_DIR, dataset.value
     )
+    with failing(EXIT_USAGE, NotOurFile):
+        check_export_output(export_format.value, output, checkpoint)
     loaded = steps.load_for_dataset(checkpoint, dataset.value, "export")
     with failing(EXIT_FAILURE, DataError, ExportError):
         result = export_checkpoint(loaded, export_format.value, output, data_dir)

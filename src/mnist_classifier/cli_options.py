@@ -148,6 +148,14 @@ def value_of(choice: Enum | None) -> str | None:
     return None if choice is None else choice.value
 
 
+def _path_to_write(text: str) -> Path:
+    """A path the command writes to. Path("") is ".", the current folder: an empty value (an
+    unset shell variable, say) would write there, so it is refused while parsing."""
+    if not text:
+        raise typer.BadParameter("an empty path names no file or folder; give one")
+    return Path(text)
+
+
 DEFAULT_CHECKPOINT = Path(paths.DEFAULT_CHECKPOINT)
 DEFAULT_DATA_DIR = Path(paths.DEFAULT_DATA_DIR)
 DEFAULT_MODELS_DIR = Path(paths.DEFAULT_MODELS_DIR)
@@ -265,7 +273,13 @@ RunsToCompareOption = Annotated[
     Path, typer.Option(help="Where run directories are. [default: ./runs]", show_default=False)
 ]
 PlotOption = Annotated[
-    Path | None, typer.Option(help="Also draw the runs' learning curves into this PNG.")
+    Path | None,
+    typer.Option(
+        parser=_path_to_write,
+        metavar="<path>",
+        help="Also draw the runs' learning curves into this .png, .svg or .pdf file (an "
+        "existing file is replaced only if it is such a plot).",
+    ),
 ]
 
 # --- mnist sweep ---------------------------------------------------------------------------------
@@ -283,7 +297,9 @@ ShowSamplesOption = Annotated[int, typer.Option(min=0, help="How many test predi
 ReportDirOption = Annotated[
     Path | None,
     typer.Option(
-        help="Where report.json and the figures go. "
+        parser=_path_to_write,
+        metavar="<path>",
+        help="Where report.json and the figures go (replacing only an earlier report). "
         "[default: ./reports/<stage>, or ./reports/<run>/<checkpoint name>]",
         show_default=False,
     ),
@@ -319,6 +335,15 @@ SavePreprocessedOption = Annotated[
 ]
 
 # --- mnist export --------------------------------------------------------------------------------
+ExportOutputOption = Annotated[
+    Path,
+    typer.Option(
+        parser=_path_to_write,
+        metavar="<path>",
+        help="File to write (safetensors adds a .json sidecar); an existing file is replaced "
+        "only if it is an earlier export.",
+    ),
+]
 ExportCheckpointOption = Annotated[
     Path, typer.Option(help=f"Checkpoint to export. {SHOWN_CHECKPOINT}", show_default=False)
 ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mnist_classifier import paths
-from mnist_classifier.cli_options import EXIT_FAILURE, EXIT_USAGE, failing
+from mnist_classifier.cli_options import EXIT_FAILURE, EXIT_USAGE, fail, failing
 
 
 def checkpoint_to_read(
@@ -30,6 +30,19 @@ def load_for_dataset(checkpoint: Path, dataset: str, action: str):
         loaded = load_checkpoint(checkpoint)
         require_dataset(loaded, dataset, action)
     return loaded
+
+
+def check_plot_file(plot: Path) -> None:
+    """--plot names a format matplotlib draws here, and no file but an earlier plot of ours."""
+    from mnist_classifier.figures import PLOT_FORMATS, is_our_figure
+    from mnist_classifier.files import NotOurFile, refuse_to_replace
+
+    if plot.suffix.lower().removeprefix(".") not in PLOT_FORMATS:
+        endings = ", ".join(f".{extension}" for extension in PLOT_FORMATS)
+        raise fail(f"--plot {plot} must end in one of {endings}", EXIT_USAGE)
+    with failing(EXIT_USAGE, NotOurFile):
+        instead = "choose another --plot, or move that file away"
+        refuse_to_replace(plot, is_our_figure, "a plot of this project", instead)
 
 
 def resolved_device(setting: str):

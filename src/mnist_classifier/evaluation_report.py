@@ -7,7 +7,9 @@ and evaluates: `mnist evaluate`, `mnist promote` and benchmarks/accuracy.py all 
 and saves: per-class precision/recall/F1, the confusion matrix, the most-confused pairs,
 calibration, the misclassified images and sample predictions. `write_report_files` writes
 report.json and the figures into one folder; `save_report` does both for one evaluation.
-Never prints.
+`check_report_dir` refuses a folder holding a file at one of those names that is not part of an
+earlier report (report.json says who wrote it; each figure's metadata says so too), so a report
+never replaces someone else's file. Never prints.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from mnist_classifier.checkpoint import LoadedCheckpoint, load_checkpoint, requi
 from mnist_classifier.data import MnistFiles, ensure_dataset, read_split
 from mnist_classifier.datasets import MNIST, NUM_CLASSES
 from mnist_classifier.evaluate import EvalResult, EvaluationObserver, evaluate
+from mnist_classifier.files import NotOurFile, contents_if_regular, refuse_to_replace
 from mnist_classifier.metrics import (
     Calibration,
     calibration,
@@ -43,6 +46,9 @@ FIGURE_FILES = {
     "reliability_diagram": "reliability_diagram.png",
 }
 REPORTS_DIR = Path("./reports")
+# In every report.json: how a report folder's earlier report.json is told from someone else's.
+WRITTEN_BY = {"written_by": "mnist evaluate"}
+MAX_REPORT_BYTES = 64 << 20  # a report lists at most 10,000 misclassified images: about 1 MB
 
 
 class ReportError(RuntimeError):
@@ -73,7 +79,7 @@ class CheckpointEvaluation:
 
 
 def evaluate_checkpoint(
-    checkpoint: Path | str,
+    checkpoint: Path | str | LoadedCheckpoint,
     dataset: str,
     *,
     data_dir: Path | str = DEFAULT_DATA_DIR,
@@ -83,15 +89,17 @@ def evaluate_checkpoint(
     action: str = "evaluate",
     observer: EvaluationObserver | None = None,
 ) -> CheckpointEvaluation:
-    """Load `checkpoint` (the safe loader), refuse it if trained on another data set than
-    `dataset` (naming `action`), then evaluate it on the test split.
+    """Load `checkpoint` (the safe loader) unless already loaded, refuse it if trained on
+    another data set than `dataset` (naming `action`), then evaluate it on the test split.
 
     The test split comes from `test_data` when given (several checkpoints, one reading),
     else from `data_dir`. Raises CheckpointError or DataError with a one-line message.
     """
     device = device or torch.device("cpu")
     observer = observer or EvaluationObserver()
-    loaded = load_checkpoint(checkpoint)
+    loaded = checkpoint
+    if not isinstance(loaded, LoadedCheckpoint):
+        loaded = load_checkpoint(checkpoint)
     require_dataset(loaded, dataset, action)
     observer.loading_test_data(loaded, device)
     test_data = test_data or load_test_data(data_dir, dataset)
@@ -115,7 +123,8 @@ def save_report(
 ) -> dict:
     """Build the report, write report.json and the figures (into `output_dir`, else the
     default folder), and give the checkpoint's run its test accuracy. Returns the report as
-    report.json holds it, with the written files under "files". Raises ReportError."""
+    report.json holds it, with the written files under "files". Raises ReportError, or
+    NotOurFile (writing nothing) when `check_report_dir` refuses the folder."""
     loaded = evaluation.checkpoint
     report = build_report(
         evaluation.result,
@@ -130,6 +139,7 @@ def save_report(
     )
     run_dir = loaded.run_dir
     report_dir = output_dir or default_report_dir(loaded.path, stage, run_dir)
+    check_report_dir(report_dir)
     try:
         files = write_report_files(
             report, evaluation.test_data.split.images, report_dir, grid_size=grid_size
@@ -141,7 +151,28 @@ def save_report(
     # A checkpoint inside a run directory gets its test accuracy into that run's summary,
     # so `mnist runs` can show it beside the validation figures.
     record_test_accuracy(loaded.path, evaluation.result.accuracy, run_dir)
-    return {**report, "files": {name: str(path) for name, path in files.items()}}
+    return {**report, **WRITTEN_BY, "files": {name: str(path) for name, path in files.items()}}
+
+
+def check_report_dir(report_dir: Path) -> None:
+    """NotOurFile unless `report_dir` is a folder (or nothing yet) whose files at the report's
+    names, if any, are an earlier report's: a report replaces only what a report wrote."""
+    if report_dir.exists() and not report_dir.is_dir():
+        raise NotOurFile(f"{report_dir} is not a folder; choose another --output-dir")
+    instead = "choose another --output-dir, or move that file away"
+    report, figure = "a report of this project", "a figure of this project"
+    refuse_to_replace(report_dir / REPORT_JSON, _is_our_report, report, instead)
+    for name in FIGURE_FILES.values():
+        refuse_to_replace(report_dir / name, figures.is_our_figure, figure, instead)
+
+
+def _is_our_report(path: Path) -> bool:
+    data = contents_if_regular(path, MAX_REPORT_BYTES)
+    try:
+        report = json.loads(data) if data is not None else None
+    except ValueError:
+        return False
+    return isinstance(report, dict) and all(report.get(k) == v for k, v in WRITTEN_BY.items())
 
 
 def default_report_dir(checkpoint: Path, stage: str | None, run_dir: str) -> Path:
@@ -245,7 +276,9 @@ def write_report_files(
     )
 
     files = {name: str(path) for name, path in paths.items()}
-    paths["report"].write_text(json.dumps({**report, "files": files}, indent=2) + "\n")
+    paths["report"].write_text(
+        json.dumps({**report, **WRITTEN_BY, "files": files}, indent=2) + "\n"
+    )
     return paths
 
 

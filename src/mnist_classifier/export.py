@@ -5,14 +5,21 @@ exported model's logits must be within `PARITY_TOLERANCE` of the eager logits an
 predictions, or `ExportError` is raised. Files are written into a temporary folder beside the
 output and moved into place only once the check passes, so a failed export leaves nothing
 behind and an earlier export of the same name untouched. Never prints.
+
+Every export carries `EXPORT_MARKER_KEY` (ONNX metadata, safetensors metadata and its sidecar,
+a TorchScript extra file), so that `check_export_output` can tell an earlier export, which may
+be replaced, from any other file at the output's name, which is never replaced.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
+import json
 import os
 import tempfile
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,17 +27,29 @@ import numpy as np
 import torch
 
 from mnist_classifier.batching import normalize
-from mnist_classifier.checkpoint import ARCHITECTURE, LoadedCheckpoint
+from mnist_classifier.checkpoint import ARCHITECTURE, LoadedCheckpoint, digest_path
 from mnist_classifier.config import EXPORT_FORMATS
 from mnist_classifier.data import load_split
 from mnist_classifier.datasets import IMAGE_SIDE, MNIST, NUM_CLASSES, DatasetSpec, Normalization
-from mnist_classifier.files import PRIVATE_FILE_MODE, sha256_of, write_json_atomically
+from mnist_classifier.files import (
+    PRIVATE_FILE_MODE,
+    NotOurFile,
+    contents_if_regular,
+    refuse_to_replace,
+    sha256_of,
+    write_json_atomically,
+)
 from mnist_classifier.model import SimpleCNN
 from mnist_classifier.predict import ONNX_DATASET_KEY, ONNX_MEAN_KEY, ONNX_STD_KEY
 
 PARITY_IMAGES = 1000
 PARITY_TOLERANCE = 1e-4  # max |exported - eager| logit
 ONNX_OPSET = 18
+# Written into every export (its value: the format), and looked for before replacing a file.
+EXPORT_MARKER_KEY = "mnist_classifier.export"
+# A SimpleCNN export is under 2 MB: a larger file at the output's name is not one of ours.
+MAX_EXPORT_BYTES = 64 << 20
+MAX_SIDECAR_BYTES = 1 << 20
 
 
 class ExportError(RuntimeError):
@@ -55,6 +74,70 @@ class ExportResult:
     files: tuple[Path, ...]  # everything written (the model, and a sidecar where there is one)
     parity: Parity
     checker: str  # what produced the exported logits
+
+
+def exported_files(export_format: str, output: Path) -> tuple[Path, ...]:
+    """The files an export to `output` writes: the model, and safetensors' JSON sidecar."""
+    if export_format == "safetensors":
+        return (output, _sidecar_of(output))
+    return (output,)
+
+
+def check_export_output(export_format: str, output: Path, checkpoint: Path) -> None:
+    """Before any work: NotOurFile if the export would replace `checkpoint` (or its digest
+    file), or any file at the names it writes that is not an earlier export of this project."""
+    instead = "choose another --output, or move that file away"
+    if output.is_dir():
+        raise NotOurFile(f"{output} is a folder; --output names the file to write")
+    inputs = {
+        checkpoint: "the checkpoint",
+        digest_path(checkpoint): "the digest file of the checkpoint",
+    }
+    for target in exported_files(export_format, output):
+        for path, what in inputs.items():
+            # samefile: another spelling of the path, or a link to it, is the same file.
+            if target.exists() and path.exists() and os.path.samefile(target, path):
+                raise NotOurFile(f"{target} is {what} being exported; choose another --output")
+        if target == output:
+            refuse_to_replace(target, is_our_export, "an export of this project", instead)
+        else:
+            refuse_to_replace(target, _is_our_sidecar, "a safetensors sidecar of ours", instead)
+
+
+def is_our_export(path: Path) -> bool:
+    """Whether `path` is an ONNX, TorchScript or safetensors export that this project wrote."""
+    data = contents_if_regular(path, MAX_EXPORT_BYTES)
+    if data is None:
+        return False
+    try:
+        if data.startswith(b"PK\x03\x04"):  # a zip archive: TorchScript
+            with zipfile.ZipFile(io.BytesIO(data)) as archive:
+                marker = f"/extra/{EXPORT_MARKER_KEY}"
+                return any(name.endswith(marker) for name in archive.namelist())
+        header_size = int.from_bytes(data[:8], "little")  # safetensors: size, then JSON
+        if data[8:9] == b"{" and 8 + header_size <= len(data):
+            header = json.loads(data[8 : 8 + header_size])
+            return EXPORT_MARKER_KEY in (header.get("__metadata__") or {})
+        import onnx
+
+        keys = {entry.key for entry in onnx.load_model_from_string(data).metadata_props}
+        # ONNX exports made before the marker carry their normalisation under our keys.
+        return bool(keys & {EXPORT_MARKER_KEY, ONNX_MEAN_KEY})
+    except Exception:  # zipfile, json and protobuf each reject other files their own way
+        return False
+
+
+def _is_our_sidecar(path: Path) -> bool:
+    data = contents_if_regular(path, MAX_SIDECAR_BYTES)
+    try:
+        description = json.loads(data) if data is not None else None
+    except ValueError:
+        return False
+    return isinstance(description, dict) and EXPORT_MARKER_KEY in description
+
+
+def _sidecar_of(output: Path) -> Path:
+    return output.with_suffix(output.suffix + ".json")
 
 
 def export_model(
@@ -155,6 +238,7 @@ def _onnx(model, output: Path, inputs: torch.Tensor, normalization, dataset: Dat
     # Normalisation travels inside the file, so onnxruntime users need nothing else.
     onnx_model = onnx.load(str(output))
     metadata = {
+        EXPORT_MARKER_KEY: "onnx",
         ONNX_MEAN_KEY: repr(normalization.mean),
         ONNX_STD_KEY: repr(normalization.std),
         ONNX_DATASET_KEY: dataset.name,
@@ -175,7 +259,7 @@ def _torchscript(model, output: Path, inputs: torch.Tensor, _normalization, _dat
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit's deprecation notice
         traced = torch.jit.trace(model, example)
-        torch.jit.save(traced, str(output))
+        torch.jit.save(traced, str(output), _extra_files={EXPORT_MARKER_KEY: "torchscript"})
         loaded = torch.jit.load(str(output), map_location="cpu")
     with torch.inference_mode():
         logits = loaded(inputs).numpy()
@@ -186,9 +270,11 @@ def _safetensors(model, output: Path, inputs: torch.Tensor, normalization, datas
     from safetensors.torch import load_file, save_file
 
     state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
-    save_file(state, str(output), metadata={"architecture": ARCHITECTURE})
-    sidecar = output.with_suffix(output.suffix + ".json")
+    marker = {EXPORT_MARKER_KEY: "safetensors"}
+    save_file(state, str(output), metadata={"architecture": ARCHITECTURE, **marker})
+    sidecar = _sidecar_of(output)
     description = {
+        **marker,
         "architecture": ARCHITECTURE,
         "input": {"shape": ["batch", 1, IMAGE_SIDE, IMAGE_SIDE], "dtype": "float32"},
         "output": {"shape": ["batch", NUM_CLASSES], "meaning": "logits (softmax for p)"},

@@ -19,9 +19,21 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from mnist_classifier.datasets import IMAGE_SIDE, class_noun  # noqa: E402
+from mnist_classifier.files import contents_if_regular  # noqa: E402
 from mnist_classifier.metrics import Calibration  # noqa: E402
 
 DPI = 120
+# Every figure saved here carries this title in its metadata, so that a file at a figure's name
+# can be told to be one of ours (and replaced) or someone else's (and kept).
+FIGURE_MARKER = "mnist-classifier figure"
+PLOT_FORMATS = ("png", "svg", "pdf")  # what `mnist runs --plot` draws, by file extension
+MAX_FIGURE_BYTES = 64 << 20  # our figures are well under 1 MB
+# Where each format keeps the title, as matplotlib writes it.
+_MARKER_IN_FORMAT = {
+    "png": b"tEXtTitle\x00" + FIGURE_MARKER.encode(),
+    "svg": b"<title>" + FIGURE_MARKER.encode() + b"</title>",
+    "pdf": b"/Title (" + FIGURE_MARKER.encode() + b")",
+}
 CAPTION_BAND = 14  # pixels above each 28x28 digit for its caption
 GRID_PADDING = 2
 
@@ -156,8 +168,15 @@ def digit_grid_figure(images: torch.Tensor, captions: list[str], colours: list[s
 def _save(figure, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.tight_layout()
-    figure.savefig(path)
+    figure.savefig(path, metadata={"Title": FIGURE_MARKER})
     plt.close(figure)
+
+
+def is_our_figure(path: Path) -> bool:
+    """Whether `path` is a PNG, SVG or PDF figure that this project drew (its title says so)."""
+    marker = _MARKER_IN_FORMAT.get(path.suffix.lower().removeprefix("."))
+    data = contents_if_regular(path, MAX_FIGURE_BYTES)
+    return marker is not None and data is not None and marker in data
 
 
 def save_learning_curves(curves: dict[str, list[dict]], path: Path) -> None:

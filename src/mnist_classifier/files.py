@@ -22,6 +22,11 @@ class FileRefused(OSError):
     """Not a regular file, or larger than the caller's limit; the message says which."""
 
 
+class NotOurFile(Exception):
+    """A command was asked to write over a file this project did not write, or over the file it
+    reads from; the one-line message names the file and what to do instead."""
+
+
 def read_regular_file(path: Path | str, max_bytes: int) -> bytes:
     """The bytes of `path`, refusing anything but a regular file of at most `max_bytes`.
 
@@ -38,6 +43,22 @@ def read_regular_file(path: Path | str, max_bytes: int) -> bytes:
     if len(data) > max_bytes:
         raise FileRefused(f"{path} is larger than {max_bytes:,} bytes")
     return data
+
+
+def contents_if_regular(path: Path | str, max_bytes: int) -> bytes | None:
+    """The bytes of `path` when it is a readable regular file of at most `max_bytes`, else None:
+    for telling whether a file is one this project wrote, where anything else means "no"."""
+    try:
+        return read_regular_file(path, max_bytes)
+    except OSError:
+        return None
+
+
+def refuse_to_replace(path: Path, is_ours: Callable[[Path], bool], ours: str, instead: str) -> None:
+    """Raise NotOurFile when `path` exists and `is_ours(path)` says it is not `ours` (e.g. "an
+    export of this project"): a command replaces only files it wrote. `instead` says what to do."""
+    if (path.exists() or path.is_symlink()) and not is_ours(path):
+        raise NotOurFile(f"{path} exists and is not {ours}; {instead}")
 
 
 def sha256_of(path: Path | str) -> str:
