@@ -5,14 +5,16 @@ import json
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from typer.testing import CliRunner
 
 from mnist_classifier.checkpoint import load_checkpoint
 from mnist_classifier.cli import app
-from mnist_classifier.config import config_from_dict
+from mnist_classifier.config import TrainConfig, config_from_dict
 from mnist_classifier.datasets import MNIST
-from mnist_classifier.runs import list_runs, record_test_accuracy, run_labels
+from mnist_classifier.runs import METRIC_COLUMNS, list_runs, record_test_accuracy, run_labels
 
 runner = CliRunner()
 
@@ -181,7 +183,8 @@ def test_sweep_then_runs_compares_what_differs(mnist_dir, tmp_path):
         ],
     )
     assert swept.exit_code == 0, swept.output
-    records = list_runs(tmp_path)
+    records, unreadable = list_runs(tmp_path)
+    assert unreadable == []
     assert [record.config["lr"] for record in records] == [0.001, 0.003]
     assert all(record.name.endswith(f"run-lr={record.config['lr']}") for record in records)
 
@@ -261,3 +264,130 @@ def test_test_accuracy_reaches_the_run_that_wrote_a_checkpoint_kept_elsewhere(tm
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary == {"best_epoch": 2, "test_accuracy": 0.99, "test_checkpoint": str(staged)}
     assert record_test_accuracy(staged, 0.99, "") is None  # no run to tell
+
+
+def _run_folder(runs_dir, name, lr):
+    """A finished two-epoch run's records, as RunRecorder writes them, without training."""
+    run_dir = runs_dir / f"20260101-000000-{name}"
+    run_dir.mkdir(parents=True)
+    config = TrainConfig().to_dict()
+    config.update(lr=lr, name=name)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    summary = {"best_epoch": 2, "best_validation_accuracy": 0.9, "epochs_run": 2}
+    (run_dir / "summary.json").write_text(json.dumps({**summary, "wall_seconds": 3.5}))
+    rows = [[epoch, 0.5, 0.8, 0.4, 0.9, lr, 1.0, 500.0] for epoch in (1, 2)]
+    with open(run_dir / "metrics.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows([METRIC_COLUMNS, *rows])
+    return run_dir
+
+
+def _runs_json(runs_dir):
+    result = runner.invoke(app, ["runs", "--runs-dir", str(runs_dir), "--format", "json"])
+    return result, json.loads(result.stdout) if result.stdout else []
+
+
+DAMAGED_RECORDS = [
+    ("summary.json", b'{"best_epoch": 2,', "summary.json is not valid JSON"),
+    ("summary.json", b"[0.9, 0.8]", "summary.json holds a JSON list, not a record"),
+    ("summary.json", b'"done"', "summary.json holds a JSON str, not a record"),
+    (
+        "summary.json",
+        b'{"best_validation_accuracy": "high"}',
+        "summary.json: best_validation_accuracy is 'high', not a number",
+    ),
+    ("summary.json", b'{"epochs_run": true}', "summary.json: epochs_run is True, not a whole"),
+    ("summary.json", b"\xff\xfe{}", "summary.json is not UTF-8 text"),
+    ("config.yaml", b"lr: [0.1\n", "config.yaml is not valid YAML"),
+    ("config.yaml", b"- lr\n- 0.1\n", "config.yaml must hold a mapping"),
+    ("config.yaml", bytes(range(256)), "config.yaml is not UTF-8 text"),
+    ("config.yaml", b"lr: 2026-01-01\n", "config.yaml: 'lr' holds a date, not a setting"),
+    ("metrics.csv", bytes(range(256)), "metrics.csv is not UTF-8 text"),
+    ("metrics.csv", b"epoch,train_loss\n1,0.5\n", "metrics.csv has no train_accuracy"),
+    (
+        "metrics.csv",
+        ",".join(METRIC_COLUMNS).encode() + b"\n1,0.5,0.8,0.4,0.9,0.001,1.0,500\n2,0.4,0.8",
+        "metrics.csv: line 3 does not have one value per column (cut short",
+    ),
+    (
+        "metrics.csv",
+        ",".join(METRIC_COLUMNS).encode() + b"\n1,low,0.8,0.4,0.9,0.001,1.0,500\n",
+        "metrics.csv: line 2: 'train_loss' is 'low', not a number",
+    ),
+    (
+        "metrics.csv",
+        ",".join(METRIC_COLUMNS).encode() + b"\ninf,0.5,0.8,0.4,0.9,0.001,1.0,500\n",
+        "metrics.csv: line 2: epoch is 'inf', not an epoch number",
+    ),
+]
+
+
+@pytest.mark.parametrize(("file_name", "content", "message"), DAMAGED_RECORDS)
+def test_a_damaged_run_record_is_named_on_one_line_and_the_other_runs_still_listed(
+    tmp_path, file_name, content, message
+):
+    _run_folder(tmp_path, "good", 0.001)
+    damaged = _run_folder(tmp_path, "damaged", 0.002)
+    _run_folder(tmp_path, "later", 0.003)
+    (damaged / file_name).write_bytes(content)
+    files_before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
+
+    result, rows = _runs_json(tmp_path)
+
+    assert result.exit_code == 2, result.output
+    assert [row["run"] for row in rows] == ["20260101-000000-good", "20260101-000000-later"]
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("error: ") and str(damaged / file_name) in line and message in line
+    assert "run 20260101-000000-damaged is not listed" in line
+    table = runner.invoke(app, ["runs", "--runs-dir", str(tmp_path)])
+    assert table.exit_code == 2 and "Traceback" not in table.output
+    assert "20260101-000000-later" in table.stdout
+    with_plot = runner.invoke(
+        app, ["runs", "--runs-dir", str(tmp_path), "--plot", str(tmp_path / "curves.png")]
+    )
+    assert with_plot.exit_code == 2 and (tmp_path / "curves.png").is_file()
+    (tmp_path / "curves.png").unlink()
+    assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == (
+        files_before
+    )
+
+
+def test_when_every_run_is_damaged_each_gets_its_line(tmp_path):
+    for name in ("first", "second"):
+        (_run_folder(tmp_path, name, 0.001) / "summary.json").write_text("{")
+    result, rows = _runs_json(tmp_path)
+    assert result.exit_code == 2 and rows == []
+    assert len(result.stderr.splitlines()) == 2
+    assert all(line.startswith("error: ") for line in result.stderr.splitlines())
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    file_name=st.sampled_from(["summary.json", "config.yaml", "metrics.csv"]),
+    content=st.binary(max_size=300)
+    | st.text(max_size=300).map(str.encode)
+    | st.recursive(
+        st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=10),
+        lambda inner: (
+            st.lists(inner, max_size=3)
+            | st.dictionaries(st.sampled_from(["best_epoch", "test_accuracy", "lr"]), inner)
+        ),
+        max_leaves=8,
+    ).map(lambda value: json.dumps(value).encode()),
+)
+def test_any_record_file_leaves_the_other_runs_listed(tmp_path_factory, file_name, content):
+    runs_dir = tmp_path_factory.mktemp("runs")
+    _run_folder(runs_dir, "good", 0.001)
+    (_run_folder(runs_dir, "arbitrary", 0.002) / file_name).write_bytes(content)
+
+    result, rows = _runs_json(runs_dir)
+
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    assert "20260101-000000-good" in [row["run"] for row in rows]
+    if result.exit_code == 0:  # the file happened to be a usable record
+        assert len(rows) == 2 and result.stderr == ""
+    else:
+        assert result.exit_code == 2 and len(rows) == 1
+        (line,) = result.stderr.splitlines()
+        assert line.startswith("error: ") and file_name in line

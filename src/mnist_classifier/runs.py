@@ -17,8 +17,10 @@ RunRecorder writes them as a TrainingObserver; the rest of this module reads the
 from __future__ import annotations
 
 import csv
+import io
 import itertools
 import json
+import math
 import re
 import sys
 from collections.abc import Iterator, Sequence
@@ -31,8 +33,15 @@ from typing import Any
 import yaml
 
 from mnist_classifier.checkpoint import LoadedCheckpoint, load_checkpoint
-from mnist_classifier.config import ConfigError, TrainConfig, flatten, parse_assignment
-from mnist_classifier.files import write_json_atomically
+from mnist_classifier.config import (
+    ConfigError,
+    TrainConfig,
+    flatten,
+    parse_assignment,
+    read_config_file,
+    shown,
+)
+from mnist_classifier.files import read_regular_file, write_json_atomically
 from mnist_classifier.provenance import software_provenance
 from mnist_classifier.resume import ResumeError, find_resume_checkpoint
 from mnist_classifier.train import EpochResult, TrainingObserver, TrainResult, TrainSetup
@@ -332,27 +341,147 @@ class RunRecord:
         return "-".join(self.path.name.split("-")[:2])
 
 
+class RunRecordError(ValueError):
+    """One of a run folder's files cannot be used; the message names the file and why."""
+
+
+# Ceilings on the record files `mnist runs` reads (config.yaml has the config files' own):
+# a summary is a few hundred bytes and a metrics row about 150, so these are never reached by
+# a real run, only by a file linked to a device or replaced by something else.
+MAX_SUMMARY_BYTES = 1024 * 1024
+MAX_METRICS_BYTES = 64 * 1024 * 1024
+# What the summary's readers format: a value of another type is a damaged record, not a run's.
+WHOLE_NUMBER = ((int,), "a whole number")
+NUMBER = ((int, float), "a number")
+TEXT = ((str,), "text")
+SUMMARY_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "best_epoch": WHOLE_NUMBER,
+    "epochs_run": WHOLE_NUMBER,
+    "best_validation_accuracy": NUMBER,
+    "best_validation_loss": NUMBER,
+    "test_accuracy": NUMBER,
+    "wall_seconds": NUMBER,
+    "stop_reason": TEXT,
+    "checkpoint_dir": TEXT,
+    "test_checkpoint": TEXT,
+}
+# The columns the learning curves draw; a metrics.csv without them cannot be plotted.
+PLOTTED_COLUMNS = (
+    "epoch",
+    "train_loss",
+    "train_accuracy",
+    "validation_loss",
+    "validation_accuracy",
+)
+SETTING_TYPES = (str, int, float, bool, type(None))
+
+
 def read_run(path: Path) -> RunRecord:
-    config = yaml.safe_load((path / "config.yaml").read_text()) or {}
-    summary_path = path / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    metrics_path = path / "metrics.csv"
-    metrics = []
-    if metrics_path.is_file():
-        with open(metrics_path, newline="") as handle:
-            metrics = [
-                {key: float(value) for key, value in row.items()} for row in csv.DictReader(handle)
-            ]
-    return RunRecord(path=path, config=flatten(config), summary=summary, metrics=metrics)
+    """A run folder's config, summary and metrics; RunRecordError if any of them is damaged."""
+    summary_path, metrics_path = path / "summary.json", path / "metrics.csv"
+    return RunRecord(
+        path=path,
+        config=_read_run_config(path / "config.yaml"),
+        summary=_read_summary(summary_path) if summary_path.is_file() else {},
+        metrics=_read_metrics(metrics_path) if metrics_path.is_file() else [],
+    )
 
 
-def list_runs(runs_dir: Path | str) -> list[RunRecord]:
-    """Runs under `runs_dir`, oldest first."""
+def _read_run_config(path: Path) -> dict[str, Any]:
+    try:
+        config = flatten(read_config_file(path))
+    except ConfigError as error:
+        raise RunRecordError(str(error)) from None
+    for key, value in config.items():
+        if not isinstance(value, SETTING_TYPES):
+            raise RunRecordError(
+                f"{path}: {shown(key)} holds a {type(value).__name__}, not a setting"
+            )
+    return config
+
+
+def _read_text(path: Path, max_bytes: int) -> str:
+    try:
+        return read_regular_file(path, max_bytes).decode("utf-8")
+    except OSError as error:
+        raise RunRecordError(f"{path} cannot be read ({error.strerror or error})") from None
+    except UnicodeDecodeError as error:
+        raise RunRecordError(f"{path} is not UTF-8 text (byte {error.start})") from None
+
+
+def _read_summary(path: Path) -> dict[str, Any]:
+    try:
+        summary = json.loads(_read_text(path, MAX_SUMMARY_BYTES))
+    except json.JSONDecodeError as error:
+        raise RunRecordError(
+            f"{path} is not valid JSON ({error.msg}, line {error.lineno})"
+        ) from None
+    except RecursionError:
+        raise RunRecordError(f"{path} is not valid JSON (nested too deeply)") from None
+    if not isinstance(summary, dict):
+        raise RunRecordError(f"{path} holds a JSON {type(summary).__name__}, not a record")
+    for key, (types, wanted) in SUMMARY_TYPES.items():
+        value = summary.get(key)
+        # bool is an int to Python, but true is no epoch count or accuracy.
+        if key in summary and (isinstance(value, bool) or not isinstance(value, types)):
+            raise RunRecordError(f"{path}: {key} is {shown(value)}, not {wanted}")
+    return summary
+
+
+def _read_metrics(path: Path) -> list[dict[str, float]]:
+    text = _read_text(path, MAX_METRICS_BYTES)
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        missing = [
+            column
+            for column in PLOTTED_COLUMNS
+            if column not in (reader.fieldnames or PLOTTED_COLUMNS)
+        ]
+        if missing:
+            raise RunRecordError(f"{path} has no {', '.join(missing)} column")
+        rows = []
+        for row in reader:
+            # A row cut short has None for its last values; one too long, a key None.
+            if None in row or None in row.values():
+                raise RunRecordError(
+                    f"{path}: line {reader.line_num} does not have one value per column "
+                    "(cut short or damaged)"
+                )
+            rows.append(
+                {key: _metric(path, reader.line_num, key, value) for key, value in row.items()}
+            )
+    except csv.Error as error:
+        raise RunRecordError(f"{path} is not CSV ({error})") from None
+    return rows
+
+
+def _metric(path: Path, line: int, column: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise RunRecordError(
+            f"{path}: line {line}: {shown(column)} is {shown(text)}, not a number"
+        ) from None
+    if column == "epoch" and not (math.isfinite(value) and value >= 1 and value == int(value)):
+        raise RunRecordError(f"{path}: line {line}: epoch is {shown(text)}, not an epoch number")
+    return value
+
+
+def list_runs(runs_dir: Path | str) -> tuple[list[RunRecord], list[str]]:
+    """Runs under `runs_dir`, oldest first, and one line for each run folder left out because
+    one of its files is damaged (one bad record must not hide the other runs)."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
-        return []
-    folders = sorted(path for path in runs_dir.iterdir() if (path / "config.yaml").is_file())
-    return [read_run(path) for path in folders]
+        return [], []
+    records, unreadable = [], []
+    for path in sorted(path for path in runs_dir.iterdir() if (path / "config.yaml").is_file()):
+        try:
+            records.append(read_run(path))
+        except RunRecordError as error:
+            unreadable.append(
+                f"{error}; run {path.name} is not listed (repair or move the file aside)"
+            )
+    return records, unreadable
 
 
 def parse_run_filters(filters: list[str]) -> dict[str, Any]:
@@ -381,20 +510,21 @@ class NoRunsFound(LookupError):
     """No run to compare: none under the runs folder, or none that the filters match."""
 
 
-def runs_to_compare(runs_dir: Path | str, filters: list[str]) -> list[RunRecord]:
+def runs_to_compare(runs_dir: Path | str, filters: list[str]) -> tuple[list[RunRecord], list[str]]:
     """The runs under `runs_dir` whose config has the `filters`' values (KEY=VALUE), oldest
-    first; ConfigError for a bad filter, NoRunsFound (saying what to do) when none is left."""
+    first, and a line for each run left out because a file of it is damaged; ConfigError for
+    a bad filter, NoRunsFound (saying what to do) when there is neither."""
     wanted = parse_run_filters(filters)
-    records = list_runs(runs_dir)
-    if not records:
+    records, unreadable = list_runs(runs_dir)
+    if not records and not unreadable:
         raise NoRunsFound(f"no runs found in {runs_dir}; train one first: mnist train")
     records = matching_runs(records, wanted)
-    if not records:
+    if not records and not unreadable:
         raise NoRunsFound(
             f"no runs match {' '.join(filters)} in {runs_dir}; "
             f"mnist runs --runs-dir {runs_dir} lists them all"
         )
-    return records
+    return records, unreadable
 
 
 def run_labels(runs: list[RunRecord]) -> dict[str, RunRecord]:
