@@ -135,8 +135,13 @@ def checkpoint_to_resume(
     """The checkpoint `--resume` names, loaded and verified, and why newer ones were skipped:
     the path given, or for 'auto' the newest valid one in `config.output_dir` (when set), else
     in the newest run of `config.name` that holds one. None when there is nothing to resume."""
+    if resume is None:
+        return None, []
+    if not resume.strip():
+        # Never read as "no resume": that would quietly start the run again from scratch.
+        raise ResumeError("--resume needs a checkpoint path or 'auto' (got an empty value)")
     if resume != "auto":
-        return (load_checkpoint(Path(resume)) if resume else None), []
+        return load_checkpoint(Path(resume)), []
     if config.output_dir:
         return find_resume_checkpoint(Path(config.output_dir))
     return find_resume_in_runs(run_dirs_newest_first(config.runs_dir, config.name))
