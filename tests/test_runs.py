@@ -391,3 +391,115 @@ def test_any_record_file_leaves_the_other_runs_listed(tmp_path_factory, file_nam
         assert result.exit_code == 2 and len(rows) == 1
         (line,) = result.stderr.splitlines()
         assert line.startswith("error: ") and file_name in line
+
+
+def _run_files(run_dir):
+    return {path.name: path.read_bytes() for path in run_dir.iterdir() if path.is_file()}
+
+
+def _resume(checkpoint, *arguments):
+    return runner.invoke(app, ["train", "--resume", str(checkpoint), "--quiet", *arguments])
+
+
+@pytest.fixture
+def finished_run(mnist_dir, tmp_path, synthetic_data):
+    """A finished two-epoch run (schedule none: its length can change without --force)."""
+    _train(mnist_dir, tmp_path / "runs", "--epochs", "2", "--quiet")
+    (run_dir,) = list((tmp_path / "runs").iterdir())
+    return run_dir
+
+
+@pytest.mark.parametrize("damage", ["cut short", "missing"])
+def test_resume_restores_the_metrics_row_a_crash_cut_short(finished_run, damage):
+    # The checkpoint of an epoch is saved before its metrics row: a kill in between leaves
+    # the row missing, or (with the append this replaced) cut short.
+    metrics_path = finished_run / "metrics.csv"
+    header, first, second = metrics_path.read_text().splitlines()
+    kept = [header, first, second[: len(second) // 2]] if damage == "cut short" else [header, first]
+    metrics_path.write_text("\n".join(kept) + "\n")
+
+    resumed = _resume(finished_run / "checkpoint_epoch_2.pt", "--epochs", "3")
+
+    assert resumed.exit_code == 0, resumed.output
+    lines = metrics_path.read_text().splitlines()
+    assert lines[:3] == [header, first, second]  # rebuilt from the checkpoint, digit for digit
+    assert [line.split(",")[0] for line in lines[1:]] == ["1", "2", "3"]
+    listed = runner.invoke(
+        app, ["runs", "--runs-dir", str(finished_run.parent), "--format", "json"]
+    )
+    assert listed.exit_code == 0 and json.loads(listed.stdout)[0]["epochs"] == 3
+
+
+def test_metrics_csv_is_replaced_whole_never_appended(finished_run, monkeypatch):
+    from mnist_classifier import files
+
+    before = (finished_run / "metrics.csv").read_bytes()
+
+    def killed_before_the_rename(source, target):
+        raise KeyboardInterrupt  # the process dies between writing the new file and renaming
+
+    monkeypatch.setattr(files.os, "replace", killed_before_the_rename)
+    with pytest.raises(KeyboardInterrupt):
+        from mnist_classifier.runs import RunRecorder
+
+        recorder = RunRecorder(finished_run)
+        recorder.rows = [{column: 1 for column in METRIC_COLUMNS}]
+        recorder._write_metrics()
+    assert (finished_run / "metrics.csv").read_bytes() == before
+    assert not list(finished_run.glob(".mnist-partial-*"))
+
+
+@pytest.mark.parametrize("content", [b'{"git_commit": "abc"', b"[1, 2]", b"\xff\xfe"])
+def test_resume_into_a_run_with_damaged_provenance_is_one_line_and_touches_nothing(
+    finished_run, content
+):
+    (finished_run / "provenance.json").write_bytes(content)
+    before = _run_files(finished_run)
+
+    resumed = _resume(finished_run / "checkpoint_epoch_2.pt", "--epochs", "3")
+
+    assert resumed.exit_code == 1, resumed.output
+    (line,) = resumed.output.splitlines()
+    assert line.startswith("error: cannot resume into run") and "provenance.json" in line
+    assert "move it aside" in line
+    assert _run_files(finished_run) == before
+    assert list(finished_run.parent.iterdir()) == [finished_run]  # no new run folder either
+
+
+def test_resume_with_provenance_moved_aside_says_where_the_record_begins(finished_run):
+    (finished_run / "provenance.json").rename(finished_run.parent / "provenance.json.damaged")
+    assert _resume(finished_run / "checkpoint_epoch_2.pt", "--epochs", "3").exit_code == 0
+    record = json.loads((finished_run / "provenance.json").read_text())
+    assert "not recorded here" in record["origin"] and "git_commit" not in record
+    assert [start["from_epoch"] for start in record["resumptions"]] == [2]
+
+
+@pytest.mark.parametrize(
+    ("checkpoint", "epochs", "wanted"),
+    [(2, [], "--epochs 3"), (2, ["--epochs", "1"], "--epochs 3")],
+)
+def test_resume_with_nothing_left_to_train_is_refused_before_touching_a_file(
+    finished_run, checkpoint, epochs, wanted
+):
+    record_test_accuracy(finished_run / "best_model.pt", 0.75, str(finished_run))
+    before = _run_files(finished_run)
+
+    resumed = _resume(finished_run / f"checkpoint_epoch_{checkpoint}.pt", *epochs)
+
+    assert resumed.exit_code == 2, resumed.output
+    (line,) = resumed.output.splitlines()
+    assert line.startswith("error: nothing left to train: the run already has 2 epochs")
+    assert f"to train more, resume with {wanted}" in line
+    assert _run_files(finished_run) == before
+
+
+def test_resume_keeps_the_summary_fields_it_did_not_write(finished_run):
+    best = finished_run / "best_model.pt"
+    record_test_accuracy(best, 0.75, str(finished_run))
+
+    assert _resume(finished_run / "checkpoint_epoch_2.pt", "--epochs", "3").exit_code == 0
+
+    summary = json.loads((finished_run / "summary.json").read_text())
+    assert summary["test_accuracy"] == 0.75 and summary["test_checkpoint"] == str(best)
+    assert summary["epochs_run"] == 3 and summary["stop_reason"] == "completed all 3 epochs"
+    assert yaml.safe_load((finished_run / "config.yaml").read_text())["epochs"] == 3

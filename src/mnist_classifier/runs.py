@@ -41,7 +41,7 @@ from mnist_classifier.config import (
     read_config_file,
     shown,
 )
-from mnist_classifier.files import read_regular_file, write_json_atomically
+from mnist_classifier.files import read_regular_file, write_atomically, write_json_atomically
 from mnist_classifier.provenance import software_provenance
 from mnist_classifier.resume import ResumeError, find_resume_checkpoint
 from mnist_classifier.train import EpochResult, TrainingObserver, TrainResult, TrainSetup
@@ -159,6 +159,7 @@ def run_directory(
         yield None
         return
     if resume_from is not None and (resume_from.parent / "config.yaml").is_file():
+        check_records_to_continue(resume_from.parent)
         yield resume_from.parent
         return
     run_dir = create_run_dir(config.runs_dir, config.name)
@@ -168,6 +169,22 @@ def run_directory(
         if run_dir.is_dir() and not any(run_dir.iterdir()):
             run_dir.rmdir()
         raise
+
+
+def check_records_to_continue(run_dir: Path) -> None:
+    """Refuse, before any file is touched, to continue a run whose provenance or summary is
+    damaged: a resumption adds to both, so it would have to overwrite what it cannot read.
+    (The project writes them atomically, so a crash never leaves them so; someone else did.)"""
+    for path in (run_dir / "provenance.json", run_dir / "summary.json"):
+        if not path.is_file():
+            continue
+        try:
+            _read_summary(path) if path.name == "summary.json" else _read_json_record(path)
+        except RunRecordError as error:
+            raise RunRecordError(
+                f"cannot resume into run {run_dir.name}: {error}; resuming adds to this file, "
+                "so repair it, or move it aside to resume with a new one"
+            ) from None
 
 
 def provenance(config_seed: int, setup: TrainSetup) -> dict[str, Any]:
@@ -181,6 +198,10 @@ def provenance(config_seed: int, setup: TrainSetup) -> dict[str, Any]:
         "command_line": sys.argv,
         "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def _metric_row(epoch: EpochResult) -> dict[str, Any]:
+    return {column: getattr(epoch, column) for column in METRIC_COLUMNS}
 
 
 class RunRecorder(TrainingObserver):
@@ -199,31 +220,32 @@ class RunRecorder(TrainingObserver):
         from torch.utils.tensorboard import SummaryWriter
 
         self.config, self.setup, self.step = config, setup, setup.start_step
-        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
         provenance_path = self.run_dir / "provenance.json"
         this_start = provenance(config.seed, setup)
-        if setup.start_epoch > 1 and provenance_path.is_file():
-            # A resumed run keeps its origin and adds this start to the record.
-            record = json.loads(provenance_path.read_text())
+        if setup.start_epoch > 1:
+            # A resumed run keeps its origin and adds this start to the record; if the record
+            # was moved aside, the new one says so rather than pass this start off as the origin.
+            record = (
+                _read_json_record(provenance_path)
+                if provenance_path.is_file()
+                else {"origin": "not recorded here; this record begins with a resumption"}
+            )
             record.setdefault("resumptions", []).append(
                 {"from_epoch": setup.start_epoch - 1, **this_start}
             )
         else:
             record = this_start
+        # Every record is replaced whole, so a crash leaves the old file or the new one.
+        config_text = yaml.safe_dump(config.to_dict(), sort_keys=False)
+        write_atomically(self.run_dir / "config.yaml", config_text.encode())
         write_json_atomically(provenance_path, record)
 
-        metrics_path = self.run_dir / "metrics.csv"
-        kept: list[dict[str, str]] = []
-        if setup.start_epoch > 1 and metrics_path.is_file():
-            with open(metrics_path, newline="") as handle:
-                kept = [
-                    row for row in csv.DictReader(handle) if int(row["epoch"]) < setup.start_epoch
-                ]
-        self.rows = [{key: float(value) for key, value in row.items()} for row in kept]
-        with open(metrics_path, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS)
-            writer.writeheader()
-            writer.writerows(kept)
+        # The checkpoint resumed from holds every finished epoch's figures, so metrics.csv is
+        # rebuilt from it, not read back: a row the run logged after that checkpoint (epochs
+        # it trains again) goes, and a row a crash kept from being written (the checkpoint is
+        # saved before its row) comes back.
+        self.rows = [_metric_row(epoch) for epoch in setup.earlier_epochs]
+        self._write_metrics()
         # Every event is logged against the optimizer step; purge_step hides the events a
         # killed run logged beyond the step it resumes from.
         self.writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=setup.start_step + 1)
@@ -238,10 +260,9 @@ class RunRecorder(TrainingObserver):
             self.writer.add_scalar("learning_rate", learning_rate, step)
 
     def epoch_done(self, result: EpochResult) -> None:
-        row = {column: getattr(result, column) for column in METRIC_COLUMNS}
+        row = _metric_row(result)
         self.rows.append(row)
-        with open(self.run_dir / "metrics.csv", "a", newline="") as handle:
-            csv.writer(handle).writerow([row[column] for column in METRIC_COLUMNS])
+        self._write_metrics()
         for column, tag in EPOCH_TAGS.items():
             self.writer.add_scalar(tag, row[column], self.step)
         self.writer.add_scalar("epoch", result.epoch, self.step)
@@ -252,6 +273,16 @@ class RunRecorder(TrainingObserver):
         grid.set_dpi(TENSORBOARD_DPI)
         self.writer.add_figure("validation/predictions", grid, self.step)
         self.writer.flush()
+
+    def _write_metrics(self) -> None:
+        """metrics.csv, every row, rewritten atomically: an append killed half-way would leave
+        a row cut short, which readers would have to guess about. At one row per epoch the
+        whole file is a few kilobytes, so the rewrite costs nothing next to an epoch."""
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=METRIC_COLUMNS)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        write_atomically(self.run_dir / "metrics.csv", text.getvalue().encode())
 
     def _prediction_grid(self, result: EpochResult):
         """The first validation images with the model's predictions; mistakes in red."""
@@ -294,7 +325,15 @@ class RunRecorder(TrainingObserver):
             "wall_seconds": result.wall_seconds,
             "checkpoint_dir": str(result.checkpoint_dir),
         }
-        write_json_atomically(self.run_dir / "summary.json", summary)
+        summary_path = self.run_dir / "summary.json"
+        # A resumed run's summary may hold what other commands added (mnist evaluate's test
+        # accuracy and checkpoint): those stay; only what training itself records is replaced.
+        earlier = (
+            _read_summary(summary_path)
+            if self.setup.start_epoch > 1 and summary_path.is_file()
+            else {}
+        )
+        write_json_atomically(summary_path, {**earlier, **summary})
         self._write_hparams_table()
         self.writer.close()
         save_learning_curves({self.run_dir.name: self.rows}, self.run_dir / "curves.png")
@@ -353,7 +392,7 @@ class RunRecordError(ValueError):
 # Ceilings on the record files `mnist runs` reads (config.yaml has the config files' own):
 # a summary is a few hundred bytes and a metrics row about 150, so these are never reached by
 # a real run, only by a file linked to a device or replaced by something else.
-MAX_SUMMARY_BYTES = 1024 * 1024
+MAX_SUMMARY_BYTES = 1024 * 1024  # and provenance.json
 MAX_METRICS_BYTES = 64 * 1024 * 1024
 # What the summary's readers format: a value of another type is a damaged record, not a run's.
 WHOLE_NUMBER = ((int,), "a whole number")
@@ -414,17 +453,23 @@ def _read_text(path: Path, max_bytes: int) -> str:
         raise RunRecordError(f"{path} is not UTF-8 text (byte {error.start})") from None
 
 
-def _read_summary(path: Path) -> dict[str, Any]:
+def _read_json_record(path: Path) -> dict[str, Any]:
+    """A JSON object (provenance.json, summary.json); RunRecordError for anything else."""
     try:
-        summary = json.loads(_read_text(path, MAX_SUMMARY_BYTES))
+        record = json.loads(_read_text(path, MAX_SUMMARY_BYTES))
     except json.JSONDecodeError as error:
         raise RunRecordError(
             f"{path} is not valid JSON ({error.msg}, line {error.lineno})"
         ) from None
     except RecursionError:
         raise RunRecordError(f"{path} is not valid JSON (nested too deeply)") from None
-    if not isinstance(summary, dict):
-        raise RunRecordError(f"{path} holds a JSON {type(summary).__name__}, not a record")
+    if not isinstance(record, dict):
+        raise RunRecordError(f"{path} holds a JSON {type(record).__name__}, not a record")
+    return record
+
+
+def _read_summary(path: Path) -> dict[str, Any]:
+    summary = _read_json_record(path)
     for key, (types, wanted) in SUMMARY_TYPES.items():
         value = summary.get(key)
         # bool is an int to Python, but true is no epoch count or accuracy.
