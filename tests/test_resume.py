@@ -14,6 +14,7 @@ from mnist_classifier import train as train_module
 from mnist_classifier.checkpoint import CheckpointSaveError, digest_path
 from mnist_classifier.config import make_config
 from mnist_classifier.resume import ResumeError, find_resume_checkpoint, load_resume_checkpoint
+from mnist_classifier.runs import checkpoint_to_resume
 from mnist_classifier.train import TrainingDiverged, train
 
 # Every train() here, and in the worker, reads tiny synthetic data: exactness needs no MNIST.
@@ -223,3 +224,20 @@ def test_keep_last_deletes_old_epochs_but_never_the_best(data_dir, tmp_path):
         f"checkpoint_epoch_{EPOCHS}.pt",
     ]
     assert not (tmp_path / "checkpoint_epoch_2.pt.sha256").exists()
+
+
+@pytest.mark.parametrize("resume", ["", "  "])
+def test_an_empty_resume_is_a_usage_error_not_a_fresh_run(tmp_path, resume):
+    from typer.testing import CliRunner
+
+    from mnist_classifier.cli import app
+
+    runs_dir = tmp_path / "runs"
+    arguments = ["train", "--resume", resume, "--runs-dir", str(runs_dir), "--device", "cpu"]
+    result = CliRunner().invoke(app, [*arguments, "--data-dir", str(tmp_path), "--quiet"])
+    assert result.exit_code == 2, result.output
+    (line,) = result.output.splitlines()
+    assert line.startswith("error: ") and "--resume" in line and "empty value" in line
+    assert not runs_dir.exists()  # nothing trained, no run folder
+    with pytest.raises(ResumeError, match="empty value"):
+        checkpoint_to_resume(resume, make_config(_settings(tmp_path, tmp_path)))

@@ -5,15 +5,17 @@ import json
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from typer.testing import CliRunner
 
 from mnist_classifier.checkpoint import load_checkpoint
 from mnist_classifier.cli import app
-from mnist_classifier.config import config_from_dict
+from mnist_classifier.config import TrainConfig, config_from_dict
 from mnist_classifier.datasets import MNIST
 from mnist_classifier.figures import is_our_figure
-from mnist_classifier.runs import list_runs, record_test_accuracy, run_labels
+from mnist_classifier.runs import METRIC_COLUMNS, list_runs, record_test_accuracy, run_labels
 
 runner = CliRunner()
 
@@ -182,7 +184,8 @@ def test_sweep_then_runs_compares_what_differs(mnist_dir, tmp_path):
         ],
     )
     assert swept.exit_code == 0, swept.output
-    records = list_runs(tmp_path)
+    records, unreadable = list_runs(tmp_path)
+    assert unreadable == []
     assert [record.config["lr"] for record in records] == [0.001, 0.003]
     assert all(record.name.endswith(f"run-lr={record.config['lr']}") for record in records)
 
@@ -307,3 +310,242 @@ def test_test_accuracy_reaches_the_run_that_wrote_a_checkpoint_kept_elsewhere(tm
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary == {"best_epoch": 2, "test_accuracy": 0.99, "test_checkpoint": str(staged)}
     assert record_test_accuracy(staged, 0.99, "") is None  # no run to tell
+
+
+def _run_folder(runs_dir, name, lr):
+    """A finished two-epoch run's records, as RunRecorder writes them, without training."""
+    run_dir = runs_dir / f"20260101-000000-{name}"
+    run_dir.mkdir(parents=True)
+    config = TrainConfig().to_dict()
+    config.update(lr=lr, name=name)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    summary = {"best_epoch": 2, "best_validation_accuracy": 0.9, "epochs_run": 2}
+    (run_dir / "summary.json").write_text(json.dumps({**summary, "wall_seconds": 3.5}))
+    rows = [[epoch, 0.5, 0.8, 0.4, 0.9, lr, 1.0, 500.0] for epoch in (1, 2)]
+    with open(run_dir / "metrics.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows([METRIC_COLUMNS, *rows])
+    return run_dir
+
+
+def _runs_json(runs_dir):
+    result = runner.invoke(app, ["runs", "--runs-dir", str(runs_dir), "--format", "json"])
+    return result, json.loads(result.stdout) if result.stdout else []
+
+
+DAMAGED_RECORDS = [
+    ("summary.json", b'{"best_epoch": 2,', "summary.json is not valid JSON"),
+    ("summary.json", b"[0.9, 0.8]", "summary.json holds a JSON list, not a record"),
+    ("summary.json", b'"done"', "summary.json holds a JSON str, not a record"),
+    (
+        "summary.json",
+        b'{"best_validation_accuracy": "high"}',
+        "summary.json: best_validation_accuracy is 'high', not a number",
+    ),
+    ("summary.json", b'{"epochs_run": true}', "summary.json: epochs_run is True, not a whole"),
+    ("summary.json", b"\xff\xfe{}", "summary.json is not UTF-8 text"),
+    ("config.yaml", b"lr: [0.1\n", "config.yaml is not valid YAML"),
+    ("config.yaml", b"- lr\n- 0.1\n", "config.yaml must hold a mapping"),
+    ("config.yaml", bytes(range(256)), "config.yaml is not UTF-8 text"),
+    ("config.yaml", b"lr: 2026-01-01\n", "config.yaml: 'lr' holds a date, not a setting"),
+    ("metrics.csv", bytes(range(256)), "metrics.csv is not UTF-8 text"),
+    ("metrics.csv", b"epoch,train_loss\n1,0.5\n", "metrics.csv has no train_accuracy"),
+    (
+        "metrics.csv",
+        ",".join(METRIC_COLUMNS).encode() + b"\n1,0.5,0.8,0.4,0.9,0.001,1.0,500\n2,0.4,0.8",
+        "metrics.csv: line 3 does not have one value per column (cut short",
+    ),
+    (
+        "metrics.csv",
+        ",".join(METRIC_COLUMNS).encode() + b"\n1,low,0.8,0.4,0.9,0.001,1.0,500\n",
+        "metrics.csv: line 2: 'train_loss' is 'low', not a number",
+    ),
+    (
+        "metrics.csv",
+        ",".join(METRIC_COLUMNS).encode() + b"\ninf,0.5,0.8,0.4,0.9,0.001,1.0,500\n",
+        "metrics.csv: line 2: epoch is 'inf', not an epoch number",
+    ),
+]
+
+
+@pytest.mark.parametrize(("file_name", "content", "message"), DAMAGED_RECORDS)
+def test_a_damaged_run_record_is_named_on_one_line_and_the_other_runs_still_listed(
+    tmp_path, file_name, content, message
+):
+    _run_folder(tmp_path, "good", 0.001)
+    damaged = _run_folder(tmp_path, "damaged", 0.002)
+    _run_folder(tmp_path, "later", 0.003)
+    (damaged / file_name).write_bytes(content)
+    files_before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
+
+    result, rows = _runs_json(tmp_path)
+
+    assert result.exit_code == 2, result.output
+    assert [row["run"] for row in rows] == ["20260101-000000-good", "20260101-000000-later"]
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("error: ") and str(damaged / file_name) in line and message in line
+    assert "run 20260101-000000-damaged is not listed" in line
+    table = runner.invoke(app, ["runs", "--runs-dir", str(tmp_path)])
+    assert table.exit_code == 2 and "Traceback" not in table.output
+    assert "20260101-000000-later" in table.stdout
+    with_plot = runner.invoke(
+        app, ["runs", "--runs-dir", str(tmp_path), "--plot", str(tmp_path / "curves.png")]
+    )
+    assert with_plot.exit_code == 2 and (tmp_path / "curves.png").is_file()
+    (tmp_path / "curves.png").unlink()
+    assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == (
+        files_before
+    )
+
+
+def test_when_every_run_is_damaged_each_gets_its_line(tmp_path):
+    for name in ("first", "second"):
+        (_run_folder(tmp_path, name, 0.001) / "summary.json").write_text("{")
+    result, rows = _runs_json(tmp_path)
+    assert result.exit_code == 2 and rows == []
+    assert len(result.stderr.splitlines()) == 2
+    assert all(line.startswith("error: ") for line in result.stderr.splitlines())
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    file_name=st.sampled_from(["summary.json", "config.yaml", "metrics.csv"]),
+    content=st.binary(max_size=300)
+    | st.text(max_size=300).map(str.encode)
+    | st.recursive(
+        st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=10),
+        lambda inner: (
+            st.lists(inner, max_size=3)
+            | st.dictionaries(st.sampled_from(["best_epoch", "test_accuracy", "lr"]), inner)
+        ),
+        max_leaves=8,
+    ).map(lambda value: json.dumps(value).encode()),
+)
+def test_any_record_file_leaves_the_other_runs_listed(tmp_path_factory, file_name, content):
+    runs_dir = tmp_path_factory.mktemp("runs")
+    _run_folder(runs_dir, "good", 0.001)
+    (_run_folder(runs_dir, "arbitrary", 0.002) / file_name).write_bytes(content)
+
+    result, rows = _runs_json(runs_dir)
+
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    assert "20260101-000000-good" in [row["run"] for row in rows]
+    if result.exit_code == 0:  # the file happened to be a usable record
+        assert len(rows) == 2 and result.stderr == ""
+    else:
+        assert result.exit_code == 2 and len(rows) == 1
+        (line,) = result.stderr.splitlines()
+        assert line.startswith("error: ") and file_name in line
+
+
+def _run_files(run_dir):
+    return {path.name: path.read_bytes() for path in run_dir.iterdir() if path.is_file()}
+
+
+def _resume(checkpoint, *arguments):
+    return runner.invoke(app, ["train", "--resume", str(checkpoint), "--quiet", *arguments])
+
+
+@pytest.fixture
+def finished_run(mnist_dir, tmp_path, synthetic_data):
+    """A finished two-epoch run (schedule none: its length can change without --force)."""
+    _train(mnist_dir, tmp_path / "runs", "--epochs", "2", "--quiet")
+    (run_dir,) = list((tmp_path / "runs").iterdir())
+    return run_dir
+
+
+@pytest.mark.parametrize("damage", ["cut short", "missing"])
+def test_resume_restores_the_metrics_row_a_crash_cut_short(finished_run, damage):
+    # The checkpoint of an epoch is saved before its metrics row: a kill in between leaves
+    # the row missing, or (with the append this replaced) cut short.
+    metrics_path = finished_run / "metrics.csv"
+    header, first, second = metrics_path.read_text().splitlines()
+    kept = [header, first, second[: len(second) // 2]] if damage == "cut short" else [header, first]
+    metrics_path.write_text("\n".join(kept) + "\n")
+
+    resumed = _resume(finished_run / "checkpoint_epoch_2.pt", "--epochs", "3")
+
+    assert resumed.exit_code == 0, resumed.output
+    lines = metrics_path.read_text().splitlines()
+    assert lines[:3] == [header, first, second]  # rebuilt from the checkpoint, digit for digit
+    assert [line.split(",")[0] for line in lines[1:]] == ["1", "2", "3"]
+    listed = runner.invoke(
+        app, ["runs", "--runs-dir", str(finished_run.parent), "--format", "json"]
+    )
+    assert listed.exit_code == 0 and json.loads(listed.stdout)[0]["epochs"] == 3
+
+
+def test_metrics_csv_is_replaced_whole_never_appended(finished_run, monkeypatch):
+    from mnist_classifier import files
+
+    before = (finished_run / "metrics.csv").read_bytes()
+
+    def killed_before_the_rename(source, target):
+        raise KeyboardInterrupt  # the process dies between writing the new file and renaming
+
+    monkeypatch.setattr(files.os, "replace", killed_before_the_rename)
+    with pytest.raises(KeyboardInterrupt):
+        from mnist_classifier.runs import RunRecorder
+
+        recorder = RunRecorder(finished_run)
+        recorder.rows = [{column: 1 for column in METRIC_COLUMNS}]
+        recorder._write_metrics()
+    assert (finished_run / "metrics.csv").read_bytes() == before
+    assert not list(finished_run.glob(".mnist-partial-*"))
+
+
+@pytest.mark.parametrize("content", [b'{"git_commit": "abc"', b"[1, 2]", b"\xff\xfe"])
+def test_resume_into_a_run_with_damaged_provenance_is_one_line_and_touches_nothing(
+    finished_run, content
+):
+    (finished_run / "provenance.json").write_bytes(content)
+    before = _run_files(finished_run)
+
+    resumed = _resume(finished_run / "checkpoint_epoch_2.pt", "--epochs", "3")
+
+    assert resumed.exit_code == 1, resumed.output
+    (line,) = resumed.output.splitlines()
+    assert line.startswith("error: cannot resume into run") and "provenance.json" in line
+    assert "move it aside" in line
+    assert _run_files(finished_run) == before
+    assert list(finished_run.parent.iterdir()) == [finished_run]  # no new run folder either
+
+
+def test_resume_with_provenance_moved_aside_says_where_the_record_begins(finished_run):
+    (finished_run / "provenance.json").rename(finished_run.parent / "provenance.json.damaged")
+    assert _resume(finished_run / "checkpoint_epoch_2.pt", "--epochs", "3").exit_code == 0
+    record = json.loads((finished_run / "provenance.json").read_text())
+    assert "not recorded here" in record["origin"] and "git_commit" not in record
+    assert [start["from_epoch"] for start in record["resumptions"]] == [2]
+
+
+@pytest.mark.parametrize(
+    ("checkpoint", "epochs", "wanted"),
+    [(2, [], "--epochs 3"), (2, ["--epochs", "1"], "--epochs 3")],
+)
+def test_resume_with_nothing_left_to_train_is_refused_before_touching_a_file(
+    finished_run, checkpoint, epochs, wanted
+):
+    record_test_accuracy(finished_run / "best_model.pt", 0.75, str(finished_run))
+    before = _run_files(finished_run)
+
+    resumed = _resume(finished_run / f"checkpoint_epoch_{checkpoint}.pt", *epochs)
+
+    assert resumed.exit_code == 2, resumed.output
+    (line,) = resumed.output.splitlines()
+    assert line.startswith("error: nothing left to train: the run already has 2 epochs")
+    assert f"to train more, resume with {wanted}" in line
+    assert _run_files(finished_run) == before
+
+
+def test_resume_keeps_the_summary_fields_it_did_not_write(finished_run):
+    best = finished_run / "best_model.pt"
+    record_test_accuracy(best, 0.75, str(finished_run))
+
+    assert _resume(finished_run / "checkpoint_epoch_2.pt", "--epochs", "3").exit_code == 0
+
+    summary = json.loads((finished_run / "summary.json").read_text())
+    assert summary["test_accuracy"] == 0.75 and summary["test_checkpoint"] == str(best)
+    assert summary["epochs_run"] == 3 and summary["stop_reason"] == "completed all 3 epochs"
+    assert yaml.safe_load((finished_run / "config.yaml").read_text())["epochs"] == 3

@@ -152,17 +152,22 @@ def runs(
     ] = options.RunsFormat.table,
     plot: options.PlotOption = None,
 ) -> None:
-    """Compare runs: the hyper-parameters that differ, best validation and test accuracy."""
+    """Compare runs: the hyper-parameters that differ, best validation and test accuracy.
+
+    A run whose config.yaml, summary.json or metrics.csv is damaged is reported on one line
+    and left out; the others are still listed, and the exit code is then 2.
+    """
     from mnist_classifier.config import ConfigError
-    from mnist_classifier.reporting import print_learning_curves, print_runs
+    from mnist_classifier.reporting import print_error, print_learning_curves, print_runs
     from mnist_classifier.runs import NoRunsFound, comparison_rows, run_labels, runs_to_compare
 
     if plot:
         steps.check_plot_file(plot)
     with failing(EXIT_USAGE, ConfigError), failing(EXIT_FAILURE, NoRunsFound):
-        records = runs_to_compare(runs_dir, filters or [])
-    print_runs(comparison_rows(records), output_format.value)
-    if plot:
+        records, unreadable = runs_to_compare(runs_dir, filters or [])
+    if records:
+        print_runs(comparison_rows(records), output_format.value)
+    if records and plot:
         from mnist_classifier.figures import save_learning_curves
 
         save_learning_curves(
@@ -170,6 +175,11 @@ def runs(
         )
         if output_format is options.RunsFormat.table:
             print_learning_curves(plot)
+    # Like predict and models: the readable runs are listed, each unreadable one gets a line.
+    for problem in unreadable:
+        print_error(problem)
+    if unreadable:
+        raise typer.Exit(EXIT_USAGE)
 
 
 @app.command()
@@ -186,7 +196,13 @@ def sweep(
 
     from mnist_classifier.config import ConfigError
     from mnist_classifier.reporting import print_sweep_results, print_sweep_run
-    from mnist_classifier.runs import comparison_rows, grid_overrides, read_run, sweep_run_name
+    from mnist_classifier.runs import (
+        RunRecordError,
+        comparison_rows,
+        grid_overrides,
+        read_run,
+        sweep_run_name,
+    )
 
     if not grid:
         raise fail("sweep needs at least one --grid KEY=V1,V2", EXIT_USAGE)
@@ -203,7 +219,8 @@ def sweep(
     for index, config in enumerate(configs, start=1):
         print_sweep_run(index, len(configs), config.name)
         run_dirs.append(steps.train_one_run(config, quiet))
-    print_sweep_results(comparison_rows([read_run(run_dir) for run_dir in run_dirs]))
+    with failing(EXIT_FAILURE, RunRecordError):
+        print_sweep_results(comparison_rows([read_run(run_dir) for run_dir in run_dirs]))
 
 
 @app.command()

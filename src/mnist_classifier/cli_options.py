@@ -237,11 +237,22 @@ KeepLastOption = Annotated[
     int | None,
     typer.Option(help="Keep only the newest K epoch checkpoints (0 = all). [default: 0]"),
 ]
+
+
+def _resume_target(value: str | None) -> str | None:
+    # An empty value (a shell variable that was never set, say) would otherwise mean "no
+    # resume" and start a fresh run from scratch beside the one the user meant to continue.
+    if value is not None and not value.strip():
+        raise typer.BadParameter("needs a checkpoint path or 'auto' (got an empty value)")
+    return value
+
+
 ResumeOption = Annotated[
     str | None,
     typer.Option(
         help="Continue a run exactly: a checkpoint_epoch_N.pt path, or 'auto' for the "
-        "newest valid one in the output (or latest run) directory."
+        "newest valid one in the output (or latest run) directory.",
+        callback=_resume_target,
     ),
 ]
 ForceOption = Annotated[

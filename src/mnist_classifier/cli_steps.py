@@ -110,8 +110,18 @@ def train_one_run(
         print_resume_choice,
         print_run_dir,
     )
-    from mnist_classifier.resume import ResumeError, check_training_state, config_for_resume
-    from mnist_classifier.runs import RunRecorder, checkpoint_to_resume, run_directory
+    from mnist_classifier.resume import (
+        ResumeError,
+        check_epochs_left,
+        check_training_state,
+        config_for_resume,
+    )
+    from mnist_classifier.runs import (
+        RunRecorder,
+        RunRecordError,
+        checkpoint_to_resume,
+        run_directory,
+    )
     from mnist_classifier.train import TrainingDiverged
     from mnist_classifier.train import train as run_training
 
@@ -124,9 +134,17 @@ def train_one_run(
         with failing(EXIT_USAGE, ResumeError, ConfigError):
             check_training_state(resumed)
             config = config_for_resume(resumed, settings or {}, config_file)
+            check_epochs_left(resumed, config)
     rank = launch_rank()
     where = f"rank {rank}: " if rank is not None else ""
-    failures = (DataError, CheckpointError, CheckpointSaveError, TrainingDiverged, CudaGraphError)
+    failures = (
+        DataError,
+        CheckpointError,
+        CheckpointSaveError,
+        TrainingDiverged,
+        CudaGraphError,
+        RunRecordError,
+    )
     with (
         failing(EXIT_USAGE, ResumeError, prefix=where),
         failing(EXIT_FAILURE, *failures, prefix=where),

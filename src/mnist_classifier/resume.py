@@ -118,6 +118,22 @@ def restoring(part: str, checkpoint_path: Path) -> Iterator[None]:
         ) from None
 
 
+def check_epochs_left(checkpoint: LoadedCheckpoint, config: TrainConfig) -> None:
+    """Refuse a resumption with no epoch left to train, before any file is touched: it would
+    only rewrite the run's records for nothing (its config with fewer epochs than it ran)."""
+    if config.epochs > checkpoint.epoch:
+        return
+    more = f"--epochs {checkpoint.epoch + 1} or more"
+    if config.schedule.name in ("cosine", "onecycle"):
+        # check_resumable refuses another length for these: the schedule spans the whole run.
+        more += f" and --force (the {config.schedule.name} schedule is laid out over the epochs)"
+    epochs = f"{checkpoint.epoch} epoch{'s' if checkpoint.epoch != 1 else ''}"
+    raise ResumeError(
+        f"nothing left to train: the run already has {epochs} ({checkpoint.path}) and epochs "
+        f"is {config.epochs}; to train more, resume with {more}"
+    )
+
+
 def check_resumable(
     checkpoint: LoadedCheckpoint, config: TrainConfig, data_sha256: dict, world_size: int = 1
 ) -> None:

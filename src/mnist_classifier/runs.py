@@ -17,8 +17,10 @@ RunRecorder writes them as a TrainingObserver; the rest of this module reads the
 from __future__ import annotations
 
 import csv
+import io
 import itertools
 import json
+import math
 import re
 import sys
 from collections.abc import Iterator, Sequence
@@ -31,8 +33,15 @@ from typing import Any
 import yaml
 
 from mnist_classifier.checkpoint import LoadedCheckpoint, load_checkpoint
-from mnist_classifier.config import ConfigError, TrainConfig, flatten, parse_assignment
-from mnist_classifier.files import write_json_atomically
+from mnist_classifier.config import (
+    ConfigError,
+    TrainConfig,
+    flatten,
+    parse_assignment,
+    read_config_file,
+    shown,
+)
+from mnist_classifier.files import read_regular_file, write_atomically, write_json_atomically
 from mnist_classifier.provenance import software_provenance
 from mnist_classifier.resume import ResumeError, find_resume_checkpoint
 from mnist_classifier.train import EpochResult, TrainingObserver, TrainResult, TrainSetup
@@ -126,8 +135,13 @@ def checkpoint_to_resume(
     """The checkpoint `--resume` names, loaded and verified, and why newer ones were skipped:
     the path given, or for 'auto' the newest valid one in `config.output_dir` (when set), else
     in the newest run of `config.name` that holds one. None when there is nothing to resume."""
+    if resume is None:
+        return None, []
+    if not resume.strip():
+        # Never read as "no resume": that would quietly start the run again from scratch.
+        raise ResumeError("--resume needs a checkpoint path or 'auto' (got an empty value)")
     if resume != "auto":
-        return (load_checkpoint(Path(resume)) if resume else None), []
+        return load_checkpoint(Path(resume)), []
     if config.output_dir:
         return find_resume_checkpoint(Path(config.output_dir))
     return find_resume_in_runs(run_dirs_newest_first(config.runs_dir, config.name))
@@ -145,6 +159,7 @@ def run_directory(
         yield None
         return
     if resume_from is not None and (resume_from.parent / "config.yaml").is_file():
+        check_records_to_continue(resume_from.parent)
         yield resume_from.parent
         return
     run_dir = create_run_dir(config.runs_dir, config.name)
@@ -154,6 +169,22 @@ def run_directory(
         if run_dir.is_dir() and not any(run_dir.iterdir()):
             run_dir.rmdir()
         raise
+
+
+def check_records_to_continue(run_dir: Path) -> None:
+    """Refuse, before any file is touched, to continue a run whose provenance or summary is
+    damaged: a resumption adds to both, so it would have to overwrite what it cannot read.
+    (The project writes them atomically, so a crash never leaves them so; someone else did.)"""
+    for path in (run_dir / "provenance.json", run_dir / "summary.json"):
+        if not path.is_file():
+            continue
+        try:
+            _read_summary(path) if path.name == "summary.json" else _read_json_record(path)
+        except RunRecordError as error:
+            raise RunRecordError(
+                f"cannot resume into run {run_dir.name}: {error}; resuming adds to this file, "
+                "so repair it, or move it aside to resume with a new one"
+            ) from None
 
 
 def provenance(config_seed: int, setup: TrainSetup) -> dict[str, Any]:
@@ -167,6 +198,10 @@ def provenance(config_seed: int, setup: TrainSetup) -> dict[str, Any]:
         "command_line": sys.argv,
         "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def _metric_row(epoch: EpochResult) -> dict[str, Any]:
+    return {column: getattr(epoch, column) for column in METRIC_COLUMNS}
 
 
 class RunRecorder(TrainingObserver):
@@ -185,31 +220,32 @@ class RunRecorder(TrainingObserver):
         from torch.utils.tensorboard import SummaryWriter
 
         self.config, self.setup, self.step = config, setup, setup.start_step
-        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
         provenance_path = self.run_dir / "provenance.json"
         this_start = provenance(config.seed, setup)
-        if setup.start_epoch > 1 and provenance_path.is_file():
-            # A resumed run keeps its origin and adds this start to the record.
-            record = json.loads(provenance_path.read_text())
+        if setup.start_epoch > 1:
+            # A resumed run keeps its origin and adds this start to the record; if the record
+            # was moved aside, the new one says so rather than pass this start off as the origin.
+            record = (
+                _read_json_record(provenance_path)
+                if provenance_path.is_file()
+                else {"origin": "not recorded here; this record begins with a resumption"}
+            )
             record.setdefault("resumptions", []).append(
                 {"from_epoch": setup.start_epoch - 1, **this_start}
             )
         else:
             record = this_start
+        # Every record is replaced whole, so a crash leaves the old file or the new one.
+        config_text = yaml.safe_dump(config.to_dict(), sort_keys=False)
+        write_atomically(self.run_dir / "config.yaml", config_text.encode())
         write_json_atomically(provenance_path, record)
 
-        metrics_path = self.run_dir / "metrics.csv"
-        kept: list[dict[str, str]] = []
-        if setup.start_epoch > 1 and metrics_path.is_file():
-            with open(metrics_path, newline="") as handle:
-                kept = [
-                    row for row in csv.DictReader(handle) if int(row["epoch"]) < setup.start_epoch
-                ]
-        self.rows = [{key: float(value) for key, value in row.items()} for row in kept]
-        with open(metrics_path, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS)
-            writer.writeheader()
-            writer.writerows(kept)
+        # The checkpoint resumed from holds every finished epoch's figures, so metrics.csv is
+        # rebuilt from it, not read back: a row the run logged after that checkpoint (epochs
+        # it trains again) goes, and a row a crash kept from being written (the checkpoint is
+        # saved before its row) comes back.
+        self.rows = [_metric_row(epoch) for epoch in setup.earlier_epochs]
+        self._write_metrics()
         # Every event is logged against the optimizer step; purge_step hides the events a
         # killed run logged beyond the step it resumes from.
         self.writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=setup.start_step + 1)
@@ -224,10 +260,9 @@ class RunRecorder(TrainingObserver):
             self.writer.add_scalar("learning_rate", learning_rate, step)
 
     def epoch_done(self, result: EpochResult) -> None:
-        row = {column: getattr(result, column) for column in METRIC_COLUMNS}
+        row = _metric_row(result)
         self.rows.append(row)
-        with open(self.run_dir / "metrics.csv", "a", newline="") as handle:
-            csv.writer(handle).writerow([row[column] for column in METRIC_COLUMNS])
+        self._write_metrics()
         for column, tag in EPOCH_TAGS.items():
             self.writer.add_scalar(tag, row[column], self.step)
         self.writer.add_scalar("epoch", result.epoch, self.step)
@@ -238,6 +273,16 @@ class RunRecorder(TrainingObserver):
         grid.set_dpi(TENSORBOARD_DPI)
         self.writer.add_figure("validation/predictions", grid, self.step)
         self.writer.flush()
+
+    def _write_metrics(self) -> None:
+        """metrics.csv, every row, rewritten atomically: an append killed half-way would leave
+        a row cut short, which readers would have to guess about. At one row per epoch the
+        whole file is a few kilobytes, so the rewrite costs nothing next to an epoch."""
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=METRIC_COLUMNS)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        write_atomically(self.run_dir / "metrics.csv", text.getvalue().encode())
 
     def _prediction_grid(self, result: EpochResult):
         """The first validation images with the model's predictions; mistakes in red."""
@@ -280,7 +325,15 @@ class RunRecorder(TrainingObserver):
             "wall_seconds": result.wall_seconds,
             "checkpoint_dir": str(result.checkpoint_dir),
         }
-        write_json_atomically(self.run_dir / "summary.json", summary)
+        summary_path = self.run_dir / "summary.json"
+        # A resumed run's summary may hold what other commands added (mnist evaluate's test
+        # accuracy and checkpoint): those stay; only what training itself records is replaced.
+        earlier = (
+            _read_summary(summary_path)
+            if self.setup.start_epoch > 1 and summary_path.is_file()
+            else {}
+        )
+        write_json_atomically(summary_path, {**earlier, **summary})
         self._write_hparams_table()
         self.writer.close()
         save_learning_curves({self.run_dir.name: self.rows}, self.run_dir / "curves.png")
@@ -332,27 +385,153 @@ class RunRecord:
         return "-".join(self.path.name.split("-")[:2])
 
 
+class RunRecordError(ValueError):
+    """One of a run folder's files cannot be used; the message names the file and why."""
+
+
+# Ceilings on the record files `mnist runs` reads (config.yaml has the config files' own):
+# a summary is a few hundred bytes and a metrics row about 150, so these are never reached by
+# a real run, only by a file linked to a device or replaced by something else.
+MAX_SUMMARY_BYTES = 1024 * 1024  # and provenance.json
+MAX_METRICS_BYTES = 64 * 1024 * 1024
+# What the summary's readers format: a value of another type is a damaged record, not a run's.
+WHOLE_NUMBER = ((int,), "a whole number")
+NUMBER = ((int, float), "a number")
+TEXT = ((str,), "text")
+SUMMARY_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "best_epoch": WHOLE_NUMBER,
+    "epochs_run": WHOLE_NUMBER,
+    "best_validation_accuracy": NUMBER,
+    "best_validation_loss": NUMBER,
+    "test_accuracy": NUMBER,
+    "wall_seconds": NUMBER,
+    "stop_reason": TEXT,
+    "checkpoint_dir": TEXT,
+    "test_checkpoint": TEXT,
+}
+# The columns the learning curves draw; a metrics.csv without them cannot be plotted.
+PLOTTED_COLUMNS = (
+    "epoch",
+    "train_loss",
+    "train_accuracy",
+    "validation_loss",
+    "validation_accuracy",
+)
+SETTING_TYPES = (str, int, float, bool, type(None))
+
+
 def read_run(path: Path) -> RunRecord:
-    config = yaml.safe_load((path / "config.yaml").read_text()) or {}
-    summary_path = path / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    metrics_path = path / "metrics.csv"
-    metrics = []
-    if metrics_path.is_file():
-        with open(metrics_path, newline="") as handle:
-            metrics = [
-                {key: float(value) for key, value in row.items()} for row in csv.DictReader(handle)
-            ]
-    return RunRecord(path=path, config=flatten(config), summary=summary, metrics=metrics)
+    """A run folder's config, summary and metrics; RunRecordError if any of them is damaged."""
+    summary_path, metrics_path = path / "summary.json", path / "metrics.csv"
+    return RunRecord(
+        path=path,
+        config=_read_run_config(path / "config.yaml"),
+        summary=_read_summary(summary_path) if summary_path.is_file() else {},
+        metrics=_read_metrics(metrics_path) if metrics_path.is_file() else [],
+    )
 
 
-def list_runs(runs_dir: Path | str) -> list[RunRecord]:
-    """Runs under `runs_dir`, oldest first."""
+def _read_run_config(path: Path) -> dict[str, Any]:
+    try:
+        config = flatten(read_config_file(path))
+    except ConfigError as error:
+        raise RunRecordError(str(error)) from None
+    for key, value in config.items():
+        if not isinstance(value, SETTING_TYPES):
+            raise RunRecordError(
+                f"{path}: {shown(key)} holds a {type(value).__name__}, not a setting"
+            )
+    return config
+
+
+def _read_text(path: Path, max_bytes: int) -> str:
+    try:
+        return read_regular_file(path, max_bytes).decode("utf-8")
+    except OSError as error:
+        raise RunRecordError(f"{path} cannot be read ({error.strerror or error})") from None
+    except UnicodeDecodeError as error:
+        raise RunRecordError(f"{path} is not UTF-8 text (byte {error.start})") from None
+
+
+def _read_json_record(path: Path) -> dict[str, Any]:
+    """A JSON object (provenance.json, summary.json); RunRecordError for anything else."""
+    try:
+        record = json.loads(_read_text(path, MAX_SUMMARY_BYTES))
+    except json.JSONDecodeError as error:
+        raise RunRecordError(
+            f"{path} is not valid JSON ({error.msg}, line {error.lineno})"
+        ) from None
+    except RecursionError:
+        raise RunRecordError(f"{path} is not valid JSON (nested too deeply)") from None
+    if not isinstance(record, dict):
+        raise RunRecordError(f"{path} holds a JSON {type(record).__name__}, not a record")
+    return record
+
+
+def _read_summary(path: Path) -> dict[str, Any]:
+    summary = _read_json_record(path)
+    for key, (types, wanted) in SUMMARY_TYPES.items():
+        value = summary.get(key)
+        # bool is an int to Python, but true is no epoch count or accuracy.
+        if key in summary and (isinstance(value, bool) or not isinstance(value, types)):
+            raise RunRecordError(f"{path}: {key} is {shown(value)}, not {wanted}")
+    return summary
+
+
+def _read_metrics(path: Path) -> list[dict[str, float]]:
+    text = _read_text(path, MAX_METRICS_BYTES)
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        missing = [
+            column
+            for column in PLOTTED_COLUMNS
+            if column not in (reader.fieldnames or PLOTTED_COLUMNS)
+        ]
+        if missing:
+            raise RunRecordError(f"{path} has no {', '.join(missing)} column")
+        rows = []
+        for row in reader:
+            # A row cut short has None for its last values; one too long, a key None.
+            if None in row or None in row.values():
+                raise RunRecordError(
+                    f"{path}: line {reader.line_num} does not have one value per column "
+                    "(cut short or damaged)"
+                )
+            rows.append(
+                {key: _metric(path, reader.line_num, key, value) for key, value in row.items()}
+            )
+    except csv.Error as error:
+        raise RunRecordError(f"{path} is not CSV ({error})") from None
+    return rows
+
+
+def _metric(path: Path, line: int, column: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise RunRecordError(
+            f"{path}: line {line}: {shown(column)} is {shown(text)}, not a number"
+        ) from None
+    if column == "epoch" and not (math.isfinite(value) and value >= 1 and value == int(value)):
+        raise RunRecordError(f"{path}: line {line}: epoch is {shown(text)}, not an epoch number")
+    return value
+
+
+def list_runs(runs_dir: Path | str) -> tuple[list[RunRecord], list[str]]:
+    """Runs under `runs_dir`, oldest first, and one line for each run folder left out because
+    one of its files is damaged (one bad record must not hide the other runs)."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
-        return []
-    folders = sorted(path for path in runs_dir.iterdir() if (path / "config.yaml").is_file())
-    return [read_run(path) for path in folders]
+        return [], []
+    records, unreadable = [], []
+    for path in sorted(path for path in runs_dir.iterdir() if (path / "config.yaml").is_file()):
+        try:
+            records.append(read_run(path))
+        except RunRecordError as error:
+            unreadable.append(
+                f"{error}; run {path.name} is not listed (repair or move the file aside)"
+            )
+    return records, unreadable
 
 
 def parse_run_filters(filters: list[str]) -> dict[str, Any]:
@@ -381,20 +560,21 @@ class NoRunsFound(LookupError):
     """No run to compare: none under the runs folder, or none that the filters match."""
 
 
-def runs_to_compare(runs_dir: Path | str, filters: list[str]) -> list[RunRecord]:
+def runs_to_compare(runs_dir: Path | str, filters: list[str]) -> tuple[list[RunRecord], list[str]]:
     """The runs under `runs_dir` whose config has the `filters`' values (KEY=VALUE), oldest
-    first; ConfigError for a bad filter, NoRunsFound (saying what to do) when none is left."""
+    first, and a line for each run left out because a file of it is damaged; ConfigError for
+    a bad filter, NoRunsFound (saying what to do) when there is neither."""
     wanted = parse_run_filters(filters)
-    records = list_runs(runs_dir)
-    if not records:
+    records, unreadable = list_runs(runs_dir)
+    if not records and not unreadable:
         raise NoRunsFound(f"no runs found in {runs_dir}; train one first: mnist train")
     records = matching_runs(records, wanted)
-    if not records:
+    if not records and not unreadable:
         raise NoRunsFound(
             f"no runs match {' '.join(filters)} in {runs_dir}; "
             f"mnist runs --runs-dir {runs_dir} lists them all"
         )
-    return records
+    return records, unreadable
 
 
 def run_labels(runs: list[RunRecord]) -> dict[str, RunRecord]:

@@ -59,6 +59,7 @@ from mnist_classifier.evaluate import evaluate
 from mnist_classifier.model import SimpleCNN, count_parameters
 from mnist_classifier.paths import BEST_CHECKPOINT_NAME
 from mnist_classifier.resume import (
+    check_epochs_left,
     check_resumable,
     restore_training_state,
     restoring,
@@ -82,6 +83,8 @@ class TrainSetup:
     validation_labels: torch.Tensor  # their labels, int64 (N,), CPU
     start_epoch: int  # 1, or the epoch after the checkpoint a resumed run continues from
     start_step: int  # optimizer steps already taken: 0, or where a resumed run continues
+    # A resumed run's finished epochs, as its checkpoint holds them (empty for a new run).
+    earlier_epochs: tuple[EpochResult, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -319,6 +322,7 @@ def train(
     if resume_from is not None:
         # Not even --force: these weights learned other classes from other images.
         require_dataset(resume_from, config.data.dataset, "resume")
+        check_epochs_left(resume_from, config)
 
     # Seeds first: the weights' initialisation, dropout and the batch order all follow from them.
     torch.manual_seed(config.seed)
@@ -399,6 +403,7 @@ def train(
         validation_labels=validation_split.labels[:64].cpu(),
         start_epoch=start_epoch,
         start_step=global_step,
+        earlier_epochs=tuple(result.epochs),
     )
     observer.started(config, setup)
 
