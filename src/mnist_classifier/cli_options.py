@@ -240,7 +240,8 @@ ForceOption = Annotated[
     bool,
     typer.Option(
         "--force",
-        help="Resume even though batch size, seed, etc. changed; allow --nproc above the "
+        help="Resume even though batch size, seed, etc. changed; start anew in an --output-dir "
+        "holding an earlier training's checkpoints (they are removed); allow --nproc above the "
         "devices (or cores) here.",
     ),
 ]
