@@ -316,6 +316,16 @@ def copy_checkpoint(source: Path, destination: Path) -> str:
 def load_checkpoint(path: Path | str) -> LoadedCheckpoint:
     """Read, check and rebuild a checkpoint; any failure is one CheckpointError naming the file."""
     path = Path(path)
+    try:
+        return _load_checkpoint(path)
+    except OSError as error:  # e.g. a folder on the way that this user may not enter
+        raise CheckpointError(
+            f"{path} cannot be read ({error.strerror or error}); check the file's and its "
+            "folders' permissions"
+        ) from None
+
+
+def _load_checkpoint(path: Path) -> LoadedCheckpoint:
     if path.is_symlink() and not path.exists():
         raise CheckpointError(
             f"{path} is a broken link or a symlink loop; point it at a checkpoint"

@@ -51,6 +51,27 @@ def holding_lock(path: Path | str) -> Iterator[None]:
         os.close(descriptor)  # releases the lock
 
 
+def why_not_writable(folder: Path | str) -> str:
+    """Why files could not be created in `folder` (made if need be), or "" if they could.
+
+    Nothing is created: the nearest part of the path that exists must be a folder this process
+    may write into and enter (as root, anything but a read-only file system).
+    """
+    existing = Path(folder)
+    while existing != existing.parent:
+        try:
+            if existing.exists():
+                break
+        except OSError:  # a folder above it may not be entered: that one is the answer
+            pass
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is read-only or not ours to write (permission denied)"
+    return ""
+
+
 def read_regular_file(path: Path | str, max_bytes: int) -> bytes:
     """The bytes of `path`, refusing anything but a regular file of at most `max_bytes`.
 

@@ -277,13 +277,13 @@ def _epoch_from_record(record: dict) -> EpochResult:
 def check_before_training(config: TrainConfig) -> None:
     """Fail before any work when `config` cannot run here: a device or precision this machine
     lacks (DeviceError), an output or runs folder that cannot be written (ConfigError), a data
-    folder that is a file (DataError)."""
+    folder that is a file, or that cannot take the data set's files it lacks (DataError)."""
     resolve_precision(config.precision, resolve_device(config.device))
     if config.output_dir:
         check_output_dir(config.output_dir)
     # The run directory goes under runs_dir even when checkpoints go to output_dir.
     check_output_dir(config.runs_dir, "runs_dir", "--runs-dir")
-    check_data_dir(config.data.data_dir)
+    check_data_dir(config.data.data_dir, config.data.dataset)
 
 
 def train(
