@@ -555,3 +555,87 @@ def test_subprocess_launch_contract_still_holds():
     """run_leaving_no_process returns the command's own exit code."""
     assert run_leaving_no_process([sys.executable, "-c", "raise SystemExit(3)"]) == 3
     assert subprocess.call([sys.executable, "-c", "raise SystemExit(3)"]) == 3
+
+
+# --- 12. folders that cannot be written or entered: one line, before the work -----------------
+
+
+@pytest.fixture
+def nothing_is_writable(monkeypatch):
+    """As an unprivileged user sees a read-only folder (root would write anywhere)."""
+    monkeypatch.setattr(os, "access", lambda _path, mode, **_kwargs: not mode & os.W_OK)
+
+
+def test_data_into_a_folder_that_cannot_be_written_is_one_line(tmp_path, nothing_is_writable):
+    result = runner.invoke(app, ["data", "--data-dir", str(tmp_path / "ro")])
+    assert result.exit_code == 1
+    line = _one_error_line(result.output)
+    assert "cannot take the data set's files" in line and "--data-dir" in line
+    assert not (tmp_path / "ro").exists()  # no download was tried, nothing created
+
+
+def test_train_with_a_data_dir_that_cannot_be_written_stops_before_any_data_is_read(
+    tmp_path, nothing_is_writable, no_data_is_read
+):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = runner.invoke(
+        app, ["train", "--data-dir", str(empty), "--runs-dir", str(tmp_path / "runs")]
+    )
+    assert result.exit_code == 2
+    assert f"data_dir '{empty}' cannot take the data set's files" in _one_error_line(result.output)
+
+
+def test_promote_into_a_models_dir_that_cannot_be_written_stops_before_evaluating(
+    tmp_path, monkeypatch, nothing_is_writable
+):
+    candidate = tmp_path / "m.pt"
+    save_checkpoint(candidate, checkpoint_payload())
+    evaluated = []
+    monkeypatch.setattr(
+        "mnist_classifier.evaluation_report.evaluate_checkpoint",
+        lambda *args, **kwargs: evaluated.append(args),
+    )
+    models_dir = tmp_path / "models"
+    result = runner.invoke(
+        app, ["promote", "--from", str(candidate), "--models-dir", str(models_dir)]
+    )
+    assert result.exit_code == 2
+    line = _one_error_line(result.output)
+    assert f"cannot promote into {models_dir / 'production' / 'mnist'}" in line
+    assert evaluated == [] and not models_dir.exists()
+
+
+def test_a_checkpoint_in_a_folder_that_cannot_be_entered_is_one_line(tmp_path, monkeypatch):
+    hidden = tmp_path / "private" / "x.pt"
+    real_lstat = Path.lstat
+
+    def denied(path):
+        if Path(path) == hidden:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_lstat(path)
+
+    monkeypatch.setattr(Path, "lstat", denied)
+    result = runner.invoke(app, ["evaluate", "--checkpoint", str(hidden)])
+    assert result.exit_code == 1
+    assert f"{hidden} cannot be read (Permission denied)" in _one_error_line(result.output)
+
+
+def test_an_unforeseen_permission_error_on_a_users_path_is_one_line(tmp_path, monkeypatch):
+    def denied(_models_dir):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "models"))
+
+    monkeypatch.setattr("mnist_classifier.registry.list_models", denied)
+    result = runner.invoke(app, ["models", "--models-dir", str(tmp_path / "models")])
+    assert result.exit_code == 1
+    line = _one_error_line(result.output)
+    assert line.startswith(f"error: {tmp_path / 'models'}: Permission denied")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder")
+def test_a_read_only_folder_really_refuses(tmp_path):
+    read_only = tmp_path / "ro"
+    read_only.mkdir(mode=0o555)
+    result = runner.invoke(app, ["data", "--data-dir", str(read_only)])
+    assert result.exit_code == 1
+    assert "cannot take the data set's files" in _one_error_line(result.output)

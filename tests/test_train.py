@@ -1,11 +1,23 @@
 import dataclasses
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+from conftest import checkpoint_payload
 from synthetic_data import synthetic_train_data
+from typer.testing import CliRunner
 
 from mnist_classifier import data as data_module
-from mnist_classifier.checkpoint import SCHEMA_VERSION, load_checkpoint
+from mnist_classifier.checkpoint import (
+    SCHEMA_VERSION,
+    CheckpointDirInUse,
+    holding_checkpoint_dir,
+    load_checkpoint,
+    save_checkpoint,
+)
+from mnist_classifier.cli import app
 from mnist_classifier.config import make_config
 from mnist_classifier.datasets import RAW_FILE_NAMES
 from mnist_classifier.train import train
@@ -117,3 +129,120 @@ def test_one_cycle_schedule_is_stepped_once_per_optimizer_step(tmp_path):
         reference_optimizer.step()
         reference.step()
     assert final_lr == pytest.approx(reference_optimizer.param_groups[0]["lr"], rel=1e-6, abs=1e-12)
+
+
+# --- One training per checkpoint folder, and never over an earlier one's checkpoints ---------
+
+
+def _mnist_train(tmp_path, output_dir, *arguments):
+    """`mnist train` on tiny synthetic data (the synthetic_data fixture), into `output_dir`."""
+    settings = ["--max-train-images", "128", "--validation-size", "100", "--device", "cpu"]
+    folders = ["--data-dir", str(tmp_path / "data"), "--runs-dir", str(tmp_path / "runs")]
+    command = ["train", *settings, *folders, "--output-dir", str(output_dir), "--quiet"]
+    return CliRunner().invoke(app, [*command, *arguments])
+
+
+def _files(folder):
+    return {path.name: path.read_bytes() for path in folder.iterdir()}
+
+
+def _error_line(result):
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+@pytest.mark.usefixtures("synthetic_data")
+def test_a_second_training_into_a_held_folder_is_refused_and_a_killed_holder_frees_it(tmp_path):
+    output_dir = tmp_path / "out"
+    assert _mnist_train(tmp_path, output_dir, "--epochs", "1").exit_code == 0
+    before = _files(output_dir)
+    # Another process, training into the same folder: it holds the folder's lock.
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from mnist_classifier.checkpoint import holding_checkpoint_dir\n"
+            f"with holding_checkpoint_dir({str(output_dir)!r}):\n"
+            "    print('held', flush=True); time.sleep(600)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline() == "held\n"
+        refused = _mnist_train(tmp_path, output_dir, "--epochs", "1", "--resume", "auto")
+        assert refused.exit_code == 1
+        line = _error_line(refused)
+        assert f"another training is writing its checkpoints into {output_dir}" in line
+        assert _files(output_dir) == before  # nothing of the refused run was written
+    finally:
+        holder.kill()  # SIGKILL: no clean-up runs, and the kernel drops the lock all the same
+        holder.wait()
+    resumed = _mnist_train(tmp_path, output_dir, "--epochs", "2", "--resume", "auto")
+    assert resumed.exit_code == 0, resumed.output
+    assert (output_dir / "checkpoint_epoch_2.pt").is_file()
+
+
+def test_train_holds_its_checkpoint_folder_while_it_runs(tmp_path):
+    config = _small_config(tmp_path / "data", tmp_path / "out", epochs=1)
+    with (
+        holding_checkpoint_dir(tmp_path / "out"),
+        pytest.raises(CheckpointDirInUse, match="another training"),
+    ):
+        _train_synthetic(config)
+    assert not list((tmp_path / "out").glob("*.pt"))
+    _train_synthetic(config)  # released: the folder is free again
+    assert (tmp_path / "out" / "best_model.pt").is_file()
+
+
+@pytest.mark.usefixtures("synthetic_data")
+def test_a_new_training_over_an_earlier_ones_checkpoints_is_refused_unless_forced(tmp_path):
+    output_dir = tmp_path / "out"
+    assert _mnist_train(tmp_path, output_dir, "--epochs", "2").exit_code == 0
+    earlier = _files(output_dir)
+
+    refused = _mnist_train(tmp_path, output_dir, "--epochs", "1", "--seed", "2")
+    assert refused.exit_code == 2
+    line = _error_line(refused)
+    assert f"{output_dir} already holds an earlier training's checkpoints" in line
+    assert "--resume auto" in line and "--force" in line
+    assert _files(output_dir) == earlier  # byte for byte
+    assert len(list((tmp_path / "runs").iterdir())) == 1  # no run folder for the refused start
+
+    forced = _mnist_train(tmp_path, output_dir, "--epochs", "1", "--seed", "2", "--force")
+    assert forced.exit_code == 0, forced.output
+    assert "Replacing the earlier training's checkpoints" in forced.stdout
+    # The earlier run's epoch 2 is gone, so --resume auto cannot continue it by mistake.
+    assert sorted(path.name for path in output_dir.glob("*.pt")) == [
+        "best_model.pt",
+        "checkpoint_epoch_1.pt",
+    ]
+    best = load_checkpoint(output_dir / "best_model.pt")
+    assert best.config.seed == 2 and len(best.history) == 1
+
+
+@pytest.mark.usefixtures("synthetic_data")
+def test_the_labs_staging_folder_takes_each_new_training(tmp_path, monkeypatch):
+    """python train_mnist.py twice: the second replaces the first, as the lab's script did."""
+    monkeypatch.chdir(tmp_path)
+    staging = Path("models/staging/mnist")
+    assert _mnist_train(tmp_path, "./models/staging/mnist", "--epochs", "2").exit_code == 0
+    again = _mnist_train(tmp_path, staging, "--epochs", "1", "--seed", "3")
+    assert again.exit_code == 0, again.output
+    assert sorted(path.name for path in staging.glob("*.pt")) == [
+        "best_model.pt",
+        "checkpoint_epoch_1.pt",
+    ]
+    assert load_checkpoint(staging / "best_model.pt").config.seed == 3
+
+
+@pytest.mark.usefixtures("synthetic_data")
+def test_resume_auto_over_a_lone_best_model_starts_afresh(tmp_path):
+    """A run killed while saving its first best_model.pt left nothing to resume."""
+    output_dir = tmp_path / "out"
+    save_checkpoint(output_dir / "best_model.pt", checkpoint_payload())
+    result = _mnist_train(tmp_path, output_dir, "--epochs", "1", "--resume", "auto")
+    assert result.exit_code == 0, result.output
+    assert load_checkpoint(output_dir / "best_model.pt").history is not None

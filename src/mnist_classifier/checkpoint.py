@@ -21,6 +21,8 @@ import math
 import pickle
 import re
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,18 +36,22 @@ from mnist_classifier.files import (
     TEMPORARY_PREFIX,
     TEMPORARY_SUFFIX,
     FileRefused,
+    LockHeld,
+    holding_lock,
     read_regular_file,
     sha256_of,
     write_atomically,
 )
 from mnist_classifier.model import SimpleCNN
-from mnist_classifier.paths import DEFAULT_STAGING_DIR
+from mnist_classifier.paths import BEST_CHECKPOINT_NAME, DEFAULT_STAGING_DIR
 
 SCHEMA_VERSION = 1
 ARCHITECTURE = "SimpleCNN"
 DIGEST_SUFFIX = ".sha256"
 # A sidecar holds a line or two of 64 hex digits and a name.
 MAX_DIGEST_FILE_BYTES = 4096
+# Held (flock) by the one process that writes a folder's checkpoints while it trains.
+TRAINING_LOCK_NAME = ".mnist-training.lock"
 # The lab's keys first; the rest are ours.
 REQUIRED_KEYS = (
     "model_state_dict",
@@ -65,6 +71,14 @@ class CheckpointError(RuntimeError):
 
 class CheckpointSaveError(RuntimeError):
     """A checkpoint could not be written; the files that were there before are untouched."""
+
+
+class CheckpointDirInUse(RuntimeError):
+    """Another training is writing its checkpoints into the same folder."""
+
+
+class EarlierTrainingFound(RuntimeError):
+    """A new training would mix its checkpoints with those an earlier one left in the folder."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -261,6 +275,32 @@ def epoch_checkpoints(directory: Path) -> list[Path]:
     return sorted(found, key=_epoch_number, reverse=True)
 
 
+def training_checkpoints(directory: Path) -> list[Path]:
+    """The checkpoints a training leaves in `directory`: best_model.pt and its epochs'."""
+    best = Path(directory) / BEST_CHECKPOINT_NAME
+    return ([best] if best.is_file() else []) + epoch_checkpoints(Path(directory))
+
+
+@contextmanager
+def holding_checkpoint_dir(directory: Path) -> Iterator[None]:
+    """Keep every other training out of `directory` while the block writes its checkpoints.
+
+    Two runs saving into one folder would overwrite each other's best_model.pt and epochs, and
+    each report its own figures for files that hold the other's weights.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        with holding_lock(directory / TRAINING_LOCK_NAME):
+            yield
+    except LockHeld:
+        raise CheckpointDirInUse(
+            f"another training is writing its checkpoints into {directory} (it holds "
+            f"{directory / TRAINING_LOCK_NAME}); wait for it to finish or choose another "
+            "--output-dir"
+        ) from None
+
+
 def delete_checkpoint(path: Path) -> None:
     path.unlink(missing_ok=True)
     digest_path(path).unlink(missing_ok=True)
@@ -276,6 +316,16 @@ def copy_checkpoint(source: Path, destination: Path) -> str:
 def load_checkpoint(path: Path | str) -> LoadedCheckpoint:
     """Read, check and rebuild a checkpoint; any failure is one CheckpointError naming the file."""
     path = Path(path)
+    try:
+        return _load_checkpoint(path)
+    except OSError as error:  # e.g. a folder on the way that this user may not enter
+        raise CheckpointError(
+            f"{path} cannot be read ({error.strerror or error}); check the file's and its "
+            "folders' permissions"
+        ) from None
+
+
+def _load_checkpoint(path: Path) -> LoadedCheckpoint:
     if path.is_symlink() and not path.exists():
         raise CheckpointError(
             f"{path} is a broken link or a symlink loop; point it at a checkpoint"

@@ -68,9 +68,20 @@ class _OneLineUsageErrors:
             sys.exit(fail(error.format_message(), error.exit_code).exit_code)
         except typer.Abort:  # end of input at a prompt
             sys.exit(fail("aborted", EXIT_FAILURE).exit_code)
+        except OSError as error:
+            # What no command checked for: a path of the user's that cannot be read or written
+            # (a folder not theirs, a read-only disk). The one line names it; no traceback.
+            sys.exit(fail(_os_error_message(error), EXIT_FAILURE).exit_code)
         if not standalone_mode:
             return code
         sys.exit(code if isinstance(code, int) else 0)
+
+
+def _os_error_message(error: OSError) -> str:
+    reason = error.strerror or str(error) or type(error).__name__
+    if error.filename is None:
+        return reason
+    return f"{error.filename}: {reason}; check that the path exists and is yours to use"
 
 
 class Group(_OneLineUsageErrors, typer_core.TyperGroup):
@@ -259,7 +270,8 @@ ForceOption = Annotated[
     bool,
     typer.Option(
         "--force",
-        help="Resume even though batch size, seed, etc. changed; allow --nproc above the "
+        help="Resume even though batch size, seed, etc. changed; start anew in an --output-dir "
+        "holding an earlier training's checkpoints (they are removed); allow --nproc above the "
         "devices (or cores) here.",
     ),
 ]

@@ -100,7 +100,12 @@ def train_one_run(
     A resumed run continues with its own saved config under the settings given now (the
     --config file and the flags), so the user need not retype them.
     """
-    from mnist_classifier.checkpoint import CheckpointError, CheckpointSaveError
+    from mnist_classifier.checkpoint import (
+        CheckpointDirInUse,
+        CheckpointError,
+        CheckpointSaveError,
+        EarlierTrainingFound,
+    )
     from mnist_classifier.config import ConfigError
     from mnist_classifier.cuda_graph import CudaGraphError
     from mnist_classifier.data import DataError
@@ -135,18 +140,23 @@ def train_one_run(
             check_training_state(resumed)
             config = config_for_resume(resumed, settings or {}, config_file)
             check_epochs_left(resumed, config)
+    # A new run replaces an earlier training's checkpoints when told to (--force), in the lab's
+    # staging folder (as the lab's script always did), and when --resume auto found nothing to
+    # continue there (a run killed while saving its first best_model.pt); else it is refused.
+    replace_earlier = force or is_staging_dir(config) or (resume == "auto" and resumed is None)
     rank = launch_rank()
     where = f"rank {rank}: " if rank is not None else ""
     failures = (
         DataError,
         CheckpointError,
         CheckpointSaveError,
+        CheckpointDirInUse,
         TrainingDiverged,
         CudaGraphError,
         RunRecordError,
     )
     with (
-        failing(EXIT_USAGE, ResumeError, prefix=where),
+        failing(EXIT_USAGE, ResumeError, EarlierTrainingFound, prefix=where),
         failing(EXIT_FAILURE, *failures, prefix=where),
         run_directory(config, resume_path, rank) as run_dir,
     ):
@@ -154,5 +164,20 @@ def train_one_run(
         if run_dir is not None:  # under torchrun, rank 0 alone prints and records
             print_run_dir(run_dir)
             observers = [ConsoleTrainingObserver(quiet=quiet), RunRecorder(run_dir)]
-        run_training(config, observers, run_dir=run_dir, resume_from=resumed, force=force)
+        run_training(
+            config,
+            observers,
+            run_dir=run_dir,
+            resume_from=resumed,
+            force=force,
+            replace_earlier=replace_earlier,
+        )
     return run_dir
+
+
+def is_staging_dir(config) -> bool:
+    """Whether the run writes into the lab's staging folder of its data set."""
+    if not config.output_dir:
+        return False
+    staging = Path(paths.staging_dir(config.data.dataset))
+    return Path(config.output_dir).resolve() == staging.resolve()

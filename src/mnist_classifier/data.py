@@ -46,7 +46,7 @@ from mnist_classifier.datasets import (
     DatasetSpec,
     dataset_spec,
 )
-from mnist_classifier.files import SHARED_FILE_MODE, sha256_of, write_atomically
+from mnist_classifier.files import SHARED_FILE_MODE, sha256_of, why_not_writable, write_atomically
 from mnist_classifier.paths import DEFAULT_DATA_DIR
 
 # Where Debian's dataset-fashion-mnist puts its four .gz files (recompressed by Debian, so
@@ -114,7 +114,7 @@ def ensure_dataset(
     Raises DataError at once if a file on disk is not the canonical one (it is never
     overwritten), and DataError listing every route tried if no route yields the files.
     """
-    check_data_dir(data_dir)
+    check_data_dir(data_dir, dataset)
     spec = dataset_spec(dataset)
     raw_dir = Path(data_dir) / spec.folder / "raw"
     failures: list[str] = []
@@ -147,13 +147,27 @@ def ensure_dataset(
     raise DataError(_all_routes_failed_message(raw_dir, spec, failures))
 
 
-def check_data_dir(data_dir: Path | str) -> None:
-    """A data folder that exists must be a folder: say so before anything is read."""
+def check_data_dir(data_dir: Path | str, dataset: str | None = None) -> None:
+    """A data folder that exists must be a folder: say so before anything is read. With
+    `dataset`, a data set whose files are not all there yet must be able to land there."""
     data_dir = Path(data_dir)
     if data_dir.exists() and not data_dir.is_dir():
         raise DataError(
             f"data_dir {str(data_dir)!r} is a file, not a folder; give --data-dir a folder "
             "(each data set goes into its own folder there, e.g. MNIST/raw/)"
+        )
+    if dataset is None:
+        return
+    raw_dir = data_dir / dataset_spec(dataset).folder / "raw"
+    try:
+        if all((raw_dir / name).is_file() for name in dataset_spec(dataset).raw_sha256):
+            return  # a read-only copy of the verified files is fine
+    except OSError:
+        pass  # a folder on the way cannot be entered: say why below
+    if problem := why_not_writable(raw_dir):
+        raise DataError(
+            f"data_dir {str(data_dir)!r} cannot take the data set's files ({problem}); give "
+            f"--data-dir a folder you can write, or place the files in {raw_dir} by hand"
         )
 
 

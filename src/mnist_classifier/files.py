@@ -7,13 +7,15 @@ read without end, so each is read only from a regular file and only up to a size
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import re
 import secrets
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -25,6 +27,54 @@ class FileRefused(OSError):
 class NotOurFile(Exception):
     """A command was asked to write over a file this project did not write, or over the file it
     reads from; the one-line message names the file and what to do instead."""
+
+
+class LockHeld(OSError):
+    """Another process holds the lock; the message names the lock file."""
+
+
+@contextmanager
+def holding_lock(path: Path | str) -> Iterator[None]:
+    """An exclusive lock on `path` (created if need be) while the block runs.
+
+    flock, not a file whose existence is the lock: the kernel drops it when the process ends,
+    however it ends, so a crash never leaves a stale lock to clear by hand. The file itself
+    stays. Raises LockHeld at once, without waiting, when another process holds the lock.
+    """
+    # Read-only and shared: another user training in the same folder can open it too (flock
+    # needs no write access); O_NOFOLLOW and O_NONBLOCK: a link or a FIFO planted at the name
+    # is neither followed nor waited on.
+    flags = os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
+    descriptor = os.open(path, flags, SHARED_FILE_MODE)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LockHeld(f"{path} is locked by another process") from None
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
+
+
+def why_not_writable(folder: Path | str) -> str:
+    """Why files could not be created in `folder` (made if need be), or "" if they could.
+
+    Nothing is created: the nearest part of the path that exists must be a folder this process
+    may write into and enter (as root, anything but a read-only file system).
+    """
+    existing = Path(folder)
+    while existing != existing.parent:
+        try:
+            if existing.exists():
+                break
+        except OSError:  # a folder above it may not be entered: that one is the answer
+            pass
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is read-only or not ours to write (permission denied)"
+    return ""
 
 
 def read_regular_file(path: Path | str, max_bytes: int) -> bytes:

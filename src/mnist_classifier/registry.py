@@ -20,7 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from mnist_classifier.checkpoint import copy_checkpoint, load_checkpoint
-from mnist_classifier.files import read_regular_file, sha256_of, write_json_atomically
+from mnist_classifier.files import (
+    read_regular_file,
+    sha256_of,
+    why_not_writable,
+    write_json_atomically,
+)
 from mnist_classifier.paths import BEST_CHECKPOINT_NAME, DEFAULT_CHECKPOINT, staging_dir
 from mnist_classifier.provenance import git_commit
 
@@ -136,6 +141,12 @@ def promote(
     destination = stage_checkpoint(models_dir, to_stage, name)
     history_path = Path(models_dir) / HISTORY_NAME
     _, history_problems = read_history(history_path)  # before anything is copied
+    # Before the test set is evaluated, not after: the copy, card and history must land.
+    for folder in (destination.parent, Path(models_dir)):
+        if problem := why_not_writable(folder):
+            raise RegistryError(
+                f"cannot promote into {folder} ({problem}); choose a --models-dir you can write"
+            )
     # The safe loader verifies digest, weights_only, schema and shapes.
     evaluation = evaluate_checkpoint(candidate, dataset, data_dir=data_dir, action="promote")
     loaded, result = evaluation.checkpoint, evaluation.result

@@ -106,6 +106,11 @@ class ConsoleTrainingObserver(TrainingObserver):
         self._total_epochs = 0
 
     def started(self, config: TrainConfig, setup: TrainSetup) -> None:
+        if setup.replaced:  # even when quiet: files were removed
+            names = ", ".join(path.name for path in setup.replaced)
+            print(
+                f"Replacing the earlier training's checkpoints in {setup.checkpoint_dir}: {names}"
+            )
         if self.quiet:
             return
         print(f"Using device: {setup.device} (precision: {setup.precision})")

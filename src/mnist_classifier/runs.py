@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from mnist_classifier.checkpoint import LoadedCheckpoint, load_checkpoint
+from mnist_classifier.checkpoint import TRAINING_LOCK_NAME, LoadedCheckpoint, load_checkpoint
 from mnist_classifier.config import (
     ConfigError,
     TrainConfig,
@@ -166,7 +166,10 @@ def run_directory(
     try:
         yield run_dir
     except BaseException:
-        if run_dir.is_dir() and not any(run_dir.iterdir()):
+        # The training lock that train() took, and released, in the folder counts as nothing.
+        lock = run_dir / TRAINING_LOCK_NAME
+        if run_dir.is_dir() and all(path == lock for path in run_dir.iterdir()):
+            lock.unlink(missing_ok=True)
             run_dir.rmdir()
         raise
 

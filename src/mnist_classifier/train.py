@@ -11,6 +11,7 @@ import dataclasses
 import math
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,14 +28,17 @@ from mnist_classifier.batching import (
 )
 from mnist_classifier.checkpoint import (
     CheckpointContents,
+    EarlierTrainingFound,
     LoadedCheckpoint,
     check_output_dir,
     delete_checkpoint,
     epoch_checkpoint_path,
     epoch_checkpoints,
+    holding_checkpoint_dir,
     remove_stale_temporaries,
     require_dataset,
     save_checkpoint,
+    training_checkpoints,
 )
 from mnist_classifier.config import ConfigError, TrainConfig
 from mnist_classifier.cuda_graph import GraphedStep, StepOutputs
@@ -52,6 +56,7 @@ from mnist_classifier.distributed import (
     barrier,
     gather_objects,
     init_distributed,
+    launch_rank,
     rank_device,
     shutdown,
 )
@@ -85,6 +90,7 @@ class TrainSetup:
     start_step: int  # optimizer steps already taken: 0, or where a resumed run continues
     # A resumed run's finished epochs, as its checkpoint holds them (empty for a new run).
     earlier_epochs: tuple[EpochResult, ...] = ()
+    replaced: tuple[Path, ...] = ()  # an earlier training's checkpoints, removed before starting
 
 
 @dataclass(frozen=True)
@@ -274,13 +280,13 @@ def _epoch_from_record(record: dict) -> EpochResult:
 def check_before_training(config: TrainConfig) -> None:
     """Fail before any work when `config` cannot run here: a device or precision this machine
     lacks (DeviceError), an output or runs folder that cannot be written (ConfigError), a data
-    folder that is a file (DataError)."""
+    folder that is a file, or that cannot take the data set's files it lacks (DataError)."""
     resolve_precision(config.precision, resolve_device(config.device))
     if config.output_dir:
         check_output_dir(config.output_dir)
     # The run directory goes under runs_dir even when checkpoints go to output_dir.
     check_output_dir(config.runs_dir, "runs_dir", "--runs-dir")
-    check_data_dir(config.data.data_dir)
+    check_data_dir(config.data.data_dir, config.data.dataset)
 
 
 def train(
@@ -290,6 +296,7 @@ def train(
     resume_from: LoadedCheckpoint | None = None,
     force: bool = False,
     data: TrainData | None = None,
+    replace_earlier: bool = False,
 ) -> TrainResult:
     """Train per `config`; checkpoints go to `config.output_dir`, or else to `run_dir`.
 
@@ -300,7 +307,47 @@ def train(
     exactly where it stopped: same weights, optimizer and schedule state, early-stopping
     counters and random streams, so the result is bit-identical to a run that was never
     interrupted (on the same device).
+
+    The process that writes the checkpoints holds their folder for the whole run: another
+    training into it is refused (CheckpointDirInUse). A new run (not resumed) into a folder
+    that holds an earlier training's checkpoints is refused (EarlierTrainingFound), since its
+    best_model.pt would be replaced and its epochs left for a later resume to continue by
+    mistake, unless `replace_earlier`: then those checkpoints are removed once the data is
+    verified, before the first step.
     """
+    # Under torchrun, rank 0 alone writes checkpoints (below), so it alone holds the folder.
+    writes_checkpoints = launch_rank() in (None, 0)
+    if not config.output_dir and run_dir is None and writes_checkpoints:
+        raise ConfigError("output_dir is empty and there is no run directory to hold checkpoints")
+    checkpoint_dir = Path(config.output_dir or run_dir or ".")
+    with holding_checkpoint_dir(checkpoint_dir) if writes_checkpoints else nullcontext():
+        earlier = []
+        if writes_checkpoints and resume_from is None:
+            earlier = training_checkpoints(checkpoint_dir)
+        if earlier and not replace_earlier:
+            names = ", ".join(path.name for path in earlier)
+            raise EarlierTrainingFound(
+                f"{checkpoint_dir} already holds an earlier training's checkpoints ({names}); "
+                "continue it with --resume auto, replace them with --force, or choose another "
+                "--output-dir"
+            )
+        return _train_holding_dir(
+            config, observer, run_dir, resume_from, force, data, checkpoint_dir, earlier
+        )
+
+
+def _train_holding_dir(
+    config: TrainConfig,
+    observer: TrainingObserver | Sequence[TrainingObserver] | None,
+    run_dir: Path | None,
+    resume_from: LoadedCheckpoint | None,
+    force: bool,
+    data: TrainData | None,
+    checkpoint_dir: Path,
+    replaced: list[Path],
+) -> TrainResult:
+    """train()'s work, once its checkpoint folder is held; `replaced` are the earlier
+    training's checkpoints to remove before the first step."""
     # --- Set-up: device, processes, data, model, optimiser ------------------------------------
     wall_start = time.perf_counter()
     device = resolve_device(config.device)
@@ -311,9 +358,6 @@ def train(
         observer = Observers(observer or [])
     if not ranks.is_main:
         observer = TrainingObserver()
-    if not config.output_dir and run_dir is None and ranks.is_main:
-        raise ConfigError("output_dir is empty and there is no run directory to hold checkpoints")
-    checkpoint_dir = Path(config.output_dir or run_dir or ".")
     precision = resolve_precision(config.precision, device)
     memory_format = memory_format_for(device)
     if device.type == "cpu":
@@ -375,6 +419,9 @@ def train(
     start_epoch = 1
     if ranks.is_main:
         remove_stale_temporaries(checkpoint_dir)  # what a killed save left behind
+        # Only now, with the data verified: a start that fails costs the earlier run nothing.
+        for path in replaced:
+            delete_checkpoint(path)
 
     # --- Resume: continue exactly where the checkpoint left off -------------------------------
     if resume_from is not None:
@@ -404,6 +451,7 @@ def train(
         start_epoch=start_epoch,
         start_step=global_step,
         earlier_epochs=tuple(result.epochs),
+        replaced=tuple(replaced),
     )
     observer.started(config, setup)
 
