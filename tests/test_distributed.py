@@ -78,6 +78,7 @@ def test_two_ranks_train_identical_weights_and_write_one_checkpoint(two_rank_run
 
     checkpoints = sorted(path.name for path in (two_rank_run / "checkpoints").iterdir())
     assert checkpoints == [
+        ".mnist-training.lock",  # rank 0's hold on the folder; the file outlives the lock
         "best_model.pt",
         "best_model.pt.sha256",
         "checkpoint_epoch_1.pt",

@@ -172,7 +172,7 @@ def test_a_second_training_into_a_held_folder_is_refused_and_a_killed_holder_fre
     )
     try:
         assert holder.stdout.readline() == "held\n"
-        refused = _mnist_train(tmp_path, output_dir, "--epochs", "1", "--resume", "auto")
+        refused = _mnist_train(tmp_path, output_dir, "--epochs", "2", "--resume", "auto")
         assert refused.exit_code == 1
         line = _error_line(refused)
         assert f"another training is writing its checkpoints into {output_dir}" in line
