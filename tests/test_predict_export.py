@@ -93,6 +93,8 @@ def test_odd_images_get_one_error_line_each_and_the_others_are_predicted(
 ):
     for name, (make, _reason) in ODD_IMAGES.items():
         (tmp_path / f"{name}.tif").write_bytes(make())
+    (tmp_path / "phone.heic").write_bytes(b"\x00\x00\x00\x18ftypheic")  # listed, then refused
+    (tmp_path / "notes.txt").write_text("not an image, and not listed")
     result = runner.invoke(
         app,
         [
@@ -107,7 +109,9 @@ def test_odd_images_get_one_error_line_each_and_the_others_are_predicted(
     )
     assert result.exit_code == 2 and "Traceback" not in result.output
     errors = result.stderr.splitlines()
-    assert len(errors) == len(ODD_IMAGES)
+    assert len(errors) == len(ODD_IMAGES) + 1
+    heic_error = f"error: {tmp_path / 'phone.heic'}: HEIC images are not supported"
+    assert any(line.startswith(heic_error) for line in errors)
     for name, (_make, reason) in ODD_IMAGES.items():
         assert any(
             line.startswith(f"error: {tmp_path / name}.tif: ") and reason in line for line in errors

@@ -107,6 +107,10 @@ def _bad_files(folder):
         "scan.pdf": b"%PDF-1.7\n",
         "huge.png": b"\x89PNG\r\n\x1a\n" + b"\x00" * (5 * 1024 * 1024 + 1),
         "bomb.png": png_header_only(10_000, 10_000),
+        "photo.webp": encode(_bar_on_white(), "WEBP"),
+        "webp.png": encode(_bar_on_white(), "WEBP"),  # named as what it is not
+        "phone.heic": b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic",
+        "phone.png": b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic",
     }
     for name, data in files.items():
         (folder / name).write_bytes(data)
@@ -125,6 +129,10 @@ BAD_INPUT_REASONS = {
     "huge.png": "over the 5 MiB limit",
     "bomb.png": "refused before decoding",
     "missing.png": "no such file",
+    "photo.webp": "WebP images are not supported: save it as PNG or JPEG",
+    "webp.png": "WebP images are not supported: save it as PNG or JPEG",
+    "phone.heic": "HEIC images are not supported: save it as PNG or JPEG",
+    "phone.png": "HEIC images are not supported: save it as PNG or JPEG",
 }
 
 

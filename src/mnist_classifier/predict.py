@@ -21,6 +21,7 @@ from mnist_classifier.datasets import MNIST, DatasetSpec, Normalization, dataset
 from mnist_classifier.files import sha256_of
 from mnist_classifier.preprocess import (
     IMAGE_SUFFIXES,
+    UNSUPPORTED_IMAGE_SUFFIXES,
     ImageError,
     preprocessing_for,
     read_image_file,
@@ -30,6 +31,9 @@ TOP_K = 3
 ONNX_MEAN_KEY = "mnist_classifier.mean"  # metadata that `mnist export` writes into the .onnx
 ONNX_STD_KEY = "mnist_classifier.std"
 ONNX_DATASET_KEY = "mnist_classifier.dataset"  # absent from exports made before there were two
+# A folder's files that are listed: the images read here, and those of formats that are not
+# (a phone's HEIC, a browser's WebP), so that each of these gets its line rather than silence.
+LISTED_SUFFIXES = IMAGE_SUFFIXES | set(UNSUPPORTED_IMAGE_SUFFIXES)
 
 
 @dataclass(frozen=True)
@@ -158,7 +162,8 @@ class OnnxBackend:
 
 
 def collect_image_files(paths: Iterable[Path]) -> list[Path]:
-    """Named files as given (so a bad one is reported), folders expanded to their image files."""
+    """Named files as given (so a bad one is reported), folders expanded to their image files
+    (and to images of formats not read here, each reported in its turn)."""
     files: list[Path] = []
     for path in paths:
         if path.is_dir():
@@ -166,7 +171,7 @@ def collect_image_files(paths: Iterable[Path]) -> list[Path]:
                 sorted(
                     child
                     for child in path.rglob("*")
-                    if child.is_file() and child.suffix.lower() in IMAGE_SUFFIXES
+                    if child.is_file() and child.suffix.lower() in LISTED_SUFFIXES
                 )
             )
         else:

@@ -107,6 +107,15 @@ REFUSED_SIGNATURES = {
 }
 REFUSED_SUFFIXES = {".eps", ".epsf", ".epsi", ".ps", ".pdf", ".ai"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff"}
+# Image formats phones and browsers save that are not read here: named in the error, and
+# reported when met in a folder rather than skipped without a word.
+UNSUPPORTED_IMAGE_SUFFIXES = {
+    ".webp": "WebP",
+    ".heic": "HEIC",
+    ".heif": "HEIF",
+    ".avif": "AVIF",
+    ".svg": "SVG",
+}
 # Colour modes whose brightness we know how to read; others (LAB, HSV, premultiplied La...)
 # are refused by name rather than misread.
 NUMERIC_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
@@ -125,6 +134,8 @@ def read_image_file(path: Path | str) -> bytes:
     path = Path(path)
     if path.suffix.lower() in REFUSED_SUFFIXES:
         raise ImageError(f"{path.suffix} files are refused: only PNG, JPEG, BMP, GIF, TIFF")
+    if path.suffix.lower() in UNSUPPORTED_IMAGE_SUFFIXES:
+        raise ImageError(_unsupported(UNSUPPORTED_IMAGE_SUFFIXES[path.suffix.lower()]))
     if not path.exists():
         raise ImageError("a broken link or a symlink loop" if path.is_symlink() else "no such file")
     if not path.is_file():
@@ -156,6 +167,10 @@ def open_image(data: bytes) -> Image.Image:
             raise ImageError(f"{kind} files are refused: only PNG, JPEG, BMP, GIF, TIFF")
     formats = sorted({kind for sig, kind in ACCEPTED_SIGNATURES.items() if data.startswith(sig)})
     if not formats:
+        if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+            raise ImageError(_unsupported("WebP"))
+        if data[4:8] == b"ftyp" and data[8:12] in (b"heic", b"heix", b"mif1", b"avif"):
+            raise ImageError(_unsupported("AVIF" if data[8:12] == b"avif" else "HEIC"))
         raise ImageError("not an image (not PNG, JPEG, BMP, GIF or TIFF)")
     try:
         # Lazy: reads the header only. `formats` stops Pillow trying any other decoder.
@@ -183,6 +198,10 @@ def open_image(data: bytes) -> Image.Image:
     except Exception as error:  # truncated data fails as OSError, SyntaxError, ValueError...
         raise ImageError(f"truncated or corrupt {image.format} data ({_one_line(error)})") from None
     return image
+
+
+def _unsupported(kind: str) -> str:
+    return f"{kind} images are not supported: save it as PNG or JPEG (or BMP, GIF, TIFF)"
 
 
 def preprocess_image(source: bytes | Image.Image) -> torch.Tensor:
