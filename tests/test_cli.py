@@ -323,3 +323,35 @@ def test_predict_names_its_argument_images_in_usage_and_errors():
     assert usage.endswith("{IMAGES}...")
     missing = runner.invoke(app, ["predict"])
     assert missing.exit_code == 2 and "Missing argument 'IMAGES'" in missing.output
+
+
+def test_ctrl_c_while_training_says_what_is_saved_and_how_to_continue(monkeypatch, tmp_path):
+    import mnist_classifier.train as train_module
+
+    output_dir = tmp_path / "checkpoints"
+
+    def interrupted_in_epoch_3(config, *_arguments, **_keywords):
+        for epoch in (1, 2):  # what the two finished epochs saved
+            (output_dir / f"checkpoint_epoch_{epoch}.pt").write_bytes(b"saved")
+        raise KeyboardInterrupt
+
+    def interrupted_at_once(config, *_arguments, **_keywords):
+        raise KeyboardInterrupt
+
+    arguments = ["train", "--runs-dir", str(tmp_path / "runs"), "--data-dir", str(tmp_path)]
+    arguments += ["--output-dir", str(output_dir)]
+    output_dir.mkdir()
+    monkeypatch.setattr(train_module, "train", interrupted_at_once)
+    result = runner.invoke(app, arguments)
+    assert result.exit_code == 130 and "Traceback" not in result.output
+    assert result.stderr.strip().splitlines() == [
+        "error: interrupted before the first epoch's checkpoint: nothing to resume from"
+    ]
+    monkeypatch.setattr(train_module, "train", interrupted_in_epoch_3)
+    result = runner.invoke(app, arguments)
+    assert result.exit_code == 130
+    newest = output_dir / "checkpoint_epoch_2.pt"
+    assert result.stderr.strip().splitlines() == [
+        f"error: interrupted: the epochs up to {newest.name} are saved; continue with "
+        f"mnist train --resume {newest}"
+    ]

@@ -164,15 +164,30 @@ def train_one_run(
         if run_dir is not None:  # under torchrun, rank 0 alone prints and records
             print_run_dir(run_dir)
             observers = [ConsoleTrainingObserver(quiet=quiet), RunRecorder(run_dir)]
-        run_training(
-            config,
-            observers,
-            run_dir=run_dir,
-            resume_from=resumed,
-            force=force,
-            replace_earlier=replace_earlier,
-        )
+        try:
+            run_training(
+                config,
+                observers,
+                run_dir=run_dir,
+                resume_from=resumed,
+                force=force,
+                replace_earlier=replace_earlier,
+            )
+        except KeyboardInterrupt:  # Ctrl-C: say what is kept and how to go on
+            raise fail(where + _interrupted(Path(config.output_dir or run_dir or ".")), 130)
     return run_dir
+
+
+def _interrupted(checkpoint_dir: Path) -> str:
+    from mnist_classifier.checkpoint import epoch_checkpoints
+
+    saved = epoch_checkpoints(checkpoint_dir) if checkpoint_dir.is_dir() else []
+    if not saved:
+        return "interrupted before the first epoch's checkpoint: nothing to resume from"
+    return (
+        f"interrupted: the epochs up to {saved[0].name} are saved; continue with "
+        f"mnist train --resume {saved[0]}"
+    )
 
 
 def is_staging_dir(config) -> bool:
