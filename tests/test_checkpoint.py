@@ -197,6 +197,17 @@ def test_a_single_flipped_byte_in_tensor_data_is_detected(tmp_path):
         load_checkpoint(path)
 
 
+def test_a_digest_in_uppercase_hex_vouches_as_sha256sum_c_reads_it(tmp_path):
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, checkpoint_payload())
+    digest = tmp_path / "model.pt.sha256"
+    digest.write_text(digest.read_text().upper().replace("MODEL.PT", "model.pt"))
+    assert load_checkpoint(path).epoch == checkpoint_payload()["epoch"]
+    digest.write_text("0" * 64 + "  model.pt\n")  # a digest of something else, in any case
+    with pytest.raises(CheckpointError, match="does not match its digest"):
+        load_checkpoint(path)
+
+
 def test_a_checkpoint_without_its_digest_file_is_refused(tmp_path):
     path = tmp_path / "model.pt"
     save_checkpoint(path, checkpoint_payload())

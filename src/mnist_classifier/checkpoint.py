@@ -202,7 +202,8 @@ def _accepted_digests(path: Path) -> list[str]:
         raise
     except (OSError, UnicodeDecodeError):
         return []
-    return [line.split()[0] for line in lines if line.strip()]
+    # sha256sum -c takes hex in either case, so uppercase digests are read as lowercase ones.
+    return [line.split()[0].lower() for line in lines if line.strip()]
 
 
 def _current_digest(path: Path) -> list[str]:

@@ -27,6 +27,7 @@ from mnist_classifier.datasets import DATASET_NAMES, MNIST
 # Exit codes: 1 = the work failed (data, checkpoint); 2 = the command line was wrong.
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
 
 
 def fail(message: str, code: int) -> typer.Exit:

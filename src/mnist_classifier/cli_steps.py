@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mnist_classifier import paths
-from mnist_classifier.cli_options import EXIT_FAILURE, EXIT_USAGE, fail, failing
+from mnist_classifier.cli_options import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, fail, failing
 
 
 def checkpoint_to_read(
@@ -174,7 +174,8 @@ def train_one_run(
                 replace_earlier=replace_earlier,
             )
         except KeyboardInterrupt:  # Ctrl-C: say what is kept and how to go on
-            raise fail(where + _interrupted(Path(config.output_dir or run_dir or ".")), 130)
+            checkpoint_dir = Path(config.output_dir or run_dir or ".")
+            raise fail(where + _interrupted(checkpoint_dir), EXIT_INTERRUPTED) from None
     return run_dir
 
 
