@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import socket
 import threading
 import time
 
@@ -328,6 +329,24 @@ def test_serve_names_the_missing_stage_checkpoint(tmp_path):
     result = runner.invoke(cli_app, ["serve", "--models-dir", str(tmp_path)])
     assert result.exit_code == 2
     assert str(tmp_path / "production" / "mnist" / "best_model.pt") in result.output
+
+
+def test_a_port_in_use_or_a_host_not_ours_is_one_line_before_the_model_loads(tmp_path):
+    with socket.socket() as other_server:
+        other_server.bind(("127.0.0.1", 0))
+        other_server.listen()
+        port = other_server.getsockname()[1]
+        missing = str(tmp_path / "never-read.pt")  # the address is checked first
+        in_use = runner.invoke(cli_app, ["serve", "--checkpoint", missing, "--port", str(port)])
+    assert in_use.exit_code == 2
+    assert in_use.stderr.splitlines() == [
+        f"error: port {port} on 127.0.0.1 is already in use: stop what listens there or "
+        "choose another --port"
+    ]
+    for host in ("not a host", "192.0.2.1"):  # no such name; an address of no interface here
+        refused = runner.invoke(cli_app, ["serve", "--checkpoint", missing, "--host", host])
+        assert refused.exit_code == 2 and len(refused.stderr.splitlines()) == 1
+        assert refused.stderr.startswith("error: ") and host in refused.stderr
 
 
 def test_a_stage_name_cannot_leave_the_models_folder(tmp_path):

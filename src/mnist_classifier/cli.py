@@ -419,11 +419,13 @@ def serve(
     if not onnx and model is not None:
         raise fail("--model is for --backend onnxruntime; use --checkpoint", EXIT_USAGE)
     from mnist_classifier.serve.loading import ServeError, load_checkpoint_model, load_onnx_model
-    from mnist_classifier.serve.server import host_pattern_problem, run_server
+    from mnist_classifier.serve.server import host_pattern_problem, listen_problem, run_server
 
     for pattern in allowed_host or []:
         if problem := host_pattern_problem(pattern):
             raise fail(f"--allowed-host {problem}", EXIT_USAGE)
+    if problem := listen_problem(host, port):
+        raise fail(problem, EXIT_USAGE)
     if not onnx and checkpoint is None:
         stage = stage or "production"
         checkpoint = steps.checkpoint_to_read(None, stage, models_dir, dataset.value)

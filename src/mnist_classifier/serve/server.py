@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import functools
 import ipaddress
 import logging
 import re
+import socket
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -125,6 +127,36 @@ def run_server(
             ", ".join([*LOOPBACK_HOSTS, *hosts]),
         )
     uvicorn.Server(settings).run()
+
+
+def listen_problem(host: str, port: int) -> str | None:
+    """Why the server could not listen on host:port, or None if it can.
+
+    Asked before the model is loaded, so a port in use or a host that is not this machine's is
+    one line rather than uvicorn's log lines after the start. The probe binds as uvicorn does
+    (SO_REUSEADDR) and lets go at once.
+    """
+    try:
+        family, kind, protocol, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except (socket.gaierror, UnicodeError) as error:
+        return f"--host {host!r} is not a name or address this machine can listen on ({error})"
+    with socket.socket(family, kind, protocol) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                return (
+                    f"port {port} on {host} is already in use: stop what listens there or "
+                    "choose another --port"
+                )
+            return (
+                f"cannot listen on {host} port {port} ({error.strerror}): choose another "
+                "--host or --port"
+            )
+    return None
 
 
 def allowed_hosts(listen_host: str, extra: Sequence[str]) -> list[str]:
