@@ -468,6 +468,15 @@ def _frames(labels: np.ndarray, boxes: np.ndarray, weights: np.ndarray) -> np.nd
     heaviest = np.argsort(weights)[::-1][:MAX_FRAME_CANDIDATES]
     heaviest = heaviest[weights[heaviest] >= MIN_COMPONENT_SHARE * weights.max()]
     for index in heaviest[extents[heaviest] >= 3]:  # smaller: no room for anything inside
+        boxed_in = (
+            (top > top[index])
+            & (left > left[index])
+            & (bottom < bottom[index])
+            & (right < right[index])
+            & (extents >= ENCLOSED_SHARE * extents[index])
+        )
+        if not boxed_in.any():  # nothing of that size inside its box: no need to fill holes
+            continue
         window = labels[top[index] : bottom[index], left[index] : right[index]]
         own = window == index + 1
         inside = window[ndimage.binary_fill_holes(own) & ~own]
