@@ -98,6 +98,22 @@ def test_the_saved_report_is_report_json_and_reaches_the_run_summary(tmp_path):
     assert summary["test_accuracy"] == evaluation.result.accuracy
 
 
+def test_a_damaged_run_summary_keeps_the_report_and_is_one_report_error(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "summary.json").write_text("[1, 2]")  # not a summary: left as it is
+    path = run_dir / "best_model.pt"
+    save_checkpoint(path, checkpoint_payload())
+    evaluation = evaluate_checkpoint(path, "mnist", test_data=_test_data())
+    with pytest.raises(ReportError) as raised:
+        save_report(evaluation, grid_size=4, output_dir=tmp_path / "report")
+    message = str(raised.value)
+    assert "\n" not in message and f"the report is in {tmp_path / 'report'}" in message
+    assert "summary.json" in message
+    assert (tmp_path / "report" / "report.json").is_file()
+    assert (run_dir / "summary.json").read_text() == "[1, 2]"
+
+
 def test_an_unwritable_report_folder_is_one_report_error(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")

@@ -15,7 +15,13 @@ from mnist_classifier.cli import app
 from mnist_classifier.config import TrainConfig, config_from_dict
 from mnist_classifier.datasets import MNIST
 from mnist_classifier.figures import is_our_figure
-from mnist_classifier.runs import METRIC_COLUMNS, list_runs, record_test_accuracy, run_labels
+from mnist_classifier.runs import (
+    METRIC_COLUMNS,
+    RunRecordError,
+    list_runs,
+    record_test_accuracy,
+    run_labels,
+)
 
 runner = CliRunner()
 
@@ -310,6 +316,16 @@ def test_test_accuracy_reaches_the_run_that_wrote_a_checkpoint_kept_elsewhere(tm
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary == {"best_epoch": 2, "test_accuracy": 0.99, "test_checkpoint": str(staged)}
     assert record_test_accuracy(staged, 0.99, "") is None  # no run to tell
+
+
+@pytest.mark.parametrize("damaged", ["{broken", "[1, 2]", '{"best_epoch": "two"}'])
+def test_a_damaged_run_summary_is_left_as_it_is_and_named(tmp_path, damaged):
+    run_dir = tmp_path / "20260101-000000-run"
+    run_dir.mkdir()
+    (run_dir / "summary.json").write_text(damaged)
+    with pytest.raises(RunRecordError, match="summary.json"):
+        record_test_accuracy(run_dir / "best_model.pt", 0.99, str(run_dir))
+    assert (run_dir / "summary.json").read_text() == damaged
 
 
 def _run_folder(runs_dir, name, lr):

@@ -36,7 +36,7 @@ from mnist_classifier.metrics import (
     most_confused_pairs,
 )
 from mnist_classifier.paths import DEFAULT_DATA_DIR
-from mnist_classifier.runs import record_test_accuracy
+from mnist_classifier.runs import RunRecordError, record_test_accuracy
 
 REPORT_JSON = "report.json"
 FIGURE_FILES = {
@@ -150,7 +150,13 @@ def save_report(
         ) from None
     # A checkpoint inside a run directory gets its test accuracy into that run's summary,
     # so `mnist runs` can show it beside the validation figures.
-    record_test_accuracy(loaded.path, evaluation.result.accuracy, run_dir)
+    try:
+        record_test_accuracy(loaded.path, evaluation.result.accuracy, run_dir)
+    except RunRecordError as error:  # the report stands; only the run's summary lacks it
+        raise ReportError(
+            f"the report is in {report_dir}, but the test accuracy could not be added to the "
+            f"run's summary: {error} (repair that file or move it aside)"
+        ) from None
     return {**report, **WRITTEN_BY, "files": {name: str(path) for name, path in files.items()}}
 
 

@@ -358,11 +358,12 @@ class RunRecorder(TrainingObserver):
 
 def record_test_accuracy(checkpoint: Path, accuracy: float, run_dir: str = "") -> Path | None:
     """Add the test accuracy to the summary of the run that wrote `checkpoint`: the run
-    directory it names (`run_dir`, saved in every checkpoint) or else the folder it is in."""
+    directory it names (`run_dir`, saved in every checkpoint) or else the folder it is in.
+    Raises RunRecordError, changing nothing, when that summary is damaged."""
     for folder in (Path(run_dir) if run_dir else None, Path(checkpoint).resolve().parent):
         summary_path = folder / "summary.json" if folder else None
         if summary_path is not None and summary_path.is_file():
-            summary = json.loads(summary_path.read_text())
+            summary = _read_summary(summary_path)  # RunRecordError when it is damaged
             summary["test_accuracy"] = accuracy
             summary["test_checkpoint"] = str(checkpoint)
             write_json_atomically(summary_path, summary)
