@@ -208,6 +208,27 @@ def test_a_digest_in_uppercase_hex_vouches_as_sha256sum_c_reads_it(tmp_path):
         load_checkpoint(path)
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.trace warns of its deprecation
+def test_an_export_given_as_a_checkpoint_is_named_with_what_to_do(tmp_path):
+    from safetensors.torch import save_file
+
+    model = SimpleCNN().eval()
+    exports = {
+        "torchscript.pt": "a TorchScript export, not a checkpoint: load it with torch.jit.load",
+        "weights.pt": "a safetensors export, not a checkpoint: give the checkpoint",
+        "model.onnx": "an ONNX export, not a checkpoint: predict or serve it with --backend",
+    }
+    torch.jit.trace(model, torch.zeros(1, 1, 28, 28)).save(str(tmp_path / "torchscript.pt"))
+    save_file(model.state_dict(), str(tmp_path / "weights.pt"))
+    # An ONNX file's first fields: ir_version 8, then producer_name "pytorch".
+    (tmp_path / "model.onnx").write_bytes(b"\x08\x08\x12\x07pytorch\x1a\x052.9.0")
+    for name, message in exports.items():
+        vouch_for(tmp_path / name)  # the user trusts the file: only its kind is wrong
+        with pytest.raises(CheckpointError) as raised:
+            load_checkpoint(tmp_path / name)
+        assert str(raised.value).startswith(f"{tmp_path / name} is {message}")
+
+
 def test_a_checkpoint_without_its_digest_file_is_refused(tmp_path):
     path = tmp_path / "model.pt"
     save_checkpoint(path, checkpoint_payload())

@@ -21,6 +21,7 @@ import math
 import pickle
 import re
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -354,6 +355,8 @@ def _load_checkpoint(path: Path) -> LoadedCheckpoint:
             f"{path} does not match its digest (SHA-256 {actual[:16]}..., expected "
             f"{accepted[-1][:16]}...): the file is truncated or altered"
         )
+    if export := _export_kind(path):
+        raise CheckpointError(f"{path} is {export}, not a checkpoint: {EXPORT_USE[export]}")
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -409,6 +412,37 @@ def _load_checkpoint(path: Path) -> LoadedCheckpoint:
         )
     model.eval()
     return LoadedCheckpoint(path=path, model=model, **_contents(raw, config))
+
+
+# What to do with an export given where a checkpoint belongs (`mnist export` writes all three).
+EXPORT_USE = {
+    "an ONNX export": "predict or serve it with --backend onnxruntime --model PATH",
+    "a safetensors export": "give the checkpoint it was exported from",
+    "a TorchScript export": "load it with torch.jit.load, or give the checkpoint it came from",
+}
+
+
+def _export_kind(path: Path) -> str | None:
+    """Which kind of export `path` holds, from its first bytes; None for anything else.
+
+    torch.load would misname each: ONNX and safetensors bytes as a pickle holding "an object
+    that could run code", TorchScript with a warning advising weights_only=False.
+    """
+    with path.open("rb") as file:
+        head = file.read(64 * 1024)
+    if head[:2] == b"PK":  # a zip, as torch.save writes too: TorchScript's holds its constants
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError):
+            return None
+        return "a TorchScript export" if any(n.endswith("/constants.pkl") for n in names) else None
+    header_length = int.from_bytes(head[:8], "little") if len(head) >= 9 else 0
+    if head[8:9] == b"{" and 0 < header_length <= path.stat().st_size - 8:
+        return "a safetensors export"  # an 8-byte length, then its JSON header
+    if head[:1] == b"\x08" and (path.suffix.lower() == ".onnx" or b"pytorch" in head[:256]):
+        return "an ONNX export"  # a protobuf: ir_version first, then the producer's name
+    return None
 
 
 def _contents(raw: dict[str, Any], config: TrainConfig) -> dict[str, Any]:
