@@ -304,7 +304,18 @@ def test_sweep_rejects_a_bad_grid_before_training(tmp_path):
         app, ["sweep", "--grid", "schedule.name=step,linear", "--runs-dir", str(tmp_path)]
     )
     assert result.exit_code == 2 and "schedule.name must be one of" in result.output
-    assert not any(tmp_path.iterdir())
+    shared = tmp_path / "checkpoints"
+    arguments = ["sweep", "--grid", "lr=0.001,0.003", "--set", f"output_dir={shared}"]
+    result = runner.invoke(app, [*arguments, "--runs-dir", str(tmp_path)])
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        f"error: 2 of the sweep's runs would write their checkpoints into {shared}: leave "
+        "output_dir unset (each run keeps its checkpoints in its own run folder) or sweep over "
+        "output_dir too"
+    ]
+    assert not list(shared.iterdir()) and [path.name for path in tmp_path.iterdir()] == [
+        "checkpoints"  # made empty by the check that the folder can be written; no run started
+    ]
 
 
 def test_test_accuracy_reaches_the_run_that_wrote_a_checkpoint_kept_elsewhere(tmp_path):

@@ -215,6 +215,15 @@ def sweep(
         settings = steps.explicit_settings(assignments, {**base, **combination})
         config = steps.resolve_config(config_file, settings)
         configs.append(dataclasses.replace(config, name=sweep_run_name(config.name, combination)))
+    output_dirs = [config.output_dir for config in configs if config.output_dir]
+    if repeated := [folder for folder in output_dirs if output_dirs.count(folder) > 1]:
+        # Each run's checkpoints would land on the last one's (train refuses the second).
+        raise fail(
+            f"{output_dirs.count(repeated[0])} of the sweep's runs would write their checkpoints "
+            f"into {repeated[0]}: leave output_dir unset (each run keeps its checkpoints in its "
+            "own run folder) or sweep over output_dir too",
+            EXIT_USAGE,
+        )
     run_dirs = []
     for index, config in enumerate(configs, start=1):
         print_sweep_run(index, len(configs), config.name)
