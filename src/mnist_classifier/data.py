@@ -158,9 +158,10 @@ def check_data_dir(data_dir: Path | str, dataset: str | None = None) -> None:
         )
     if dataset is None:
         return
-    raw_dir = data_dir / dataset_spec(dataset).folder / "raw"
+    spec = dataset_spec(dataset)
+    raw_dir = data_dir / spec.folder / "raw"
     try:
-        if all((raw_dir / name).is_file() for name in dataset_spec(dataset).raw_sha256):
+        if all((raw_dir / name).is_file() for name in spec.raw_sha256):
             return  # a read-only copy of the verified files is fine
     except OSError:
         pass  # a folder on the way cannot be entered: say why below

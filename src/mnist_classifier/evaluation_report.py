@@ -27,7 +27,7 @@ from mnist_classifier.checkpoint import LoadedCheckpoint, load_checkpoint, requi
 from mnist_classifier.data import MnistFiles, ensure_dataset, read_split
 from mnist_classifier.datasets import MNIST, NUM_CLASSES
 from mnist_classifier.evaluate import EvalResult, EvaluationObserver, evaluate
-from mnist_classifier.files import NotOurFile, contents_if_regular, refuse_to_replace
+from mnist_classifier.files import NotOurFile, json_object_if_regular, refuse_to_replace
 from mnist_classifier.metrics import (
     Calibration,
     calibration,
@@ -173,12 +173,8 @@ def check_report_dir(report_dir: Path) -> None:
 
 
 def _is_our_report(path: Path) -> bool:
-    data = contents_if_regular(path, MAX_REPORT_BYTES)
-    try:
-        report = json.loads(data) if data is not None else None
-    except ValueError:
-        return False
-    return isinstance(report, dict) and all(report.get(k) == v for k, v in WRITTEN_BY.items())
+    report = json_object_if_regular(path, MAX_REPORT_BYTES)
+    return report is not None and all(report.get(k) == v for k, v in WRITTEN_BY.items())
 
 
 def default_report_dir(checkpoint: Path, stage: str | None, run_dir: str) -> Path:

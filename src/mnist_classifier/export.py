@@ -35,6 +35,7 @@ from mnist_classifier.files import (
     PRIVATE_FILE_MODE,
     NotOurFile,
     contents_if_regular,
+    json_object_if_regular,
     refuse_to_replace,
     sha256_of,
     write_json_atomically,
@@ -128,12 +129,8 @@ def is_our_export(path: Path) -> bool:
 
 
 def _is_our_sidecar(path: Path) -> bool:
-    data = contents_if_regular(path, MAX_SIDECAR_BYTES)
-    try:
-        description = json.loads(data) if data is not None else None
-    except ValueError:
-        return False
-    return isinstance(description, dict) and EXPORT_MARKER_KEY in description
+    description = json_object_if_regular(path, MAX_SIDECAR_BYTES)
+    return description is not None and EXPORT_MARKER_KEY in description
 
 
 def _sidecar_of(output: Path) -> Path:

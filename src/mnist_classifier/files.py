@@ -104,6 +104,17 @@ def contents_if_regular(path: Path | str, max_bytes: int) -> bytes | None:
         return None
 
 
+def json_object_if_regular(path: Path | str, max_bytes: int) -> dict[str, Any] | None:
+    """The JSON object in `path` when it is a readable regular file of at most `max_bytes`
+    holding one, else None (for telling whether a record is one this project wrote)."""
+    data = contents_if_regular(path, max_bytes)
+    try:
+        value = json.loads(data) if data is not None else None
+    except ValueError:  # not JSON, or not UTF-8
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def refuse_to_replace(path: Path, is_ours: Callable[[Path], bool], ours: str, instead: str) -> None:
     """Raise NotOurFile when `path` exists and `is_ours(path)` says it is not `ours` (e.g. "an
     export of this project"): a command replaces only files it wrote. `instead` says what to do."""

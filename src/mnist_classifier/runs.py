@@ -178,11 +178,12 @@ def check_records_to_continue(run_dir: Path) -> None:
     """Refuse, before any file is touched, to continue a run whose provenance or summary is
     damaged: a resumption adds to both, so it would have to overwrite what it cannot read.
     (The project writes them atomically, so a crash never leaves them so; someone else did.)"""
-    for path in (run_dir / "provenance.json", run_dir / "summary.json"):
-        if not path.is_file():
+    readers = {"provenance.json": _read_json_record, "summary.json": _read_summary}
+    for name, read in readers.items():
+        if not (run_dir / name).is_file():
             continue
         try:
-            _read_summary(path) if path.name == "summary.json" else _read_json_record(path)
+            read(run_dir / name)
         except RunRecordError as error:
             raise RunRecordError(
                 f"cannot resume into run {run_dir.name}: {error}; resuming adds to this file, "
