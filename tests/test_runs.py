@@ -576,3 +576,96 @@ def test_resume_keeps_the_summary_fields_it_did_not_write(finished_run):
     assert summary["test_accuracy"] == 0.75 and summary["test_checkpoint"] == str(best)
     assert summary["epochs_run"] == 3 and summary["stop_reason"] == "completed all 3 epochs"
     assert yaml.safe_load((finished_run / "config.yaml").read_text())["epochs"] == 3
+
+
+def _killed_before_its_summary(run_dir):
+    """What a run killed after saving its last checkpoint, before writing its summary, leaves:
+    the summary it returns is the one the uninterrupted run wrote."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    (run_dir / "summary.json").unlink()
+    (run_dir / "curves.png").unlink()
+    return summary
+
+
+def _checkpoint_files(run_dir):
+    return {path.name: path.read_bytes() for path in run_dir.glob("*.pt")}
+
+
+def test_a_finished_run_killed_before_its_summary_resumes_to_write_it(finished_run):
+    uninterrupted = _killed_before_its_summary(finished_run)
+    checkpoints, metrics = (
+        _checkpoint_files(finished_run),
+        (finished_run / "metrics.csv").read_text(),
+    )
+
+    resumed = _resume(finished_run / "checkpoint_epoch_2.pt")
+
+    assert resumed.exit_code == 0, resumed.output
+    summary = json.loads((finished_run / "summary.json").read_text())
+    assert {**summary, "wall_seconds": 0} == {**uninterrupted, "wall_seconds": 0}
+    assert (finished_run / "curves.png").is_file()
+    # Nothing was trained: the checkpoints and the metrics are the uninterrupted run's.
+    assert _checkpoint_files(finished_run) == checkpoints
+    assert (finished_run / "metrics.csv").read_text() == metrics
+    # Once the records are complete, the same command has nothing left to do.
+    again = _resume(finished_run / "checkpoint_epoch_2.pt")
+    assert again.exit_code == 2 and again.output.startswith("error: nothing left to train")
+
+
+def test_a_checkpoint_the_run_went_past_never_rewrites_its_records(finished_run):
+    _killed_before_its_summary(finished_run)  # killed after epoch 2, but resumed from epoch 1
+    before = _run_files(finished_run)
+
+    refused = _resume(finished_run / "checkpoint_epoch_1.pt", "--epochs", "1")
+
+    assert refused.exit_code == 2, refused.output
+    assert refused.output.startswith("error: nothing left to train: the run already has 1 epoch")
+    assert _run_files(finished_run) == before  # epoch 2's row is still in metrics.csv
+
+
+@pytest.fixture
+def early_stopped_run(mnist_dir, tmp_path, synthetic_data):
+    """A run of up to 4 epochs that stops early after epoch 2: no accuracy can improve by more
+    than 1.0, so with patience 1 the second epoch is the first without improvement."""
+    arguments = ["--epochs", "4", "--set", "early_stopping.min_delta=1.0"]
+    _train(mnist_dir, tmp_path / "runs", *arguments, "--set", "early_stopping.patience=1")
+    (run_dir,) = list((tmp_path / "runs").iterdir())
+    assert sorted(path.name for path in run_dir.glob("checkpoint_epoch_*.pt")) == [
+        "checkpoint_epoch_1.pt",
+        "checkpoint_epoch_2.pt",
+    ]
+    return run_dir
+
+
+def test_an_early_stopped_run_killed_before_its_summary_trains_no_further(early_stopped_run):
+    uninterrupted = _killed_before_its_summary(early_stopped_run)
+    assert uninterrupted["stop_reason"].startswith("early stopping after epoch 2")
+    checkpoints = _checkpoint_files(early_stopped_run)
+
+    resumed = _resume(early_stopped_run / "checkpoint_epoch_2.pt")
+
+    assert resumed.exit_code == 0, resumed.output
+    assert _checkpoint_files(early_stopped_run) == checkpoints  # no epoch 3
+    summary = json.loads((early_stopped_run / "summary.json").read_text())
+    assert {**summary, "wall_seconds": 0} == {**uninterrupted, "wall_seconds": 0}
+
+
+def test_resuming_an_early_stopped_run_says_how_to_train_more(early_stopped_run):
+    before = _run_files(early_stopped_run)
+
+    refused = _resume(early_stopped_run / "checkpoint_epoch_2.pt")
+
+    assert refused.exit_code == 2, refused.output
+    (line,) = refused.output.splitlines()
+    assert line.startswith("error: nothing left to train: it stopped early")
+    assert "resume with --set early_stopping.patience=2 or more" in line
+    assert _run_files(early_stopped_run) == before
+
+    more = _resume(
+        early_stopped_run / "checkpoint_epoch_2.pt", "--set", "early_stopping.patience=2"
+    )
+    assert more.exit_code == 0, more.output
+    summary = json.loads((early_stopped_run / "summary.json").read_text())
+    assert summary["epochs_run"] == 3 and summary["stop_reason"].startswith(
+        "early stopping after epoch 3"
+    )

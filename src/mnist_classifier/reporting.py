@@ -124,7 +124,15 @@ class ConsoleTrainingObserver(TrainingObserver):
         print(setup.model)
         print(f"\nTotal trainable parameters: {setup.parameter_count:,}")
         print(f"Checkpoints go to: {setup.checkpoint_dir}")
-        print(f"\nStarting training for {config.epochs} epochs...")
+        if setup.start_epoch > setup.last_epoch:
+            print(
+                f"\nNothing left to train: the run finished at epoch {setup.start_epoch - 1} "
+                "and was stopped before it wrote its records; writing them now"
+            )
+        elif setup.start_epoch > 1:
+            print(f"\nStarting training at epoch {setup.start_epoch} of {setup.last_epoch}...")
+        else:
+            print(f"\nStarting training for {config.epochs} epochs...")
 
     def epoch_started(self, epoch: int, total_epochs: int, images_total: int) -> None:
         self._batches = 0

@@ -20,10 +20,12 @@ import torch
 from mnist_classifier.checkpoint import (
     CheckpointError,
     LoadedCheckpoint,
+    epoch_checkpoint_path,
     epoch_checkpoints,
     load_checkpoint,
 )
 from mnist_classifier.config import TrainConfig, flatten, make_config, read_config_file
+from mnist_classifier.files import json_object_if_regular
 from mnist_classifier.model import SimpleCNN
 
 
@@ -47,6 +49,9 @@ RESUME_MUST_MATCH = (
     "data.split_seed",
     "data.max_train_images",
 )
+# A run's summary.json (and provenance.json) is a few hundred bytes: a file over this ceiling
+# was never written by a run, only linked to a device or replaced by something else.
+MAX_SUMMARY_BYTES = 1024 * 1024
 # The random streams rng_states captures that every resumable checkpoint must hold.
 RNG_STREAMS = {"torch", "python", "numpy", "batch_order"}
 
@@ -119,19 +124,44 @@ def restoring(part: str, checkpoint_path: Path) -> Iterator[None]:
 
 
 def check_epochs_left(checkpoint: LoadedCheckpoint, config: TrainConfig) -> None:
-    """Refuse a resumption with no epoch left to train, before any file is touched: it would
-    only rewrite the run's records for nothing (its config with fewer epochs than it ran)."""
-    if config.epochs > checkpoint.epoch:
-        return
-    more = f"--epochs {checkpoint.epoch + 1} or more"
-    if config.schedule.name in ("cosine", "onecycle"):
-        # check_resumable refuses another length for these: the schedule spans the whole run.
-        more += f" and --force (the {config.schedule.name} schedule is laid out over the epochs)"
+    """Refuse, before any file is touched, a resumption of a run that has finished (its epochs,
+    or early stopping under `config`'s patience) and whose records are complete: it would only
+    rewrite them for nothing. A finished run killed before it wrote its summary may resume: it
+    trains nothing and writes the records."""
     epochs = f"{checkpoint.epoch} epoch{'s' if checkpoint.epoch != 1 else ''}"
-    raise ResumeError(
-        f"nothing left to train: the run already has {epochs} ({checkpoint.path}) and epochs "
-        f"is {config.epochs}; to train more, resume with {more}"
-    )
+    finished, needed = [], []
+    if config.epochs <= checkpoint.epoch:
+        finished.append(f"the run already has {epochs} and epochs is {config.epochs}")
+        needed.append(f"--epochs {checkpoint.epoch + 1} or more")
+        if config.schedule.name in ("cosine", "onecycle"):
+            # check_resumable refuses another length for these: the schedule spans the run.
+            needed.append(f"--force (the {config.schedule.name} schedule spans the epochs)")
+    patience, stalled = config.early_stopping.patience, (checkpoint.early_stopping or (0, 0))[1]
+    if 0 < patience <= stalled:
+        finished.append(
+            f"it stopped early ({config.early_stopping.metric} did not improve for {stalled} "
+            f"epochs; early_stopping.patience is {patience})"
+        )
+        needed.append(f"--set early_stopping.patience={stalled + 1} or more (0 switches it off)")
+    if finished and run_records_complete(checkpoint):
+        raise ResumeError(
+            f"nothing left to train: {' and '.join(finished)} ({checkpoint.path}); "
+            f"to train more, resume with {' and '.join(needed)}"
+        )
+
+
+def run_records_complete(checkpoint: LoadedCheckpoint) -> bool:
+    """Whether the records of the run folder holding `checkpoint` are complete: not when
+    training was killed after saving it, its run's newest, before writing the summary. (A
+    damaged summary counts as incomplete; resuming into that run then refuses it.)"""
+    run_dir = checkpoint.path.parent
+    if not (run_dir / "config.yaml").is_file():
+        return True  # it resumes into a new run folder: nothing there to complete
+    newest = epoch_checkpoints(run_dir)
+    if newest and newest[0] != epoch_checkpoint_path(run_dir, checkpoint.epoch):
+        return True  # the run went past it: finishing here would drop the later epochs' rows
+    summary = json_object_if_regular(run_dir / "summary.json", MAX_SUMMARY_BYTES)
+    return summary is not None and summary.get("epochs_run") == checkpoint.epoch
 
 
 def check_resumable(

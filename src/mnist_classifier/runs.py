@@ -43,7 +43,7 @@ from mnist_classifier.config import (
 )
 from mnist_classifier.files import read_regular_file, write_atomically, write_json_atomically
 from mnist_classifier.provenance import software_provenance
-from mnist_classifier.resume import ResumeError, find_resume_checkpoint
+from mnist_classifier.resume import MAX_SUMMARY_BYTES, ResumeError, find_resume_checkpoint
 from mnist_classifier.train import EpochResult, TrainingObserver, TrainResult, TrainSetup
 
 METRIC_COLUMNS = (
@@ -394,10 +394,9 @@ class RunRecordError(ValueError):
     """One of a run folder's files cannot be used; the message names the file and why."""
 
 
-# Ceilings on the record files `mnist runs` reads (config.yaml has the config files' own):
-# a summary is a few hundred bytes and a metrics row about 150, so these are never reached by
-# a real run, only by a file linked to a device or replaced by something else.
-MAX_SUMMARY_BYTES = 1024 * 1024  # and provenance.json
+# Ceilings on the record files `mnist runs` reads (config.yaml has the config files' own,
+# summary.json and provenance.json MAX_SUMMARY_BYTES): a metrics row is about 150 bytes, so
+# these are never reached by a real run, only by a file linked to a device or replaced.
 MAX_METRICS_BYTES = 64 * 1024 * 1024
 # What the summary's readers format: a value of another type is a damaged record, not a run's.
 WHOLE_NUMBER = ((int,), "a whole number")

@@ -87,6 +87,9 @@ class TrainSetup:
     validation_images: torch.Tensor  # the first validation images, uint8 (N, 28, 28), CPU
     validation_labels: torch.Tensor  # their labels, int64 (N,), CPU
     start_epoch: int  # 1, or the epoch after the checkpoint a resumed run continues from
+    # The last epoch this start trains: config.epochs, or the checkpoint's own epoch when the
+    # run had already finished and this start only completes its records.
+    last_epoch: int
     start_step: int  # optimizer steps already taken: 0, or where a resumed run continues
     # A resumed run's finished epochs, as its checkpoint holds them (empty for a new run).
     earlier_epochs: tuple[EpochResult, ...] = ()
@@ -262,7 +265,17 @@ class EarlyStopping:
             self.best, self.epochs_without_improvement = value, 0
         else:
             self.epochs_without_improvement += 1
+        return self.stopped
+
+    @property
+    def stopped(self) -> bool:
         return 0 < self.patience <= self.epochs_without_improvement
+
+    def reason(self, epoch: int) -> str:
+        return (
+            f"early stopping after epoch {epoch}: {self.metric} did not improve by more "
+            f"than {self.min_delta} for {self.patience} epochs"
+        )
 
 
 class TrainingDiverged(RuntimeError):
@@ -416,7 +429,7 @@ def _train_holding_dir(
     )
     best_validation_accuracy = -1.0
     global_step = 0
-    start_epoch = 1
+    start_epoch, last_epoch = 1, config.epochs
     if ranks.is_main:
         remove_stale_temporaries(checkpoint_dir)  # what a killed save left behind
         # Only now, with the data verified: a start that fails costs the earlier run nothing.
@@ -436,6 +449,11 @@ def _train_holding_dir(
         early_stopping.best, early_stopping.epochs_without_improvement = resume_from.early_stopping
         global_step = resume_from.global_step
         start_epoch = resume_from.epoch + 1
+        if early_stopping.stopped:
+            # The run had stopped early (it was killed while finishing): one never interrupted
+            # trains no further epoch, so this start only completes the run's records.
+            result.stop_reason = early_stopping.reason(resume_from.epoch)
+            last_epoch = resume_from.epoch
 
     setup = TrainSetup(
         device=device,
@@ -449,6 +467,7 @@ def _train_holding_dir(
         validation_images=validation_split.images[:64].cpu(),
         validation_labels=validation_split.labels[:64].cpu(),
         start_epoch=start_epoch,
+        last_epoch=last_epoch,
         start_step=global_step,
         earlier_epochs=tuple(result.epochs),
         replaced=tuple(replaced),
@@ -474,7 +493,7 @@ def _train_holding_dir(
         else None
     )
     images_this_rank = len(shard(torch.arange(len(train_split)), ranks))  # same every epoch
-    for epoch in range(start_epoch, config.epochs + 1):
+    for epoch in range(start_epoch, last_epoch + 1):
         # --- Epoch: forward, loss, backward, step, schedule -----------------------------------
         observer.epoch_started(epoch, config.epochs, len(train_split))
         learning_rate = optimizer.param_groups[0]["lr"]
@@ -615,11 +634,7 @@ def _train_holding_dir(
 
         observer.epoch_done(epoch_result)
         if stop:
-            stopping = config.early_stopping
-            result.stop_reason = (
-                f"early stopping after epoch {epoch}: {stopping.metric} did not improve by more "
-                f"than {stopping.min_delta} for {stopping.patience} epochs"
-            )
+            result.stop_reason = early_stopping.reason(epoch)
             break
 
     result.stop_reason = result.stop_reason or f"completed all {config.epochs} epochs"
