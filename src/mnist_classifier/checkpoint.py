@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import math
+import os
 import pickle
 import re
 import tempfile
@@ -26,7 +27,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -355,8 +356,11 @@ def _load_checkpoint(path: Path) -> LoadedCheckpoint:
             f"{path} does not match its digest (SHA-256 {actual[:16]}..., expected "
             f"{accepted[-1][:16]}...): the file is truncated or altered"
         )
-    if export := _export_kind(path):
-        raise CheckpointError(f"{path} is {export}, not a checkpoint: {EXPORT_USE[export]}")
+    with path.open("rb") as file:
+        export_format = export_format_of(file, path.name)
+    if export_format:
+        what, instead = EXPORT_USE[export_format]
+        raise CheckpointError(f"{path} is {what}, not a checkpoint: {instead}")
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -414,34 +418,43 @@ def _load_checkpoint(path: Path) -> LoadedCheckpoint:
     return LoadedCheckpoint(path=path, model=model, **_contents(raw, config))
 
 
-# What to do with an export given where a checkpoint belongs (`mnist export` writes all three).
+# What each export format is called, and what to do with such a file given where a checkpoint
+# belongs (`mnist export` writes all three).
 EXPORT_USE = {
-    "an ONNX export": "predict or serve it with --backend onnxruntime --model PATH",
-    "a safetensors export": "give the checkpoint it was exported from",
-    "a TorchScript export": "load it with torch.jit.load, or give the checkpoint it came from",
+    "onnx": ("an ONNX export", "predict or serve it with --backend onnxruntime --model PATH"),
+    "safetensors": ("a safetensors export", "give the checkpoint it was exported from"),
+    "torchscript": (
+        "a TorchScript export",
+        "load it with torch.jit.load, or give the checkpoint it came from",
+    ),
 }
 
 
-def _export_kind(path: Path) -> str | None:
-    """Which kind of export `path` holds, from its first bytes; None for anything else.
+def export_format_of(file: BinaryIO, name: str) -> str | None:
+    """The export format (as `mnist export --format` names it) that the open binary `file` is
+    laid out in, from its first bytes; None for anything else, a checkpoint included. `name` is
+    the file's name (an ONNX file is told partly by its suffix).
 
-    torch.load would misname each: ONNX and safetensors bytes as a pickle holding "an object
-    that could run code", TorchScript with a warning advising weights_only=False.
+    This is the one description of what each export format looks like: load_checkpoint uses it
+    to name an export given as a checkpoint (torch.load would misname each: ONNX and safetensors
+    bytes as a pickle holding "an object that could run code", TorchScript with a warning
+    advising weights_only=False), and export.is_our_export before it looks for our marker.
     """
-    with path.open("rb") as file:
-        head = file.read(64 * 1024)
+    file.seek(0)
+    head = file.read(64 * 1024)
     if head[:2] == b"PK":  # a zip, as torch.save writes too: TorchScript's holds its constants
         try:
-            with zipfile.ZipFile(path) as archive:
+            with zipfile.ZipFile(file) as archive:
                 names = archive.namelist()
         except (zipfile.BadZipFile, OSError):
             return None
-        return "a TorchScript export" if any(n.endswith("/constants.pkl") for n in names) else None
+        return "torchscript" if any(n.endswith("/constants.pkl") for n in names) else None
+    size = file.seek(0, os.SEEK_END)
     header_length = int.from_bytes(head[:8], "little") if len(head) >= 9 else 0
-    if head[8:9] == b"{" and 0 < header_length <= path.stat().st_size - 8:
-        return "a safetensors export"  # an 8-byte length, then its JSON header
-    if head[:1] == b"\x08" and (path.suffix.lower() == ".onnx" or b"pytorch" in head[:256]):
-        return "an ONNX export"  # a protobuf: ir_version first, then the producer's name
+    if head[8:9] == b"{" and 0 < header_length <= size - 8:
+        return "safetensors"  # an 8-byte length, then its JSON header
+    if head[:1] == b"\x08" and (Path(name).suffix.lower() == ".onnx" or b"pytorch" in head[:256]):
+        return "onnx"  # a protobuf: ir_version first, then the producer's name
     return None
 
 
