@@ -525,11 +525,22 @@ def check_output_dir(
 ) -> None:
     """Fail before any work, not after the first epoch, when a folder could not be written.
 
+    The folder is made (with any missing parents) and a file is created and removed in it;
+    then the folders this check made are removed again, so that a command that fails later
+    leaves nothing behind. Whatever writes into the folder later makes it again.
     `setting` and `flag` name what the folder is for in the message (e.g. runs_dir).
     """
     path = Path(path)
+    created: list[Path] = []  # by this check, outermost first
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        for folder in _missing_folders(path):
+            try:
+                folder.mkdir()
+            except FileExistsError:
+                if not folder.is_dir():
+                    raise
+                continue  # made meanwhile by someone else: theirs, not ours to remove
+            created.append(folder)
         with tempfile.TemporaryFile(dir=path):
             pass
     except OSError as error:
@@ -537,3 +548,18 @@ def check_output_dir(
             f"{setting} {str(path)!r} cannot be written ({error.strerror or error}); "
             f"choose another with {flag}"
         ) from None
+    finally:
+        for folder in reversed(created):
+            try:
+                folder.rmdir()
+            except OSError:  # no longer empty: something was written into it meanwhile
+                break
+
+
+def _missing_folders(path: Path) -> list[Path]:
+    """`path` and those of its parents that do not exist, outermost first."""
+    missing = []
+    while path != path.parent and not path.exists():
+        missing.append(path)
+        path = path.parent
+    return missing[::-1]
