@@ -2,6 +2,7 @@ import dataclasses
 import hashlib
 import os
 import pickle
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -180,6 +181,30 @@ def test_output_dir_that_cannot_be_written_is_a_config_error(tmp_path):
         read_only.mkdir(mode=0o500)
         with pytest.raises(ConfigError):
             check_output_dir(read_only)
+
+
+def test_checking_an_output_dir_removes_the_folders_it_made(tmp_path):
+    check_output_dir(tmp_path / "new" / "nested")
+    assert list(tmp_path.iterdir()) == []  # the command may still fail before it writes
+
+
+def test_checking_an_output_dir_keeps_folders_that_were_there(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    check_output_dir(empty)
+    check_output_dir(empty / "new")
+    assert [path.name for path in tmp_path.iterdir()] == ["empty"]
+    assert list(empty.iterdir()) == []
+
+
+def test_a_folder_that_refuses_files_is_an_error_and_the_folders_made_go(tmp_path, monkeypatch):
+    def refused(*_args, **_kwargs):  # as a read-only folder answers, even to root
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", refused)
+    with pytest.raises(ConfigError, match=r"cannot be written \(Permission denied\)"):
+        check_output_dir(tmp_path / "new" / "nested")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_single_flipped_byte_in_tensor_data_is_detected(tmp_path):

@@ -98,6 +98,12 @@ def test_an_earlier_export_of_any_format_may_be_replaced(
     export.export_model(model, export_format, output, parity_images)  # the same name again
 
 
+def test_an_onnx_export_under_any_name_is_known_as_ours(model, parity_images, tmp_path):
+    output = tmp_path / "model.bin"  # no .onnx suffix: the file's own bytes must tell
+    export.export_model(model, "onnx", output, parity_images)
+    assert export.is_our_export(output)
+
+
 def _foreign_onnx(path):
     """A valid ONNX model that `mnist export` did not write: no metadata of ours."""
     import onnx

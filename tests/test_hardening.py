@@ -439,7 +439,7 @@ def test_resume_force_refuses_a_checkpoint_without_usable_training_state_before_
     )
     assert result.exit_code == 2
     assert message in _one_error_line(result.output)
-    assert list((tmp_path / "runs").iterdir()) == []
+    assert not (tmp_path / "runs").exists()  # no run folder, nor the runs folder it would go in
 
 
 @pytest.mark.parametrize(
@@ -630,6 +630,29 @@ def test_an_unforeseen_permission_error_on_a_users_path_is_one_line(tmp_path, mo
     assert result.exit_code == 1
     line = _one_error_line(result.output)
     assert line.startswith(f"error: {tmp_path / 'models'}: Permission denied")
+
+
+def test_a_train_that_fails_after_checking_its_folders_leaves_none_of_them(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    new = tmp_path / "new"
+    arguments = ["--output-dir", str(new / "nested"), "--runs-dir", str(new / "runs")]
+    result = runner.invoke(app, ["train", *arguments, "--data-dir", str(blocker)])
+    assert result.exit_code == 2
+    assert "is a file, not a folder" in _one_error_line(result.output)
+    assert list(tmp_path.iterdir()) == [blocker]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder")
+def test_train_into_a_read_only_folder_is_one_line_and_makes_nothing(tmp_path):
+    read_only = tmp_path / "ro"
+    read_only.mkdir(mode=0o555)
+    output_dir = read_only / "new" / "nested"
+    arguments = ["--output-dir", str(output_dir), "--runs-dir", str(tmp_path / "runs")]
+    result = runner.invoke(app, ["train", *arguments])
+    assert result.exit_code == 2
+    assert f"output_dir '{output_dir}' cannot be written" in _one_error_line(result.output)
+    assert list(read_only.iterdir()) == [] and not (tmp_path / "runs").exists()
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder")

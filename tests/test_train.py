@@ -154,6 +154,14 @@ def _error_line(result):
 
 
 @pytest.mark.usefixtures("synthetic_data")
+def test_training_into_a_new_nested_folder_makes_it_and_saves_there(tmp_path):
+    output_dir = tmp_path / "new" / "nested"  # the check before training leaves it unmade
+    result = _mnist_train(tmp_path, output_dir, "--epochs", "1")
+    assert result.exit_code == 0, result.output
+    assert (output_dir / "best_model.pt").is_file()
+
+
+@pytest.mark.usefixtures("synthetic_data")
 def test_a_second_training_into_a_held_folder_is_refused_and_a_killed_holder_frees_it(tmp_path):
     output_dir = tmp_path / "out"
     assert _mnist_train(tmp_path, output_dir, "--epochs", "1").exit_code == 0

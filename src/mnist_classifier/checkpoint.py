@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import math
+import os
 import pickle
 import re
 import tempfile
@@ -26,7 +27,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -355,8 +356,11 @@ def _load_checkpoint(path: Path) -> LoadedCheckpoint:
             f"{path} does not match its digest (SHA-256 {actual[:16]}..., expected "
             f"{accepted[-1][:16]}...): the file is truncated or altered"
         )
-    if export := _export_kind(path):
-        raise CheckpointError(f"{path} is {export}, not a checkpoint: {EXPORT_USE[export]}")
+    with path.open("rb") as file:
+        export_format = export_format_of(file, path.name)
+    if export_format:
+        what, instead = EXPORT_USE[export_format]
+        raise CheckpointError(f"{path} is {what}, not a checkpoint: {instead}")
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -414,34 +418,43 @@ def _load_checkpoint(path: Path) -> LoadedCheckpoint:
     return LoadedCheckpoint(path=path, model=model, **_contents(raw, config))
 
 
-# What to do with an export given where a checkpoint belongs (`mnist export` writes all three).
+# What each export format is called, and what to do with such a file given where a checkpoint
+# belongs (`mnist export` writes all three).
 EXPORT_USE = {
-    "an ONNX export": "predict or serve it with --backend onnxruntime --model PATH",
-    "a safetensors export": "give the checkpoint it was exported from",
-    "a TorchScript export": "load it with torch.jit.load, or give the checkpoint it came from",
+    "onnx": ("an ONNX export", "predict or serve it with --backend onnxruntime --model PATH"),
+    "safetensors": ("a safetensors export", "give the checkpoint it was exported from"),
+    "torchscript": (
+        "a TorchScript export",
+        "load it with torch.jit.load, or give the checkpoint it came from",
+    ),
 }
 
 
-def _export_kind(path: Path) -> str | None:
-    """Which kind of export `path` holds, from its first bytes; None for anything else.
+def export_format_of(file: BinaryIO, name: str) -> str | None:
+    """The export format (as `mnist export --format` names it) that the open binary `file` is
+    laid out in, from its first bytes; None for anything else, a checkpoint included. `name` is
+    the file's name (an ONNX file is told partly by its suffix).
 
-    torch.load would misname each: ONNX and safetensors bytes as a pickle holding "an object
-    that could run code", TorchScript with a warning advising weights_only=False.
+    This is the one description of what each export format looks like: load_checkpoint uses it
+    to name an export given as a checkpoint (torch.load would misname each: ONNX and safetensors
+    bytes as a pickle holding "an object that could run code", TorchScript with a warning
+    advising weights_only=False), and export.is_our_export before it looks for our marker.
     """
-    with path.open("rb") as file:
-        head = file.read(64 * 1024)
+    file.seek(0)
+    head = file.read(64 * 1024)
     if head[:2] == b"PK":  # a zip, as torch.save writes too: TorchScript's holds its constants
         try:
-            with zipfile.ZipFile(path) as archive:
+            with zipfile.ZipFile(file) as archive:
                 names = archive.namelist()
         except (zipfile.BadZipFile, OSError):
             return None
-        return "a TorchScript export" if any(n.endswith("/constants.pkl") for n in names) else None
+        return "torchscript" if any(n.endswith("/constants.pkl") for n in names) else None
+    size = file.seek(0, os.SEEK_END)
     header_length = int.from_bytes(head[:8], "little") if len(head) >= 9 else 0
-    if head[8:9] == b"{" and 0 < header_length <= path.stat().st_size - 8:
-        return "a safetensors export"  # an 8-byte length, then its JSON header
-    if head[:1] == b"\x08" and (path.suffix.lower() == ".onnx" or b"pytorch" in head[:256]):
-        return "an ONNX export"  # a protobuf: ir_version first, then the producer's name
+    if head[8:9] == b"{" and 0 < header_length <= size - 8:
+        return "safetensors"  # an 8-byte length, then its JSON header
+    if head[:1] == b"\x08" and (Path(name).suffix.lower() == ".onnx" or b"pytorch" in head[:256]):
+        return "onnx"  # a protobuf: ir_version first, then the producer's name
     return None
 
 
@@ -512,11 +525,22 @@ def check_output_dir(
 ) -> None:
     """Fail before any work, not after the first epoch, when a folder could not be written.
 
+    The folder is made (with any missing parents) and a file is created and removed in it;
+    then the folders this check made are removed again, so that a command that fails later
+    leaves nothing behind. Whatever writes into the folder later makes it again.
     `setting` and `flag` name what the folder is for in the message (e.g. runs_dir).
     """
     path = Path(path)
+    created: list[Path] = []  # by this check, outermost first
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        for folder in _missing_folders(path):
+            try:
+                folder.mkdir()
+            except FileExistsError:
+                if not folder.is_dir():
+                    raise
+                continue  # made meanwhile by someone else: theirs, not ours to remove
+            created.append(folder)
         with tempfile.TemporaryFile(dir=path):
             pass
     except OSError as error:
@@ -524,3 +548,18 @@ def check_output_dir(
             f"{setting} {str(path)!r} cannot be written ({error.strerror or error}); "
             f"choose another with {flag}"
         ) from None
+    finally:
+        for folder in reversed(created):
+            try:
+                folder.rmdir()
+            except OSError:  # no longer empty: something was written into it meanwhile
+                break
+
+
+def _missing_folders(path: Path) -> list[Path]:
+    """`path` and those of its parents that do not exist, outermost first."""
+    missing = []
+    while path != path.parent and not path.exists():
+        missing.append(path)
+        path = path.parent
+    return missing[::-1]

@@ -27,7 +27,12 @@ import numpy as np
 import torch
 
 from mnist_classifier.batching import normalize
-from mnist_classifier.checkpoint import ARCHITECTURE, LoadedCheckpoint, digest_path
+from mnist_classifier.checkpoint import (
+    ARCHITECTURE,
+    LoadedCheckpoint,
+    digest_path,
+    export_format_of,
+)
 from mnist_classifier.config import EXPORT_FORMATS
 from mnist_classifier.data import load_split
 from mnist_classifier.datasets import IMAGE_SIDE, MNIST, NUM_CLASSES, DatasetSpec, Normalization
@@ -106,24 +111,28 @@ def check_export_output(export_format: str, output: Path, checkpoint: Path) -> N
 
 
 def is_our_export(path: Path) -> bool:
-    """Whether `path` is an ONNX, TorchScript or safetensors export that this project wrote."""
+    """Whether `path` is an ONNX, TorchScript or safetensors export that this project wrote:
+    laid out as one (export_format_of) and carrying our marker where that format keeps it."""
     data = contents_if_regular(path, MAX_EXPORT_BYTES)
     if data is None:
         return False
     try:
-        if data.startswith(b"PK\x03\x04"):  # a zip archive: TorchScript
+        export_format = export_format_of(io.BytesIO(data), path.name)
+        if export_format == "torchscript":  # the marker is an extra file in its zip
             with zipfile.ZipFile(io.BytesIO(data)) as archive:
                 marker = f"/extra/{EXPORT_MARKER_KEY}"
                 return any(name.endswith(marker) for name in archive.namelist())
-        header_size = int.from_bytes(data[:8], "little")  # safetensors: size, then JSON
-        if data[8:9] == b"{" and 8 + header_size <= len(data):
-            header = json.loads(data[8 : 8 + header_size])
+        if export_format == "safetensors":  # in the metadata of its JSON header
+            header_length = int.from_bytes(data[:8], "little")
+            header = json.loads(data[8 : 8 + header_length])
             return EXPORT_MARKER_KEY in (header.get("__metadata__") or {})
-        import onnx
+        if export_format == "onnx":  # among its metadata_props
+            import onnx
 
-        keys = {entry.key for entry in onnx.load_model_from_string(data).metadata_props}
-        # ONNX exports made before the marker carry their normalisation under our keys.
-        return bool(keys & {EXPORT_MARKER_KEY, ONNX_MEAN_KEY})
+            keys = {entry.key for entry in onnx.load_model_from_string(data).metadata_props}
+            # ONNX exports made before the marker carry their normalisation under our keys.
+            return bool(keys & {EXPORT_MARKER_KEY, ONNX_MEAN_KEY})
+        return False
     except Exception:  # zipfile, json and protobuf each reject other files their own way
         return False
 
