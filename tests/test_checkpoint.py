@@ -21,6 +21,7 @@ from mnist_classifier.checkpoint import (
 )
 from mnist_classifier.config import ConfigError, TrainConfig, make_config
 from mnist_classifier.datasets import FASHION_MNIST
+from mnist_classifier.files import make_folders, remove_made_folders
 from mnist_classifier.model import SimpleCNN
 
 
@@ -195,6 +196,22 @@ def test_checking_an_output_dir_keeps_folders_that_were_there(tmp_path):
     check_output_dir(empty / "new")
     assert [path.name for path in tmp_path.iterdir()] == ["empty"]
     assert list(empty.iterdir()) == []
+
+
+def test_folders_made_for_a_failed_command_go_unless_something_else_was_written(tmp_path):
+    (tmp_path / "kept").mkdir()
+    made = make_folders(tmp_path / "kept" / "a" / "b")
+    assert made == [tmp_path / "kept" / "a", tmp_path / "kept" / "a" / "b"]
+    (tmp_path / "kept" / "a" / "b" / ".lock").write_text("")
+    (tmp_path / "kept" / "a" / "theirs.txt").write_text("")  # written meanwhile by another
+    remove_made_folders(made, leftovers=(".lock",))
+    assert sorted(path.name for path in (tmp_path / "kept").rglob("*")) == ["a", "theirs.txt"]
+
+    made = make_folders(tmp_path / "x" / "y")
+    (tmp_path / "x" / "y" / ".lock").write_text("")
+    (tmp_path / "x" / "y" / "epoch.pt").write_text("")  # the command's own work stays too
+    remove_made_folders(made, leftovers=(".lock",))
+    assert sorted(path.name for path in (tmp_path / "x").rglob("*")) == [".lock", "epoch.pt", "y"]
 
 
 def test_a_folder_that_refuses_files_is_an_error_and_the_folders_made_go(tmp_path, monkeypatch):

@@ -174,7 +174,7 @@ def test_a_start_that_fails_on_unverified_data_leaves_no_run_folder(tmp_path):
         ],
     )
     assert result.exit_code == 1 and "not the canonical" in result.output
-    assert list(runs_dir.iterdir()) == []
+    assert not runs_dir.exists()  # neither a run folder nor the runs folder made for it
 
 
 # --- 2. only this project's temporaries are deleted ---------------------------------------------
@@ -397,7 +397,7 @@ def test_bad_settings_give_one_line_and_exit_2_before_any_data_is_read(
     result = runner.invoke(app, ["train", *runs_dir, *filled])
     assert result.exit_code == 2
     assert message in _one_error_line(result.output)
-    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+    assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.parametrize(
@@ -632,15 +632,26 @@ def test_an_unforeseen_permission_error_on_a_users_path_is_one_line(tmp_path, mo
     assert line.startswith(f"error: {tmp_path / 'models'}: Permission denied")
 
 
-def test_a_train_that_fails_after_checking_its_folders_leaves_none_of_them(tmp_path):
-    blocker = tmp_path / "a-file"
-    blocker.write_text("")
+@pytest.mark.parametrize(
+    ("data", "exit_code", "message"),
+    [
+        ("a-file", 2, "is a file, not a folder"),  # found while checking the settings
+        # found once the checkpoint folder is held and the run folder made
+        ("data/MNIST/raw/t10k-labels-idx1-ubyte", 1, "not the canonical"),
+    ],
+)
+def test_a_train_that_fails_before_its_first_checkpoint_leaves_none_of_its_folders(
+    tmp_path, data, exit_code, message
+):
+    (tmp_path / data).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / data).write_bytes(b"not MNIST")
+    before = sorted(tmp_path.rglob("*"))
     new = tmp_path / "new"
     arguments = ["--output-dir", str(new / "nested"), "--runs-dir", str(new / "runs")]
-    result = runner.invoke(app, ["train", *arguments, "--data-dir", str(blocker)])
-    assert result.exit_code == 2
-    assert "is a file, not a folder" in _one_error_line(result.output)
-    assert list(tmp_path.iterdir()) == [blocker]
+    data_dir = tmp_path / data.split("/")[0]
+    result = runner.invoke(app, ["train", *arguments, "--data-dir", str(data_dir)])
+    assert result.exit_code == exit_code and message in result.output
+    assert sorted(tmp_path.rglob("*")) == before  # no folder, no lock file
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder")

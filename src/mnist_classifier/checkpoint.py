@@ -40,7 +40,9 @@ from mnist_classifier.files import (
     FileRefused,
     LockHeld,
     holding_lock,
+    make_folders,
     read_regular_file,
+    remove_made_folders,
     sha256_of,
     write_atomically,
 )
@@ -292,7 +294,7 @@ def holding_checkpoint_dir(directory: Path) -> Iterator[None]:
     each report its own figures for files that hold the other's weights.
     """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    made = make_folders(directory)
     try:
         with holding_lock(directory / TRAINING_LOCK_NAME):
             yield
@@ -302,6 +304,11 @@ def holding_checkpoint_dir(directory: Path) -> Iterator[None]:
             f"{directory / TRAINING_LOCK_NAME}); wait for it to finish or choose another "
             "--output-dir"
         ) from None
+    except BaseException:
+        # A start that failed before its first checkpoint (unverified data, say) leaves no
+        # folder behind that holds only its lock.
+        remove_made_folders(made, leftovers=(TRAINING_LOCK_NAME,))
+        raise
 
 
 def delete_checkpoint(path: Path) -> None:
@@ -531,16 +538,9 @@ def check_output_dir(
     `setting` and `flag` name what the folder is for in the message (e.g. runs_dir).
     """
     path = Path(path)
-    created: list[Path] = []  # by this check, outermost first
+    made: list[Path] = []
     try:
-        for folder in _missing_folders(path):
-            try:
-                folder.mkdir()
-            except FileExistsError:
-                if not folder.is_dir():
-                    raise
-                continue  # made meanwhile by someone else: theirs, not ours to remove
-            created.append(folder)
+        made = make_folders(path)
         with tempfile.TemporaryFile(dir=path):
             pass
     except OSError as error:
@@ -549,17 +549,4 @@ def check_output_dir(
             f"choose another with {flag}"
         ) from None
     finally:
-        for folder in reversed(created):
-            try:
-                folder.rmdir()
-            except OSError:  # no longer empty: something was written into it meanwhile
-                break
-
-
-def _missing_folders(path: Path) -> list[Path]:
-    """`path` and those of its parents that do not exist, outermost first."""
-    missing = []
-    while path != path.parent and not path.exists():
-        missing.append(path)
-        path = path.parent
-    return missing[::-1]
+        remove_made_folders(made)

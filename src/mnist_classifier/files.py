@@ -56,6 +56,45 @@ def holding_lock(path: Path | str) -> Iterator[None]:
         os.close(descriptor)  # releases the lock
 
 
+def make_folders(path: Path | str) -> list[Path]:
+    """Make `path` with its missing parents; the folders made here, outermost first (one that
+    another process makes meanwhile is theirs, and not listed). Those made before a failure
+    are removed again before it is raised."""
+    path, missing = Path(path), []
+    while path != path.parent and not path.exists():
+        missing.append(path)
+        path = path.parent
+    made: list[Path] = []
+    try:
+        for folder in reversed(missing):
+            try:
+                folder.mkdir()
+            except FileExistsError:
+                if not folder.is_dir():
+                    raise
+                continue
+            made.append(folder)
+    except OSError:
+        remove_made_folders(made)
+        raise
+    return made
+
+
+def remove_made_folders(made: list[Path], leftovers: tuple[str, ...] = ()) -> None:
+    """Remove the folders a command made (`make_folders`' list), deepest first, while each
+    holds nothing but files named in `leftovers` that the command left itself (its lock): a
+    command that failed leaves the file system as it found it. A folder holding anything else
+    (something written meanwhile) stays, and so do those above it."""
+    for folder in reversed(made):
+        try:
+            for name in leftovers:
+                if (folder / name).is_file() and len(list(folder.iterdir())) == 1:
+                    (folder / name).unlink()
+            folder.rmdir()
+        except OSError:
+            return
+
+
 def why_not_writable(folder: Path | str) -> str:
     """Why files could not be created in `folder` (made if need be), or "" if they could.
 

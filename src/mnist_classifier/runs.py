@@ -41,7 +41,13 @@ from mnist_classifier.config import (
     read_config_file,
     shown,
 )
-from mnist_classifier.files import read_regular_file, write_atomically, write_json_atomically
+from mnist_classifier.files import (
+    make_folders,
+    read_regular_file,
+    remove_made_folders,
+    write_atomically,
+    write_json_atomically,
+)
 from mnist_classifier.provenance import software_provenance
 from mnist_classifier.resume import MAX_SUMMARY_BYTES, ResumeError, find_resume_checkpoint
 from mnist_classifier.train import EpochResult, TrainingObserver, TrainResult, TrainSetup
@@ -153,8 +159,8 @@ def run_directory(
 ) -> Iterator[Path | None]:
     """The folder a run logs to, while it trains: a checkpoint inside a run directory continues
     that run's logs; anything else starts a new one. Under torchrun only rank 0 keeps one (the
-    others get None). A folder created here that a failed start wrote nothing into (unverified
-    data, say) is removed again."""
+    others get None). The folders made here (the run's, and a new runs folder) that a failed
+    start wrote nothing into (unverified data, say) are removed again."""
     if rank not in (None, 0):
         yield None
         return
@@ -162,15 +168,14 @@ def run_directory(
         check_records_to_continue(resume_from.parent)
         yield resume_from.parent
         return
-    run_dir = create_run_dir(config.runs_dir, config.name)
+    made = make_folders(config.runs_dir)
     try:
+        run_dir = create_run_dir(config.runs_dir, config.name)
+        made.append(run_dir)
         yield run_dir
     except BaseException:
         # The training lock that train() took, and released, in the folder counts as nothing.
-        lock = run_dir / TRAINING_LOCK_NAME
-        if run_dir.is_dir() and all(path == lock for path in run_dir.iterdir()):
-            lock.unlink(missing_ok=True)
-            run_dir.rmdir()
+        remove_made_folders(made, leftovers=(TRAINING_LOCK_NAME,))
         raise
 
 
