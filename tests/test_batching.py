@@ -1,10 +1,15 @@
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.utils.data import DistributedSampler
 from torchvision import transforms
 
 from mnist_classifier.batching import (
+    Ranks,
     Split,
     normalize,
     ordered_batches,
+    shard,
     shuffled_batches,
     split_train_validation,
 )
@@ -39,6 +44,16 @@ def test_same_seed_same_order():
     first = [labels for _, labels in shuffled_batches(split, 7, torch.Generator().manual_seed(5))]
     second = [labels for _, labels in shuffled_batches(split, 7, torch.Generator().manual_seed(5))]
     assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+
+
+@settings(max_examples=200, deadline=None)
+@given(length=st.integers(1, 40), world_size=st.integers(1, 100))
+def test_each_rank_takes_what_distributed_sampler_deals_it(length, world_size):
+    # Even with more ranks than images: every rank must get its share, or it waits for ever.
+    order = torch.randperm(length, generator=torch.Generator().manual_seed(length))
+    for rank in range(world_size):
+        dealt = DistributedSampler(range(length), world_size, rank, shuffle=False)
+        assert shard(order, Ranks(rank, world_size)).tolist() == order[list(dealt)].tolist()
 
 
 def test_evaluation_does_not_shuffle():
