@@ -62,6 +62,14 @@ def test_evaluation_does_not_shuffle():
     assert torch.equal(labels, split.labels)
 
 
+def test_an_evaluation_batch_larger_than_the_split_is_the_split_once():
+    # eval_batch_size has no bound of its own: a huge one costs no more than the whole split.
+    split = _toy_split()
+    batches = list(ordered_batches(split, 2**62))
+    assert len(batches) == 1
+    assert torch.equal(batches[0][0], split.images) and torch.equal(batches[0][1], split.labels)
+
+
 def test_validation_split_is_fixed_disjoint_and_complete():
     split = _toy_split(1000)
     train_a, validation_a = split_train_validation(split.images, split.labels, 100, split_seed=0)
