@@ -1,10 +1,15 @@
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.utils.data import DistributedSampler
 from torchvision import transforms
 
 from mnist_classifier.batching import (
+    Ranks,
     Split,
     normalize,
     ordered_batches,
+    shard,
     shuffled_batches,
     split_train_validation,
 )
@@ -41,10 +46,28 @@ def test_same_seed_same_order():
     assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
 
 
+@settings(max_examples=200, deadline=None)
+@given(length=st.integers(1, 40), world_size=st.integers(1, 100))
+def test_each_rank_takes_what_distributed_sampler_deals_it(length, world_size):
+    # Even with more ranks than images: every rank must get its share, or it waits for ever.
+    order = torch.randperm(length, generator=torch.Generator().manual_seed(length))
+    for rank in range(world_size):
+        dealt = DistributedSampler(range(length), world_size, rank, shuffle=False)
+        assert shard(order, Ranks(rank, world_size)).tolist() == order[list(dealt)].tolist()
+
+
 def test_evaluation_does_not_shuffle():
     split = _toy_split()
     labels = torch.cat([batch_labels for _, batch_labels in ordered_batches(split, 10)])
     assert torch.equal(labels, split.labels)
+
+
+def test_an_evaluation_batch_larger_than_the_split_is_the_split_once():
+    # eval_batch_size has no bound of its own: a huge one costs no more than the whole split.
+    split = _toy_split()
+    batches = list(ordered_batches(split, 2**62))
+    assert len(batches) == 1
+    assert torch.equal(batches[0][0], split.images) and torch.equal(batches[0][1], split.labels)
 
 
 def test_validation_split_is_fixed_disjoint_and_complete():

@@ -1,14 +1,18 @@
 """The `mnist` command and the lab's scripts, driven as a user drives them."""
 
+import json
 import runpy
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import REPO_ROOT, checkpoint_payload
+from images import encode
+from PIL import Image
 from typer.testing import CliRunner
 
 import mnist_classifier.train
@@ -323,6 +327,54 @@ def test_predict_names_its_argument_images_in_usage_and_errors():
     assert usage.endswith("{IMAGES}...")
     missing = runner.invoke(app, ["predict"])
     assert missing.exit_code == 2 and "Missing argument 'IMAGES'" in missing.output
+
+
+# File names a terminal would obey or Rich would read as markup -> how predict shows them.
+ODD_FILE_NAMES = {
+    "a\nb.png": "a\\nb.png",
+    "tab\there.png": "tab\\there.png",
+    "cr\rret.png": "cr\\rret.png",
+    "esc\x1b[31mred.png": "esc\\x1b[31mred.png",
+    "rtl\u202ex.png": "rtl\\u202ex.png",
+    "[bold]loud.png": "[bold]loud.png",
+    "odd[/]x.png": "odd[/]x.png",  # a folder "odd[" holding "]x.png": Rich's closing tag
+    ":smile:.png": ":smile:.png",
+    "plain.png": "plain.png",
+}
+
+
+def test_predict_shows_each_odd_file_name_escaped_on_its_own_line(tmp_path):
+    checkpoint = tmp_path / "model.pt"
+    save_checkpoint(checkpoint, checkpoint_payload())  # untrained: only the names matter here
+    images = tmp_path / "images"
+    stroke = np.full((64, 64), 255, dtype=np.uint8)
+    stroke[10:54, 28:36] = 0
+    for name in ODD_FILE_NAMES:
+        (images / name).parent.mkdir(parents=True, exist_ok=True)
+        (images / name).write_bytes(encode(Image.fromarray(stroke), "PNG"))
+    (images / "empty\n\x1b[2J.png").write_bytes(b"")  # fails: its error line names it
+    arguments = ["predict", str(images), "--checkpoint", str(checkpoint)]
+
+    listed = runner.invoke(app, [*arguments, "--format", "json"])
+    shown = runner.invoke(app, arguments)
+
+    # The JSON keeps each real name, escaped by JSON itself.
+    assert listed.exit_code == 2, listed.output
+    entries = json.loads(listed.stdout)
+    assert {entry["file"] for entry in entries} == {
+        str(images / name) for name in [*ODD_FILE_NAMES, "empty\n\x1b[2J.png"]
+    }
+    digits = {entry["file"]: entry["digit"] for entry in entries if "error" not in entry}
+    assert shown.exit_code == 2, shown.output
+    assert "\x1b" not in shown.output and "\r" not in shown.output
+    rows = shown.stdout.splitlines()[2:]  # after the model and the header
+    assert len(rows) == len(ODD_FILE_NAMES)
+    for name, escaped in ODD_FILE_NAMES.items():
+        (row,) = [row for row in rows if row.startswith(f"{images / escaped}  ")]
+        assert row.split()[1] == str(digits[str(images / name)])
+    error = f"error: {images}/empty\\n\\x1b[2J.png: empty file (0 bytes)"
+    assert shown.stderr.splitlines() == [error]
+    assert listed.stderr.splitlines() == [error]
 
 
 def test_ctrl_c_while_training_says_what_is_saved_and_how_to_continue(monkeypatch, tmp_path):

@@ -1,18 +1,25 @@
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import REPO_ROOT
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from mnist_classifier.batching import Ranks, shard
 from mnist_classifier.cli import app
 from mnist_classifier.config import (
     ConfigError,
     TrainConfig,
+    check_batch_size,
     config_from_dict,
     load_config,
     make_config,
     parse_assignment,
+    training_images,
 )
+from mnist_classifier.train import split_for_training
 
 CONFIG_FILES = sorted((REPO_ROOT / "configs").glob("*.yaml"))
 
@@ -99,6 +106,62 @@ def test_bad_files_are_rejected(tmp_path, content, message):
 def test_missing_file_is_rejected():
     with pytest.raises(ConfigError, match="cannot be read"):
         load_config(Path("/nonexistent/config.yaml"))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "processes", "most"),
+    [
+        ({}, 1, 55_000),  # 60,000 less the 5,000 held out
+        ({"data.validation_size": 10_000}, 1, 50_000),
+        ({"data.max_train_images": 500}, 1, 500),
+        ({"data.max_train_images": 70_000}, 1, 55_000),  # more than there are: all of them
+        ({"data.dataset": "fashion-mnist"}, 1, 55_000),
+        ({}, 2, 27_500),
+        ({"data.max_train_images": 501}, 2, 251),  # a share is rounded up, as shard pads
+    ],
+)
+def test_a_batch_up_to_the_training_images_is_accepted_and_one_more_is_refused(
+    overrides, processes, most
+):
+    check_batch_size(make_config({**overrides, "batch_size": most}), processes)
+    share = f" each of the {processes} processes trains on" if processes > 1 else ""
+    expected = (
+        f"batch_size {most + 1} is more than the {most} training images{share}; "
+        f"choose at most {most} with --batch-size"
+    )
+    with pytest.raises(ConfigError) as refused:
+        check_batch_size(make_config({**overrides, "batch_size": most + 1}), processes)
+    assert str(refused.value) == expected
+
+
+def test_a_checkpoints_config_with_a_batch_above_its_images_still_loads():
+    # Training used to accept it (one short batch per epoch); such checkpoints must stay usable.
+    saved = make_config({"data.max_train_images": 32}).to_dict()  # batch_size 64
+    assert config_from_dict(saved).batch_size == 64
+
+
+# The training file's positions, split by the loop's own code: the oracle for the count.
+_POSITIONS = torch.arange(60_000)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    validation_size=st.integers(1, 59_999),
+    max_train_images=st.one_of(st.just(0), st.integers(1, 70_000)),
+    processes=st.integers(1, 64),
+)
+def test_training_images_is_what_the_loop_gives_each_process(
+    validation_size, max_train_images, processes
+):
+    config = make_config(
+        {"data.validation_size": validation_size, "data.max_train_images": max_train_images}
+    )
+    train_split = split_for_training(config, _POSITIONS, _POSITIONS, files=None).train_split
+    shares = {
+        len(shard(torch.arange(len(train_split)), Ranks(rank, processes)))
+        for rank in range(processes)
+    }
+    assert shares == {training_images(config, processes)}
 
 
 def test_assignments_are_read_as_yaml_scalars():

@@ -336,6 +336,7 @@ def test_nproc_above_the_cores_is_refused_unless_forced(tmp_path, monkeypatch):
         lambda nproc, arguments: launched.append(nproc) or 0,
     )
     arguments = ["train", "--nproc", "1000", "--device", "cpu", "--runs-dir", str(tmp_path)]
+    arguments += ["--batch-size", "32"]  # each of the 1000 processes has 55 images
     result = runner.invoke(app, arguments)
     assert result.exit_code == 2
     cores = len(os.sched_getaffinity(0))
@@ -500,6 +501,129 @@ def test_a_runs_dir_error_is_labelled_runs_dir(tmp_path):
     arguments = ["train", "--runs-dir", str(blocker / "runs"), "--output-dir", str(tmp_path / "m")]
     line = _one_error_line(runner.invoke(app, arguments).output)
     assert line.startswith("error: runs_dir ") and "--runs-dir" in line
+
+
+# --- 13. a batch larger than the training set is refused before any work ----------------------
+
+
+@pytest.fixture
+def nothing_is_launched(monkeypatch):
+    """Fails the test if torchrun would be started."""
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("ranks were launched before the setting was checked")
+
+    monkeypatch.setattr("mnist_classifier.distributed.launch_with_torchrun", refuse)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "config_text", "message"),
+    [
+        (
+            ["--batch-size", "100000"],
+            "",
+            "batch_size 100000 is more than the 55000 training images; "
+            "choose at most 55000 with --batch-size",
+        ),
+        (["--set", "batch_size=55001"], "", "batch_size 55001 is more than the 55000 training"),
+        (
+            ["--max-train-images", "500", "--set", "batch_size=501"],
+            "",
+            "batch_size 501 is more than the 500 training images; choose at most 500",
+        ),
+        (["--config", "{config}"], "batch_size: 55001\n", "is more than the 55000 training"),
+        (
+            ["--config", "{config}"],
+            "batch_size: 50001\ndata:\n  validation_size: 10000\n",
+            "batch_size 50001 is more than the 50000 training images",
+        ),
+        (
+            ["--dataset", "fashion-mnist", "--batch-size", "55001"],
+            "",
+            "is more than the 55000 training images",
+        ),
+        (
+            ["--nproc", "2", "--device", "cpu", "--batch-size", "27501"],
+            "",
+            "batch_size 27501 is more than the 27500 training images each of the 2 processes "
+            "trains on; choose at most 27500 with --batch-size",
+        ),
+    ],
+)
+def test_a_batch_larger_than_the_training_images_is_one_line_before_any_work(
+    tmp_path, no_data_is_read, nothing_is_launched, arguments, config_text, message
+):
+    config = tmp_path / "big-batch.yaml"
+    config.write_text(config_text)
+    runs_dir = tmp_path / "runs"
+    filled = [argument.format(config=config) for argument in arguments]
+    result = runner.invoke(app, ["train", "--runs-dir", str(runs_dir), *filled])
+    assert result.exit_code == 2
+    assert message in _one_error_line(result.output)
+    assert not runs_dir.exists() or list(runs_dir.iterdir()) == []
+
+
+def test_a_batch_of_all_the_training_images_trains(tmp_path, synthetic_data):
+    runs_dir = tmp_path / "runs"
+    tiny = ["--max-train-images", "64", "--validation-size", "64", "--device", "cpu"]
+    arguments = ["train", *tiny, "--epochs", "1", "--runs-dir", str(runs_dir), "--quiet"]
+    result = runner.invoke(app, [*arguments, "--batch-size", "64"])
+    assert result.exit_code == 0, result.output
+    (run_dir,) = runs_dir.iterdir()
+    assert (run_dir / "best_model.pt").is_file()
+
+
+def test_force_with_a_batch_too_large_keeps_the_earlier_checkpoints(tmp_path, no_data_is_read):
+    output_dir = tmp_path / "models"
+    for name in ("best_model.pt", "checkpoint_epoch_1.pt"):
+        save_checkpoint(output_dir / name, checkpoint_payload())
+    before = {path.name: path.read_bytes() for path in output_dir.iterdir()}
+    arguments = ["train", "--output-dir", str(output_dir), "--runs-dir", str(tmp_path / "runs")]
+    result = runner.invoke(app, [*arguments, "--force", "--batch-size", "100000"])
+    assert result.exit_code == 2
+    assert "batch_size 100000 is more than" in _one_error_line(result.output)
+    assert {path.name: path.read_bytes() for path in output_dir.iterdir()} == before
+
+
+def test_resuming_into_a_batch_larger_than_the_training_images_is_one_line(
+    tmp_path, no_data_is_read
+):
+    # The run's own batch_size (128) comes from its checkpoint; only the resumed config,
+    # with the fewer images asked for now, has a batch larger than its training images.
+    path = tmp_path / "checkpoint_epoch_3.pt"
+    saved = TrainConfig(batch_size=128, epochs=5).to_dict()
+    save_checkpoint(path, _resumable_payload(config=saved))
+    runs_dir = tmp_path / "runs"
+    arguments = ["train", "--resume", str(path), "--force", "--runs-dir", str(runs_dir)]
+    result = runner.invoke(app, [*arguments, "--max-train-images", "100"])
+    assert result.exit_code == 2
+    line = _one_error_line(result.output)
+    assert "batch_size 128 is more than the 100 training images" in line
+    assert not runs_dir.exists() or list(runs_dir.iterdir()) == []
+
+
+def test_a_sweep_with_one_batch_too_large_trains_none_of_its_runs(tmp_path, no_data_is_read):
+    runs_dir = tmp_path / "runs"
+    arguments = ["sweep", "--grid", "batch_size=64,65", "--set", "data.max_train_images=64"]
+    result = runner.invoke(app, [*arguments, "--runs-dir", str(runs_dir)])
+    assert result.exit_code == 2
+    assert "batch_size 65 is more than the 64 training images" in _one_error_line(result.output)
+    assert not runs_dir.exists() or list(runs_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("world_size", "batch_size", "most"), [("1", 55_001, 55_000), ("2", 27_501, 27_500)]
+)
+def test_train_itself_refuses_a_batch_larger_than_a_processs_images(
+    tmp_path, monkeypatch, no_data_is_read, world_size, batch_size, most
+):
+    # As a library call, and in a rank torchrun started: the share is the launch's.
+    monkeypatch.setenv("WORLD_SIZE", world_size)
+    output_dir = tmp_path / "models"
+    config = TrainConfig(batch_size=batch_size, output_dir=str(output_dir))
+    with pytest.raises(ConfigError, match=f"is more than the {most} training images"):
+        train_module.train(config)
+    assert not output_dir.exists()
 
 
 # --- property: any YAML gives a config or a ConfigError -----------------------------------------

@@ -1,17 +1,25 @@
 """What a person reads and what a machine parses: the lab's lines, tables, CSV, next steps,
 report folders, and a resumed run's settings."""
 
+import re
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import checkpoint_payload
+from hypothesis import given
+from hypothesis import strategies as st
 
 from mnist_classifier.checkpoint import load_checkpoint, save_checkpoint
 from mnist_classifier.config import ConfigError, make_config
 from mnist_classifier.evaluation_report import default_report_dir
-from mnist_classifier.reporting import ConsoleTrainingObserver, evaluate_command, print_runs
+from mnist_classifier.reporting import (
+    ConsoleTrainingObserver,
+    evaluate_command,
+    print_runs,
+    terminal_safe,
+)
 from mnist_classifier.resume import config_for_resume
 from mnist_classifier.train import EpochResult
 
@@ -209,3 +217,51 @@ def test_the_console_names_data_a_caller_prepared(tmp_path, capsys):
     )
     train(config, [ConsoleTrainingObserver(live=False)], data=synthetic_train_data(config))
     assert "prepared by the caller (synthetic)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("name", "shown"),
+    [
+        ("a\nb.png", "a\\nb.png"),
+        ("tab\t.png", "tab\\t.png"),
+        ("cr\r.png", "cr\\r.png"),
+        ("\x1b[31mred.png", "\\x1b[31mred.png"),
+        ("bell\x07\x7f.png", "bell\\x07\\x7f.png"),
+        ("rtl\u202e.png", "rtl\\u202e.png"),  # would show the rest of the line reversed
+        ("tag\U000e0001.png", "tag\\U000e0001.png"),
+        # A Latin-1 name on a UTF-8 system, as os.fsdecode gives it: shown as its byte.
+        (b"caf\xe9.png".decode("utf-8", "surrogateescape"), "caf\\xe9.png"),
+        ("naïve 数字 [bold] back\\slash.png", "naïve 数字 [bold] back\\slash.png"),
+    ],
+)
+def test_terminal_safe_escapes_what_a_terminal_would_obey_and_keeps_the_rest(name, shown):
+    assert terminal_safe(name) == shown
+
+
+_ESCAPE = re.compile(r"\\(?:x([0-9a-f]{2})|u([0-9a-f]{4})|U([0-9a-f]{8})|([ntr]))")
+
+
+def _unescaped(shown: str) -> str:
+    def character(match: re.Match) -> str:
+        if match[4]:
+            return {"n": "\n", "t": "\t", "r": "\r"}[match[4]]
+        return chr(int(match[1] or match[2] or match[3], 16))
+
+    return _ESCAPE.sub(character, shown)
+
+
+# Any text, and undecodable bytes of file names as os.fsdecode gives them (lone surrogates).
+NAMES = st.text(st.characters() | st.sampled_from([chr(0xDC00 + byte) for byte in range(128, 256)]))
+
+
+@given(name=NAMES)
+def test_a_name_shown_terminal_safe_is_one_printable_line(name):
+    shown = terminal_safe(name)
+    assert shown.isprintable() and "\n" not in shown
+    if name.isprintable():
+        assert shown == name
+
+
+@given(name=st.text(st.characters(exclude_characters="\\")))
+def test_a_name_without_backslashes_can_be_read_back_from_its_escapes(name):
+    assert _unescaped(terminal_safe(name)) == name

@@ -35,11 +35,13 @@ class Ranks:
 def shard(order: torch.Tensor, ranks: Ranks) -> torch.Tensor:
     """This rank's share of a permutation, as DistributedSampler deals it: the order is padded
     by repeating its start until it divides evenly, then rank r takes every world_size-th index
-    from position r. Every index is visited once per epoch across ranks (a few twice)."""
-    if not ranks.enabled:
+    from position r. Every index is visited once per epoch across ranks (a few more often)."""
+    if not ranks.enabled or len(order) == 0:
         return order
     padded_length = -(-len(order) // ranks.world_size) * ranks.world_size
-    padded = torch.cat([order, order[: padded_length - len(order)]])
+    # Repeated as often as it takes: with more ranks than twice the images, one copy of the
+    # start is too short, and a rank with fewer batches leaves the others' collectives unmatched.
+    padded = order.repeat(-(-padded_length // len(order)))[:padded_length]
     return padded[ranks.rank :: ranks.world_size]
 
 

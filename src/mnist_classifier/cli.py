@@ -94,7 +94,9 @@ def train(
     settings = steps.explicit_settings(assignments, flags)
     if output_dir == Path(paths.STAGING_DIR_OF_DATASET):  # train_mnist.py's default
         settings["output_dir"] = steps.staging_dir_of_run(config_file, settings)
-    config = steps.resolve_config(config_file, settings)
+    # With --nproc N, each of the N processes takes its share of the images (batches are per
+    # process); otherwise this process's launcher, if any, says how many share them.
+    config = steps.resolve_config(config_file, settings, nproc if nproc > 1 else None)
     if nproc == 1:
         steps.train_one_run(config, quiet, resume, force, config_file, settings)
         return

@@ -73,9 +73,9 @@ def staging_dir_of_run(config_file: Path | None, settings: dict) -> str:
     return str(Path(paths.staging_dir(load_config(config_file, settings).data.dataset)))
 
 
-def resolve_config(config_file: Path | None, settings: dict):
-    """The config, checked for this machine (device, precision, writable folders, data folder);
-    errors are usage errors."""
+def resolve_config(config_file: Path | None, settings: dict, processes: int | None = None):
+    """The config, checked for this machine (batch size for `processes`, device, precision,
+    writable folders, data folder); errors are usage errors."""
     from mnist_classifier.config import ConfigError
     from mnist_classifier.data import DataError
     from mnist_classifier.device import DeviceError
@@ -83,7 +83,7 @@ def resolve_config(config_file: Path | None, settings: dict):
 
     config = load_config(config_file, settings)
     with failing(EXIT_USAGE, DeviceError, DataError, ConfigError):
-        check_before_training(config)
+        check_before_training(config, processes)
     return config
 
 
@@ -106,10 +106,10 @@ def train_one_run(
         CheckpointSaveError,
         EarlierTrainingFound,
     )
-    from mnist_classifier.config import ConfigError
+    from mnist_classifier.config import ConfigError, check_batch_size
     from mnist_classifier.cuda_graph import CudaGraphError
     from mnist_classifier.data import DataError
-    from mnist_classifier.distributed import launch_rank
+    from mnist_classifier.distributed import launch_rank, launch_world_size
     from mnist_classifier.reporting import (
         ConsoleTrainingObserver,
         print_resume_choice,
@@ -139,6 +139,7 @@ def train_one_run(
         with failing(EXIT_USAGE, ResumeError, ConfigError):
             check_training_state(resumed)
             config = config_for_resume(resumed, settings or {}, config_file)
+            check_batch_size(config, launch_world_size())
             check_epochs_left(resumed, config)
     # A new run replaces an earlier training's checkpoints when told to (--force), in the lab's
     # staging folder (as the lab's script always did), and when --resume auto found nothing to
@@ -156,7 +157,7 @@ def train_one_run(
         RunRecordError,
     )
     with (
-        failing(EXIT_USAGE, ResumeError, EarlierTrainingFound, prefix=where),
+        failing(EXIT_USAGE, ConfigError, ResumeError, EarlierTrainingFound, prefix=where),
         failing(EXIT_FAILURE, *failures, prefix=where),
         run_directory(config, resume_path, rank) as run_dir,
     ):

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, get_type_hints
 
 import yaml
 
-from mnist_classifier.datasets import DATASET_NAMES
+from mnist_classifier.datasets import DATASET_NAMES, TRAIN_FILE_IMAGES
 from mnist_classifier.files import read_regular_file
 from mnist_classifier.paths import DEFAULT_DATA_DIR, DEFAULT_RUNS_DIR
 
@@ -99,9 +99,9 @@ class DataConfig:
             self.dataset,
         )
         _require(
-            0 < self.validation_size < 60_000,
+            0 < self.validation_size < TRAIN_FILE_IMAGES,
             "data.validation_size",
-            "must be between 1 and 59,999",
+            f"must be between 1 and {TRAIN_FILE_IMAGES - 1:,}",
             self.validation_size,
         )
         _require(
@@ -257,6 +257,34 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def training_images(config: TrainConfig, processes: int = 1) -> int:
+    """How many training images each of `processes` processes trains on per epoch, known from
+    `config` alone: the training file's images less the validation hold-out, or the first
+    data.max_train_images of them when that is fewer; a process's share is rounded up, as
+    batching.shard deals it."""
+    images = TRAIN_FILE_IMAGES - config.data.validation_size
+    if config.data.max_train_images:
+        images = min(images, config.data.max_train_images)
+    return -(-images // processes)
+
+
+def check_batch_size(config: TrainConfig, processes: int = 1) -> None:
+    """Refuse a batch_size above the images a process trains on (ConfigError).
+
+    Such a batch is the whole training split at once (all 55,000 images: about 30 GB of
+    activations), which can kill the process for memory without a word. Checked before
+    training, not in TrainConfig itself: a checkpoint saved with such a config still loads.
+    """
+    limit = training_images(config, processes)
+    if config.batch_size <= limit:
+        return
+    share = f" each of the {processes} processes trains on" if processes > 1 else ""
+    raise ConfigError(
+        f"batch_size {config.batch_size} is more than the {limit} training images{share}; "
+        f"choose at most {limit} with --batch-size"
+    )
 
 
 def _build(cls: type, values: Any, prefix: str) -> Any:

@@ -13,6 +13,9 @@ from typing import NamedTuple
 
 IMAGE_SIDE = 28  # every image is IMAGE_SIDE x IMAGE_SIDE pixels
 NUM_CLASSES = 10  # both data sets have ten classes; the model's output layer has this many
+# Both data sets hold this many images in their training files and in their test files.
+TRAIN_FILE_IMAGES = 60_000
+TEST_FILE_IMAGES = 10_000
 
 # The four uncompressed IDX files, as torchvision keeps them under <data_dir>/<folder>/raw/.
 RAW_FILE_NAMES = (
@@ -24,10 +27,10 @@ RAW_FILE_NAMES = (
 # Make "this file is wrong" messages more telling (a truncated file shows at once), and bound
 # how much a .gz may decompress to (a small gzip bomb could otherwise fill the memory).
 RAW_SIZES: dict[str, int] = {
-    "train-images-idx3-ubyte": 16 + 60_000 * IMAGE_SIDE * IMAGE_SIDE,
-    "train-labels-idx1-ubyte": 8 + 60_000,
-    "t10k-images-idx3-ubyte": 16 + 10_000 * IMAGE_SIDE * IMAGE_SIDE,
-    "t10k-labels-idx1-ubyte": 8 + 10_000,
+    "train-images-idx3-ubyte": 16 + TRAIN_FILE_IMAGES * IMAGE_SIDE * IMAGE_SIDE,
+    "train-labels-idx1-ubyte": 8 + TRAIN_FILE_IMAGES,
+    "t10k-images-idx3-ubyte": 16 + TEST_FILE_IMAGES * IMAGE_SIDE * IMAGE_SIDE,
+    "t10k-labels-idx1-ubyte": 8 + TEST_FILE_IMAGES,
 }
 
 

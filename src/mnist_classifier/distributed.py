@@ -35,8 +35,13 @@ LAUNCH_TOKEN_VARIABLE = "MNIST_CLASSIFIER_LAUNCH"
 PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
 
 
+def launch_world_size() -> int:
+    """How many processes the launcher (torchrun) started for this training; 1 without one."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def launched_by_torchrun() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return launch_world_size() > 1
 
 
 def launch_rank() -> int | None:

@@ -47,6 +47,26 @@ def table_console() -> Console:
     return Console(highlight=False, width=None if sys.stdout.isatty() else 100_000)
 
 
+def terminal_safe(text: str) -> str:
+    """`text` (a file name, say) on one line and inert: each character a terminal would obey or
+    hide (newline, carriage return, tab, ESC, a right-to-left override) as the escape Python's
+    repr writes for it, e.g. a\\nb.png; a byte of a file name that is not UTF-8 as \\xNN.
+    Printable text, backslashes included, is unchanged (so a\\nb.png may also be a name with
+    a backslash in it; the JSON output tells them apart)."""
+    if text.isprintable():
+        return text
+    return "".join(
+        character if character.isprintable() else _escape(character) for character in text
+    )
+
+
+def _escape(character: str) -> str:
+    code = ord(character)
+    if 0xDC80 <= code <= 0xDCFF:  # how os.fsdecode keeps a byte it cannot decode
+        return f"\\x{code - 0xDC00:02x}"
+    return repr(character)[1:-1]
+
+
 def print_error(message: str) -> None:
     error_console.print(f"error: {message}", markup=False, soft_wrap=True)
 
@@ -462,20 +482,26 @@ def print_report_details(report: dict) -> None:
 
 
 def print_predictions_json(predictions: list) -> None:
-    """The predictions as a JSON list on stdout; each failure also as one line on stderr."""
+    """The predictions as a JSON list on stdout, each file's real name escaped by JSON; each
+    failure also as one line on stderr."""
     print_json([prediction.to_dict() for prediction in predictions])
+    _print_prediction_errors(predictions)
+
+
+def _print_prediction_errors(predictions: list) -> None:
     for prediction in predictions:
         if prediction.error is not None:
-            print_error(f"{prediction.file}: {prediction.error}")
+            print_error(f"{terminal_safe(prediction.file)}: {prediction.error}")
 
 
 def print_predictions(predictions: list, model) -> None:
     """Which model answered, then one row per file: digit, probability, top 3; failures to
-    stderr, one line each."""
+    stderr, one line each. File names are shown by terminal_safe, and as text, not markup."""
     from rich.table import Table
+    from rich.text import Text
 
     stage = f", stage {model.stage}" if model.stage else ""
-    print(f"Model: {model.file}{stage}, SHA-256 {model.digest[:12]}")
+    print(f"Model: {terminal_safe(model.file)}{stage}, SHA-256 {model.digest[:12]}")
 
     names = next((p.class_names for p in predictions if p.error is None), MNIST.class_names)
     noun = class_noun(names).capitalize()
@@ -484,13 +510,14 @@ def print_predictions(predictions: list, model) -> None:
         if prediction.error is None:
             top3 = "  ".join(f"{names[digit]}: {100 * p:.1f}%" for digit, p in prediction.top3)
             table.add_row(
-                prediction.file, prediction.label, f"{100 * prediction.probability:.1f}%", top3
+                Text(terminal_safe(prediction.file)),
+                prediction.label,
+                f"{100 * prediction.probability:.1f}%",
+                top3,
             )
     if table.row_count:
         table_console().print(table)
-    for prediction in predictions:
-        if prediction.error is not None:
-            print_error(f"{prediction.file}: {prediction.error}")
+    _print_prediction_errors(predictions)
 
 
 def print_export(result) -> None:

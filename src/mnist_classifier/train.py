@@ -40,7 +40,7 @@ from mnist_classifier.checkpoint import (
     save_checkpoint,
     training_checkpoints,
 )
-from mnist_classifier.config import ConfigError, TrainConfig
+from mnist_classifier.config import ConfigError, TrainConfig, check_batch_size
 from mnist_classifier.cuda_graph import GraphedStep, StepOutputs
 from mnist_classifier.data import MnistFiles, check_data_dir, ensure_dataset, read_split
 from mnist_classifier.datasets import dataset_spec
@@ -57,6 +57,7 @@ from mnist_classifier.distributed import (
     gather_objects,
     init_distributed,
     launch_rank,
+    launch_world_size,
     rank_device,
     shutdown,
 )
@@ -290,10 +291,14 @@ def _epoch_from_record(record: dict) -> EpochResult:
     return EpochResult(**{**record, "checkpoint": Path(record["checkpoint"])})
 
 
-def check_before_training(config: TrainConfig) -> None:
-    """Fail before any work when `config` cannot run here: a device or precision this machine
-    lacks (DeviceError), an output or runs folder that cannot be written (ConfigError), a data
-    folder that is a file, or that cannot take the data set's files it lacks (DataError)."""
+def check_before_training(config: TrainConfig, processes: int | None = None) -> None:
+    """Fail before any work when `config` cannot run here: a batch larger than a process's
+    share of the training images (ConfigError), a device or precision this machine lacks
+    (DeviceError), an output or runs folder that cannot be written (ConfigError), a data
+    folder that is a file, or that cannot take the data set's files it lacks (DataError).
+
+    `processes` is how many will train (`--nproc`); by default, this process's launch's."""
+    check_batch_size(config, processes or launch_world_size())
     resolve_precision(config.precision, resolve_device(config.device))
     if config.output_dir:
         check_output_dir(config.output_dir)
@@ -328,6 +333,7 @@ def train(
     mistake, unless `replace_earlier`: then those checkpoints are removed once the data is
     verified, before the first step.
     """
+    check_batch_size(config, launch_world_size())  # before any folder is made or file removed
     # Under torchrun, rank 0 alone writes checkpoints (below), so it alone holds the folder.
     writes_checkpoints = launch_rank() in (None, 0)
     if not config.output_dir and run_dir is None and writes_checkpoints:
