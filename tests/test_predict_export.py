@@ -127,6 +127,39 @@ def test_predict_text_names_the_model_that_answered(checkpoint, user_images):
     assert first_line == f"Model: {checkpoint}, SHA-256 {sha256_of(checkpoint)[:12]}"
 
 
+def test_many_files_show_a_bar_on_a_terminal_that_counts_each_and_leaves_no_trace(
+    checkpoint, user_images, tmp_path, monkeypatch
+):
+    import io
+
+    from rich.console import Console
+
+    from mnist_classifier import reporting
+
+    for copy in range(3):  # 30 images, above the bar's threshold, and one file that fails
+        for image in user_images.iterdir():
+            (tmp_path / f"{copy}-{image.name}").write_bytes(image.read_bytes())
+    (tmp_path / "empty.png").write_bytes(b"")
+    arguments = ["predict", str(tmp_path), "--checkpoint", str(checkpoint)]
+    piped = runner.invoke(app, arguments)  # stderr is no terminal here: no bar
+
+    terminal = io.StringIO()
+    monkeypatch.setattr(
+        reporting,
+        "error_console",
+        Console(file=terminal, force_terminal=True, width=120, highlight=False),
+    )
+    shown = runner.invoke(app, arguments)
+
+    assert "Preparing images" not in piped.output
+    assert shown.exit_code == piped.exit_code == 2
+    assert shown.stdout == piped.stdout  # the table is the same, bar or no bar
+    drawn, error = terminal.getvalue().split("error: ")
+    assert "31/31" in drawn and "32/31" not in drawn  # every file counted, the failing one too
+    assert drawn.endswith("\x1b[2K")  # the bar's line is erased before the error line
+    assert error.startswith(f"{tmp_path / 'empty.png'}: empty file")
+
+
 def test_predict_json_lists_every_file_and_reports_each_failure_on_one_line(
     checkpoint, user_images, tmp_path, monkeypatch
 ):

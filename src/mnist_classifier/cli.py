@@ -344,7 +344,11 @@ def predict(
         load_onnx_backend,
         predict_files,
     )
-    from mnist_classifier.reporting import print_predictions, print_predictions_json
+    from mnist_classifier.reporting import (
+        image_preparation_progress,
+        print_predictions,
+        print_predictions_json,
+    )
 
     if save_preprocessed is not None:
         with failing(EXIT_USAGE, ConfigError):
@@ -365,7 +369,8 @@ def predict(
             ModelIdentity.of(model_file, stage),
         )
     files = collect_image_files(paths)
-    predictions = predict_files(files, runner, save_preprocessed, model=answering)
+    with image_preparation_progress(len(files)) as file_done:
+        predictions = predict_files(files, runner, save_preprocessed, answering, file_done)
     if output_format is options.OutputFormat.json:
         print_predictions_json(predictions)
     else:

@@ -9,7 +9,7 @@ Never prints.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -184,8 +184,10 @@ def predict_files(
     backend: Backend,
     save_preprocessed: Path | None = None,
     model: ModelIdentity | None = None,
+    file_done: Callable[[], None] = lambda: None,
 ) -> list[Prediction]:
-    """One Prediction per file, in order; unusable files carry their reason in `error`."""
+    """One Prediction per file, in order; unusable files carry their reason in `error`.
+    `file_done` is called as each file has been read and prepared (a progress display's)."""
     predictions: list[Prediction | None] = []
     images: list[torch.Tensor] = []
     positions: list[int] = []
@@ -197,6 +199,8 @@ def predict_files(
         except ImageError as error:
             predictions.append(Prediction(file=str(path), error=str(error)))
             continue
+        finally:
+            file_done()
         predictions.append(None)
         images.append(image)
         positions.append(index)

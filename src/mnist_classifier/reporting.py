@@ -10,6 +10,8 @@ import csv
 import json
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -479,6 +481,31 @@ def print_report_details(report: dict) -> None:
     print(f"\nReport written to {Path(files['report']).parent}:")
     for path in files.values():
         print(f"  {path}")
+
+
+# Below this many files `mnist predict` answers within a second or two: no progress bar.
+PROGRESS_FROM_FILES = 20
+
+
+@contextmanager
+def image_preparation_progress(total: int, live: bool | None = None) -> Iterator[Callable]:
+    """A transient bar on stderr while `mnist predict` reads and prepares `total` files (about
+    0.15 s each for a 12 MP photo), when stderr is a terminal; yields the function that counts
+    one file done. The bar leaves nothing behind, so the table below starts on a clean line."""
+    live = error_console.is_terminal if live is None else live
+    if not live or total < PROGRESS_FROM_FILES:
+        yield lambda: None
+        return
+    with Progress(
+        TextColumn("Preparing images"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=error_console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("prepare", total=total)
+        yield lambda: progress.advance(task)
 
 
 def print_predictions_json(predictions: list) -> None:
