@@ -776,6 +776,7 @@ def test_a_train_that_fails_before_its_first_checkpoint_leaves_none_of_its_folde
     result = runner.invoke(app, ["train", *arguments, "--data-dir", str(data_dir)])
     assert result.exit_code == exit_code and message in result.output
     assert sorted(tmp_path.rglob("*")) == before  # no folder, no lock file
+    assert "Run directory" not in result.output  # nor a name for the folder that went again
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder")

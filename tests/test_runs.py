@@ -50,7 +50,7 @@ def _train(mnist_dir, runs_dir, *arguments):
 
 @pytest.mark.slow  # the real files: the run records their digests
 def test_a_run_writes_every_artifact(mnist_dir, tmp_path):
-    _train(
+    trained = _train(
         mnist_dir,
         tmp_path,
         "--epochs",
@@ -64,6 +64,7 @@ def test_a_run_writes_every_artifact(mnist_dir, tmp_path):
     )
     (run_dir,) = list(tmp_path.iterdir())
     assert run_dir.name.endswith("-artifacts") and run_dir.name[:8].isdigit()
+    assert f"Run directory: {run_dir}  (tensorboard --logdir {tmp_path})" in trained.stdout
 
     config = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
     assert config.schedule.gamma == 0.5 and config.name == "artifacts"

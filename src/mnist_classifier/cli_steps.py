@@ -113,7 +113,6 @@ def train_one_run(
     from mnist_classifier.reporting import (
         ConsoleTrainingObserver,
         print_resume_choice,
-        print_run_dir,
     )
     from mnist_classifier.resume import (
         ResumeError,
@@ -163,8 +162,10 @@ def train_one_run(
     ):
         observers = []
         if run_dir is not None:  # under torchrun, rank 0 alone prints and records
-            print_run_dir(run_dir)
-            observers = [ConsoleTrainingObserver(quiet=quiet), RunRecorder(run_dir)]
+            observers = [
+                ConsoleTrainingObserver(quiet=quiet, run_dir=run_dir),
+                RunRecorder(run_dir),
+            ]
         try:
             run_training(
                 config,

@@ -114,9 +114,12 @@ class ConsoleTrainingObserver(TrainingObserver):
     `quiet` keeps only the per-epoch summaries and the final result.
     """
 
-    def __init__(self, live: bool | None = None, quiet: bool = False) -> None:
+    def __init__(
+        self, live: bool | None = None, quiet: bool = False, run_dir: Path | None = None
+    ) -> None:
         self.live = sys.stdout.isatty() if live is None else live
         self.quiet = quiet
+        self.run_dir = run_dir
         self._progress: Progress | None = None
         self._task = None
         self._batches = 0
@@ -128,6 +131,10 @@ class ConsoleTrainingObserver(TrainingObserver):
         self._total_epochs = 0
 
     def started(self, config: TrainConfig, setup: TrainSetup) -> None:
+        # Even when quiet, and only now: a start that fails before this (data that does not
+        # verify, say) removes the run folder again, so naming it earlier would mislead.
+        if self.run_dir is not None:
+            print_run_dir(self.run_dir)
         if setup.replaced:  # even when quiet: files were removed
             names = ", ".join(path.name for path in setup.replaced)
             print(
