@@ -40,6 +40,45 @@ def _epoch_result(**changes):
     return EpochResult(**{**values, **changes})
 
 
+@pytest.mark.parametrize(
+    ("epochs", "start_epoch", "last_epoch", "announced"),
+    [
+        (5, 1, 5, "Starting training for 5 epochs..."),  # the handout's line
+        (1, 1, 1, "Starting training for 1 epoch..."),
+        (5, 3, 5, "Starting training at epoch 3 of 5..."),  # resumed
+        (5, 3, 2, "Nothing left to train: the run finished at epoch 2 and was stopped before"),
+    ],
+)
+def test_the_start_says_which_epochs_this_start_trains(
+    capsys, tmp_path, epochs, start_epoch, last_epoch, announced
+):
+    from mnist_classifier.data import MnistFiles
+    from mnist_classifier.model import SimpleCNN
+    from mnist_classifier.train import TrainSetup
+
+    setup = TrainSetup(
+        device=torch.device("cpu"),
+        precision="fp32",
+        data=MnistFiles(raw_dir=tmp_path, route="disk", sha256={}),
+        train_size=55_000,
+        validation_size=5_000,
+        model=SimpleCNN(),
+        parameter_count=421_642,
+        checkpoint_dir=tmp_path,
+        validation_images=torch.zeros(0, 28, 28, dtype=torch.uint8),
+        validation_labels=torch.zeros(0, dtype=torch.int64),
+        start_epoch=start_epoch,
+        last_epoch=last_epoch,
+        start_step=0,
+    )
+    ConsoleTrainingObserver(live=False, run_dir=tmp_path / "run").started(
+        make_config({"epochs": epochs}), setup
+    )
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"Run directory: {tmp_path / 'run'}  (tensorboard --logdir {tmp_path})"
+    assert lines[-1].startswith(announced)
+
+
 def test_the_labs_lines_are_unchanged_when_output_is_not_a_terminal(capsys):
     observer = ConsoleTrainingObserver(live=False)
     observer.epoch_started(1, 5, 55000)

@@ -161,7 +161,8 @@ class ConsoleTrainingObserver(TrainingObserver):
         elif setup.start_epoch > 1:
             print(f"\nStarting training at epoch {setup.start_epoch} of {setup.last_epoch}...")
         else:
-            print(f"\nStarting training for {config.epochs} epochs...")
+            epochs = f"{config.epochs} epoch{'s' if config.epochs != 1 else ''}"
+            print(f"\nStarting training for {epochs}...")
 
     def epoch_started(self, epoch: int, total_epochs: int, images_total: int) -> None:
         self._batches = 0
