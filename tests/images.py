@@ -10,9 +10,9 @@ import numpy as np
 from PIL import Image
 
 
-def encode(image: Image.Image, format: str) -> bytes:
+def encode(image: Image.Image, format: str, **options) -> bytes:
     buffer = io.BytesIO()
-    image.save(buffer, format=format)
+    image.save(buffer, format=format, **options)
     return buffer.getvalue()
 
 

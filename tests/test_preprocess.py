@@ -310,6 +310,16 @@ def test_a_sheet_on_a_dark_desk_leaves_no_frame_of_ink_around_it():
     assert _similar(_prepared(desk), _prepared(sheet)) > 0.97
 
 
+def test_a_damaged_compressed_tiff_is_one_error_and_libtiff_prints_nothing(capfd):
+    noise = np.random.default_rng(0).integers(0, 256, size=(200, 200), dtype=np.uint8)
+    data = encode(Image.fromarray(noise), "TIFF", compression="tiff_lzw")
+    damaged = data[:100] + bytes([data[100] ^ 0xFF]) + data[101:]  # in the LZW strip
+    with pytest.raises(ImageError, match="truncated or corrupt TIFF data"):
+        preprocess_image(damaged)
+    # libtiff writes its complaints to the process's stderr itself, below Python's sys.stderr.
+    assert capfd.readouterr().err == ""
+
+
 def test_16_bit_and_float_images_are_read_in_their_full_range():
     eight_bit = np.asarray(_bar_on_white(canvas=(200, 160), box=(90, 40, 110, 120)))
     expected = preprocess_image(Image.fromarray(eight_bit))

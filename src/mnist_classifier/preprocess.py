@@ -24,6 +24,8 @@ JPEGs are decoded at a reduced scale when they are larger than the analysis need
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import io
 import re
 import warnings
@@ -172,6 +174,8 @@ def open_image(data: bytes) -> Image.Image:
         if data[4:8] == b"ftyp" and data[8:12] in (b"heic", b"heix", b"mif1", b"avif"):
             raise ImageError(_unsupported("AVIF" if data[8:12] == b"avif" else "HEIC"))
         raise ImageError("not an image (not PNG, JPEG, BMP, GIF or TIFF)")
+    if formats == ["TIFF"]:
+        _silence_libtiff()
     try:
         # Lazy: reads the header only. `formats` stops Pillow trying any other decoder.
         with warnings.catch_warnings():
@@ -198,6 +202,27 @@ def open_image(data: bytes) -> Image.Image:
     except Exception as error:  # truncated data fails as OSError, SyntaxError, ValueError...
         raise ImageError(f"truncated or corrupt {image.format} data ({_one_line(error)})") from None
     return image
+
+
+@functools.cache
+def _silence_libtiff() -> None:
+    """Stop libtiff printing its own complaint about a damaged TIFF ("tempfile.tif: Using code
+    not yet in table.") to the process's stderr, beside the one line ImageError gives for the
+    same file. Pillow has no switch for it, so libtiff's handlers are set to none in the copy
+    Pillow loaded (found in the process's memory map), once. Where that cannot be done (not
+    Linux, no such library), nothing changes."""
+    from PIL import _imaging  # noqa: F401  (loads the libtiff it links to)
+
+    try:
+        with open("/proc/self/maps") as maps:
+            libraries = {line.split()[-1] for line in maps if "/libtiff" in line}
+        for path in libraries:
+            libtiff = ctypes.CDLL(path)
+            for setter in (libtiff.TIFFSetErrorHandler, libtiff.TIFFSetWarningHandler):
+                setter.argtypes, setter.restype = [ctypes.c_void_p], ctypes.c_void_p
+                setter(None)
+    except (OSError, AttributeError):
+        return
 
 
 def _unsupported(kind: str) -> str:
