@@ -20,6 +20,7 @@ from mnist_classifier.checkpoint import save_checkpoint
 from mnist_classifier.cli import app
 from mnist_classifier.datasets import MNIST
 from mnist_classifier.registry import checkpoint_to_read
+from mnist_classifier.reporting import terminal_safe
 
 runner = CliRunner()
 
@@ -375,6 +376,52 @@ def test_predict_shows_each_odd_file_name_escaped_on_its_own_line(tmp_path):
     error = f"error: {images}/empty\\n\\x1b[2J.png: empty file (0 bytes)"
     assert shown.stderr.splitlines() == [error]
     assert listed.stderr.splitlines() == [error]
+
+
+# A folder name with a newline, a carriage return, an escape sequence, Rich markup (a "[/]"
+# closes nothing: Rich's MarkupError) and an emoji code.
+ODD_FOLDER = "odd\n\r\x1b[31m[/][bold]:smile:"
+
+
+def _one_inert_error_line(result) -> str:
+    """The one line on stderr, checked to hold nothing a terminal would obey."""
+    assert "Traceback" not in result.output and result.stdout == ""
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("error: ") and line.isprintable()
+    return line
+
+
+@pytest.mark.parametrize(
+    ("arguments", "code", "message"),
+    [
+        (["evaluate", "--checkpoint", "{odd}/best_model.pt"], 1, "checkpoint not found: {odd}/"),
+        (["runs", "--runs-dir", "{odd}"], 1, "no runs found in {odd};"),
+        (["runs", "--plot", "{odd}/curves.txt"], 2, "--plot {odd}/curves.txt must end in"),
+        (["models", "--models-dir", "{odd}"], 1, "no models in {odd};"),
+        (["train", "--config", "{odd}/c.yaml"], 2, "config file {odd}/c.yaml cannot be read"),
+    ],
+)
+def test_an_error_naming_an_odd_path_is_one_line_that_shows_it_escaped(
+    tmp_path, arguments, code, message
+):
+    odd = tmp_path / ODD_FOLDER
+    result = runner.invoke(app, [argument.format(odd=odd) for argument in arguments])
+    assert result.exit_code == code
+    assert message.format(odd=terminal_safe(odd)) in _one_inert_error_line(result)
+
+
+def test_a_data_file_refused_keeps_its_detail_lines_and_escapes_its_path(tmp_path):
+    data_dir = tmp_path / ODD_FOLDER
+    raw = data_dir / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    (raw / "t10k-labels-idx1-ubyte").write_bytes(b"not the labels")
+    result = runner.invoke(app, ["data", "--data-dir", str(data_dir)])
+    assert result.exit_code == 1 and result.stdout == ""
+    shown = terminal_safe(raw / "t10k-labels-idx1-ubyte")
+    first, *details = result.stderr.splitlines()
+    assert first == f"error: MNIST file {shown} is not the canonical t10k-labels-idx1-ubyte."
+    assert [line.split()[0] for line in details] == ["expected", "actual", "It"]
+    assert all(line.startswith("  ") and line.isprintable() for line in details)
 
 
 def test_ctrl_c_while_training_says_what_is_saved_and_how_to_continue(monkeypatch, tmp_path):

@@ -1,6 +1,8 @@
 """What a person reads and what a machine parses: the lab's lines, tables, CSV, next steps,
 report folders, and a resumed run's settings."""
 
+import contextlib
+import io
 import re
 import sys
 from pathlib import Path
@@ -17,6 +19,7 @@ from mnist_classifier.evaluation_report import default_report_dir
 from mnist_classifier.reporting import (
     ConsoleTrainingObserver,
     evaluate_command,
+    print_error,
     print_runs,
     terminal_safe,
 )
@@ -265,3 +268,55 @@ def test_a_name_shown_terminal_safe_is_one_printable_line(name):
 @given(name=st.text(st.characters(exclude_characters="\\")))
 def test_a_name_without_backslashes_can_be_read_back_from_its_escapes(name):
     assert _unescaped(terminal_safe(name)) == name
+
+
+def _printed_error(message: str) -> str:
+    with contextlib.redirect_stderr(io.StringIO()) as stderr:
+        print_error(message)
+    return stderr.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("message", "lines"),
+    [
+        # A path the user typed, with a newline and a colour escape in it: still one line.
+        (
+            "checkpoint not found: /tmp/x\ny\x1b[31m.pt. Train a model first",
+            ["error: checkpoint not found: /tmp/x\\ny\\x1b[31m.pt. Train a model first"],
+        ),
+        ("cr\rover\x1b[2J\u202e", ["error: cr\\rover\\x1b[2J\\u202e"]),
+        # Never markup (a "[/]" would stop Rich with MarkupError) nor an emoji code.
+        ("/tmp/odd[/]x [bold]loud :smile:", ["error: /tmp/odd[/]x [bold]loud :smile:"]),
+        # A message with detail lines keeps them; the newline in its path is escaped.
+        (
+            "MNIST file /d/a\nb is not the canonical b.\n  expected SHA-256 00\n"
+            "  actual   SHA-256 ff\n  It may be truncated or altered.",
+            [
+                "error: MNIST file /d/a\\nb is not the canonical b.",
+                "  expected SHA-256 00",
+                "  actual   SHA-256 ff",
+                "  It may be truncated or altered.",
+            ],
+        ),
+    ],
+)
+def test_an_error_is_one_inert_line_and_keeps_only_its_own_detail_lines(message, lines):
+    assert _printed_error(message).splitlines() == lines
+
+
+# Any text, with the pieces an error message might quote: newlines with and without the two
+# spaces of a detail line, escape sequences, Rich markup and emoji codes.
+MESSAGES = st.lists(
+    st.text(st.characters(exclude_characters="\\"))
+    | st.sampled_from(["\n", "\n  ", "\r\n", "\x1b[2J", "[/]", "[bold]", ":smile:"])
+).map("".join)
+
+
+@given(message=MESSAGES)
+def test_an_error_shows_every_character_and_one_line_per_detail_line(message):
+    shown = _printed_error(message)
+    assert shown.startswith("error: ") and shown.endswith("\n")
+    body = shown.removeprefix("error: ").removesuffix("\n")
+    assert body.replace("\n", "").isprintable()  # nothing a terminal would obey
+    assert body.count("\n") == message.count("\n  ")  # a line per detail line, no more
+    assert _unescaped(body) == message  # and nothing lost

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from mnist_classifier.batching import Split
 from mnist_classifier.checkpoint import LoadedCheckpoint
@@ -47,12 +49,13 @@ def table_console() -> Console:
     return Console(highlight=False, width=None if sys.stdout.isatty() else 100_000)
 
 
-def terminal_safe(text: str) -> str:
+def terminal_safe(text: str | os.PathLike[str]) -> str:
     """`text` (a file name, say) on one line and inert: each character a terminal would obey or
     hide (newline, carriage return, tab, ESC, a right-to-left override) as the escape Python's
     repr writes for it, e.g. a\\nb.png; a byte of a file name that is not UTF-8 as \\xNN.
     Printable text, backslashes included, is unchanged (so a\\nb.png may also be a name with
     a backslash in it; the JSON output tells them apart)."""
+    text = os.fspath(text)
     if text.isprintable():
         return text
     return "".join(
@@ -67,8 +70,23 @@ def _escape(character: str) -> str:
     return repr(character)[1:-1]
 
 
+# A message's detail lines (a data file's expected and actual digests, say) each begin with a
+# newline and two spaces. Any other newline in a message is one it quotes (a path, say).
+DETAIL_LINE_BREAK = "\n  "
+
+
+def terminal_safe_message(message: str) -> str:
+    """`message` made inert by terminal_safe, detail lines kept: each newline followed by two
+    spaces still starts a line. Any other newline is shown as \\n, so that a one-line message
+    stays one line whatever the paths and names it quotes, and no line can pass for another
+    error."""
+    return DETAIL_LINE_BREAK.join(terminal_safe(part) for part in message.split(DETAIL_LINE_BREAK))
+
+
 def print_error(message: str) -> None:
-    error_console.print(f"error: {message}", markup=False, soft_wrap=True)
+    """`message` as one "error: ..." line on stderr, and its detail lines: shown by
+    terminal_safe_message, as text (never as markup or emoji codes)."""
+    error_console.print(Text(f"error: {terminal_safe_message(message)}"), soft_wrap=True)
 
 
 def print_version() -> None:
