@@ -19,7 +19,7 @@ import mnist_classifier.train
 from mnist_classifier.checkpoint import save_checkpoint
 from mnist_classifier.cli import app
 from mnist_classifier.datasets import MNIST
-from mnist_classifier.registry import checkpoint_to_read
+from mnist_classifier.registry import MODEL_CARD_NAME, checkpoint_to_read
 from mnist_classifier.reporting import terminal_safe
 
 runner = CliRunner()
@@ -422,6 +422,23 @@ def test_a_data_file_refused_keeps_its_detail_lines_and_escapes_its_path(tmp_pat
     assert first == f"error: MNIST file {shown} is not the canonical t10k-labels-idx1-ubyte."
     assert [line.split()[0] for line in details] == ["expected", "actual", "It"]
     assert all(line.startswith("  ") and line.isprintable() for line in details)
+
+
+def test_models_lists_odd_stage_names_literally_and_names_a_bad_card_on_one_line(tmp_path):
+    models_dir = tmp_path / ODD_FOLDER
+    for stage in ("[bold]staging", "[red]production"):
+        save_checkpoint(models_dir / stage / "mnist" / "best_model.pt", checkpoint_payload())
+    card = models_dir / "[red]production" / "mnist" / MODEL_CARD_NAME
+    card.write_text("{")
+    result = runner.invoke(app, ["models", "--models-dir", str(models_dir)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "\x1b" not in result.stdout
+    rows = result.stdout.splitlines()
+    assert any("[bold]staging" in row and " ok " in row for row in rows)
+    (error,) = result.stderr.splitlines()
+    entry = "[red]production/mnist"
+    assert error.startswith(f"error: {entry}: invalid model card: {terminal_safe(card)} is not")
+    assert error.isprintable()
 
 
 def test_ctrl_c_while_training_says_what_is_saved_and_how_to_continue(monkeypatch, tmp_path):

@@ -2,7 +2,9 @@
 report folders, and a resumed run's settings."""
 
 import contextlib
+import csv
 import io
+import json
 import re
 import sys
 from pathlib import Path
@@ -320,3 +322,23 @@ def test_an_error_shows_every_character_and_one_line_per_detail_line(message):
     assert body.replace("\n", "").isprintable()  # nothing a terminal would obey
     assert body.count("\n") == message.count("\n  ")  # a line per detail line, no more
     assert _unescaped(body) == message  # and nothing lost
+
+
+def test_tables_show_odd_names_and_settings_literally_on_one_line_each(capsys):
+    rows = [
+        {"run": "20260101-000000-[bold]x", "schedule.name": "[/]", "test_accuracy": 0.99},
+        {"run": "20260101-000001-a\nb\x1b[2J", "schedule.name": ":smile:", "test_accuracy": None},
+    ]
+    print_runs(rows, "table")
+    table = capsys.readouterr().out
+    assert "\x1b" not in table
+    (first,) = [line for line in table.splitlines() if "20260101-000000-" in line]
+    assert "20260101-000000-[bold]x" in first and "[/]" in first and "99.00%" in first
+    (second,) = [line for line in table.splitlines() if "20260101-000001-" in line]
+    assert "20260101-000001-a\\nb\\x1b[2J" in second and ":smile:" in second
+    # Machine-readable output keeps the real values, escaped only by its format.
+    print_runs(rows, "json")
+    assert json.loads(capsys.readouterr().out) == rows
+    print_runs(rows, "csv")
+    listed = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [row["run"] for row in listed] == [row["run"] for row in rows]

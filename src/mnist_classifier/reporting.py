@@ -356,9 +356,10 @@ def print_runs(rows: list[dict], output_format: str) -> None:
         return
     table = Table(show_lines=False)
     for column in columns:
-        table.add_column(SHORT_HEADERS.get(column, column), overflow="fold", no_wrap=True)
+        header = _literal(SHORT_HEADERS.get(column, column))
+        table.add_column(header, overflow="fold", no_wrap=True)
     for row in rows:
-        table.add_row(*(_cell(column, row[column]) for column in columns))
+        table.add_row(*(_literal(_cell(column, row[column])) for column in columns))
     table_console().print(table)
 
 
@@ -367,7 +368,15 @@ def print_models(rows: list[dict]) -> None:
     print_runs(rows, "table")
     for row in rows:
         if row["status"] != "ok":
-            print_error(f"{row['stage']}/{row['name']}: {row['status']}")
+            entry = f"{row['stage']}/{row['name']}"
+            print_error(f"{terminal_safe(entry)}: {row['status']}")
+
+
+def _literal(text: str) -> Text:
+    """A table cell or header that shows `text` as it is: never read as markup or emoji codes
+    (run names, folder names and settings come from the user and from files), and made inert
+    by terminal_safe."""
+    return Text(terminal_safe(text))
 
 
 def _csv_value(value):
@@ -515,9 +524,6 @@ def _print_prediction_errors(predictions: list) -> None:
 def print_predictions(predictions: list, model) -> None:
     """Which model answered, then one row per file: digit, probability, top 3; failures to
     stderr, one line each. File names are shown by terminal_safe, and as text, not markup."""
-    from rich.table import Table
-    from rich.text import Text
-
     stage = f", stage {model.stage}" if model.stage else ""
     print(f"Model: {terminal_safe(model.file)}{stage}, SHA-256 {model.digest[:12]}")
 
@@ -528,7 +534,7 @@ def print_predictions(predictions: list, model) -> None:
         if prediction.error is None:
             top3 = "  ".join(f"{names[digit]}: {100 * p:.1f}%" for digit, p in prediction.top3)
             table.add_row(
-                Text(terminal_safe(prediction.file)),
+                _literal(prediction.file),
                 prediction.label,
                 f"{100 * prediction.probability:.1f}%",
                 top3,
