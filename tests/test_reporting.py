@@ -18,10 +18,15 @@ from hypothesis import strategies as st
 from mnist_classifier.checkpoint import load_checkpoint, save_checkpoint
 from mnist_classifier.config import ConfigError, make_config
 from mnist_classifier.evaluation_report import default_report_dir
+from mnist_classifier.registry import Promotion
 from mnist_classifier.reporting import (
     ConsoleTrainingObserver,
     evaluate_command,
     print_error,
+    print_learning_curves,
+    print_promotion,
+    print_resume_choice,
+    print_run_dir,
     print_runs,
     terminal_safe,
 )
@@ -342,3 +347,43 @@ def test_tables_show_odd_names_and_settings_literally_on_one_line_each(capsys):
     print_runs(rows, "csv")
     listed = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert [row["run"] for row in listed] == [row["run"] for row in rows]
+
+
+ODD_FOLDER = Path("/tmp/odd[/]\n\x1b[2J\u202e[bold]")
+
+
+@pytest.mark.parametrize(
+    "show",
+    [
+        lambda folder: print_run_dir(folder / "20260101-000000-run"),
+        lambda folder: print_learning_curves(folder / "curves.png"),
+        lambda folder: print_resume_choice(
+            folder / "run" / "checkpoint_epoch_2.pt",
+            [f"skipped run x: no valid checkpoint in {folder}:\n  skipped {folder}/a.pt: bad"],
+        ),
+        lambda folder: print_promotion(
+            Promotion(
+                folder / "production" / "mnist" / "best_model.pt",
+                {
+                    "promoted_from": str(folder / "best_model.pt"),
+                    "stage": "production",
+                    "metrics": {"test_accuracy": 0.99},
+                    "epoch": 3,
+                },
+                [f"{folder}/history.jsonl line 2 is not a JSON record; skipped it"],
+            )
+        ),
+        lambda folder: ConsoleTrainingObserver(live=False).epoch_done(
+            _epoch_result(checkpoint=folder / "checkpoint_epoch_1.pt")
+        ),
+    ],
+    ids=["run dir", "learning curves", "resume choice", "promotion", "epoch"],
+)
+def test_a_printed_path_keeps_its_line_and_cannot_steer_the_terminal(show, capsys):
+    show(Path("/tmp/plain"))
+    plain = capsys.readouterr().out
+    show(ODD_FOLDER)
+    odd = capsys.readouterr().out
+    assert odd.count("\n") == plain.count("\n")
+    assert odd.replace("\n", "").isprintable()
+    assert terminal_safe(ODD_FOLDER) in odd

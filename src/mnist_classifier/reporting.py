@@ -111,9 +111,9 @@ DATA_ROUTES = {
 
 def describe_data(files: MnistFiles) -> str:
     # Data a caller prepared and handed to train() may name a route of its own.
-    how = DATA_ROUTES.get(files.route, f"prepared by the caller ({files.route})")
+    how = DATA_ROUTES.get(files.route, f"prepared by the caller ({terminal_safe(files.route)})")
     title = dataset_spec(files.dataset).title
-    return f"{title} verified (SHA-256 of all 4 files) in {files.raw_dir}: {how}"
+    return f"{title} verified (SHA-256 of all 4 files) in {terminal_safe(files.raw_dir)}: {how}"
 
 
 def print_data(files: MnistFiles) -> None:
@@ -146,9 +146,8 @@ class ConsoleTrainingObserver(TrainingObserver):
     def started(self, config: TrainConfig, setup: TrainSetup) -> None:
         if setup.replaced:  # even when quiet: files were removed
             names = ", ".join(path.name for path in setup.replaced)
-            print(
-                f"Replacing the earlier training's checkpoints in {setup.checkpoint_dir}: {names}"
-            )
+            checkpoint_dir = terminal_safe(setup.checkpoint_dir)
+            print(f"Replacing the earlier training's checkpoints in {checkpoint_dir}: {names}")
         if self.quiet:
             return
         print(f"Using device: {setup.device} (precision: {setup.precision})")
@@ -161,7 +160,7 @@ class ConsoleTrainingObserver(TrainingObserver):
         print("\nModel architecture:")
         print(setup.model)
         print(f"\nTotal trainable parameters: {setup.parameter_count:,}")
-        print(f"Checkpoints go to: {setup.checkpoint_dir}")
+        print(f"Checkpoints go to: {terminal_safe(setup.checkpoint_dir)}")
         if setup.start_epoch > setup.last_epoch:
             print(
                 f"\nNothing left to train: the run finished at epoch {setup.start_epoch - 1} "
@@ -280,7 +279,7 @@ class ConsoleTrainingObserver(TrainingObserver):
             f"\nValidation: Average loss: {result.validation_loss:.4f}, "
             f"Accuracy: {100 * result.validation_accuracy:.2f}%"
         )
-        print(f"\nCheckpoint saved: {result.checkpoint}")
+        print(f"\nCheckpoint saved: {terminal_safe(result.checkpoint)}")
         if result.is_best:
             print(f"New best accuracy: {100 * result.validation_accuracy:.2f}%")
 
@@ -290,10 +289,10 @@ class ConsoleTrainingObserver(TrainingObserver):
         print(
             f"Best validation accuracy: {100 * best.validation_accuracy:.2f}% (epoch {best.epoch})"
         )
-        print(f"Best model: {result.best_checkpoint}")
+        print(f"Best model: {terminal_safe(result.best_checkpoint)}")
         print(RULE)
         command = evaluate_command(result.best_checkpoint, result.config.data.dataset)
-        print(f"Next: evaluate it on the test set: {command}")
+        print(f"Next: evaluate it on the test set: {terminal_safe(command)}")
 
 
 def evaluate_command(checkpoint: Path, dataset: str = MNIST.name) -> str:
@@ -309,13 +308,13 @@ def evaluate_command(checkpoint: Path, dataset: str = MNIST.name) -> str:
 
 def print_resume_choice(resume_from: Path | None, skipped: list[str]) -> None:
     """What `--resume auto` found: the checkpoints it skipped, and where it resumes."""
-    for line in skipped:
-        print(line)
-    print(
-        f"Resuming from {resume_from} (run {resume_from.parent.name})"
-        if resume_from
-        else "No checkpoint to resume: starting fresh"
-    )
+    for line in skipped:  # a skipped run's line may have detail lines: its checkpoints'
+        print(terminal_safe_message(line))
+    if resume_from is None:
+        print("No checkpoint to resume: starting fresh")
+        return
+    run = terminal_safe(resume_from.parent.name)
+    print(f"Resuming from {terminal_safe(resume_from)} (run {run})")
 
 
 def print_sweep_run(index: int, total: int, name: str) -> None:
@@ -328,11 +327,12 @@ def print_sweep_results(rows: list[dict]) -> None:
 
 
 def print_learning_curves(path: Path) -> None:
-    print(f"Learning curves: {path}")
+    print(f"Learning curves: {terminal_safe(path)}")
 
 
 def print_run_dir(run_dir) -> None:
-    print(f"Run directory: {run_dir}  (tensorboard --logdir {run_dir.parent})")
+    logs = terminal_safe(run_dir.parent)
+    print(f"Run directory: {terminal_safe(run_dir)}  (tensorboard --logdir {logs})")
 
 
 def print_config(config: TrainConfig) -> None:
@@ -404,7 +404,7 @@ def _cell(column: str, value) -> str:
 
 
 def print_checkpoint_info(checkpoint: LoadedCheckpoint) -> None:
-    print(f"Loaded model from: {checkpoint.path}")
+    print(f"Loaded model from: {terminal_safe(checkpoint.path)}")
     print("Checkpoint info:")
     print(f"  - Epoch: {checkpoint.epoch}")
     print(f"  - Validation Loss: {checkpoint.validation_loss:.4f}")
@@ -503,9 +503,9 @@ def print_report_details(report: dict) -> None:
     ece = report["calibration"]["expected_calibration_error"]
     print(f"\nCalibration: expected calibration error {100 * ece:.2f}%")
     files = report["files"]
-    print(f"\nReport written to {Path(files['report']).parent}:")
+    print(f"\nReport written to {terminal_safe(Path(files['report']).parent)}:")
     for path in files.values():
-        print(f"  {path}")
+        print(f"  {terminal_safe(path)}")
 
 
 def print_predictions_json(predictions: list) -> None:
@@ -547,7 +547,7 @@ def print_predictions(predictions: list, model) -> None:
 def print_export(result) -> None:
     parity = result.parity
     for path in result.files:
-        print(f"Wrote {path}")
+        print(f"Wrote {terminal_safe(path)}")
     print(
         f"Parity on {parity.images} test images ({result.checker} vs eager PyTorch): "
         f"max |logit difference| {parity.max_abs_logit_difference:.3g}, "
@@ -558,10 +558,11 @@ def print_export(result) -> None:
 def print_promotion(promotion) -> None:
     card = promotion.model_card
     metrics = card["metrics"]
+    source, destination = terminal_safe(card["promoted_from"]), terminal_safe(promotion.destination)
     print(
-        f"Promoted {card['promoted_from']} -> {card['stage']}: {promotion.destination} "
+        f"Promoted {source} -> {card['stage']}: {destination} "
         f"(test accuracy {metrics['test_accuracy']:.2%}, epoch {card['epoch']})"
     )
-    print(f"Model card: {promotion.destination.parent / 'model_card.json'}")
+    print(f"Model card: {terminal_safe(promotion.destination.parent / 'model_card.json')}")
     for problem in promotion.history_problems:
-        print(f"note: {problem}")
+        print(f"note: {terminal_safe(problem)}")
