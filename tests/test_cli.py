@@ -19,7 +19,8 @@ import mnist_classifier.train
 from mnist_classifier.checkpoint import save_checkpoint
 from mnist_classifier.cli import app
 from mnist_classifier.datasets import MNIST
-from mnist_classifier.registry import checkpoint_to_read
+from mnist_classifier.registry import MODEL_CARD_NAME, checkpoint_to_read
+from mnist_classifier.reporting import terminal_safe
 
 runner = CliRunner()
 
@@ -375,6 +376,69 @@ def test_predict_shows_each_odd_file_name_escaped_on_its_own_line(tmp_path):
     error = f"error: {images}/empty\\n\\x1b[2J.png: empty file (0 bytes)"
     assert shown.stderr.splitlines() == [error]
     assert listed.stderr.splitlines() == [error]
+
+
+# A folder name with a newline, a carriage return, an escape sequence, Rich markup (a "[/]"
+# closes nothing: Rich's MarkupError) and an emoji code.
+ODD_FOLDER = "odd\n\r\x1b[31m[/][bold]:smile:"
+
+
+def _one_inert_error_line(result) -> str:
+    """The one line on stderr, checked to hold nothing a terminal would obey."""
+    assert "Traceback" not in result.output and result.stdout == ""
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("error: ") and line.isprintable()
+    return line
+
+
+@pytest.mark.parametrize(
+    ("arguments", "code", "message"),
+    [
+        (["evaluate", "--checkpoint", "{odd}/best_model.pt"], 1, "checkpoint not found: {odd}/"),
+        (["runs", "--runs-dir", "{odd}"], 1, "no runs found in {odd};"),
+        (["runs", "--plot", "{odd}/curves.txt"], 2, "--plot {odd}/curves.txt must end in"),
+        (["models", "--models-dir", "{odd}"], 1, "no models in {odd};"),
+        (["train", "--config", "{odd}/c.yaml"], 2, "config file {odd}/c.yaml cannot be read"),
+    ],
+)
+def test_an_error_naming_an_odd_path_is_one_line_that_shows_it_escaped(
+    tmp_path, arguments, code, message
+):
+    odd = tmp_path / ODD_FOLDER
+    result = runner.invoke(app, [argument.format(odd=odd) for argument in arguments])
+    assert result.exit_code == code
+    assert message.format(odd=terminal_safe(odd)) in _one_inert_error_line(result)
+
+
+def test_a_data_file_refused_keeps_its_detail_lines_and_escapes_its_path(tmp_path):
+    data_dir = tmp_path / ODD_FOLDER
+    raw = data_dir / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    (raw / "t10k-labels-idx1-ubyte").write_bytes(b"not the labels")
+    result = runner.invoke(app, ["data", "--data-dir", str(data_dir)])
+    assert result.exit_code == 1 and result.stdout == ""
+    shown = terminal_safe(raw / "t10k-labels-idx1-ubyte")
+    first, *details = result.stderr.splitlines()
+    assert first == f"error: MNIST file {shown} is not the canonical t10k-labels-idx1-ubyte."
+    assert [line.split()[0] for line in details] == ["expected", "actual", "It"]
+    assert all(line.startswith("  ") and line.isprintable() for line in details)
+
+
+def test_models_lists_odd_stage_names_literally_and_names_a_bad_card_on_one_line(tmp_path):
+    models_dir = tmp_path / ODD_FOLDER
+    for stage in ("[bold]staging", "[red]production"):
+        save_checkpoint(models_dir / stage / "mnist" / "best_model.pt", checkpoint_payload())
+    card = models_dir / "[red]production" / "mnist" / MODEL_CARD_NAME
+    card.write_text("{")
+    result = runner.invoke(app, ["models", "--models-dir", str(models_dir)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "\x1b" not in result.stdout
+    rows = result.stdout.splitlines()
+    assert any("[bold]staging" in row and " ok " in row for row in rows)
+    (error,) = result.stderr.splitlines()
+    entry = "[red]production/mnist"
+    assert error.startswith(f"error: {entry}: invalid model card: {terminal_safe(card)} is not")
+    assert error.isprintable()
 
 
 def test_ctrl_c_while_training_says_what_is_saved_and_how_to_continue(monkeypatch, tmp_path):

@@ -1,6 +1,10 @@
 """What a person reads and what a machine parses: the lab's lines, tables, CSV, next steps,
 report folders, and a resumed run's settings."""
 
+import contextlib
+import csv
+import io
+import json
 import re
 import sys
 from pathlib import Path
@@ -14,9 +18,15 @@ from hypothesis import strategies as st
 from mnist_classifier.checkpoint import load_checkpoint, save_checkpoint
 from mnist_classifier.config import ConfigError, make_config
 from mnist_classifier.evaluation_report import default_report_dir
+from mnist_classifier.registry import Promotion
 from mnist_classifier.reporting import (
     ConsoleTrainingObserver,
     evaluate_command,
+    print_error,
+    print_learning_curves,
+    print_promotion,
+    print_resume_choice,
+    print_run_dir,
     print_runs,
     terminal_safe,
 )
@@ -304,3 +314,115 @@ def test_a_name_shown_terminal_safe_is_one_printable_line(name):
 @given(name=st.text(st.characters(exclude_characters="\\")))
 def test_a_name_without_backslashes_can_be_read_back_from_its_escapes(name):
     assert _unescaped(terminal_safe(name)) == name
+
+
+def _printed_error(message: str) -> str:
+    with contextlib.redirect_stderr(io.StringIO()) as stderr:
+        print_error(message)
+    return stderr.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("message", "lines"),
+    [
+        # A path the user typed, with a newline and a colour escape in it: still one line.
+        (
+            "checkpoint not found: /tmp/x\ny\x1b[31m.pt. Train a model first",
+            ["error: checkpoint not found: /tmp/x\\ny\\x1b[31m.pt. Train a model first"],
+        ),
+        ("cr\rover\x1b[2J\u202e", ["error: cr\\rover\\x1b[2J\\u202e"]),
+        # Never markup (a "[/]" would stop Rich with MarkupError) nor an emoji code.
+        ("/tmp/odd[/]x [bold]loud :smile:", ["error: /tmp/odd[/]x [bold]loud :smile:"]),
+        # A message with detail lines keeps them; the newline in its path is escaped.
+        (
+            "MNIST file /d/a\nb is not the canonical b.\n  expected SHA-256 00\n"
+            "  actual   SHA-256 ff\n  It may be truncated or altered.",
+            [
+                "error: MNIST file /d/a\\nb is not the canonical b.",
+                "  expected SHA-256 00",
+                "  actual   SHA-256 ff",
+                "  It may be truncated or altered.",
+            ],
+        ),
+    ],
+)
+def test_an_error_is_one_inert_line_and_keeps_only_its_own_detail_lines(message, lines):
+    assert _printed_error(message).splitlines() == lines
+
+
+# Any text, with the pieces an error message might quote: newlines with and without the two
+# spaces of a detail line, escape sequences, Rich markup and emoji codes.
+MESSAGES = st.lists(
+    st.text(st.characters(exclude_characters="\\"))
+    | st.sampled_from(["\n", "\n  ", "\r\n", "\x1b[2J", "[/]", "[bold]", ":smile:"])
+).map("".join)
+
+
+@given(message=MESSAGES)
+def test_an_error_shows_every_character_and_one_line_per_detail_line(message):
+    shown = _printed_error(message)
+    assert shown.startswith("error: ") and shown.endswith("\n")
+    body = shown.removeprefix("error: ").removesuffix("\n")
+    assert body.replace("\n", "").isprintable()  # nothing a terminal would obey
+    assert body.count("\n") == message.count("\n  ")  # a line per detail line, no more
+    assert _unescaped(body) == message  # and nothing lost
+
+
+def test_tables_show_odd_names_and_settings_literally_on_one_line_each(capsys):
+    rows = [
+        {"run": "20260101-000000-[bold]x", "schedule.name": "[/]", "test_accuracy": 0.99},
+        {"run": "20260101-000001-a\nb\x1b[2J", "schedule.name": ":smile:", "test_accuracy": None},
+    ]
+    print_runs(rows, "table")
+    table = capsys.readouterr().out
+    assert "\x1b" not in table
+    (first,) = [line for line in table.splitlines() if "20260101-000000-" in line]
+    assert "20260101-000000-[bold]x" in first and "[/]" in first and "99.00%" in first
+    (second,) = [line for line in table.splitlines() if "20260101-000001-" in line]
+    assert "20260101-000001-a\\nb\\x1b[2J" in second and ":smile:" in second
+    # Machine-readable output keeps the real values, escaped only by its format.
+    print_runs(rows, "json")
+    assert json.loads(capsys.readouterr().out) == rows
+    print_runs(rows, "csv")
+    listed = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [row["run"] for row in listed] == [row["run"] for row in rows]
+
+
+ODD_FOLDER = Path("/tmp/odd[/]\n\x1b[2J\u202e[bold]")
+
+
+@pytest.mark.parametrize(
+    "show",
+    [
+        lambda folder: print_run_dir(folder / "20260101-000000-run"),
+        lambda folder: print_learning_curves(folder / "curves.png"),
+        lambda folder: print_resume_choice(
+            folder / "run" / "checkpoint_epoch_2.pt",
+            [f"skipped run x: no valid checkpoint in {folder}:\n  skipped {folder}/a.pt: bad"],
+        ),
+        lambda folder: print_promotion(
+            Promotion(
+                folder / "production" / "mnist" / "best_model.pt",
+                {
+                    "promoted_from": str(folder / "best_model.pt"),
+                    "stage": "production",
+                    "metrics": {"test_accuracy": 0.99},
+                    "epoch": 3,
+                },
+                [f"{folder}/history.jsonl line 2 is not a JSON record; skipped it"],
+            )
+        ),
+        lambda folder: ConsoleTrainingObserver(live=False).epoch_done(
+            _epoch_result(checkpoint=folder / "checkpoint_epoch_1.pt")
+        ),
+    ],
+    ids=["run dir", "learning curves", "resume choice", "promotion", "epoch"],
+)
+def test_a_printed_path_keeps_its_line_and_cannot_steer_the_terminal(show, capsys):
+    show(Path("/tmp/plain"))
+    plain = capsys.readouterr().out
+    show(ODD_FOLDER)
+    odd = capsys.readouterr().out
+    assert odd.count("\n") == plain.count("\n")
+    assert odd.replace("\n", "").isprintable()
+    assert terminal_safe(ODD_FOLDER) in odd

@@ -15,6 +15,7 @@ from mnist_classifier.cli import app
 from mnist_classifier.config import TrainConfig, config_from_dict
 from mnist_classifier.datasets import MNIST
 from mnist_classifier.figures import is_our_figure
+from mnist_classifier.reporting import terminal_safe
 from mnist_classifier.runs import (
     METRIC_COLUMNS,
     RunRecordError,
@@ -251,6 +252,33 @@ def test_a_bad_run_filter_is_a_usage_error(tmp_path, filters, message):
     result = runner.invoke(app, ["runs", *filters, "--runs-dir", str(tmp_path)])
     assert result.exit_code == 2 and message in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_a_run_with_an_odd_name_in_an_odd_folder_is_shown_literally_and_listed_exactly(
+    tmp_path, synthetic_data
+):
+    # Rich markup in the run's name, and in its folder's a newline, an escape sequence and a
+    # "[/]" that closes nothing (Rich's MarkupError).
+    runs_dir = tmp_path / "runs[/]\n\x1b[2J"
+    tiny = ["--max-train-images", "64", "--validation-size", "64", "--device", "cpu"]
+    trained = runner.invoke(
+        app, ["train", *tiny, "--epochs", "1", "--runs-dir", str(runs_dir), "--name", "[bold]x"]
+    )
+    assert trained.exit_code == 0, trained.output
+    (run_dir,) = runs_dir.iterdir()
+    assert run_dir.name.endswith("-[bold]x")
+    lines = trained.stdout.splitlines()
+    assert "\x1b" not in trained.stdout and str(runs_dir) not in trained.stdout
+    logs = terminal_safe(runs_dir)
+    assert f"Run directory: {terminal_safe(run_dir)}  (tensorboard --logdir {logs})" in lines
+    assert f"Best model: {terminal_safe(run_dir / 'best_model.pt')}" in lines
+
+    table = runner.invoke(app, ["runs", "--runs-dir", str(runs_dir)])
+    assert table.exit_code == 0, table.output
+    assert sum(run_dir.name in row for row in table.stdout.splitlines()) == 1  # "[bold]" kept
+    assert "\x1b" not in table.stdout
+    listed = runner.invoke(app, ["runs", "--runs-dir", str(runs_dir), "--format", "json"])
+    assert [entry["run"] for entry in json.loads(listed.stdout)] == [run_dir.name]
 
 
 def _a_recorded_run(runs_dir):

@@ -68,7 +68,11 @@ IDX_LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension
 
 
 class DataError(Exception):
-    """The data set could not be obtained or verified; ``str(error)`` is the complete message."""
+    """The data set could not be obtained or verified; ``str(error)`` is the complete message.
+
+    A message of several lines starts each line after the first with two spaces: the error
+    line shows those as lines of their own, and any other newline (one in a path) escaped.
+    """
 
 
 class _RouteFailed(Exception):
@@ -228,7 +232,7 @@ def _wrong_file_message(path: Path, expected: str, actual: str, spec: DatasetSpe
         f"{spec.title} file {path} {what} not the canonical {name}.\n"
         f"  expected SHA-256 {expected} ({expected_size_text})\n"
         f"  actual   SHA-256 {actual} ({_uncompressed_size(path):,} bytes)\n"
-        f"It may be truncated or altered. It was left untouched: delete it and run again."
+        f"  It may be truncated or altered. It was left untouched: delete it and run again."
     )
 
 
@@ -260,12 +264,12 @@ def _all_routes_failed_message(raw_dir: Path, spec: DatasetSpec, failures: list[
     lines = [
         f"Could not obtain {spec.title}: {len(missing)} of 4 files missing from "
         f"{raw_dir.resolve()}:",
-        *(f"  {name}" for name in missing),
-        "Routes tried:",
-        *(f"  {failure}" for failure in failures),
-        f"To place the files by hand, put these four uncompressed files (or their .gz) into "
+        *(f"    {name}" for name in missing),
+        "  Routes tried:",
+        *(f"    {failure}" for failure in failures),
+        f"  To place the files by hand, put these four uncompressed files (or their .gz) into "
         f"{raw_dir.resolve()}/ ; each must have this SHA-256:",
-        *(f"  {digest}  {name}" for name, digest in spec.raw_sha256.items()),
+        *(f"    {digest}  {name}" for name, digest in spec.raw_sha256.items()),
     ]
     return "\n".join(lines)
 
@@ -314,13 +318,13 @@ def _decompress_verified(gz_path: Path, destination: Path, spec: DatasetSpec) ->
     except (OSError, EOFError) as error:
         raise DataError(
             f"{spec.title} file {gz_path} is not a readable gzip file ({_one_line(error)}).\n"
-            f"It may be truncated or altered. It was left untouched: delete it and run again."
+            f"  It may be truncated or altered. It was left untouched: delete it and run again."
         ) from None
     except _TooLarge:
         raise DataError(
             f"{spec.title} file {gz_path} decompresses to more than the {expected_size:,} bytes "
             f"of {destination.name}; decompression was stopped there.\n"
-            f"It is not {spec.title}. It was left untouched: delete it and run again."
+            f"  It is not {spec.title}. It was left untouched: delete it and run again."
         ) from None
     actual = hashlib.sha256(data).hexdigest()
     if actual != expected:

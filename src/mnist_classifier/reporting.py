@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -24,6 +25,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from mnist_classifier.batching import Split
 from mnist_classifier.checkpoint import LoadedCheckpoint
@@ -49,12 +51,13 @@ def table_console() -> Console:
     return Console(highlight=False, width=None if sys.stdout.isatty() else 100_000)
 
 
-def terminal_safe(text: str) -> str:
+def terminal_safe(text: str | os.PathLike[str]) -> str:
     """`text` (a file name, say) on one line and inert: each character a terminal would obey or
     hide (newline, carriage return, tab, ESC, a right-to-left override) as the escape Python's
     repr writes for it, e.g. a\\nb.png; a byte of a file name that is not UTF-8 as \\xNN.
     Printable text, backslashes included, is unchanged (so a\\nb.png may also be a name with
     a backslash in it; the JSON output tells them apart)."""
+    text = os.fspath(text)
     if text.isprintable():
         return text
     return "".join(
@@ -69,8 +72,23 @@ def _escape(character: str) -> str:
     return repr(character)[1:-1]
 
 
+# A message's detail lines (a data file's expected and actual digests, say) each begin with a
+# newline and two spaces. Any other newline in a message is one it quotes (a path, say).
+DETAIL_LINE_BREAK = "\n  "
+
+
+def terminal_safe_message(message: str) -> str:
+    """`message` made inert by terminal_safe, detail lines kept: each newline followed by two
+    spaces still starts a line. Any other newline is shown as \\n, so that a one-line message
+    stays one line whatever the paths and names it quotes, and no line can pass for another
+    error."""
+    return DETAIL_LINE_BREAK.join(terminal_safe(part) for part in message.split(DETAIL_LINE_BREAK))
+
+
 def print_error(message: str) -> None:
-    error_console.print(f"error: {message}", markup=False, soft_wrap=True)
+    """`message` as one "error: ..." line on stderr, and its detail lines: shown by
+    terminal_safe_message, as text (never as markup or emoji codes)."""
+    error_console.print(Text(f"error: {terminal_safe_message(message)}"), soft_wrap=True)
 
 
 def print_version() -> None:
@@ -95,9 +113,9 @@ DATA_ROUTES = {
 
 def describe_data(files: MnistFiles) -> str:
     # Data a caller prepared and handed to train() may name a route of its own.
-    how = DATA_ROUTES.get(files.route, f"prepared by the caller ({files.route})")
+    how = DATA_ROUTES.get(files.route, f"prepared by the caller ({terminal_safe(files.route)})")
     title = dataset_spec(files.dataset).title
-    return f"{title} verified (SHA-256 of all 4 files) in {files.raw_dir}: {how}"
+    return f"{title} verified (SHA-256 of all 4 files) in {terminal_safe(files.raw_dir)}: {how}"
 
 
 def print_data(files: MnistFiles) -> None:
@@ -137,9 +155,8 @@ class ConsoleTrainingObserver(TrainingObserver):
             print_run_dir(self.run_dir)
         if setup.replaced:  # even when quiet: files were removed
             names = ", ".join(path.name for path in setup.replaced)
-            print(
-                f"Replacing the earlier training's checkpoints in {setup.checkpoint_dir}: {names}"
-            )
+            checkpoint_dir = terminal_safe(setup.checkpoint_dir)
+            print(f"Replacing the earlier training's checkpoints in {checkpoint_dir}: {names}")
         if self.quiet:
             return
         print(f"Using device: {setup.device} (precision: {setup.precision})")
@@ -152,7 +169,7 @@ class ConsoleTrainingObserver(TrainingObserver):
         print("\nModel architecture:")
         print(setup.model)
         print(f"\nTotal trainable parameters: {setup.parameter_count:,}")
-        print(f"Checkpoints go to: {setup.checkpoint_dir}")
+        print(f"Checkpoints go to: {terminal_safe(setup.checkpoint_dir)}")
         if setup.start_epoch > setup.last_epoch:
             print(
                 f"\nNothing left to train: the run finished at epoch {setup.start_epoch - 1} "
@@ -272,7 +289,7 @@ class ConsoleTrainingObserver(TrainingObserver):
             f"\nValidation: Average loss: {result.validation_loss:.4f}, "
             f"Accuracy: {100 * result.validation_accuracy:.2f}%"
         )
-        print(f"\nCheckpoint saved: {result.checkpoint}")
+        print(f"\nCheckpoint saved: {terminal_safe(result.checkpoint)}")
         if result.is_best:
             print(f"New best accuracy: {100 * result.validation_accuracy:.2f}%")
 
@@ -282,10 +299,10 @@ class ConsoleTrainingObserver(TrainingObserver):
         print(
             f"Best validation accuracy: {100 * best.validation_accuracy:.2f}% (epoch {best.epoch})"
         )
-        print(f"Best model: {result.best_checkpoint}")
+        print(f"Best model: {terminal_safe(result.best_checkpoint)}")
         print(RULE)
         command = evaluate_command(result.best_checkpoint, result.config.data.dataset)
-        print(f"Next: evaluate it on the test set: {command}")
+        print(f"Next: evaluate it on the test set: {terminal_safe(command)}")
 
 
 def evaluate_command(checkpoint: Path, dataset: str = MNIST.name) -> str:
@@ -301,13 +318,13 @@ def evaluate_command(checkpoint: Path, dataset: str = MNIST.name) -> str:
 
 def print_resume_choice(resume_from: Path | None, skipped: list[str]) -> None:
     """What `--resume auto` found: the checkpoints it skipped, and where it resumes."""
-    for line in skipped:
-        print(line)
-    print(
-        f"Resuming from {resume_from} (run {resume_from.parent.name})"
-        if resume_from
-        else "No checkpoint to resume: starting fresh"
-    )
+    for line in skipped:  # a skipped run's line may have detail lines: its checkpoints'
+        print(terminal_safe_message(line))
+    if resume_from is None:
+        print("No checkpoint to resume: starting fresh")
+        return
+    run = terminal_safe(resume_from.parent.name)
+    print(f"Resuming from {terminal_safe(resume_from)} (run {run})")
 
 
 def print_sweep_run(index: int, total: int, name: str) -> None:
@@ -320,11 +337,12 @@ def print_sweep_results(rows: list[dict]) -> None:
 
 
 def print_learning_curves(path: Path) -> None:
-    print(f"Learning curves: {path}")
+    print(f"Learning curves: {terminal_safe(path)}")
 
 
 def print_run_dir(run_dir) -> None:
-    print(f"Run directory: {run_dir}  (tensorboard --logdir {run_dir.parent})")
+    logs = terminal_safe(run_dir.parent)
+    print(f"Run directory: {terminal_safe(run_dir)}  (tensorboard --logdir {logs})")
 
 
 def print_config(config: TrainConfig) -> None:
@@ -348,9 +366,10 @@ def print_runs(rows: list[dict], output_format: str) -> None:
         return
     table = Table(show_lines=False)
     for column in columns:
-        table.add_column(SHORT_HEADERS.get(column, column), overflow="fold", no_wrap=True)
+        header = _literal(SHORT_HEADERS.get(column, column))
+        table.add_column(header, overflow="fold", no_wrap=True)
     for row in rows:
-        table.add_row(*(_cell(column, row[column]) for column in columns))
+        table.add_row(*(_literal(_cell(column, row[column])) for column in columns))
     table_console().print(table)
 
 
@@ -359,7 +378,15 @@ def print_models(rows: list[dict]) -> None:
     print_runs(rows, "table")
     for row in rows:
         if row["status"] != "ok":
-            print_error(f"{row['stage']}/{row['name']}: {row['status']}")
+            entry = f"{row['stage']}/{row['name']}"
+            print_error(f"{terminal_safe(entry)}: {row['status']}")
+
+
+def _literal(text: str) -> Text:
+    """A table cell or header that shows `text` as it is: never read as markup or emoji codes
+    (run names, folder names and settings come from the user and from files), and made inert
+    by terminal_safe."""
+    return Text(terminal_safe(text))
 
 
 def _csv_value(value):
@@ -387,7 +414,7 @@ def _cell(column: str, value) -> str:
 
 
 def print_checkpoint_info(checkpoint: LoadedCheckpoint) -> None:
-    print(f"Loaded model from: {checkpoint.path}")
+    print(f"Loaded model from: {terminal_safe(checkpoint.path)}")
     print("Checkpoint info:")
     print(f"  - Epoch: {checkpoint.epoch}")
     print(f"  - Validation Loss: {checkpoint.validation_loss:.4f}")
@@ -486,9 +513,9 @@ def print_report_details(report: dict) -> None:
     ece = report["calibration"]["expected_calibration_error"]
     print(f"\nCalibration: expected calibration error {100 * ece:.2f}%")
     files = report["files"]
-    print(f"\nReport written to {Path(files['report']).parent}:")
+    print(f"\nReport written to {terminal_safe(Path(files['report']).parent)}:")
     for path in files.values():
-        print(f"  {path}")
+        print(f"  {terminal_safe(path)}")
 
 
 # Below this many files `mnist predict` answers within a second or two: no progress bar.
@@ -532,9 +559,6 @@ def _print_prediction_errors(predictions: list) -> None:
 def print_predictions(predictions: list, model) -> None:
     """Which model answered, then one row per file: digit, probability, top 3; failures to
     stderr, one line each. File names are shown by terminal_safe, and as text, not markup."""
-    from rich.table import Table
-    from rich.text import Text
-
     stage = f", stage {model.stage}" if model.stage else ""
     print(f"Model: {terminal_safe(model.file)}{stage}, SHA-256 {model.digest[:12]}")
 
@@ -545,7 +569,7 @@ def print_predictions(predictions: list, model) -> None:
         if prediction.error is None:
             top3 = "  ".join(f"{names[digit]}: {100 * p:.1f}%" for digit, p in prediction.top3)
             table.add_row(
-                Text(terminal_safe(prediction.file)),
+                _literal(prediction.file),
                 prediction.label,
                 f"{100 * prediction.probability:.1f}%",
                 top3,
@@ -558,7 +582,7 @@ def print_predictions(predictions: list, model) -> None:
 def print_export(result) -> None:
     parity = result.parity
     for path in result.files:
-        print(f"Wrote {path}")
+        print(f"Wrote {terminal_safe(path)}")
     print(
         f"Parity on {parity.images} test images ({result.checker} vs eager PyTorch): "
         f"max |logit difference| {parity.max_abs_logit_difference:.3g}, "
@@ -569,10 +593,11 @@ def print_export(result) -> None:
 def print_promotion(promotion) -> None:
     card = promotion.model_card
     metrics = card["metrics"]
+    source, destination = terminal_safe(card["promoted_from"]), terminal_safe(promotion.destination)
     print(
-        f"Promoted {card['promoted_from']} -> {card['stage']}: {promotion.destination} "
+        f"Promoted {source} -> {card['stage']}: {destination} "
         f"(test accuracy {metrics['test_accuracy']:.2%}, epoch {card['epoch']})"
     )
-    print(f"Model card: {promotion.destination.parent / 'model_card.json'}")
+    print(f"Model card: {terminal_safe(promotion.destination.parent / 'model_card.json')}")
     for problem in promotion.history_problems:
-        print(f"note: {problem}")
+        print(f"note: {terminal_safe(problem)}")
