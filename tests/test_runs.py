@@ -396,6 +396,13 @@ DAMAGED_RECORDS = [
         "summary.json: best_validation_accuracy is 'high', not a number",
     ),
     ("summary.json", b'{"epochs_run": true}', "summary.json: epochs_run is True, not a whole"),
+    # Beyond a float's range: the table would overflow formatting it as a percentage.
+    (
+        "summary.json",
+        b'{"test_accuracy": 1' + b"0" * 400 + b"}",
+        "summary.json: test_accuracy is 1000",
+    ),
+    ("summary.json", b'{"epochs_run": ' + b"9" * 5_000 + b"}", "holds a number too long to read"),
     ("summary.json", b"\xff\xfe{}", "summary.json is not UTF-8 text"),
     ("config.yaml", b"lr: [0.1\n", "config.yaml is not valid YAML"),
     ("config.yaml", b"- lr\n- 0.1\n", "config.yaml must hold a mapping"),
