@@ -206,6 +206,17 @@ def test_a_history_ending_mid_line_keeps_every_record_on_its_own_line(tmp_path):
     assert problems == [f"{history} line 2 is not a JSON record; skipped it"]
 
 
+def test_history_lines_json_cannot_read_are_skipped_and_named(tmp_path):
+    history = tmp_path / "history.jsonl"
+    lines = ['{"to": "production"}', '{"n": ' + "9" * 5_000 + "}", "[" * 100_000, '{"to": "x"}']
+    history.write_text("\n".join(lines) + "\n")
+    records, problems = read_history(history)
+    assert records == [{"to": "production"}, {"to": "x"}]
+    assert problems == [
+        f"{history} line {number} is not a JSON record; skipped it" for number in (2, 3)
+    ]
+
+
 @pytest.mark.parametrize("kind", ["fifo", "folder"])
 def test_a_history_that_is_not_a_file_is_refused_before_anything_is_copied(tmp_path, kind):
     models_dir = tmp_path / "models"

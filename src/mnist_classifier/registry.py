@@ -127,7 +127,9 @@ def read_history(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
             continue
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
+        # ValueError: not JSON, or a number of more digits than Python converts;
+        # RecursionError: nested too deeply. Either way one bad line, not a lost history.
+        except (ValueError, RecursionError):
             record = None
         if isinstance(record, dict):
             records.append(record)
