@@ -458,6 +458,20 @@ def test_a_damaged_run_record_is_named_on_one_line_and_the_other_runs_still_list
     )
 
 
+@pytest.mark.parametrize("plot_name", ["curves.png", "curves.svg", "curves.pdf"])
+def test_runs_named_like_mathtext_are_plotted(tmp_path, plot_name):
+    # Runs alike but for their names: the legend labels each by its folder name.
+    names = ["run-$\\frac$", "run-$x$", "$$", "back\\slash"]
+    for name in names:
+        _run_folder(tmp_path / "runs", name, 0.001)
+    plot = tmp_path / plot_name
+    result = runner.invoke(app, ["runs", "--runs-dir", str(tmp_path / "runs"), "--plot", str(plot)])
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    assert is_our_figure(plot)
+    for name in names:
+        assert sum(name in row for row in result.stdout.splitlines()) == 1
+
+
 def test_when_every_run_is_damaged_each_gets_its_line(tmp_path):
     for name in ("first", "second"):
         (_run_folder(tmp_path, name, 0.001) / "summary.json").write_text("{")
