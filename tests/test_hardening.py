@@ -46,6 +46,7 @@ from mnist_classifier.config import (
 )
 from mnist_classifier.data import RAW_SIZES, DataError, ensure_mnist
 from mnist_classifier.distributed import run_leaving_no_process
+from mnist_classifier.files import json_object_if_regular
 from mnist_classifier.model import SimpleCNN
 from mnist_classifier.registry import (
     MODEL_CARD_NAME,
@@ -281,6 +282,16 @@ def test_model_cards_that_are_special_or_oversized_are_listed_as_invalid(tmp_pat
     assert "not a regular file" in statuses["fifo"]
     assert "not a regular file" in statuses["zero"]
     assert "larger than" in statuses["huge"]
+
+
+@pytest.mark.parametrize(
+    "text", ["[" * 100_000, '{"epochs_run": ' + "9" * 5_000 + "}"], ids=["nested", "long number"]
+)
+def test_a_record_json_cannot_read_is_not_taken_for_ours(tmp_path, text):
+    # How resume, evaluate and export tell a summary, report or sidecar of theirs.
+    path = tmp_path / "summary.json"
+    path.write_text(text)
+    assert json_object_if_regular(path, 1 << 20) is None
 
 
 # --- 8. YAML bombs, long values, duplicate keys -------------------------------------------------
