@@ -46,6 +46,7 @@ from mnist_classifier.config import (
 )
 from mnist_classifier.data import RAW_SIZES, DataError, ensure_mnist
 from mnist_classifier.distributed import run_leaving_no_process
+from mnist_classifier.files import json_object_if_regular
 from mnist_classifier.model import SimpleCNN
 from mnist_classifier.registry import (
     MODEL_CARD_NAME,
@@ -57,6 +58,7 @@ from mnist_classifier.registry import (
 )
 from mnist_classifier.resume import ResumeError, rng_states
 from mnist_classifier.runs import find_resume_in_runs
+from mnist_classifier.serve.loading import ServeError, load_checkpoint_model
 from mnist_classifier.train import EpochResult
 
 runner = CliRunner()
@@ -205,6 +207,17 @@ def test_a_history_ending_mid_line_keeps_every_record_on_its_own_line(tmp_path):
     assert problems == [f"{history} line 2 is not a JSON record; skipped it"]
 
 
+def test_history_lines_json_cannot_read_are_skipped_and_named(tmp_path):
+    history = tmp_path / "history.jsonl"
+    lines = ['{"to": "production"}', '{"n": ' + "9" * 5_000 + "}", "[" * 100_000, '{"to": "x"}']
+    history.write_text("\n".join(lines) + "\n")
+    records, problems = read_history(history)
+    assert records == [{"to": "production"}, {"to": "x"}]
+    assert problems == [
+        f"{history} line {number} is not a JSON record; skipped it" for number in (2, 3)
+    ]
+
+
 @pytest.mark.parametrize("kind", ["fifo", "folder"])
 def test_a_history_that_is_not_a_file_is_refused_before_anything_is_copied(tmp_path, kind):
     models_dir = tmp_path / "models"
@@ -269,6 +282,16 @@ def test_model_cards_that_are_special_or_oversized_are_listed_as_invalid(tmp_pat
     assert "not a regular file" in statuses["fifo"]
     assert "not a regular file" in statuses["zero"]
     assert "larger than" in statuses["huge"]
+
+
+@pytest.mark.parametrize(
+    "text", ["[" * 100_000, '{"epochs_run": ' + "9" * 5_000 + "}"], ids=["nested", "long number"]
+)
+def test_a_record_json_cannot_read_is_not_taken_for_ours(tmp_path, text):
+    # How resume, evaluate and export tell a summary, report or sidecar of theirs.
+    path = tmp_path / "summary.json"
+    path.write_text(text)
+    assert json_object_if_regular(path, 1 << 20) is None
 
 
 # --- 8. YAML bombs, long values, duplicate keys -------------------------------------------------
@@ -443,23 +466,111 @@ def test_resume_force_refuses_a_checkpoint_without_usable_training_state_before_
     assert not (tmp_path / "runs").exists()  # no run folder, nor the runs folder it would go in
 
 
-@pytest.mark.parametrize(
-    ("card_text", "message"),
-    [
-        ('{"metrics": {"test_acc', "is not valid JSON (truncated?)"),
-        ("[1, 2]", "must hold a JSON object (got list)"),
-    ],
-)
-def test_mnist_models_names_a_truncated_or_non_object_card_in_one_line(
+# What `mnist promote` writes, in part: what `mnist models` shows and `mnist serve` sends.
+GOOD_CARD = {
+    "promoted_utc": "2026-01-01T00:00:00+00:00",
+    "metrics": {"test_accuracy": 0.991, "test_loss": 0.03},
+}
+DAMAGED_CARDS = [
+    ('{"metrics": {"test_acc', "is not valid JSON (Unterminated string"),
+    ("[1, 2]", "holds a JSON list, not a record"),
+    ("null", "holds a JSON NoneType, not a record"),
+    ("[" * 100_000, "is not valid JSON (nested too deeply)"),
+    ('{"epoch": ' + "9" * 5_000 + "}", "holds a number too long to read"),
+    ('{"metrics": {"test_accuracy": "high"}}', "metrics.test_accuracy is 'high', not a number"),
+    ('{"metrics": {"test_accuracy": true}}', "metrics.test_accuracy is True, not a number"),
+    ('{"metrics": {"test_accuracy": null}}', "metrics.test_accuracy is None, not a number"),
+    ('{"metrics": {"test_accuracy": [0.99]}}', "metrics.test_accuracy is [0.99], not a number"),
+    # Beyond a float's range: formatting it as a percentage would overflow.
+    ('{"metrics": {"test_accuracy": 1' + "0" * 400 + "}}", "metrics.test_accuracy is 1000"),
+    ('{"metrics": {"test_loss": {"value": 0.03}}}', "metrics.test_loss is {'value': 0.03}, not"),
+    ('{"metrics": [1]}', "metrics is [1], not a JSON object"),
+    ('{"metrics": null}', "metrics is None, not a JSON object"),
+    ('{"metrics": "0.99"}', "metrics is '0.99', not a JSON object"),
+    ('{"promoted_utc": 20260101}', "promoted_utc is 20260101, not text"),
+    ('{"promoted_utc": false}', "promoted_utc is False, not text"),
+    ('{"promoted_utc": ["2026-01-01"]}', "promoted_utc is ['2026-01-01'], not text"),
+]
+
+
+def _registry_with_a_card(models_dir: Path, card_text: str) -> Path:
+    """staging and production stages; staging with a good card, production with `card_text`."""
+    for stage in ("staging", "production"):
+        save_checkpoint(models_dir / stage / "mnist" / "best_model.pt", checkpoint_payload())
+    (models_dir / "staging" / "mnist" / MODEL_CARD_NAME).write_text(json.dumps(GOOD_CARD))
+    card = models_dir / "production" / "mnist" / MODEL_CARD_NAME
+    card.write_text(card_text)
+    return card
+
+
+@pytest.mark.parametrize(("card_text", "message"), DAMAGED_CARDS)
+def test_mnist_models_names_a_damaged_card_in_one_line_and_still_lists_every_stage(
     tmp_path, card_text, message
 ):
-    save_checkpoint(tmp_path / "production" / "mnist" / "best_model.pt", checkpoint_payload())
-    (tmp_path / "production" / "mnist" / MODEL_CARD_NAME).write_text(card_text)
+    card = _registry_with_a_card(tmp_path, card_text)
     result = runner.invoke(app, ["models", "--models-dir", str(tmp_path)])
-    assert result.exit_code == 2
-    errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and message in errors[0]
-    assert "Traceback" not in result.output
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    (error,) = result.stderr.splitlines()
+    assert error.startswith(f"error: production/mnist: invalid model card: {card}")
+    assert message in error and error.endswith("; repair it or move it aside")
+    rows = result.stdout.splitlines()
+    assert any("staging" in row and "99.10%" in row and " ok " in row for row in rows)
+    assert any("production" in row and "invalid model card" in row for row in rows)
+    assert card.read_text() == card_text  # reported, never rewritten
+
+
+@pytest.mark.parametrize(("card_text", "message"), DAMAGED_CARDS)
+def test_serving_a_stage_with_a_damaged_card_is_refused_in_one_line(tmp_path, card_text, message):
+    card = _registry_with_a_card(tmp_path, card_text)
+    with pytest.raises(ServeError) as refused:
+        load_checkpoint_model(card.parent / "best_model.pt", stage="production")
+    assert str(refused.value).startswith(f"{card}") and message in str(refused.value)
+    assert "\n" not in str(refused.value)
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(["metrics", "test_accuracy", "test_loss", "promoted_utc"])
+            | st.text(max_size=5),
+            inner,
+            max_size=4,
+        )
+    ),
+    max_leaves=8,
+)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    card=st.fixed_dictionaries(
+        {}, optional={"metrics": JSON_VALUES, "promoted_utc": JSON_VALUES, "epoch": JSON_VALUES}
+    )
+    | st.fixed_dictionaries(
+        {"metrics": st.fixed_dictionaries({"test_accuracy": JSON_VALUES, "test_loss": JSON_VALUES})}
+    )
+    | JSON_VALUES
+)
+def test_any_model_card_is_listed_or_named_in_one_line(tmp_path_factory, card):
+    models_dir = tmp_path_factory.mktemp("models")
+    card_path = _registry_with_a_card(models_dir, json.dumps(card))
+
+    result = runner.invoke(app, ["models", "--models-dir", str(models_dir)])
+
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    rows = result.stdout.splitlines()
+    assert any("staging" in row and " ok " in row for row in rows)
+    assert any("production" in row for row in rows)
+    if result.exit_code == 0:  # the card happened to be a usable one
+        assert result.stderr == ""
+    else:
+        assert result.exit_code == 2
+        (error,) = result.stderr.splitlines()
+        assert error.startswith(f"error: production/mnist: invalid model card: {card_path}")
 
 
 def test_save_preprocessed_under_a_file_is_one_line_before_any_prediction(tmp_path):

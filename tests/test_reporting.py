@@ -160,6 +160,24 @@ def test_tables_keep_whole_paths_and_csv_has_short_floats_on_a_pipe(capsys):
     assert capsys.readouterr().out.splitlines()[1] == f"{long_path},0.003,0.9884"
 
 
+@pytest.mark.parametrize(
+    "setting", ["high", True, [0.9], 10**400], ids=["text", "bool", "list", "beyond a float"]
+)
+def test_a_setting_named_like_an_accuracy_is_shown_whatever_it_holds(setting, capsys):
+    # A hand-edited config.yaml may add one; `mnist runs` shows the settings that differ.
+    rows = [
+        {"run": "a", "early_accuracy": setting, "test_accuracy": 0.99},
+        {"run": "b", "early_accuracy": 0.5, "test_accuracy": None},
+    ]
+    print_runs(rows, "table")
+    table = capsys.readouterr().out
+    first, second = (
+        next(line for line in table.splitlines() if f" {run} " in line) for run in "ab"
+    )
+    assert str(setting)[:20] in first and "99.00%" in first
+    assert "50.00%" in second
+
+
 def test_report_folders_are_keyed_by_stage_or_run():
     best = Path("models/staging/mnist/best_model.pt")
     assert default_report_dir(best, "staging", "/r/20260101-000000-a") == Path("reports/staging")

@@ -396,6 +396,13 @@ DAMAGED_RECORDS = [
         "summary.json: best_validation_accuracy is 'high', not a number",
     ),
     ("summary.json", b'{"epochs_run": true}', "summary.json: epochs_run is True, not a whole"),
+    # Beyond a float's range: the table would overflow formatting it as a percentage.
+    (
+        "summary.json",
+        b'{"test_accuracy": 1' + b"0" * 400 + b"}",
+        "summary.json: test_accuracy is 1000",
+    ),
+    ("summary.json", b'{"epochs_run": ' + b"9" * 5_000 + b"}", "holds a number too long to read"),
     ("summary.json", b"\xff\xfe{}", "summary.json is not UTF-8 text"),
     ("config.yaml", b"lr: [0.1\n", "config.yaml is not valid YAML"),
     ("config.yaml", b"- lr\n- 0.1\n", "config.yaml must hold a mapping"),
@@ -449,6 +456,20 @@ def test_a_damaged_run_record_is_named_on_one_line_and_the_other_runs_still_list
     assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == (
         files_before
     )
+
+
+@pytest.mark.parametrize("plot_name", ["curves.png", "curves.svg", "curves.pdf"])
+def test_runs_named_like_mathtext_are_plotted(tmp_path, plot_name):
+    # Runs alike but for their names: the legend labels each by its folder name.
+    names = ["run-$\\frac$", "run-$x$", "$$", "back\\slash"]
+    for name in names:
+        _run_folder(tmp_path / "runs", name, 0.001)
+    plot = tmp_path / plot_name
+    result = runner.invoke(app, ["runs", "--runs-dir", str(tmp_path / "runs"), "--plot", str(plot)])
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    assert is_our_figure(plot)
+    for name in names:
+        assert sum(name in row for row in result.stdout.splitlines()) == 1
 
 
 def test_when_every_run_is_damaged_each_gets_its_line(tmp_path):

@@ -181,6 +181,12 @@ def is_our_figure(path: Path) -> bool:
 
 def save_learning_curves(curves: dict[str, list[dict]], path: Path) -> None:
     """Loss and accuracy against epoch; one line pair per run in `curves` (name -> metric rows)."""
+    _save(learning_curves_figure(curves), path)
+
+
+def learning_curves_figure(curves: dict[str, list[dict]]):
+    """The figure `save_learning_curves` writes. Each run's name is drawn as typed: a run may be
+    named run-$x$ or run-$\\frac$, which matplotlib would draw as math or fail to parse."""
     figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=DPI)
     for run_index, (name, rows) in enumerate(curves.items()):
         colour = f"C{run_index % 10}"
@@ -199,6 +205,7 @@ def save_learning_curves(curves: dict[str, list[dict]], path: Path) -> None:
     for axes in (loss_axes, accuracy_axes):
         axes.set_xlabel("epoch")
         axes.grid(alpha=0.3)
-        axes.legend(fontsize=8)
+        for text in axes.legend(fontsize=8).get_texts():
+            text.set_parse_math(False)
         axes.xaxis.get_major_locator().set_params(integer=True)
-    _save(figure, path)
+    return figure

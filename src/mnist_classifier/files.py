@@ -149,7 +149,9 @@ def json_object_if_regular(path: Path | str, max_bytes: int) -> dict[str, Any] |
     data = contents_if_regular(path, max_bytes)
     try:
         value = json.loads(data) if data is not None else None
-    except ValueError:  # not JSON, or not UTF-8
+    # ValueError: not JSON, not UTF-8, or a number of more digits than Python converts;
+    # RecursionError: nested too deeply.
+    except (ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
 

@@ -28,11 +28,24 @@ from mnist_classifier.files import (
 )
 from mnist_classifier.paths import BEST_CHECKPOINT_NAME, DEFAULT_CHECKPOINT, staging_dir
 from mnist_classifier.provenance import git_commit
+from mnist_classifier.records import (
+    NUMBER,
+    OBJECT,
+    TEXT,
+    RecordError,
+    check_field_types,
+    read_json_record,
+)
 
 MODEL_CARD_NAME = "model_card.json"
 HISTORY_NAME = "history.jsonl"
 # A stage or model name becomes a folder name: no separators or dots, so it cannot escape.
 PLAIN_NAME = re.compile(r"[A-Za-z0-9_-]+")
+# What `mnist models` shows of a card and `mnist serve` sends: a card is written by `promote`,
+# so a value of another type is a damaged (or hand-edited) card. Serving checks the metrics it
+# sends against its own schema as well (ranges, the per-class list).
+MODEL_CARD_TYPES = {"promoted_utc": TEXT, "metrics": OBJECT}
+MODEL_CARD_METRIC_TYPES = {"test_accuracy": NUMBER, "test_loss": NUMBER}
 # A card is a few kilobytes; the history grows by about 200 bytes per promotion.
 MAX_MODEL_CARD_BYTES = 1 << 20
 MAX_HISTORY_BYTES = 64 << 20
@@ -114,7 +127,9 @@ def read_history(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
             continue
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
+        # ValueError: not JSON, or a number of more digits than Python converts;
+        # RecursionError: nested too deeply. Either way one bad line, not a lost history.
+        except (ValueError, RecursionError):
             record = None
         if isinstance(record, dict):
             records.append(record)
@@ -218,17 +233,17 @@ def _ends_with_newline(handle) -> bool:
 
 
 def read_model_card(path: Path) -> dict[str, Any]:
-    """A stage's model card; {} when there is none. Raises RegistryError naming the problem."""
+    """A stage's model card; {} when there is none. Raises RegistryError naming the problem,
+    a field of another type than its readers expect included."""
     if not path.exists() and not path.is_symlink():
         return {}
     try:
-        card = json.loads(read_regular_file(path, MAX_MODEL_CARD_BYTES))
-    except OSError as error:
-        raise RegistryError(f"{path} cannot be read ({error.strerror or error})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise RegistryError(f"{path} is not valid JSON (truncated?): {error}") from None
-    if not isinstance(card, dict):
-        raise RegistryError(f"{path} must hold a JSON object (got {type(card).__name__})")
+        card = read_json_record(path, MAX_MODEL_CARD_BYTES)
+        check_field_types(path, card, MODEL_CARD_TYPES)
+        check_field_types(path, card.get("metrics", {}), MODEL_CARD_METRIC_TYPES, "metrics.")
+    except RecordError as error:
+        # Without its card a stage is still listed and served, only without test metrics.
+        raise RegistryError(f"{error}; repair it or move it aside") from None
     return card
 
 

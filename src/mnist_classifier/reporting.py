@@ -34,6 +34,7 @@ from mnist_classifier.data import MnistFiles
 from mnist_classifier.datasets import MNIST, DatasetSpec, class_noun, dataset_spec
 from mnist_classifier.evaluate import EvalResult, EvaluationObserver
 from mnist_classifier.paths import BEST_CHECKPOINT_NAME, staging_dir
+from mnist_classifier.records import NUMBER
 from mnist_classifier.train import EpochResult, TrainingObserver, TrainResult, TrainSetup
 
 RULE = "=" * 60
@@ -406,7 +407,9 @@ SHORT_HEADERS = {
 def _cell(column: str, value) -> str:
     if value is None:
         return "-"
-    if column.endswith("accuracy"):
+    # A run's config.yaml may be edited to hold a setting named *_accuracy of any value:
+    # only a number is shown as a percentage.
+    if column.endswith("accuracy") and NUMBER.accepts(value):
         return f"{value:.2%}"
     if isinstance(value, float):
         return f"{value:.4g}"

@@ -19,7 +19,6 @@ from __future__ import annotations
 import csv
 import io
 import itertools
-import json
 import math
 import re
 import sys
@@ -43,12 +42,21 @@ from mnist_classifier.config import (
 )
 from mnist_classifier.files import (
     make_folders,
-    read_regular_file,
     remove_made_folders,
     write_atomically,
     write_json_atomically,
 )
 from mnist_classifier.provenance import software_provenance
+from mnist_classifier.records import (
+    NUMBER,
+    TEXT,
+    WHOLE_NUMBER,
+    FieldType,
+    RecordError,
+    check_field_types,
+    read_json_record,
+    read_record_text,
+)
 from mnist_classifier.resume import MAX_SUMMARY_BYTES, ResumeError, find_resume_checkpoint
 from mnist_classifier.train import EpochResult, TrainingObserver, TrainResult, TrainSetup
 
@@ -404,10 +412,7 @@ class RunRecordError(ValueError):
 # these are never reached by a real run, only by a file linked to a device or replaced.
 MAX_METRICS_BYTES = 64 * 1024 * 1024
 # What the summary's readers format: a value of another type is a damaged record, not a run's.
-WHOLE_NUMBER = ((int,), "a whole number")
-NUMBER = ((int, float), "a number")
-TEXT = ((str,), "text")
-SUMMARY_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+SUMMARY_TYPES: dict[str, FieldType] = {
     "best_epoch": WHOLE_NUMBER,
     "epochs_run": WHOLE_NUMBER,
     "best_validation_accuracy": NUMBER,
@@ -455,35 +460,25 @@ def _read_run_config(path: Path) -> dict[str, Any]:
 
 def _read_text(path: Path, max_bytes: int) -> str:
     try:
-        return read_regular_file(path, max_bytes).decode("utf-8")
-    except OSError as error:
-        raise RunRecordError(f"{path} cannot be read ({error.strerror or error})") from None
-    except UnicodeDecodeError as error:
-        raise RunRecordError(f"{path} is not UTF-8 text (byte {error.start})") from None
+        return read_record_text(path, max_bytes)
+    except RecordError as error:
+        raise RunRecordError(str(error)) from None
 
 
 def _read_json_record(path: Path) -> dict[str, Any]:
     """A JSON object (provenance.json, summary.json); RunRecordError for anything else."""
     try:
-        record = json.loads(_read_text(path, MAX_SUMMARY_BYTES))
-    except json.JSONDecodeError as error:
-        raise RunRecordError(
-            f"{path} is not valid JSON ({error.msg}, line {error.lineno})"
-        ) from None
-    except RecursionError:
-        raise RunRecordError(f"{path} is not valid JSON (nested too deeply)") from None
-    if not isinstance(record, dict):
-        raise RunRecordError(f"{path} holds a JSON {type(record).__name__}, not a record")
-    return record
+        return read_json_record(path, MAX_SUMMARY_BYTES)
+    except RecordError as error:
+        raise RunRecordError(str(error)) from None
 
 
 def _read_summary(path: Path) -> dict[str, Any]:
-    summary = _read_json_record(path)
-    for key, (types, wanted) in SUMMARY_TYPES.items():
-        value = summary.get(key)
-        # bool is an int to Python, but true is no epoch count or accuracy.
-        if key in summary and (isinstance(value, bool) or not isinstance(value, types)):
-            raise RunRecordError(f"{path}: {key} is {shown(value)}, not {wanted}")
+    try:
+        summary = read_json_record(path, MAX_SUMMARY_BYTES)
+        check_field_types(path, summary, SUMMARY_TYPES)
+    except RecordError as error:
+        raise RunRecordError(str(error)) from None
     return summary
 
 
