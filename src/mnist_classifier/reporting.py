@@ -528,7 +528,7 @@ PROGRESS_FROM_FILES = 20
 @contextmanager
 def image_preparation_progress(total: int, live: bool | None = None) -> Iterator[Callable]:
     """A transient bar on stderr while `mnist predict` reads and prepares `total` files (about
-    0.15 s each for a 12 MP photo), when stderr is a terminal; yields the function that counts
+    0.1 s each for a 12 MP photo), when stderr is a terminal; yields the function that counts
     one file done. The bar leaves nothing behind, so the table below starts on a clean line."""
     live = error_console.is_terminal if live is None else live
     if not live or total < PROGRESS_FROM_FILES:
