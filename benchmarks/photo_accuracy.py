@@ -10,7 +10,9 @@ upload is), as a photo-like JPEG
 EXIF-rotated), as a realistic scan (tests/realistic_digits.py: scaled, thick or thin, off-centre,
 PNG/JPEG/transparent PNG) and as the drawing page sends it (280x280 PNG, dark on white). Every
 image goes through `preprocess_image`, the function `mnist predict` and `mnist serve` share.
-Prints the accuracy of each and the mean preparation time. --save-examples writes a strip of
+Prints the accuracy of each, how many were refused (and of those, as several digits side by
+side), and the mean preparation time; then how many of N/2 pairs of those digits, written side
+by side on the drawing page, are refused as several digits. --save-examples writes a strip of
 the first photos above the 28x28 images the model saw.
 """
 
@@ -20,6 +22,7 @@ import argparse
 import io
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +33,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT / "tests"))  # the test sets' generators
 
 from photo_digits import photo_like  # noqa: E402
-from realistic_digits import realistic_variant  # noqa: E402
+from realistic_digits import realistic_variant, side_by_side  # noqa: E402
 from train_speed import _machine  # noqa: E402  (this folder is on sys.path when run)
 
 from mnist_classifier.batching import normalize  # noqa: E402
@@ -51,6 +54,21 @@ def page_drawing(digit: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     drawn.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def count_numbers_refused(digits: list[np.ndarray], seed: int) -> dict[int, tuple[int, int]]:
+    """Pairs of consecutive digits written side by side 1-9 pixels apart (at MNIST's scale):
+    for each gap, how many were refused as several digits, of how many."""
+    rng = np.random.default_rng(seed)
+    refused, written = Counter(), Counter()
+    for index in range(len(digits) // 2):
+        gap = int(rng.integers(1, 10))
+        written[gap] += 1
+        try:
+            preprocess_image(side_by_side(digits[2 * index], digits[2 * index + 1], gap))
+        except ImageError as error:
+            refused[gap] += "several digits" in str(error)
+    return {gap: (refused[gap], written[gap]) for gap in sorted(written)}
 
 
 def main() -> None:
@@ -80,12 +98,13 @@ def main() -> None:
     for name, make in forms.items():
         rng = np.random.default_rng(arguments.seed)
         sources = [make(digit, index, rng) for index, digit in enumerate(digits)]
-        prepared, started = [], time.perf_counter()
+        prepared, several, started = [], 0, time.perf_counter()
         for source in sources:
             try:
                 prepared.append(preprocess_image(source))
-            except ImageError:
+            except ImageError as error:
                 prepared.append(None)  # refused: counted as wrong
+                several += "several digits" in str(error)
         seconds = (time.perf_counter() - started) / len(sources)
         usable = [index for index, image in enumerate(prepared) if image is not None]
         with torch.inference_mode():
@@ -93,10 +112,15 @@ def main() -> None:
         correct = (logits.argmax(1) == labels[usable]).sum().item()
         print(
             f"{name:26s} accuracy {100 * correct / len(sources):6.2f}%  "
-            f"({len(sources) - len(usable)} refused)  {1000 * seconds:6.1f} ms per image"
+            f"({len(sources) - len(usable)} refused, {several} of them as several digits)  "
+            f"{1000 * seconds:6.1f} ms per image"
         )
         if name == "photo-like JPEGs" and arguments.save_examples:
             save_examples(sources[:EXAMPLES], prepared[:EXAMPLES], arguments.save_examples)
+    by_gap = count_numbers_refused(digits, arguments.seed)
+    refused, pairs = (sum(counts[k] for counts in by_gap.values()) for k in (0, 1))
+    gaps = ", ".join(f"{gap} px {counts[0]}/{counts[1]}" for gap, counts in by_gap.items())
+    print(f"{'pairs side by side':26s} {refused} of {pairs} refused as several digits ({gaps})")
 
 
 def save_examples(photos: list[bytes], seen: list[torch.Tensor | None], folder: Path) -> None:

@@ -48,3 +48,18 @@ def realistic_variant(digit: np.ndarray, index: int, rng: np.random.Generator) -
     else:
         Image.fromarray(grey, "L").save(buffer, format="PNG" if kind != 2 else "JPEG")
     return buffer.getvalue()
+
+
+def side_by_side(first: np.ndarray, second: np.ndarray, gap: int) -> bytes:
+    """A two-digit number: MNIST digits written side by side, `gap` pixels apart at MNIST's
+    scale (where a digit is 20 pixels high), dark ink on white at 10 times that size, a PNG."""
+    first, second = (digit[:, np.flatnonzero(digit.max(axis=0) > 30)] for digit in (first, second))
+    pair = np.zeros((28, first.shape[1] + gap + second.shape[1] + 8), np.uint8)
+    pair[:, 4 : 4 + first.shape[1]] = first
+    pair[:, 4 + first.shape[1] + gap : 4 + first.shape[1] + gap + second.shape[1]] = second
+    drawn = Image.fromarray(255 - pair).resize(
+        (10 * pair.shape[1], 10 * 28), Image.Resampling.BILINEAR
+    )
+    buffer = io.BytesIO()
+    drawn.save(buffer, format="PNG")
+    return buffer.getvalue()

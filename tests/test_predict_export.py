@@ -9,7 +9,7 @@ import pytest
 import torch
 from images import ODD_IMAGES
 from photo_digits import photo_like
-from realistic_digits import realistic_variant
+from realistic_digits import realistic_variant, side_by_side
 from trained_model import tiny_checkpoint
 from typer.testing import CliRunner
 
@@ -18,7 +18,7 @@ from mnist_classifier.checkpoint import load_checkpoint
 from mnist_classifier.cli import app
 from mnist_classifier.data import load_split
 from mnist_classifier.files import sha256_of
-from mnist_classifier.preprocess import preprocess_image
+from mnist_classifier.preprocess import ImageError, preprocess_image
 
 pytestmark = pytest.mark.slow  # trains a tiny model on the real MNIST files
 
@@ -63,6 +63,25 @@ def test_realistic_images_are_classified_nearly_as_well_as_mnist_crops(checkpoin
         realistic_accuracy = (model(normalize(realistic)).argmax(1) == labels).float().mean().item()
     assert realistic_accuracy >= MIN_REALISTIC_ACCURACY
     assert realistic_accuracy >= crop_accuracy - MAX_ACCURACY_LOSS
+
+
+NUMBERS = 40
+# Measured on 300 pairs of test digits 1-9 pixels apart at MNIST's scale (a digit 20 high): 2
+# of 34 refused 1 pixel apart (too close to tell from one digit's pieces), 26 of 34 at 2, and
+# 31-33 of 33 or 34 at each of 3 to 9. These pairs stand 3 to 8 pixels apart.
+MIN_NUMBERS_REFUSED = 0.85
+
+
+def test_two_digits_side_by_side_are_refused_not_read_as_one(test_digits):
+    rng = np.random.default_rng(0)
+    refused = 0
+    for index in range(NUMBERS):
+        first, second = (test_digits[0][2 * index + k].numpy() for k in (0, 1))
+        try:
+            preprocess_image(side_by_side(first, second, gap=int(rng.integers(3, 9))))
+        except ImageError as error:
+            refused += "several digits side by side" in str(error)
+    assert refused >= MIN_NUMBERS_REFUSED * NUMBERS
 
 
 @pytest.fixture(scope="module")

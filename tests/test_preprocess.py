@@ -14,6 +14,7 @@ from PIL import Image, ImageFile
 from mnist_classifier.preprocess import (
     MAX_IMAGE_PIXELS,
     ImageError,
+    _digits_side_by_side,
     open_image,
     preprocess_image,
     read_image_file,
@@ -318,6 +319,74 @@ def test_a_damaged_compressed_tiff_is_one_error_and_libtiff_prints_nothing(capfd
         preprocess_image(damaged)
     # libtiff writes its complaints to the process's stderr itself, below Python's sys.stderr.
     assert capfd.readouterr().err == ""
+
+
+def _marks(*boxes: tuple[int, int, int, int], canvas=(900, 500)) -> np.ndarray:
+    """Black boxes (left, top, right, bottom) on a white canvas."""
+    sheet = np.full((canvas[1], canvas[0]), 255.0)
+    for left, top, right, bottom in boxes:
+        sheet[top:bottom, left:right] = 0
+    return sheet
+
+
+def _ring(sheet: np.ndarray, centre: tuple[int, int], radius: int, width: int) -> np.ndarray:
+    rows, columns = np.mgrid[0 : sheet.shape[0], 0 : sheet.shape[1]]
+    distance = np.hypot(rows - centre[0], columns - centre[1])
+    return np.where(np.abs(distance - radius) < width / 2, 0.0, sheet)
+
+
+@pytest.mark.parametrize(
+    ("sheet", "digits"),
+    [
+        (_marks((300, 150, 330, 350), (400, 150, 430, 350)), 2),  # "11"
+        (_marks((200, 150, 230, 350), (300, 160, 330, 340), (400, 150, 430, 350)), 3),  # "111"
+        (_ring(_marks((300, 150, 330, 350)), (250, 470), 95, 24), 2),  # "10"
+    ],
+)
+def test_a_number_is_refused_with_a_line_that_says_to_crop_one_digit(sheet, digits):
+    with pytest.raises(ImageError, match="looks like several digits side by side"):
+        _prepared(sheet)
+    ink = sheet < 128  # the marks themselves, cropped to them, are counted exactly
+    rows, columns = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+    assert _digits_side_by_side(ink[rows[0] : rows[-1] + 1, columns[0] : columns[-1] + 1]) == digits
+
+
+@pytest.mark.parametrize(
+    "sheet",
+    [
+        _marks((300, 150, 330, 350), (240, 150, 300, 175)),  # a 7: a bar and a stroke, joined
+        _marks((300, 150, 330, 350), (340, 150, 420, 175)),  # a 5's bar, apart but short
+        _marks((300, 150, 330, 240), (300, 260, 330, 350)),  # a stroke broken across: stacked
+        _marks((300, 150, 330, 350), (350, 150, 380, 200)),  # a short mark beside: not a digit
+        _marks((300, 150, 330, 350), (335, 220, 400, 350)),  # a 6's loop just short of its stem
+        _ring(_marks((330, 200, 345, 300)), (250, 337), 95, 24),  # a stroke inside a ring
+    ],
+)
+def test_one_digit_in_pieces_is_still_one_digit(sheet):
+    assert _prepared(sheet).any()
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    # Each at least a fifth of the heaviest one's ink (12 x 160 against 40 x 200: 0.24).
+    widths=st.lists(st.integers(12, 40), min_size=1, max_size=4),
+    # A tenth of the height apart or more (closer, they may be one digit's pieces), but within
+    # half of it: further off, a mark is no part of what is read.
+    gaps=st.lists(st.integers(20, 75), min_size=3, max_size=3),
+    heights=st.lists(st.integers(160, 200), min_size=4, max_size=4),
+)
+def test_side_by_side_digit_sized_bars_are_counted_as_digits(widths, gaps, heights):
+    # Oracle: bars of nearly the same height, on one line, apart: one digit each.
+    boxes, left = [], 100
+    for index, width in enumerate(widths):
+        boxes.append((left, 150, left + width, 150 + heights[index]))
+        left += width + gaps[index % len(gaps)]
+    sheet = _marks(*boxes, canvas=(left + 100, 500))
+    if len(widths) == 1:
+        assert _prepared(sheet).any()
+    else:
+        with pytest.raises(ImageError, match="looks like several digits side by side"):
+            _prepared(sheet)
 
 
 def test_16_bit_and_float_images_are_read_in_their_full_range():

@@ -85,6 +85,13 @@ BAND_DEPTH = 0.1
 # is a printed box or a circle around the digit.
 ENCLOSED_SHARE = 0.25
 MAX_FRAME_CANDIDATES = 16
+# Marks of the digit at least this share of its height tall and this share of the heaviest
+# one's ink, side by side (columns apart by this share of the height, rows overlapping by half
+# the shorter one's), are several digits: a number, which a model of single digits would read
+# as one garbled digit. (A 6 whose loop stops a pixel short of its stem is one digit.)
+SIDE_BY_SIDE_HEIGHT = 0.6
+SIDE_BY_SIDE_WEIGHT = 0.2
+SIDE_BY_SIDE_GAP = 0.1
 # Thin strokes on large canvases shrink to a faint grey line at 20x20; MNIST strokes are about
 # 2 pixels wide at that scale, so thinner ones are widened before scaling.
 MIN_STROKE_WIDTH_IN_BOX = 2.0
@@ -249,6 +256,11 @@ def preprocess_image(source: bytes | Image.Image) -> torch.Tensor:
     rows = np.flatnonzero(strokes.any(axis=1))
     columns = np.flatnonzero(strokes.any(axis=0))
     box = np.s_[rows[0] : rows[-1] + 1, columns[0] : columns[-1] + 1]  # the digit's bounding box
+    if _digits_side_by_side(strokes[box]) > 1:
+        raise ImageError(
+            "looks like several digits side by side: the model reads one digit per image; "
+            "crop or draw just one"
+        )
     # Soft grey levels as MNIST has them: each pixel's ink relative to the strokes' core, kept
     # within one pixel of the digit's strokes (their anti-aliased edges) and nowhere else.
     core = float(np.percentile(ink[strokes], 75))
@@ -480,6 +492,34 @@ def _digit_strokes(ink: np.ndarray, within: np.ndarray | None = None) -> np.ndar
     keep[main] = True
     keep = np.concatenate([[False], keep])  # label 0 is the paper
     return keep[labels]
+
+
+def _digits_side_by_side(strokes: np.ndarray) -> int:
+    """How many digits `strokes` (cropped to them) hold side by side: runs of digit-sized marks
+    (SIDE_BY_SIDE_*) apart in columns, sharing rows; 1 for one digit. A digit's own pieces (a
+    5's bar, a broken stroke) are too small, too close, or above or inside one another."""
+    labels, count = ndimage.label(strokes, structure=np.ones((3, 3)))  # diagonal touch: one
+    if count < 2:
+        return 1
+    weights = np.bincount(labels.ravel())[1:]
+    boxes = ndimage.find_objects(labels)
+    marks = sorted(
+        (columns.start, columns.stop, rows.start, rows.stop)
+        for (rows, columns), weight in zip(boxes, weights, strict=True)
+        if rows.stop - rows.start >= SIDE_BY_SIDE_HEIGHT * len(strokes)
+        and weight >= SIDE_BY_SIDE_WEIGHT * weights.max()
+    )
+    digits, right, top, bottom = 0, -1, 0, 0
+    for left, next_right, next_top, next_bottom in marks:
+        shorter = min(bottom - top, next_bottom - next_top)
+        apart = left - right >= SIDE_BY_SIDE_GAP * len(strokes)
+        beside = apart and min(bottom, next_bottom) - max(top, next_top) >= shorter / 2
+        if digits == 0 or beside:
+            digits += 1
+            right, top, bottom = next_right, next_top, next_bottom
+        else:  # over or too close to the previous digit's columns: a piece of it
+            right = max(right, next_right)
+    return digits
 
 
 def _frames(labels: np.ndarray, boxes: np.ndarray, weights: np.ndarray) -> np.ndarray:
