@@ -484,6 +484,11 @@ DAMAGED_CARDS = [
     # Beyond a float's range: formatting it as a percentage would overflow.
     ('{"metrics": {"test_accuracy": 1' + "0" * 400 + "}}", "metrics.test_accuracy is 1000"),
     ('{"metrics": {"test_loss": {"value": 0.03}}}', "metrics.test_loss is {'value': 0.03}, not"),
+    # Numbers no promotion writes: a percentage where a fraction belongs, NaN, Infinity.
+    ('{"metrics": {"test_accuracy": 99.1}}', "test_accuracy is 99.1, not a number from 0 to 1"),
+    ('{"metrics": {"test_accuracy": -0.5}}', "test_accuracy is -0.5, not a number from 0 to 1"),
+    ('{"metrics": {"test_accuracy": NaN}}', "test_accuracy is nan, not a number from 0 to 1"),
+    ('{"metrics": {"test_loss": Infinity}}', "metrics.test_loss is inf, not a number"),
     ('{"metrics": [1]}', "metrics is [1], not a JSON object"),
     ('{"metrics": null}', "metrics is None, not a JSON object"),
     ('{"metrics": "0.99"}', "metrics is '0.99', not a JSON object"),

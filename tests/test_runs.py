@@ -396,6 +396,9 @@ DAMAGED_RECORDS = [
         "summary.json: best_validation_accuracy is 'high', not a number",
     ),
     ("summary.json", b'{"epochs_run": true}', "summary.json: epochs_run is True, not a whole"),
+    ("summary.json", b'{"test_accuracy": 99.12}', "test_accuracy is 99.12, not a number from 0"),
+    ("summary.json", b'{"test_accuracy": NaN}', "test_accuracy is nan, not a number from 0 to 1"),
+    ("summary.json", b'{"wall_seconds": -Infinity}', "wall_seconds is -inf, not a number"),
     # Beyond a float's range: the table would overflow formatting it as a percentage.
     (
         "summary.json",

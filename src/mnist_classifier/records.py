@@ -9,6 +9,7 @@ type it expects. Anything else is a RecordError whose one line names the file an
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -38,14 +39,17 @@ def _is_whole_number(value: Any) -> bool:
 
 def _is_number(value: Any) -> bool:
     # An int beyond a float's range (JSON allows 1e400 written out) cannot be shown as a
-    # percentage or in seconds: formatting it raises OverflowError.
-    return isinstance(value, float) or (
+    # percentage or in seconds: formatting it raises OverflowError. NaN and Infinity (which
+    # Python's json reads) are no figure a run records: training stops before saving them.
+    return (isinstance(value, float) and math.isfinite(value)) or (
         _is_whole_number(value) and abs(value) <= sys.float_info.max
     )
 
 
 WHOLE_NUMBER = FieldType("a whole number", _is_whole_number)
 NUMBER = FieldType("a number", _is_number)
+# An accuracy as records hold it: 0.9912, never 99.12 (which would be shown as 9912.00%).
+FRACTION = FieldType("a number from 0 to 1", lambda value: _is_number(value) and 0 <= value <= 1)
 TEXT = FieldType("text", lambda value: isinstance(value, str))
 OBJECT = FieldType("a JSON object", lambda value: isinstance(value, dict))
 

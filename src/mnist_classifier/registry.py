@@ -29,6 +29,7 @@ from mnist_classifier.files import (
 from mnist_classifier.paths import BEST_CHECKPOINT_NAME, DEFAULT_CHECKPOINT, staging_dir
 from mnist_classifier.provenance import git_commit
 from mnist_classifier.records import (
+    FRACTION,
     NUMBER,
     OBJECT,
     TEXT,
@@ -45,7 +46,7 @@ PLAIN_NAME = re.compile(r"[A-Za-z0-9_-]+")
 # so a value of another type is a damaged (or hand-edited) card. Serving checks the metrics it
 # sends against its own schema as well (ranges, the per-class list).
 MODEL_CARD_TYPES = {"promoted_utc": TEXT, "metrics": OBJECT}
-MODEL_CARD_METRIC_TYPES = {"test_accuracy": NUMBER, "test_loss": NUMBER}
+MODEL_CARD_METRIC_TYPES = {"test_accuracy": FRACTION, "test_loss": NUMBER}
 # A card is a few kilobytes; the history grows by about 200 bytes per promotion.
 MAX_MODEL_CARD_BYTES = 1 << 20
 MAX_HISTORY_BYTES = 64 << 20

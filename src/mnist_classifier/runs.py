@@ -48,6 +48,7 @@ from mnist_classifier.files import (
 )
 from mnist_classifier.provenance import software_provenance
 from mnist_classifier.records import (
+    FRACTION,
     NUMBER,
     TEXT,
     WHOLE_NUMBER,
@@ -415,9 +416,9 @@ MAX_METRICS_BYTES = 64 * 1024 * 1024
 SUMMARY_TYPES: dict[str, FieldType] = {
     "best_epoch": WHOLE_NUMBER,
     "epochs_run": WHOLE_NUMBER,
-    "best_validation_accuracy": NUMBER,
+    "best_validation_accuracy": FRACTION,
     "best_validation_loss": NUMBER,
-    "test_accuracy": NUMBER,
+    "test_accuracy": FRACTION,
     "wall_seconds": NUMBER,
     "stop_reason": TEXT,
     "checkpoint_dir": TEXT,
