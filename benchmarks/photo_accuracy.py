@@ -57,12 +57,12 @@ def page_drawing(digit: np.ndarray) -> bytes:
 
 
 def count_numbers_refused(digits: list[np.ndarray], seed: int) -> dict[int, tuple[int, int]]:
-    """Pairs of consecutive digits written side by side 1-9 pixels apart (at MNIST's scale):
+    """Pairs of consecutive digits written side by side 1-16 pixels apart (at MNIST's scale):
     for each gap, how many were refused as several digits, of how many."""
     rng = np.random.default_rng(seed)
     refused, written = Counter(), Counter()
     for index in range(len(digits) // 2):
-        gap = int(rng.integers(1, 10))
+        gap = int(rng.integers(1, 17))
         written[gap] += 1
         try:
             preprocess_image(side_by_side(digits[2 * index], digits[2 * index + 1], gap))

@@ -92,6 +92,10 @@ MAX_FRAME_CANDIDATES = 16
 SIDE_BY_SIDE_HEIGHT = 0.6
 SIDE_BY_SIDE_WEIGHT = 0.2
 SIDE_BY_SIDE_GAP = 0.1
+SEVERAL_DIGITS = (
+    "looks like several digits side by side: the model reads one digit per image; crop or "
+    "draw just one"
+)
 # Thin strokes on large canvases shrink to a faint grey line at 20x20; MNIST strokes are about
 # 2 pixels wide at that scale, so thinner ones are widened before scaling.
 MIN_STROKE_WIDTH_IN_BOX = 2.0
@@ -257,10 +261,7 @@ def preprocess_image(source: bytes | Image.Image) -> torch.Tensor:
     columns = np.flatnonzero(strokes.any(axis=0))
     box = np.s_[rows[0] : rows[-1] + 1, columns[0] : columns[-1] + 1]  # the digit's bounding box
     if _digits_side_by_side(strokes[box]) > 1:
-        raise ImageError(
-            "looks like several digits side by side: the model reads one digit per image; "
-            "crop or draw just one"
-        )
+        raise ImageError(SEVERAL_DIGITS)
     # Soft grey levels as MNIST has them: each pixel's ink relative to the strokes' core, kept
     # within one pixel of the digit's strokes (their anti-aliased edges) and nowhere else.
     core = float(np.percentile(ink[strokes], 75))
@@ -490,6 +491,17 @@ def _digit_strokes(ink: np.ndarray, within: np.ndarray | None = None) -> np.ndar
         & ~not_digit
     )
     keep[main] = True
+    # A digit-sized mark too far off to be part of the digit, on its line: another digit.
+    shared_rows = np.minimum(bottom, bottom[main]) - np.maximum(top, top[main])
+    if (
+        ~keep
+        & ~not_digit
+        & (~touches_edge | touches_edge[main])
+        & (tall >= SIDE_BY_SIDE_HEIGHT * tall[main])
+        & (weights >= SIDE_BY_SIDE_WEIGHT * weights[main])
+        & (shared_rows >= np.minimum(tall, tall[main]) / 2)
+    ).any():
+        raise ImageError(SEVERAL_DIGITS)
     keep = np.concatenate([[False], keep])  # label 0 is the paper
     return keep[labels]
 
