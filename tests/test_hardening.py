@@ -45,7 +45,7 @@ from mnist_classifier.config import (
     parse_assignment,
 )
 from mnist_classifier.data import RAW_SIZES, DataError, ensure_mnist
-from mnist_classifier.distributed import run_leaving_no_process
+from mnist_classifier.distributed import launch_rank, run_leaving_no_process
 from mnist_classifier.files import json_object_if_regular
 from mnist_classifier.model import SimpleCNN
 from mnist_classifier.registry import (
@@ -740,6 +740,37 @@ def test_train_itself_refuses_a_batch_larger_than_a_processs_images(
     with pytest.raises(ConfigError, match=f"is more than the {most} training images"):
         train_module.train(config)
     assert not output_dir.exists()
+
+
+@pytest.mark.parametrize(
+    ("environment", "message"),
+    [
+        ({"WORLD_SIZE": "abc"}, "WORLD_SIZE is 'abc', not a whole number from 1 up"),
+        ({"WORLD_SIZE": "0"}, "WORLD_SIZE is '0', not a whole number from 1 up"),
+        ({"WORLD_SIZE": "2", "RANK": "x"}, "RANK is 'x', not a whole number from 0 to 1"),
+        ({"WORLD_SIZE": "2", "RANK": "2"}, "RANK is '2', not a whole number from 0 to 1"),
+        ({"WORLD_SIZE": "2"}, "RANK is not set, yet WORLD_SIZE is above 1"),
+    ],
+)
+def test_nonsense_launch_variables_are_one_line_before_any_work(
+    tmp_path, monkeypatch, no_data_is_read, environment, message
+):
+    monkeypatch.delenv("RANK", raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    runs_dir = tmp_path / "runs"
+    result = runner.invoke(app, ["train", "--runs-dir", str(runs_dir)])
+    assert result.exit_code == 2
+    line = _one_error_line(result.output)
+    assert message in line and "unset WORLD_SIZE and RANK" in line
+    assert not runs_dir.exists()
+
+
+def test_a_rank_left_in_the_environment_without_torchrun_is_a_plain_process(monkeypatch):
+    # A plain run taken for rank 3 would neither print nor keep a run record.
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert launch_rank() is None
 
 
 # --- property: any YAML gives a config or a ConfigError -----------------------------------------

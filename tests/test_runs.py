@@ -19,6 +19,7 @@ from mnist_classifier.reporting import terminal_safe
 from mnist_classifier.runs import (
     METRIC_COLUMNS,
     RunRecordError,
+    grid_overrides,
     list_runs,
     record_test_accuracy,
     run_labels,
@@ -343,6 +344,28 @@ def test_sweep_rejects_a_bad_grid_before_training(tmp_path):
         "output_dir too"
     ]
     assert list(tmp_path.iterdir()) == []  # no run started, and no folder was left behind
+
+
+@pytest.mark.parametrize(
+    ("grid", "message"),
+    [
+        # Kept as the last --grid alone, lr=0.001's run was silently never trained.
+        (["lr=0.001", "lr=0.003"], "--grid gives lr twice; list all its values in one"),
+        (["lr=0.001,1e-3"], "--grid lr lists the value 0.001 twice; list it once"),
+        (["batch_size=32,64,32"], "--grid batch_size lists the value 32 twice"),
+    ],
+)
+def test_sweep_refuses_a_grid_that_repeats_a_key_or_a_value(tmp_path, grid, message):
+    arguments = ["sweep", *(f"--grid={entry}" for entry in grid), "--runs-dir", str(tmp_path)]
+    result = runner.invoke(app, arguments)
+    assert result.exit_code == 2
+    assert len(result.stderr.splitlines()) == 1 and message in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_grid_value_of_another_type_is_not_a_repeat():
+    # True == 1 in Python, but "seed=1,True" names two different settings.
+    assert grid_overrides(["seed=1,True"]) == [{"seed": 1}, {"seed": True}]
 
 
 def test_test_accuracy_reaches_the_run_that_wrote_a_checkpoint_kept_elsewhere(tmp_path):

@@ -79,10 +79,11 @@ def resolve_config(config_file: Path | None, settings: dict, processes: int | No
     from mnist_classifier.config import ConfigError
     from mnist_classifier.data import DataError
     from mnist_classifier.device import DeviceError
+    from mnist_classifier.distributed import LaunchError
     from mnist_classifier.train import check_before_training
 
     config = load_config(config_file, settings)
-    with failing(EXIT_USAGE, DeviceError, DataError, ConfigError):
+    with failing(EXIT_USAGE, DeviceError, DataError, ConfigError, LaunchError):
         check_before_training(config, processes)
     return config
 
@@ -109,7 +110,7 @@ def train_one_run(
     from mnist_classifier.config import ConfigError, check_batch_size
     from mnist_classifier.cuda_graph import CudaGraphError
     from mnist_classifier.data import DataError
-    from mnist_classifier.distributed import launch_rank, launch_world_size
+    from mnist_classifier.distributed import LaunchError, launch_rank, launch_world_size
     from mnist_classifier.reporting import (
         ConsoleTrainingObserver,
         print_resume_choice,
@@ -129,6 +130,8 @@ def train_one_run(
     from mnist_classifier.train import TrainingDiverged
     from mnist_classifier.train import train as run_training
 
+    with failing(EXIT_USAGE, LaunchError):
+        rank = launch_rank()
     with failing(EXIT_FAILURE, ResumeError, CheckpointError):
         resumed, skipped = checkpoint_to_resume(resume, config)
     resume_path = resumed.path if resumed is not None else None
@@ -144,7 +147,6 @@ def train_one_run(
     # staging folder (as the lab's script always did), and when --resume auto found nothing to
     # continue there (a run killed while saving its first best_model.pt); else it is refused.
     replace_earlier = force or is_staging_dir(config) or (resume == "auto" and resumed is None)
-    rank = launch_rank()
     where = f"rank {rank}: " if rank is not None else ""
     failures = (
         DataError,

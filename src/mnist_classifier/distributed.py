@@ -35,9 +35,16 @@ LAUNCH_TOKEN_VARIABLE = "MNIST_CLASSIFIER_LAUNCH"
 PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
 
 
+class LaunchError(RuntimeError):
+    """More processes were asked for than this machine runs usefully, or the launch variables
+    in the environment make no sense; one line saying so."""
+
+
 def launch_world_size() -> int:
-    """How many processes the launcher (torchrun) started for this training; 1 without one."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    """How many processes the launcher (torchrun) started for this training; 1 without one.
+
+    LaunchError if WORLD_SIZE is set to anything but a whole number from 1 up."""
+    return _launch_variable("WORLD_SIZE", default=1, lowest=1)
 
 
 def launched_by_torchrun() -> bool:
@@ -45,8 +52,14 @@ def launched_by_torchrun() -> bool:
 
 
 def launch_rank() -> int | None:
-    """This process's rank when a launcher (torchrun) started it; None in a plain process."""
-    return int(os.environ["RANK"]) if "RANK" in os.environ else None
+    """This process's rank when a launcher (torchrun) started it; None in a plain process.
+
+    torchrun sets RANK together with a WORLD_SIZE above 1; a RANK left in the environment on
+    its own (by a shell profile or a job scheduler) does not make a plain run a rank, which
+    would keep it from printing and recording anything."""
+    if not launched_by_torchrun():
+        return None
+    return _launch_variable("RANK", default=None, lowest=0, below=launch_world_size())
 
 
 def init_distributed(device: torch.device, backend: str = "auto") -> Ranks:
@@ -54,14 +67,36 @@ def init_distributed(device: torch.device, backend: str = "auto") -> Ranks:
     if not launched_by_torchrun():
         return Ranks()
     ranks = Ranks(
-        rank=int(os.environ["RANK"]),
-        world_size=int(os.environ["WORLD_SIZE"]),
-        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+        rank=launch_rank(),
+        world_size=launch_world_size(),
+        local_rank=_launch_variable("LOCAL_RANK", default=0, lowest=0),
     )
     if not dist.is_initialized():
         chosen = backend if backend != "auto" else ("nccl" if device.type == "cuda" else "gloo")
         dist.init_process_group(chosen, timeout=COLLECTIVE_TIMEOUT)
     return ranks
+
+
+def _launch_variable(name: str, default: int | None, lowest: int, below: int | None = None) -> int:
+    """The whole number torchrun put in the environment variable `name` (LaunchError if it
+    holds anything else, or is missing without a `default`)."""
+    text = os.environ.get(name)
+    if text is None and default is not None:
+        return default
+    what = f"a whole number from {lowest}" + (f" to {below - 1}" if below is not None else " up")
+    fix = (
+        "these are torchrun's launch variables: unset WORLD_SIZE and RANK to train in one "
+        "process, or start several with mnist train --nproc N"
+    )
+    if text is None:
+        raise LaunchError(f"{name} is not set, yet WORLD_SIZE is above 1; {fix}")
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < lowest or (below is not None and value >= below):
+        raise LaunchError(f"{name} is {text!r}, not {what}; {fix}")
+    return value
 
 
 def rank_device(device: torch.device, ranks: Ranks) -> torch.device:
@@ -100,10 +135,6 @@ def gather_objects(value) -> list:
 def shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
-
-
-class LaunchError(RuntimeError):
-    """More processes were asked for than this machine runs usefully; one line saying so."""
 
 
 def process_limit(device_setting: str, backend: str) -> tuple[int, str]:

@@ -622,11 +622,24 @@ def sweep_run_name(name: str, combination: dict[str, Any]) -> str:
 def grid_overrides(grid: list[str]) -> list[dict[str, Any]]:
     """['lr=0.001,0.003', 'batch_size=64,128'] -> the 4 override dicts of their product."""
     axes = []
+    keys: list[str] = []
     for entry in grid:
         key, separator, values_text = entry.partition("=")
+        key = key.strip()
         texts = [text for text in values_text.split(",") if text.strip()]
-        if not separator or not key.strip() or not texts:
+        if not separator or not key or not texts:
             raise ConfigError(f"--grid needs KEY=V1,V2,... (got {entry!r})")
+        # A key given twice would keep only its last --grid's values, silently dropping runs.
+        if key in keys:
+            raise ConfigError(
+                f"--grid gives {key} twice; list all its values in one: --grid {key}=V1,V2,..."
+            )
+        keys.append(key)
         values = [parse_assignment(f"{key}={text}")[1] for text in texts]
-        axes.append([(key.strip(), value) for value in values])
+        # The same value twice (0.001 and 1e-3, say) would train the same run twice. By type
+        # too: True == 1 in Python, but they are different settings.
+        typed = [(type(value), value) for value in values]
+        if repeated := [value for value in values if typed.count((type(value), value)) > 1]:
+            raise ConfigError(f"--grid {key} lists the value {repeated[0]!r} twice; list it once")
+        axes.append([(key, value) for value in values])
     return [dict(combination) for combination in itertools.product(*axes)]
