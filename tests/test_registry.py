@@ -94,6 +94,17 @@ def test_a_stage_name_cannot_leave_the_registry(models_dir, mnist_dir):
     assert result.exit_code == 2 and "plain name" in result.output
 
 
+@pytest.mark.parametrize("source", ["staging", "{models}/staging/mnist/best_model.pt"])
+def test_promoting_a_model_onto_itself_is_refused(models_dir, mnist_dir, source):
+    before = {path: path.read_bytes() for path in models_dir.rglob("*") if path.is_file()}
+    source = source.format(models=models_dir)
+    result = _promote(models_dir, mnist_dir, "--from", source, "--to", "staging")
+    assert result.exit_code == 2
+    (line,) = result.output.splitlines()
+    assert line.startswith("error: ") and "is already the staging model" in line
+    assert {path: path.read_bytes() for path in models_dir.rglob("*") if path.is_file()} == before
+
+
 def test_a_code_carrying_checkpoint_is_refused_on_every_path(mnist_dir, tmp_path):
     marker = tmp_path / "pwned"
     evil = tmp_path / "models" / "staging" / "mnist" / "best_model.pt"

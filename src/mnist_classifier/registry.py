@@ -155,6 +155,12 @@ def promote(
     from mnist_classifier.evaluation_report import evaluate_checkpoint
 
     destination = stage_checkpoint(models_dir, to_stage, name)
+    if Path(candidate).resolve() == destination.resolve():
+        # Copying a file onto itself would only add a promotion that changed nothing.
+        raise RegistryError(
+            f"{candidate} is already the {to_stage} model; promote from another stage (--from) "
+            "or a checkpoint, or to another stage (--to)"
+        )
     history_path = Path(models_dir) / HISTORY_NAME
     _, history_problems = read_history(history_path)  # before anything is copied
     # Before the test set is evaluated, not after: the copy, card and history must land.
