@@ -327,6 +327,24 @@ def test_a_plot_of_ours_is_redrawn_in_place(tmp_path, name):
         assert is_our_figure(plot)
 
 
+@pytest.mark.parametrize(
+    ("fixed", "grid"),
+    [
+        (["--set", "lr=0.01"], "lr=0.001,0.003"),
+        (["--dataset", "fashion-mnist"], "data.dataset=mnist,fashion-mnist"),
+    ],
+)
+def test_sweep_refuses_a_setting_given_to_every_run_and_in_the_grid(tmp_path, fixed, grid):
+    result = runner.invoke(app, ["sweep", "--grid", grid, *fixed, "--runs-dir", str(tmp_path)])
+    assert result.exit_code == 2
+    key = grid.partition("=")[0]
+    assert result.stderr.splitlines() == [
+        f"error: {key} is given both to every run (--set or its option) and in --grid: give it "
+        "in one place"
+    ]
+    assert list(tmp_path.iterdir()) == []  # before any run
+
+
 def test_sweep_rejects_a_bad_grid_before_training(tmp_path):
     result = runner.invoke(app, ["sweep", "--grid", "lr", "--runs-dir", str(tmp_path)])
     assert result.exit_code == 2 and "KEY=V1,V2" in result.output

@@ -211,6 +211,14 @@ def sweep(
     with failing(EXIT_USAGE, ConfigError):
         combinations = grid_overrides(grid)
     base = {"runs_dir": str(runs_dir) if runs_dir else None, "data.dataset": value_of(dataset)}
+    fixed = steps.explicit_settings(assignments, base)
+    if both := [key for key in combinations[0] if key in fixed]:
+        # The grid's value would silently win over the one given to every run.
+        raise fail(
+            f"{both[0]} is given both to every run (--set or its option) and in --grid: give it "
+            "in one place",
+            EXIT_USAGE,
+        )
     # Resolve every combination before training any, so a bad value costs nothing.
     configs = []
     for combination in combinations:
