@@ -209,3 +209,13 @@ def test_export_refuses_to_replace_a_file_it_did_not_write(
 
 def test_export_to_a_folder_is_a_usage_error(checkpoint, tmp_path):
     _refused(_export(checkpoint, "onnx", tmp_path), "is a folder; --output names the file")
+
+
+def test_export_under_a_file_says_it_is_no_folder_before_any_data_is_read(checkpoint, tmp_path):
+    users_file = tmp_path / "notes"
+    users_file.write_bytes(b"the user's own file")
+    _refused(
+        _export(checkpoint, "onnx", users_file / "model.onnx"),
+        f"cannot write {users_file / 'model.onnx'}: {users_file} is not a folder",
+    )
+    assert users_file.read_bytes() == b"the user's own file"

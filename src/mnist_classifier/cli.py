@@ -408,7 +408,7 @@ def export(
     checkpoint = steps.checkpoint_to_read(
         checkpoint, None, options.DEFAULT_MODELS_DIR, dataset.value
     )
-    with failing(EXIT_USAGE, NotOurFile):
+    with failing(EXIT_USAGE, NotOurFile, ExportError):
         check_export_output(export_format.value, output, checkpoint)
     loaded = steps.load_for_dataset(checkpoint, dataset.value, "export")
     with failing(EXIT_FAILURE, DataError, ExportError):

@@ -43,6 +43,7 @@ from mnist_classifier.files import (
     json_object_if_regular,
     refuse_to_replace,
     sha256_of,
+    why_not_writable,
     write_json_atomically,
 )
 from mnist_classifier.model import SimpleCNN
@@ -91,10 +92,13 @@ def exported_files(export_format: str, output: Path) -> tuple[Path, ...]:
 
 def check_export_output(export_format: str, output: Path, checkpoint: Path) -> None:
     """Before any work: NotOurFile if the export would replace `checkpoint` (or its digest
-    file), or any file at the names it writes that is not an earlier export of this project."""
+    file), or any file at the names it writes that is not an earlier export of this project;
+    ExportError if the folder it goes in cannot be written."""
     instead = "choose another --output, or move that file away"
     if output.is_dir():
         raise NotOurFile(f"{output} is a folder; --output names the file to write")
+    if problem := why_not_writable(output.parent):
+        raise ExportError(f"cannot write {output}: {problem}; choose another --output")
     inputs = {
         checkpoint: "the checkpoint",
         digest_path(checkpoint): "the digest file of the checkpoint",
