@@ -109,6 +109,14 @@ def test_json_base64_as_encoders_write_it_answers_as_the_upload_does(client):
         assert client.post("/predict", json={"image": image}).json() == upload
 
 
+def test_json_with_a_byte_order_mark_answers_as_without_one(client):
+    body = json.dumps({"image": base64.b64encode(SEVEN_PNG).decode()}).encode()
+    headers = {"content-type": "application/json"}
+    with_mark = client.post("/predict", content=b"\xef\xbb\xbf" + body, headers=headers)
+    assert with_mark.status_code == 200, with_mark.text
+    assert with_mark.json() == client.post("/predict", content=body, headers=headers).json()
+
+
 def test_pixels_in_0_255_and_in_0_1_are_the_same_image(client):
     mnist_like = SEVEN_SEEN.numpy()  # light ink on black, 28x28
     as_bytes = client.post("/predict", json={"pixels": mnist_like.tolist()}).json()

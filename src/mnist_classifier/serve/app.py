@@ -320,8 +320,12 @@ async def _read_sources(request: Request, *, batch: bool) -> list[ImageSource]:
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type == "application/json":
         body_model: type[BaseModel] = BatchInput if batch else ImageInput
+        body = await request.body()
+        # JSON may not begin with a byte-order mark, but PowerShell and .NET clients write one
+        # before UTF-8 text; RFC 8259 lets a parser ignore it, and so does this one.
+        body = body.removeprefix(b"\xef\xbb\xbf")
         try:
-            parsed = body_model.model_validate_json(await request.body())
+            parsed = body_model.model_validate_json(body)
         except ValidationError as error:
             raise _validation_failure(error) from None
         inputs = parsed.images if isinstance(parsed, BatchInput) else [parsed]
