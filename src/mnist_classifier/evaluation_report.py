@@ -141,7 +141,7 @@ def save_report(
     report_dir = output_dir or default_report_dir(loaded.path, stage, run_dir)
     check_report_dir(report_dir)
     try:
-        files = write_report_files(
+        written = write_report_files(
             report, evaluation.test_data.split.images, report_dir, grid_size=grid_size
         )
     except OSError as error:
@@ -157,7 +157,7 @@ def save_report(
             f"the report is in {report_dir}, but the test accuracy could not be added to the "
             f"run's summary: {error} (repair that file or move it aside)"
         ) from None
-    return {**report, **WRITTEN_BY, "files": {name: str(path) for name, path in files.items()}}
+    return written
 
 
 def check_report_dir(report_dir: Path) -> None:
@@ -245,8 +245,9 @@ def build_report(
 
 def write_report_files(
     report: dict, images: torch.Tensor, output_dir: Path, *, grid_size: int
-) -> dict[str, Path]:
-    """report.json and the four PNGs in `output_dir`; returns what was written, by name."""
+) -> dict:
+    """report.json and the four PNGs in `output_dir`; returns the report as report.json holds
+    it, with the files written under "files"."""
     output_dir.mkdir(parents=True, exist_ok=True)
     images = images.cpu()
     paths = {name: output_dir / file for name, file in FIGURE_FILES.items()}
@@ -277,11 +278,9 @@ def write_report_files(
         class_names,
     )
 
-    files = {name: str(path) for name, path in paths.items()}
-    paths["report"].write_text(
-        json.dumps({**report, **WRITTEN_BY, "files": files}, indent=2) + "\n"
-    )
-    return paths
+    written = {**report, **WRITTEN_BY, "files": {name: str(path) for name, path in paths.items()}}
+    paths["report"].write_text(json.dumps(written, indent=2) + "\n")
+    return written
 
 
 def _grid(
