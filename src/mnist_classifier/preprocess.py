@@ -492,14 +492,12 @@ def _digit_strokes(ink: np.ndarray, within: np.ndarray | None = None) -> np.ndar
     )
     keep[main] = True
     # A digit-sized mark too far off to be part of the digit, on its line: another digit.
-    shared_rows = np.minimum(bottom, bottom[main]) - np.maximum(top, top[main])
     if (
         ~keep
         & ~not_digit
         & (~touches_edge | touches_edge[main])
-        & (tall >= SIDE_BY_SIDE_HEIGHT * tall[main])
-        & (weights >= SIDE_BY_SIDE_WEIGHT * weights[main])
-        & (shared_rows >= np.minimum(tall, tall[main]) / 2)
+        & _digit_sized(tall, weights, tall[main], weights[main])
+        & _on_one_line(top, bottom, top[main], bottom[main])
     ).any():
         raise ImageError(SEVERAL_DIGITS)
     keep = np.concatenate([[False], keep])  # label 0 is the paper
@@ -518,20 +516,33 @@ def _digits_side_by_side(strokes: np.ndarray) -> int:
     marks = sorted(
         (columns.start, columns.stop, rows.start, rows.stop)
         for (rows, columns), weight in zip(boxes, weights, strict=True)
-        if rows.stop - rows.start >= SIDE_BY_SIDE_HEIGHT * len(strokes)
-        and weight >= SIDE_BY_SIDE_WEIGHT * weights.max()
+        if _digit_sized(rows.stop - rows.start, weight, len(strokes), weights.max())
     )
     digits, right, top, bottom = 0, -1, 0, 0
     for left, next_right, next_top, next_bottom in marks:
-        shorter = min(bottom - top, next_bottom - next_top)
         apart = left - right >= SIDE_BY_SIDE_GAP * len(strokes)
-        beside = apart and min(bottom, next_bottom) - max(top, next_top) >= shorter / 2
+        beside = apart and _on_one_line(top, bottom, next_top, next_bottom)
         if digits == 0 or beside:
             digits += 1
             right, top, bottom = next_right, next_top, next_bottom
         else:  # over or too close to the previous digit's columns: a piece of it
             right = max(right, next_right)
     return digits
+
+
+def _digit_sized(tall, weight, digit_height, heaviest_weight):
+    """Whether marks (arrays, or one) are tall and heavy enough to be a digit of their own:
+    SIDE_BY_SIDE_HEIGHT of the digit's height and SIDE_BY_SIDE_WEIGHT of the heaviest's ink."""
+    return (tall >= SIDE_BY_SIDE_HEIGHT * digit_height) & (
+        weight >= SIDE_BY_SIDE_WEIGHT * heaviest_weight
+    )
+
+
+def _on_one_line(top, bottom, other_top, other_bottom):
+    """Whether marks (rows top..bottom, arrays or one) share at least half of the shorter's
+    rows with the other: written on one line, as the digits of a number are."""
+    shared = np.minimum(bottom, other_bottom) - np.maximum(top, other_top)
+    return shared >= np.minimum(bottom - top, other_bottom - other_top) / 2
 
 
 def _frames(labels: np.ndarray, boxes: np.ndarray, weights: np.ndarray) -> np.ndarray:
