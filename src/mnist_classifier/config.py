@@ -259,6 +259,12 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+def patience_used_up(patience: int, epochs_without_improvement: int) -> bool:
+    """Whether early stopping with `patience` (0: never) stops after that many epochs in a row
+    without improvement."""
+    return 0 < patience <= epochs_without_improvement
+
+
 def training_images(config: TrainConfig, processes: int = 1) -> int:
     """How many training images each of `processes` processes trains on per epoch, known from
     `config` alone: the training file's images less the validation hold-out, or the first

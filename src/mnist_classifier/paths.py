@@ -5,6 +5,8 @@ The lab's layout: the data set under ./data, the model `python train_mnist.py` w
 for Fashion-MNIST), and the registry's stages under ./models/<stage>/<data set>/.
 """
 
+from pathlib import Path
+
 DEFAULT_DATA_DIR = "./data"
 DEFAULT_MODELS_DIR = "./models"
 DEFAULT_RUNS_DIR = "./runs"
@@ -23,3 +25,10 @@ DEFAULT_STAGING_DIR = staging_dir("mnist")
 # the data set the run trains on (the flag, --set or the --config file says which).
 STAGING_DIR_OF_DATASET = staging_dir("<dataset>")
 DEFAULT_CHECKPOINT = f"{DEFAULT_STAGING_DIR}/{BEST_CHECKPOINT_NAME}"
+# A run folder (<runs dir>/<UTC time>-<name>/) holds the run's resolved config under this name,
+# from the run's start: that file is what tells a run folder from any other.
+RUN_CONFIG_NAME = "config.yaml"
+
+
+def is_run_folder(folder: Path) -> bool:
+    return (Path(folder) / RUN_CONFIG_NAME).is_file()

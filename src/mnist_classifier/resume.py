@@ -24,9 +24,16 @@ from mnist_classifier.checkpoint import (
     epoch_checkpoints,
     load_checkpoint,
 )
-from mnist_classifier.config import TrainConfig, flatten, make_config, read_config_file
+from mnist_classifier.config import (
+    TrainConfig,
+    flatten,
+    make_config,
+    patience_used_up,
+    read_config_file,
+)
 from mnist_classifier.files import json_object_if_regular
 from mnist_classifier.model import SimpleCNN
+from mnist_classifier.paths import is_run_folder
 
 
 class ResumeError(RuntimeError):
@@ -137,7 +144,7 @@ def check_epochs_left(checkpoint: LoadedCheckpoint, config: TrainConfig) -> None
             # check_resumable refuses another length for these: the schedule spans the run.
             needed.append(f"--force (the {config.schedule.name} schedule spans the epochs)")
     patience, stalled = config.early_stopping.patience, (checkpoint.early_stopping or (0, 0))[1]
-    if 0 < patience <= stalled:
+    if patience_used_up(patience, stalled):
         finished.append(
             f"it stopped early ({config.early_stopping.metric} did not improve for {stalled} "
             f"epochs; early_stopping.patience is {patience})"
@@ -155,7 +162,7 @@ def run_records_complete(checkpoint: LoadedCheckpoint) -> bool:
     training was killed after saving it, its run's newest, before writing the summary. (A
     damaged summary counts as incomplete; resuming into that run then refuses it.)"""
     run_dir = checkpoint.path.parent
-    if not (run_dir / "config.yaml").is_file():
+    if not is_run_folder(run_dir):
         return True  # it resumes into a new run folder: nothing there to complete
     newest = epoch_checkpoints(run_dir)
     if newest and newest[0] != epoch_checkpoint_path(run_dir, checkpoint.epoch):

@@ -46,6 +46,7 @@ from mnist_classifier.files import (
     write_atomically,
     write_json_atomically,
 )
+from mnist_classifier.paths import RUN_CONFIG_NAME, is_run_folder
 from mnist_classifier.provenance import software_provenance
 from mnist_classifier.records import (
     FRACTION,
@@ -173,7 +174,7 @@ def run_directory(
     if rank not in (None, 0):
         yield None
         return
-    if resume_from is not None and (resume_from.parent / "config.yaml").is_file():
+    if resume_from is not None and is_run_folder(resume_from.parent):
         check_records_to_continue(resume_from.parent)
         yield resume_from.parent
         return
@@ -255,7 +256,7 @@ class RunRecorder(TrainingObserver):
             record = this_start
         # Every record is replaced whole, so a crash leaves the old file or the new one.
         config_text = yaml.safe_dump(config.to_dict(), sort_keys=False)
-        write_atomically(self.run_dir / "config.yaml", config_text.encode())
+        write_atomically(self.run_dir / RUN_CONFIG_NAME, config_text.encode())
         write_json_atomically(provenance_path, record)
 
         # The checkpoint resumed from holds every finished epoch's figures, so metrics.csv is
@@ -440,7 +441,7 @@ def read_run(path: Path) -> RunRecord:
     summary_path, metrics_path = path / "summary.json", path / "metrics.csv"
     return RunRecord(
         path=path,
-        config=_read_run_config(path / "config.yaml"),
+        config=_read_run_config(path / RUN_CONFIG_NAME),
         summary=_read_summary(summary_path) if summary_path.is_file() else {},
         metrics=_read_metrics(metrics_path) if metrics_path.is_file() else [],
     )
@@ -529,7 +530,7 @@ def list_runs(runs_dir: Path | str) -> tuple[list[RunRecord], list[str]]:
     if not runs_dir.is_dir():
         return [], []
     records, unreadable = [], []
-    for path in sorted(path for path in runs_dir.iterdir() if (path / "config.yaml").is_file()):
+    for path in sorted(path for path in runs_dir.iterdir() if is_run_folder(path)):
         try:
             records.append(read_run(path))
         except RunRecordError as error:

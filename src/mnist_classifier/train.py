@@ -40,7 +40,7 @@ from mnist_classifier.checkpoint import (
     save_checkpoint,
     training_checkpoints,
 )
-from mnist_classifier.config import ConfigError, TrainConfig, check_batch_size
+from mnist_classifier.config import ConfigError, TrainConfig, check_batch_size, patience_used_up
 from mnist_classifier.cuda_graph import GraphedStep, StepOutputs
 from mnist_classifier.data import MnistFiles, check_data_dir, ensure_dataset, read_split
 from mnist_classifier.datasets import dataset_spec
@@ -270,7 +270,7 @@ class EarlyStopping:
 
     @property
     def stopped(self) -> bool:
-        return 0 < self.patience <= self.epochs_without_improvement
+        return patience_used_up(self.patience, self.epochs_without_improvement)
 
     def reason(self, epoch: int) -> str:
         return (
