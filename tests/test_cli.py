@@ -300,6 +300,9 @@ def test_scripts_and_module_offer_the_same_flags_as_the_package():
         (["--dataset", "fashion-mnist"], "models/staging/fashion-mnist"),
         (["--set", "data.dataset=fashion-mnist"], "models/staging/fashion-mnist"),
         (["--dataset", "fashion-mnist", "--output-dir", "elsewhere"], "elsewhere"),
+        # A folder named by --set or the config file wins over the script's default.
+        (["--set", "output_dir=elsewhere"], "elsewhere"),
+        (["--config", "mine.yaml"], "from-file"),
     ],
 )
 def test_train_mnist_script_writes_to_the_staging_folder_of_its_data_set(
@@ -312,12 +315,13 @@ def test_train_mnist_script_writes_to_the_staging_folder_of_its_data_set(
         mnist_classifier.train, "train", lambda config, *_, **__: trained.append(config)
     )
     monkeypatch.chdir(tmp_path)
+    Path("mine.yaml").write_text("output_dir: from-file\n")
     monkeypatch.setattr(sys, "argv", ["train_mnist.py", *arguments])
     with pytest.raises(SystemExit) as exit_info:
         runpy.run_path(str(REPO_ROOT / "train_mnist.py"), run_name="__main__")
     assert exit_info.value.code == 0
     assert [config.output_dir for config in trained] == [checkpoints_in]
-    if "--output-dir" not in arguments:
+    if checkpoints_in.startswith("models/"):
         dataset = trained[0].data.dataset
         evaluated_by_default = checkpoint_to_read(None, None, "models", dataset)
         assert evaluated_by_default.parent == Path(checkpoints_in)

@@ -172,6 +172,31 @@ def test_assignments_are_read_as_yaml_scalars():
         parse_assignment("epochs")
 
 
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (
+            ["--set", "lr=0.01", "--set", "lr=0.02"],
+            "error: lr is given twice by --set; give it once",
+        ),
+        (
+            ["--set", "lr=0.01", "--lr", "0.01"],
+            "error: lr is given both by --set and by its own option; give it once",
+        ),
+        (
+            ["--dataset", "mnist", "--set", "data.dataset=fashion-mnist"],
+            "error: data.dataset is given both by --set and by its own option; give it once",
+        ),
+    ],
+)
+def test_a_setting_given_twice_on_the_command_line_is_refused(arguments, message, tmp_path):
+    """Whichever value silently won, someone would train what they did not ask for."""
+    result = CliRunner().invoke(app, ["train", *arguments, "--runs-dir", str(tmp_path / "runs")])
+    assert result.exit_code == 2
+    assert result.output.strip() == message
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_config_show_only_shows_even_a_config_this_machine_could_not_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the default folders ./runs, ./models and ./data are here
     shown = CliRunner().invoke(

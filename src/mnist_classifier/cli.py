@@ -70,10 +70,11 @@ def train(
 ) -> None:
     """Train the SimpleCNN (the lab's settings unless told otherwise).
 
-    Settings resolve as defaults < --config file < flags. Each run gets
+    Settings resolve as defaults < --config file < flags and --set. Each run gets
     <runs-dir>/<UTC time>-<name>/ with its config, provenance, metrics.csv, TensorBoard
     events, curves.png and (unless --output-dir says otherwise) its checkpoints.
     """
+    lab_default = output_dir == Path(paths.STAGING_DIR_OF_DATASET)  # train_mnist.py's default
     flags = {
         "epochs": epochs,
         "batch_size": batch_size,
@@ -84,7 +85,7 @@ def train(
         "precision": value_of(precision),
         "data.dataset": value_of(dataset),
         "data.data_dir": str(data_dir) if data_dir else None,
-        "output_dir": str(output_dir) if output_dir else None,
+        "output_dir": None if lab_default or not output_dir else str(output_dir),
         "data.validation_size": validation_size,
         "data.max_train_images": max_train_images,
         "runs_dir": str(runs_dir) if runs_dir else None,
@@ -92,8 +93,8 @@ def train(
         "keep_last": keep_last,
     }
     settings = steps.explicit_settings(assignments, flags)
-    if output_dir == Path(paths.STAGING_DIR_OF_DATASET):  # train_mnist.py's default
-        settings["output_dir"] = steps.staging_dir_of_run(config_file, settings)
+    if lab_default:
+        settings = steps.with_lab_output_dir(config_file, settings)
     # With --nproc N, each of the N processes takes its share of the images (batches are per
     # process); otherwise this process's launcher, if any, says how many share them.
     config = steps.resolve_config(config_file, settings, nproc if nproc > 1 else None)

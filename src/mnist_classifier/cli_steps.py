@@ -68,9 +68,13 @@ def load_config(config_file: Path | None, settings: dict):
         return load(config_file, settings)
 
 
-def staging_dir_of_run(config_file: Path | None, settings: dict) -> str:
-    """The lab's staging folder of the data set the run uses (a flag, --set or the file)."""
-    return str(Path(paths.staging_dir(load_config(config_file, settings).data.dataset)))
+def with_lab_output_dir(config_file: Path | None, settings: dict) -> dict:
+    """train_mnist.py's `settings`: checkpoints go to the lab's staging folder of the run's data
+    set, unless --set or the config file names a folder (which then wins over this default)."""
+    config = load_config(config_file, settings)
+    if config.output_dir:
+        return settings
+    return {**settings, "output_dir": str(Path(paths.staging_dir(config.data.dataset)))}
 
 
 def resolve_config(config_file: Path | None, settings: dict, processes: int | None = None):

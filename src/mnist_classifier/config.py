@@ -1,7 +1,8 @@
 """The training configuration: one tree of frozen dataclasses, its defaults, strict loading.
 
 Every default is the lab's setting unless its comment says otherwise. Values are resolved in
-one order, each layer overriding the one before: dataclass defaults < YAML file < flags.
+one order, each layer overriding the one before: dataclass defaults < YAML file < command
+line (--set and flags, each key given once).
 Anything unknown, of the wrong type or out of range is a ConfigError naming its dotted key,
 raised before any data is read. The resolved config is saved inside every checkpoint and
 beside every run.
@@ -386,10 +387,20 @@ def parse_assignment(assignment: str) -> tuple[str, Any]:
 
 
 def explicit_settings(assignments: list[str], flags: dict[str, Any]) -> dict[str, Any]:
-    """The settings given on the command line as dotted keys: the --set `assignments`, then the
-    typed `flags` that were given (None means 'not given'), which take precedence."""
-    settings = dict(parse_assignment(assignment) for assignment in assignments)
-    settings.update({key: value for key, value in flags.items() if value is not None})
+    """The settings given on the command line as dotted keys: the --set `assignments` and the
+    typed `flags` that were given (None means 'not given'). A key given twice is refused, as
+    whichever value silently won would surprise someone."""
+    settings: dict[str, Any] = {}
+    for key, value in map(parse_assignment, assignments):
+        if key in settings:
+            raise ConfigError(f"{key} is given twice by --set; give it once")
+        settings[key] = value
+    for key, value in flags.items():
+        if value is None:
+            continue
+        if key in settings:
+            raise ConfigError(f"{key} is given both by --set and by its own option; give it once")
+        settings[key] = value
     return settings
 
 
