@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -149,6 +150,25 @@ def test_training_ends_by_naming_the_evaluation_command(
 ):
     monkeypatch.setattr(sys, "argv", [f"/somewhere/{script}"])
     assert evaluate_command(Path(checkpoint), dataset) == command
+
+
+@given(
+    folder=st.text(
+        st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, max_size=20
+    ).filter(lambda name: "/" not in name and name not in (".", "..")),
+    script=st.sampled_from(["mnist", "train_mnist.py"]),
+)
+def test_the_evaluation_command_can_be_pasted_into_a_shell_whatever_the_path(folder, script):
+    """A folder named "my runs" or "it's" is one word to the shell, as the user meant it."""
+    checkpoint = Path(folder) / "best_model.pt"
+    original_argv = sys.argv
+    sys.argv = [script]
+    try:
+        words = shlex.split(evaluate_command(checkpoint, "fashion-mnist"))
+    finally:
+        sys.argv = original_argv
+    assert words[words.index("--checkpoint") + 1] == str(checkpoint)
+    assert words[-2:] == ["--dataset", "fashion-mnist"]
 
 
 def test_tables_keep_whole_paths_and_csv_has_short_floats_on_a_pipe(capsys):

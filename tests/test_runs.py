@@ -270,7 +270,7 @@ def test_a_run_with_an_odd_name_in_an_odd_folder_is_shown_literally_and_listed_e
     assert run_dir.name.endswith("-[bold]x")
     lines = trained.stdout.splitlines()
     assert "\x1b" not in trained.stdout and str(runs_dir) not in trained.stdout
-    logs = terminal_safe(runs_dir)
+    logs = terminal_safe(f"'{runs_dir}'")  # quoted for the shell: "[" and "\n" are special
     assert f"Run directory: {terminal_safe(run_dir)}  (tensorboard --logdir {logs})" in lines
     assert f"Best model: {terminal_safe(run_dir / 'best_model.pt')}" in lines
 

@@ -195,7 +195,7 @@ def _interrupted(checkpoint_dir: Path) -> str:
         return "interrupted before the first epoch's checkpoint: nothing to resume from"
     return (
         f"interrupted: the epochs up to {saved[0].name} are saved; continue with "
-        f"mnist train --resume {saved[0]}"
+        + paths.shell_command("mnist", "train", "--resume", saved[0])
     )
 
 

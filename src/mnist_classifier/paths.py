@@ -5,6 +5,7 @@ The lab's layout: the data set under ./data, the model `python train_mnist.py` w
 for Fashion-MNIST), and the registry's stages under ./models/<stage>/<data set>/.
 """
 
+import shlex
 from pathlib import Path
 
 DEFAULT_DATA_DIR = "./data"
@@ -32,3 +33,9 @@ RUN_CONFIG_NAME = "config.yaml"
 
 def is_run_folder(folder: Path) -> bool:
     return (Path(folder) / RUN_CONFIG_NAME).is_file()
+
+
+def shell_command(*words: str | Path) -> str:
+    """A command line to show the user, each word quoted as a POSIX shell needs it, so that it
+    can be copied as it is even when a path holds a space or a quote."""
+    return shlex.join(str(word) for word in words)

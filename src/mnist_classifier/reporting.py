@@ -33,7 +33,7 @@ from mnist_classifier.config import TrainConfig
 from mnist_classifier.data import MnistFiles
 from mnist_classifier.datasets import MNIST, DatasetSpec, class_noun, dataset_spec
 from mnist_classifier.evaluate import EvalResult, EvaluationObserver
-from mnist_classifier.paths import BEST_CHECKPOINT_NAME, staging_dir
+from mnist_classifier.paths import BEST_CHECKPOINT_NAME, shell_command, staging_dir
 from mnist_classifier.records import NUMBER
 from mnist_classifier.train import EpochResult, TrainingObserver, TrainResult, TrainSetup
 
@@ -308,13 +308,13 @@ class ConsoleTrainingObserver(TrainingObserver):
 
 def evaluate_command(checkpoint: Path, dataset: str = MNIST.name) -> str:
     """The command that evaluates `checkpoint`, in the voice of the command that trained it."""
-    dataset_flag = "" if dataset == MNIST.name else f" --dataset {dataset}"
+    dataset_flag = [] if dataset == MNIST.name else ["--dataset", dataset]
     if Path(sys.argv[0]).name == "train_mnist.py":
         # test_mnist.py's default: the data set's staging best_model.pt
         if Path(checkpoint) == Path(staging_dir(dataset)) / BEST_CHECKPOINT_NAME:
-            return f"python test_mnist.py{dataset_flag}"
-        return f"python test_mnist.py --checkpoint {checkpoint}{dataset_flag}"
-    return f"mnist evaluate --checkpoint {checkpoint}{dataset_flag}"
+            return shell_command("python", "test_mnist.py", *dataset_flag)
+        return shell_command("python", "test_mnist.py", "--checkpoint", checkpoint, *dataset_flag)
+    return shell_command("mnist", "evaluate", "--checkpoint", checkpoint, *dataset_flag)
 
 
 def print_resume_choice(resume_from: Path | None, skipped: list[str]) -> None:
@@ -342,8 +342,8 @@ def print_learning_curves(path: Path) -> None:
 
 
 def print_run_dir(run_dir) -> None:
-    logs = terminal_safe(run_dir.parent)
-    print(f"Run directory: {terminal_safe(run_dir)}  (tensorboard --logdir {logs})")
+    tensorboard = terminal_safe(shell_command("tensorboard", "--logdir", run_dir.parent))
+    print(f"Run directory: {terminal_safe(run_dir)}  ({tensorboard})")
 
 
 def print_config(config: TrainConfig) -> None:

@@ -46,7 +46,7 @@ from mnist_classifier.files import (
     write_atomically,
     write_json_atomically,
 )
-from mnist_classifier.paths import RUN_CONFIG_NAME, is_run_folder
+from mnist_classifier.paths import RUN_CONFIG_NAME, is_run_folder, shell_command
 from mnist_classifier.provenance import software_provenance
 from mnist_classifier.records import (
     FRACTION,
@@ -578,7 +578,8 @@ def runs_to_compare(runs_dir: Path | str, filters: list[str]) -> tuple[list[RunR
     if not records and not unreadable:
         raise NoRunsFound(
             f"no runs match {' '.join(filters)} in {runs_dir}; "
-            f"mnist runs --runs-dir {runs_dir} lists them all"
+            + shell_command("mnist", "runs", "--runs-dir", runs_dir)
+            + " lists them all"
         )
     return records, unreadable
 
