@@ -61,6 +61,7 @@ class BlockedPredictor:
 
 
 SEVEN_SEEN = preprocess_image(SEVEN_PNG)  # the oracle: what the model must be given
+SEVEN_ROWS = SEVEN_SEEN.tolist()
 
 
 @pytest.fixture(scope="module")
@@ -279,6 +280,9 @@ BAD_REQUESTS = {
     "flat 784": ({"json": {"pixels": [0] * 784}}, 422),
     "3-d pixels": ({"json": {"pixels": [[[0]] * 28] * 28}}, 422),
     "string pixels": ({"json": {"pixels": [["a"] * 28] * 28}}, 422),
+    # A seven's own pixels, but as JSON strings or booleans: not numbers, so refused, not read.
+    "numbers as strings": ({"json": {"pixels": [[str(v) for v in r] for r in SEVEN_ROWS]}}, 422),
+    "booleans": ({"json": {"pixels": [[v > 0 for v in row] for row in SEVEN_ROWS]}}, 422),
     "NaN": (raw_json(pixels_literal(b"NaN")), 422),
     "Infinity": (raw_json(pixels_literal(b"Infinity")), 422),
     "256": ({"json": {"pixels": [[256] * 28] * 28}}, 422),

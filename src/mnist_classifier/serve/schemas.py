@@ -14,8 +14,9 @@ from mnist_classifier.datasets import IMAGE_SIDE, NUM_CLASSES
 
 MAX_BATCH_IMAGES = 64
 
-# JSON has no NaN, but pydantic accepts the NaN/Infinity literals unless told not to.
-PixelValue = Annotated[float, Field(ge=0.0, le=255.0, allow_inf_nan=False)]
+# JSON has no NaN, but pydantic accepts the NaN/Infinity literals unless told not to. Strict:
+# a number only, never a string ("12") or a boolean, which lax mode would quietly read as one.
+PixelValue = Annotated[float, Field(strict=True, ge=0.0, le=255.0, allow_inf_nan=False)]
 PixelRow = Annotated[list[PixelValue], Field(min_length=IMAGE_SIDE, max_length=IMAGE_SIDE)]
 
 
