@@ -78,6 +78,9 @@ def test_type_errors_from_the_parser_exit_2():
     ("arguments", "message"),
     [
         (["promote", "--min-test-accuracy", "97"], "Invalid value for '--min-test-accuracy'"),
+        (["promote", "--min-test-accuracy", "nan"], "must be a number from 0 to 1 (got nan)"),
+        (["serve", "--timeout", "inf"], "must be a number from 0.01 to 3600 (got inf)"),
+        (["serve", "--timeout", "nan"], "must be a number from 0.01 to 3600 (got nan)"),
         (["export"], "Missing option '--output'"),
         (["predict"], "Missing argument"),
         (["train", "--epoch", "2"], "No such option: --epoch"),

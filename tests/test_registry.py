@@ -89,9 +89,12 @@ def test_promotion_copies_verifies_writes_a_card_and_appends_history(models_dir,
     assert f"Overall Accuracy: {100 * card['metrics']['test_accuracy']:.2f}%" in evaluated.output
 
 
-def test_a_stage_name_cannot_leave_the_registry(models_dir, mnist_dir):
-    result = _promote(models_dir, mnist_dir, "--to", "../elsewhere")
+@pytest.mark.parametrize("stage", ["../elsewhere", "-x", "a b", ""])
+def test_a_stage_name_cannot_leave_the_registry_or_pass_for_an_option(models_dir, mnist_dir, stage):
+    before = sorted(models_dir.rglob("*"))
+    result = _promote(models_dir, mnist_dir, "--to", stage)
     assert result.exit_code == 2 and "plain name" in result.output
+    assert sorted(models_dir.rglob("*")) == before
 
 
 @pytest.mark.parametrize("source", ["staging", "{models}/staging/mnist/best_model.pt"])

@@ -387,8 +387,26 @@ ServeStageOption = Annotated[
 HostOption = Annotated[
     str, typer.Option(help="Address to listen on; 0.0.0.0 opens it to the network.")
 ]
+
+
+def _number_in(low: float, high: float):
+    """A float option's check: click's own range check lets NaN through with a message about
+    the bound and takes inf as a value, so finiteness and the range are checked as one."""
+
+    def check(value: float) -> float:
+        if not low <= value <= high:  # False for NaN
+            raise typer.BadParameter(f"must be a number from {low:g} to {high:g} (got {value})")
+        return value
+
+    return check
+
+
 TimeoutOption = Annotated[
-    float, typer.Option(min=0.01, help="Seconds a prediction may take before it answers 504.")
+    float,
+    typer.Option(
+        callback=_number_in(0.01, 3600),
+        help="Seconds a prediction may take before it answers 504 (0.01 to 3600).",
+    ),
 ]
 AllowedHostOption = Annotated[
     list[str] | None,
@@ -410,5 +428,6 @@ FromStageOption = Annotated[
     str, typer.Option("--from", help="A stage, or a checkpoint path (e.g. a run's best).")
 ]
 MinTestAccuracyOption = Annotated[
-    float, typer.Option(min=0.0, max=1.0, help="Refuse below this test accuracy (0..1).")
+    float,
+    typer.Option(callback=_number_in(0, 1), help="Refuse below this test accuracy (0..1)."),
 ]

@@ -40,8 +40,9 @@ from mnist_classifier.records import (
 
 MODEL_CARD_NAME = "model_card.json"
 HISTORY_NAME = "history.jsonl"
-# A stage or model name becomes a folder name: no separators or dots, so it cannot escape.
-PLAIN_NAME = re.compile(r"[A-Za-z0-9_-]+")
+# A stage or model name becomes a folder name: no separators or dots, so it cannot escape;
+# and no leading "-", so that no shell command given the folder reads it as an option.
+PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 # What `mnist models` shows of a card and `mnist serve` sends: a card is written by `promote`,
 # so a value of another type is a damaged (or hand-edited) card. Serving checks the metrics it
 # sends against its own schema as well (ranges, the per-class list).
@@ -63,7 +64,10 @@ class PromotionRefused(RuntimeError):
 def stage_checkpoint(models_dir: Path | str, stage: str, name: str = "mnist") -> Path:
     for label, value in (("stage", stage), ("name", name)):
         if not PLAIN_NAME.fullmatch(value):
-            raise RegistryError(f"{label} must be a plain name like production (got {value!r})")
+            raise RegistryError(
+                f"{label} must be a plain name like production: letters, digits, _ and -, "
+                f"beginning with a letter or digit (got {value!r})"
+            )
     return Path(models_dir) / stage / name / BEST_CHECKPOINT_NAME
 
 
