@@ -59,7 +59,7 @@ from mnist_classifier.registry import (
 from mnist_classifier.resume import ResumeError, rng_states
 from mnist_classifier.runs import find_resume_in_runs
 from mnist_classifier.serve.loading import ServeError, load_checkpoint_model
-from mnist_classifier.train import EpochResult
+from mnist_classifier.train import TRAINING_BYTES_PER_IMAGE, EpochResult
 
 runner = CliRunner()
 
@@ -679,9 +679,20 @@ def test_a_batch_larger_than_the_training_images_is_one_line_before_any_work(
     assert not runs_dir.exists() or list(runs_dir.iterdir()) == []
 
 
-def test_a_batch_of_all_the_training_images_trains(tmp_path, synthetic_data):
+@pytest.mark.parametrize(
+    ("train_images", "free_bytes"),
+    [
+        ("64", None),  # a batch of all the training images
+        ("128", 64 * TRAINING_BYTES_PER_IMAGE),  # a batch that just fits in the memory free
+    ],
+)
+def test_a_batch_at_its_limit_trains(
+    tmp_path, monkeypatch, synthetic_data, train_images, free_bytes
+):
+    if free_bytes is not None:
+        monkeypatch.setattr("mnist_classifier.train.available_memory_bytes", lambda: free_bytes)
     runs_dir = tmp_path / "runs"
-    tiny = ["--max-train-images", "64", "--validation-size", "64", "--device", "cpu"]
+    tiny = ["--max-train-images", train_images, "--validation-size", "64", "--device", "cpu"]
     arguments = ["train", *tiny, "--epochs", "1", "--runs-dir", str(runs_dir), "--quiet"]
     result = runner.invoke(app, [*arguments, "--batch-size", "64"])
     assert result.exit_code == 0, result.output
@@ -945,3 +956,46 @@ def test_a_read_only_folder_really_refuses(tmp_path):
     result = runner.invoke(app, ["data", "--data-dir", str(read_only)])
     assert result.exit_code == 1
     assert "cannot take the data set's files" in _one_error_line(result.output)
+
+
+FREE_FOR_64_IMAGES = 64 * TRAINING_BYTES_PER_IMAGE
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (
+            ["--batch-size", "65"],
+            f"batch_size 65 needs about {65 * TRAINING_BYTES_PER_IMAGE / 1e9:.1f} GB of memory "
+            f"to train, and {FREE_FOR_64_IMAGES / 1e9:.1f} GB is free here; choose at most 64 "
+            "with --batch-size",
+        ),
+        (  # two CPU processes on one machine share its memory
+            ["--batch-size", "33", "--nproc", "2", "--device", "cpu"],
+            "batch_size 33 in each of the 2 processes needs about",
+        ),
+    ],
+)
+def test_a_batch_that_needs_more_memory_than_is_free_is_refused_before_any_work(
+    tmp_path, monkeypatch, no_data_is_read, nothing_is_launched, arguments, message
+):
+    """The kernel would kill such a training without a word, minutes in."""
+    monkeypatch.setattr("mnist_classifier.train.available_memory_bytes", lambda: FREE_FOR_64_IMAGES)
+    runs_dir = tmp_path / "runs"
+    result = runner.invoke(app, ["train", "--runs-dir", str(runs_dir), *arguments])
+    assert result.exit_code == 2
+    assert message in _one_error_line(result.output)
+    assert not runs_dir.exists()
+
+
+def test_running_out_of_gpu_memory_is_one_line_naming_the_batch(tmp_path, monkeypatch):
+    def out_of_memory(*_, **__):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr("mnist_classifier.train.train", out_of_memory)
+    folders = ["--runs-dir", str(tmp_path / "runs"), "--data-dir", str(tmp_path / "data")]
+    result = runner.invoke(app, ["train", *folders, "--batch-size", "512"])
+    assert result.exit_code == 1
+    assert _one_error_line(result.output) == (
+        "error: training ran out of GPU memory with batch_size 512; choose a smaller --batch-size"
+    )

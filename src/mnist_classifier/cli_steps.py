@@ -105,15 +105,18 @@ def train_one_run(
     A resumed run continues with its own saved config under the settings given now (the
     --config file and the flags), so the user need not retype them.
     """
+    import torch
+
     from mnist_classifier.checkpoint import (
         CheckpointDirInUse,
         CheckpointError,
         CheckpointSaveError,
         EarlierTrainingFound,
     )
-    from mnist_classifier.config import ConfigError, check_batch_size
+    from mnist_classifier.config import ConfigError
     from mnist_classifier.cuda_graph import CudaGraphError
     from mnist_classifier.data import DataError
+    from mnist_classifier.device import DeviceError, resolve_device
     from mnist_classifier.distributed import LaunchError, launch_rank, launch_world_size
     from mnist_classifier.reporting import (
         ConsoleTrainingObserver,
@@ -131,7 +134,7 @@ def train_one_run(
         checkpoint_to_resume,
         run_directory,
     )
-    from mnist_classifier.train import TrainingDiverged
+    from mnist_classifier.train import TrainingDiverged, check_batch_fits
     from mnist_classifier.train import train as run_training
 
     with failing(EXIT_USAGE, LaunchError):
@@ -142,10 +145,10 @@ def train_one_run(
     if resume == "auto":
         print_resume_choice(resume_path, skipped)
     if resumed is not None:  # a checkpoint that cannot be resumed costs no run folder
-        with failing(EXIT_USAGE, ResumeError, ConfigError):
+        with failing(EXIT_USAGE, ResumeError, ConfigError, DeviceError):
             check_training_state(resumed)
             config = config_for_resume(resumed, settings or {}, config_file)
-            check_batch_size(config, launch_world_size())
+            check_batch_fits(config, resolve_device(config.device), launch_world_size())
             check_epochs_left(resumed, config)
     # A new run replaces an earlier training's checkpoints when told to (--force), in the lab's
     # staging folder (as the lab's script always did), and when --resume auto found nothing to
@@ -184,6 +187,12 @@ def train_one_run(
         except KeyboardInterrupt:  # Ctrl-C: say what is kept and how to go on
             checkpoint_dir = Path(config.output_dir or run_dir or ".")
             raise fail(where + _interrupted(checkpoint_dir), EXIT_INTERRUPTED) from None
+        except torch.OutOfMemoryError:  # a GPU's (a CPU's memory is checked before training)
+            raise fail(
+                f"{where}training ran out of GPU memory with batch_size {config.batch_size}; "
+                "choose a smaller --batch-size",
+                EXIT_FAILURE,
+            ) from None
     return run_dir
 
 

@@ -280,9 +280,9 @@ def training_images(config: TrainConfig, processes: int = 1) -> int:
 def check_batch_size(config: TrainConfig, processes: int = 1) -> None:
     """Refuse a batch_size above the images a process trains on (ConfigError).
 
-    Such a batch is the whole training split at once (all 55,000 images: about 30 GB of
-    activations), which can kill the process for memory without a word. Checked before
-    training, not in TrainConfig itself: a checkpoint saved with such a config still loads.
+    Such a batch is the whole training split at once, which (train.check_batch_fits checks
+    its memory too) rarely fits and is never meant. Checked before training, not in
+    TrainConfig itself: a checkpoint saved with such a config still loads.
     """
     limit = training_images(config, processes)
     if config.batch_size <= limit:

@@ -99,3 +99,38 @@ def reuse_freed_memory() -> bool:
         libc.mallopt(_M_MMAP_THRESHOLD, _LARGEST_HEAP_BLOCK)
         and libc.mallopt(_M_TRIM_THRESHOLD, _KEPT_FREE_MEMORY)
     )
+
+
+def available_memory_bytes() -> int | None:
+    """The memory this process can still be given without swapping: Linux's MemAvailable, or
+    less where the process's cgroup (a container's -m limit, say) leaves less; None where
+    unknown (not Linux)."""
+    try:
+        meminfo = Path("/proc/meminfo").read_text()
+        available = int(meminfo.split("MemAvailable:", 1)[1].split()[0]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    headroom = _cgroup_headroom()
+    return available if headroom is None else min(available, headroom)
+
+
+def _cgroup_headroom() -> int | None:
+    """Bytes left under this process's cgroup memory limit (v2, or v1 as a container sees it);
+    None without such a limit."""
+    try:
+        relative = Path("/proc/self/cgroup").read_text().split("0::", 1)[1].splitlines()[0]
+    except (OSError, IndexError):
+        relative = "/"
+    v2 = Path("/sys/fs/cgroup") / relative.lstrip("/")
+    v1 = Path("/sys/fs/cgroup/memory")
+    for limit_file, usage_file in (
+        (v2 / "memory.max", v2 / "memory.current"),
+        (v1 / "memory.limit_in_bytes", v1 / "memory.usage_in_bytes"),
+    ):
+        try:
+            limit = int(limit_file.read_text())  # ValueError for v2's "max": no limit
+            if limit < 2**60:  # v1 writes "no limit" as a number near 2**63
+                return limit - int(usage_file.read_text())
+        except (OSError, ValueError):
+            continue
+    return None

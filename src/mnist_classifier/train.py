@@ -46,6 +46,7 @@ from mnist_classifier.data import MnistFiles, check_data_dir, ensure_dataset, re
 from mnist_classifier.datasets import dataset_spec
 from mnist_classifier.device import (
     autocast,
+    available_memory_bytes,
     memory_format_for,
     resolve_device,
     resolve_precision,
@@ -291,6 +292,31 @@ def _epoch_from_record(record: dict) -> EpochResult:
     return EpochResult(**{**record, "checkpoint": Path(record["checkpoint"])})
 
 
+# The memory a CPU training step holds at its peak per image of its batch, in fp32 (bf16 and
+# fp16 hold less): the slope of peak memory against batch size measured by
+# benchmarks/training_memory.py (313 KB on a 2-core Xeon, torch 2.14), with some room.
+TRAINING_BYTES_PER_IMAGE = 340_000
+
+
+def check_batch_fits(config: TrainConfig, device: torch.device, processes: int) -> None:
+    """Refuse (ConfigError) a batch larger than a process's share of the training images, or
+    one whose step needs more memory than this machine has free: the kernel would kill the
+    process without a word. All `processes` train on this machine when it is a CPU; on a GPU
+    an out-of-memory error is raised, and reported, while training."""
+    check_batch_size(config, processes)
+    available = available_memory_bytes() if device.type == "cpu" else None
+    per_image = TRAINING_BYTES_PER_IMAGE * processes
+    if available is None or config.batch_size * per_image <= available:
+        return
+    each = f" in each of the {processes} processes" if processes > 1 else ""
+    raise ConfigError(
+        f"batch_size {config.batch_size}{each} needs about "
+        f"{config.batch_size * per_image / 1e9:.1f} GB of memory to train, and "
+        f"{available / 1e9:.1f} GB is free here; choose at most "
+        f"{max(1, available // per_image)} with --batch-size"
+    )
+
+
 def check_before_training(config: TrainConfig, processes: int | None = None) -> None:
     """Fail before any work when `config` cannot run here: a batch larger than a process's
     share of the training images (ConfigError), a device or precision this machine lacks
@@ -298,8 +324,9 @@ def check_before_training(config: TrainConfig, processes: int | None = None) -> 
     folder that is a file, or that cannot take the data set's files it lacks (DataError).
 
     `processes` is how many will train (`--nproc`); by default, this process's launch's."""
-    check_batch_size(config, processes or launch_world_size())
-    resolve_precision(config.precision, resolve_device(config.device))
+    device = resolve_device(config.device)
+    check_batch_fits(config, device, processes or launch_world_size())
+    resolve_precision(config.precision, device)
     if config.output_dir:
         check_output_dir(config.output_dir)
     # The run directory goes under runs_dir even when checkpoints go to output_dir.
