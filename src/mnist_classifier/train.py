@@ -294,7 +294,8 @@ def _epoch_from_record(record: dict) -> EpochResult:
 
 # The memory a CPU training step holds at its peak per image of its batch, in fp32 (bf16 and
 # fp16 hold less): the slope of peak memory against batch size measured by
-# benchmarks/training_memory.py (313 KB on a 2-core Xeon, torch 2.14), with some room.
+# benchmarks/training_memory.py (313 and 318 KB in two runs on a 2-core Xeon, torch 2.14), with
+# some room.
 TRAINING_BYTES_PER_IMAGE = 340_000
 
 
@@ -319,9 +320,10 @@ def check_batch_fits(config: TrainConfig, device: torch.device, processes: int) 
 
 def check_before_training(config: TrainConfig, processes: int | None = None) -> None:
     """Fail before any work when `config` cannot run here: a batch larger than a process's
-    share of the training images (ConfigError), a device or precision this machine lacks
-    (DeviceError), an output or runs folder that cannot be written (ConfigError), a data
-    folder that is a file, or that cannot take the data set's files it lacks (DataError).
+    share of the training images or than the memory free (ConfigError), a device or precision
+    this machine lacks (DeviceError), an output or runs folder that cannot be written
+    (ConfigError), a data folder that is a file, or that cannot take the data set's files it
+    lacks (DataError).
 
     `processes` is how many will train (`--nproc`); by default, this process's launch's."""
     device = resolve_device(config.device)
