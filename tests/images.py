@@ -16,13 +16,23 @@ def encode(image: Image.Image, format: str, **options) -> bytes:
     return buffer.getvalue()
 
 
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+
+PNG_SIGNATURE_AND_HEADER = 8 + 25  # the signature, then the IHDR chunk
+
+
+def with_exif_chunk(png: bytes, exif: bytes) -> bytes:
+    """`png` with an eXIf chunk holding `exif` right after its header, as cameras place it."""
+    cut = PNG_SIGNATURE_AND_HEADER
+    return png[:cut] + png_chunk(b"eXIf", exif) + png[cut:]
+
+
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG declaring width x height greyscale pixels, with data for only a few rows."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
-
+    chunk = png_chunk
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
     pixels = zlib.compress(b"\x00" * (width + 1) * 16)  # a few rows: the rest is "missing"
     return (

@@ -1,6 +1,7 @@
 """User-image preprocessing: geometry against hand-made images, and every kind of bad input."""
 
 import io
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +9,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from images import ODD_IMAGES, encode, png_header_only
+from images import ODD_IMAGES, encode, png_header_only, with_exif_chunk
 from PIL import Image, ImageFile
 
 from mnist_classifier.preprocess import (
@@ -196,6 +197,30 @@ def test_chalk_on_a_dark_board_blue_ink_on_tinted_paper_and_exif_rotation():
     Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90).save(buffer, "JPEG", exif=exif)
     expected = preprocess_image(Image.fromarray(upright))
     assert _similar(preprocess_image(buffer.getvalue()), expected) > 0.97
+
+
+@pytest.mark.parametrize(
+    "exif", [b"MM", b"MM\x00*", b"II*\x00\xff\xff\xff\xff", b"Exif\x00\x00MM\x00*\x00\x00\x00\x08"]
+)
+def test_a_png_with_damaged_exif_is_prepared_as_stored(exif):
+    """Pillow parses a PNG's EXIF only when asked for it, and raised from deep inside
+    (SyntaxError, struct.error): a traceback for predict, a 500 from the server."""
+    png = encode(_bar_on_white(), "PNG")
+    assert torch.equal(preprocess_image(with_exif_chunk(png, exif)), preprocess_image(png))
+
+
+@settings(max_examples=60, deadline=None)
+@given(exif=st.binary(max_size=64))
+def test_a_png_with_any_exif_bytes_is_prepared_or_refused_in_one_line(exif):
+    png = encode(_bar_on_white(), "PNG")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing may reach the user's stderr either
+        try:
+            prepared = preprocess_image(with_exif_chunk(png, b"MM\x00*" + exif))
+        except ImageError as error:
+            assert "\n" not in str(error)
+        else:
+            assert prepared.shape == (28, 28) and prepared.dtype == torch.uint8
 
 
 def _ring_on_paper(canvas=(400, 320), centre=(200, 160)) -> np.ndarray:

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from images import ODD_IMAGES, png_header_only
+from images import ODD_IMAGES, png_header_only, with_exif_chunk
 from PIL import Image
 from serving import (
     DIGEST,
@@ -92,6 +92,13 @@ def test_predict_gives_the_model_the_preprocessed_image_and_reports_its_answer(c
     assert answer["digit"] == expected
     assert answer["probabilities"] == [0.91 if d == expected else 0.01 for d in range(10)]
     assert answer["model"] == {"digest": DIGEST, "stage": "production"}
+
+
+def test_a_png_with_damaged_exif_is_answered_as_stored(client):
+    """Pillow's lazy EXIF parser raised SyntaxError from deep inside: a 500, for an image."""
+    response = post_file(client, with_exif_chunk(SEVEN_PNG, b"MM"))
+    assert response.status_code == 200, response.text
+    assert response.json()["preprocessed"] == SEVEN_SEEN.tolist()
 
 
 def test_json_base64_as_encoders_write_it_answers_as_the_upload_does(client):

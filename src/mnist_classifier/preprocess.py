@@ -288,8 +288,21 @@ def _upright_grey(source: bytes | Image.Image) -> np.ndarray:
     _check_dimensions(image)
     if image.mode not in SUPPORTED_MODES:
         raise ImageError(f"colour mode {image.mode} is not supported: save it as RGB or greyscale")
-    image = ImageOps.exif_transpose(image)  # a phone photo taken sideways stands upright
-    return _to_grey_array(image)
+    return _to_grey_array(_upright(image))
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """The image turned as its EXIF orientation says (a phone photo taken sideways stands up).
+
+    Orientation is advice: EXIF that cannot be parsed (Pillow parses a PNG's lazily, here, and
+    a damaged block raises whatever its parser meets: SyntaxError, struct.error and others)
+    leaves the picture as stored, as a viewer would show it."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Corrupt EXIF data": said on stderr, not raised
+            return ImageOps.exif_transpose(image)
+    except Exception:
+        return image
 
 
 def bomb_pixels(error: Image.DecompressionBombError) -> int:
