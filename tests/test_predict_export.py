@@ -114,12 +114,17 @@ def test_odd_images_get_one_error_line_each_and_the_others_are_predicted(
         (tmp_path / f"{name}.tif").write_bytes(make())
     (tmp_path / "phone.heic").write_bytes(b"\x00\x00\x00\x18ftypheic")  # listed, then refused
     (tmp_path / "notes.txt").write_text("not an image, and not listed")
+    named_empty_folder = tmp_path / "empty"
+    named_empty_folder.mkdir()
+    too_long = tmp_path / ("a" * 300 + ".png")  # pathlib raises for it: it lost every file
     result = runner.invoke(
         app,
         [
             "predict",
             str(user_images),
             str(tmp_path),
+            str(named_empty_folder),
+            str(too_long),
             "--checkpoint",
             str(checkpoint),
             "--format",
@@ -128,7 +133,12 @@ def test_odd_images_get_one_error_line_each_and_the_others_are_predicted(
     )
     assert result.exit_code == 2 and "Traceback" not in result.output
     errors = result.stderr.splitlines()
-    assert len(errors) == len(ODD_IMAGES) + 1
+    assert len(errors) == len(ODD_IMAGES) + 3
+    assert (
+        f"error: {named_empty_folder}: a folder holding no PNG, JPEG, BMP, GIF or TIFF files"
+        in (errors)
+    )
+    assert f"error: {too_long}: cannot be read (File name too long)" in errors
     heic_error = f"error: {tmp_path / 'phone.heic'}: HEIC images are not supported"
     assert any(line.startswith(heic_error) for line in errors)
     for name, (_make, reason) in ODD_IMAGES.items():

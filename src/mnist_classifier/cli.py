@@ -384,8 +384,6 @@ def predict(
         print_predictions_json(predictions)
     else:
         print_predictions(predictions, answering)
-    if not predictions:
-        raise fail("no image files found in the given paths", EXIT_USAGE)
     if any(prediction.error is not None for prediction in predictions):
         raise typer.Exit(EXIT_USAGE)
 

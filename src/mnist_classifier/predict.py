@@ -163,19 +163,23 @@ class OnnxBackend:
 
 def collect_image_files(paths: Iterable[Path]) -> list[Path]:
     """Named files as given (so a bad one is reported), folders expanded to their image files
-    (and to images of formats not read here, each reported in its turn)."""
+    (and to images of formats not read here, each reported in its turn); a folder holding
+    none is kept as itself, to be reported rather than skipped without a word."""
     files: list[Path] = []
     for path in paths:
-        if path.is_dir():
-            files.extend(
-                sorted(
-                    child
-                    for child in path.rglob("*")
-                    if child.is_file() and child.suffix.lower() in LISTED_SUFFIXES
-                )
-            )
-        else:
+        try:
+            is_dir = path.is_dir()
+        except OSError:  # a name too long, say: reading it as a file says why
+            is_dir = False
+        if not is_dir:
             files.append(path)
+            continue
+        listed = sorted(
+            child
+            for child in path.rglob("*")
+            if child.suffix.lower() in LISTED_SUFFIXES and child.is_file()
+        )
+        files.extend(listed or [path])
     return files
 
 

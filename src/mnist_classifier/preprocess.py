@@ -149,11 +149,14 @@ def read_image_file(path: Path | str) -> bytes:
         raise ImageError(f"{path.suffix} files are refused: only PNG, JPEG, BMP, GIF, TIFF")
     if path.suffix.lower() in UNSUPPORTED_IMAGE_SUFFIXES:
         raise ImageError(_unsupported(UNSUPPORTED_IMAGE_SUFFIXES[path.suffix.lower()]))
-    if not path.exists():
-        raise ImageError("a broken link or a symlink loop" if path.is_symlink() else "no such file")
-    if not path.is_file():
-        raise ImageError("not a regular file")
-    try:
+    try:  # pathlib raises for a name too long, or a folder on the way that cannot be searched
+        if not path.exists():
+            missing = "a broken link or a symlink loop" if path.is_symlink() else "no such file"
+            raise ImageError(missing)
+        if path.is_dir():  # a folder named that held no images (predict lists a folder's)
+            raise ImageError("a folder holding no PNG, JPEG, BMP, GIF or TIFF files")
+        if not path.is_file():
+            raise ImageError("not a regular file")
         size = path.stat().st_size
     except OSError as error:
         raise ImageError(f"cannot be read ({error.strerror or _one_line(error)})") from None
