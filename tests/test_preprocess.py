@@ -10,10 +10,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from images import ODD_IMAGES, encode, png_header_only, with_exif_chunk
-from PIL import Image, ImageFile
+from PIL import Image, ImageDraw, ImageFile
 
 from mnist_classifier.preprocess import (
+    A_DOT,
     MAX_IMAGE_PIXELS,
+    NO_INK,
     ImageError,
     _digits_side_by_side,
     open_image,
@@ -28,6 +30,38 @@ def _bar_on_white(canvas=(1000, 800), box=(600, 100, 700, 300)) -> Image.Image:
     left, top, right, bottom = box
     array[top:bottom, left:right] = 0
     return Image.fromarray(array)
+
+
+@pytest.mark.parametrize(
+    ("draw", "accepted"),
+    [
+        (lambda page: page.ellipse((130, 130, 150, 150), fill=0), False),  # a tap on the page
+        (lambda page: page.ellipse((100, 110, 180, 170), fill=0), False),  # a blob
+        (lambda page: page.rectangle((120, 120, 150, 150), fill=0), False),  # a filled square
+        (lambda page: page.line((140, 60, 140, 220), fill=0, width=20), True),  # a "1"
+        (lambda page: page.ellipse((90, 50, 190, 230), outline=0, width=35), True),  # a bold "0"
+    ],
+)
+def test_a_lone_dot_or_blob_is_refused_rather_than_blown_up_into_a_digit(draw, accepted):
+    """Scaled to 20x20, a dot became a full disc, read as a confident 0."""
+    page = Image.new("L", (280, 280), 255)
+    draw(ImageDraw.Draw(page))
+    if accepted:
+        assert preprocess_image(page).max() == 255
+    else:
+        with pytest.raises(ImageError) as refused:
+            preprocess_image(page)
+        assert str(refused.value) == A_DOT
+
+
+def test_ink_as_bright_as_the_paper_is_not_called_one_flat_colour():
+    """Red (230, 0, 0) on green (0, 117, 0): luminance 68.8 and 68.7, so nothing shows in the
+    brightness that is read; the message must not claim the picture is one colour."""
+    page = Image.new("RGB", (280, 280), (0, 117, 0))
+    ImageDraw.Draw(page).line((140, 60, 140, 220), fill=(230, 0, 0), width=20)
+    with pytest.raises(ImageError) as refused:
+        preprocess_image(page)
+    assert str(refused.value) == NO_INK and "darker or lighter than the paper" in NO_INK
 
 
 def test_dark_on_light_is_inverted_cropped_scaled_to_20_and_centred_by_mass():

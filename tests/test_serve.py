@@ -295,6 +295,10 @@ BAD_REQUESTS = {
     "256": ({"json": {"pixels": [[256] * 28] * 28}}, 422),
     "negative": ({"json": {"pixels": [[-1] * 28] * 28}}, 422),
     "blank pixels": ({"json": {"pixels": [[0] * 28] * 28}}, 400),
+    "one lit pixel": (
+        {"json": {"pixels": [[0] * 28] * 14 + [[0] * 14 + [255] + [0] * 13] + [[0] * 28] * 13}},
+        400,
+    ),
     "batch of none": ({"json": {"images": []}}, 422),
 }
 

@@ -92,6 +92,14 @@ MAX_FRAME_CANDIDATES = 16
 SIDE_BY_SIDE_HEIGHT = 0.6
 SIDE_BY_SIDE_WEIGHT = 0.2
 SIDE_BY_SIDE_GAP = 0.1
+# Only brightness is read: a pen of another colour but the paper's brightness does not show.
+NO_INK = "no ink: the image is blank, or its marks are barely darker or lighter than the paper"
+# A digit's strokes run several times their width: the longest side of its box measures at
+# least 3.39 stroke widths in all 10,000 MNIST test digits as scans (the boldest, an 8;
+# benchmarks/digit_extent.py), while a dot or blob (a tap on the drawing page) measures about
+# 2.5 and a filled square 2. Such a mark alone is refused rather than blown up to 20x20.
+MIN_EXTENT_IN_STROKE_WIDTHS = 3.0
+A_DOT = "no digit: the only mark is a dot or a blob, not a digit's strokes; write or draw one"
 SEVERAL_DIGITS = (
     "looks like several digits side by side: the model reads one digit per image; crop or "
     "draw just one"
@@ -247,22 +255,11 @@ def preprocess_image(source: bytes | Image.Image) -> torch.Tensor:
     """One digit image (bytes or PIL, any size and mode) -> uint8 (28, 28), light ink on black."""
     grey = _upright_grey(source)  # float32 (H, W), 0..255, long side under 2 * ANALYSIS_SIDE
     if float(grey.max() - grey.min()) < MIN_INK_CONTRAST * 255:
-        raise ImageError("no ink: the image is blank (one flat colour)")
+        raise ImageError(NO_INK)
 
-    grey = _dark_ink_on_light_paper(grey)
-    # The paper is estimated twice: first at a scale wider than any stroke, to find the digit;
-    # then, knowing its strokes' width, at a few times that width, so a shadow's corner or a
-    # narrow shadow is followed rather than filled in and taken for ink.
-    paper_scale = PAPER_SCALE * min(grey.shape)
-    ink = _ink_map(grey, paper_scale)  # float (H, W), 0..1
-    strokes = _digit_strokes(ink)
-    stroke_scale = PAPER_STROKE_WIDTHS * _stroke_width(strokes)
-    if stroke_scale < paper_scale:
-        ink = _ink_map(grey, stroke_scale)
-        strokes = _digit_strokes(ink, within=strokes)
-    rows = np.flatnonzero(strokes.any(axis=1))
-    columns = np.flatnonzero(strokes.any(axis=0))
-    box = np.s_[rows[0] : rows[-1] + 1, columns[0] : columns[-1] + 1]  # the digit's bounding box
+    ink, strokes, box = _find_digit(_dark_ink_on_light_paper(grey))
+    if _extent_in_stroke_widths(strokes[box]) < MIN_EXTENT_IN_STROKE_WIDTHS:
+        raise ImageError(A_DOT)
     if _digits_side_by_side(strokes[box]) > 1:
         raise ImageError(SEVERAL_DIGITS)
     # Soft grey levels as MNIST has them: each pixel's ink relative to the strokes' core, kept
@@ -283,6 +280,29 @@ def preprocess_image(source: bytes | Image.Image) -> torch.Tensor:
         raise ImageError("no ink: the marks are too faint or too small to read")
     digit = digit * (255.0 / digit.max())  # a faint stroke after averaging: a full-white core
     return torch.from_numpy(_centre_by_mass(digit)).to(torch.uint8)
+
+
+def _find_digit(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[slice, slice]]:
+    """Dark ink on light paper -> its ink map (0..1), the digit's strokes, their bounding box.
+
+    The paper is estimated twice: first at a scale wider than any stroke, to find the digit;
+    then, knowing its strokes' width, at a few times that width, so a shadow's corner or a
+    narrow shadow is followed rather than filled in and taken for ink."""
+    paper_scale = PAPER_SCALE * min(grey.shape)
+    ink = _ink_map(grey, paper_scale)  # float (H, W), 0..1
+    strokes = _digit_strokes(ink)
+    stroke_scale = PAPER_STROKE_WIDTHS * _stroke_width(strokes)
+    if stroke_scale < paper_scale:
+        ink = _ink_map(grey, stroke_scale)
+        strokes = _digit_strokes(ink, within=strokes)
+    rows = np.flatnonzero(strokes.any(axis=1))
+    columns = np.flatnonzero(strokes.any(axis=0))
+    return ink, strokes, np.s_[rows[0] : rows[-1] + 1, columns[0] : columns[-1] + 1]
+
+
+def _extent_in_stroke_widths(strokes: np.ndarray) -> float:
+    """The longest side of the strokes' box (which they fill) in widths of their stroke."""
+    return max(strokes.shape) / _stroke_width(np.pad(strokes, 1))  # the box's edge is an edge
 
 
 def _upright_grey(source: bytes | Image.Image) -> np.ndarray:
@@ -409,7 +429,7 @@ def _ink_map(grey: np.ndarray, paper_scale: float) -> np.ndarray:
     paper = _paper_estimate(grey, paper_scale, ndimage.grey_closing)
     ink = _darker_than_paper(grey, paper)
     if _ink_strength(ink) < MIN_INK_CONTRAST:
-        raise ImageError("no ink: the image is blank (one flat colour)")
+        raise ImageError(NO_INK)
     return ink
 
 
@@ -463,7 +483,7 @@ def _digit_strokes(ink: np.ndarray, within: np.ndarray | None = None) -> np.ndar
     threshold = max(_otsu_threshold(ink), MIN_INK_THRESHOLD)
     labels, count = ndimage.label(ink > threshold)
     if count == 0:
-        raise ImageError("no ink: the image is blank (one flat colour)")
+        raise ImageError(NO_INK)
     weights = np.bincount(labels.ravel(), weights=ink.ravel())[1:]  # each component's ink
     # Each component's bounding box as (top, left, bottom, right), bottom and right exclusive.
     boxes = np.array(
@@ -679,7 +699,9 @@ def preprocess_clothing(source: bytes | Image.Image) -> torch.Tensor:
         grey, background = 255.0 - grey, 255.0 - background
     garment = np.abs(grey - background) > CLOTHING_BACKGROUND_TOLERANCE
     if not garment.any():
-        raise ImageError("nothing on the background: the image is blank (one flat colour)")
+        raise ImageError(
+            "nothing on the background: the image is blank, or the garment is as bright as it"
+        )
     rows, columns = np.flatnonzero(garment.any(axis=1)), np.flatnonzero(garment.any(axis=0))
     crop = grey[rows[0] : rows[-1] + 1, columns[0] : columns[-1] + 1]  # trimmed background
     crop = np.clip(crop - background, 0.0, 255.0)  # the background becomes black
