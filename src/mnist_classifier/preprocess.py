@@ -172,7 +172,8 @@ def read_image_file(path: Path | str) -> bytes:
         raise ImageError("empty file (0 bytes)")
     if size > MAX_FILE_BYTES:
         raise ImageError(
-            f"file is {size / 2**20:.1f} MiB, over the {MAX_FILE_BYTES // 2**20} MiB limit"
+            f"file is {size / 2**20:.1f} MiB, over the {MAX_FILE_BYTES // 2**20} MiB limit; "
+            "crop the photo to the digit or scale it down"
         )
     try:
         return path.read_bytes()

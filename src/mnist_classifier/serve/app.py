@@ -307,7 +307,10 @@ class BodyLimits:
                 return b"".join(chunks)
 
     def _too_large(self) -> str:
-        return f"request body is over the {self.max_bytes:,}-byte limit"
+        return (
+            f"request body is over the {self.max_bytes:,}-byte limit; send a smaller image "
+            "(a digit needs far fewer pixels: crop the photo or scale it down)"
+        )
 
 
 async def _refuse(scope: Scope, receive: Receive, send: Send, status: int, detail: str) -> None:
