@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from mnist_classifier import data as data_module
 from mnist_classifier.checkpoint import (
     SCHEMA_VERSION,
+    TRAINING_LOCK_NAME,
     CheckpointDirInUse,
     holding_checkpoint_dir,
     load_checkpoint,
@@ -247,10 +248,63 @@ def test_the_labs_staging_folder_takes_each_new_training(tmp_path, monkeypatch):
 
 
 @pytest.mark.usefixtures("synthetic_data")
-def test_resume_auto_over_a_lone_best_model_starts_afresh(tmp_path):
-    """A run killed while saving its first best_model.pt left nothing to resume."""
+def test_resume_auto_over_a_lone_first_best_model_starts_afresh(tmp_path):
+    """A run killed between saving its first best_model.pt and checkpoint_epoch_1.pt left
+    nothing to resume: that best model is replaced."""
     output_dir = tmp_path / "out"
-    save_checkpoint(output_dir / "best_model.pt", checkpoint_payload())
+    save_checkpoint(output_dir / "best_model.pt", checkpoint_payload(epoch=1))
     result = _mnist_train(tmp_path, output_dir, "--epochs", "1", "--resume", "auto")
     assert result.exit_code == 0, result.output
     assert load_checkpoint(output_dir / "best_model.pt").history is not None
+
+
+@pytest.mark.parametrize("kind", ["a later epoch's best model", "a file of the user's"])
+@pytest.mark.usefixtures("synthetic_data")
+def test_resume_auto_keeps_a_lone_best_model_no_first_save_left(tmp_path, kind):
+    """A best_model.pt of epoch 3 with no epochs beside it (copied there, say), or a file that
+    is no checkpoint at all, is not what a killed first save leaves: it is kept."""
+    output_dir = tmp_path / "out"
+    if kind == "a file of the user's":
+        output_dir.mkdir()
+        (output_dir / "best_model.pt").write_text("precious")
+    else:
+        save_checkpoint(output_dir / "best_model.pt", checkpoint_payload(epoch=3))
+    before = _files(output_dir)
+    result = _mnist_train(tmp_path, output_dir, "--epochs", "1", "--resume", "auto")
+    assert result.exit_code == 2
+    assert "already holds an earlier training's checkpoints (best_model.pt)" in _error_line(result)
+    assert _files(output_dir) == {**before, TRAINING_LOCK_NAME: b""}  # the lock: kept, empty
+
+
+@pytest.mark.usefixtures("synthetic_data")
+def test_a_checkpoint_resumed_from_elsewhere_never_overwrites_another_training(tmp_path):
+    """A model promoted out of a folder still names that folder; by the time it is resumed,
+    another training may hold it. Continuing is refused there, and goes where it is told."""
+    trained_in = tmp_path / "staging"
+    assert _mnist_train(tmp_path, trained_in, "--epochs", "1").exit_code == 0
+    elsewhere = tmp_path / "production"
+    elsewhere.mkdir()
+    for name in ("checkpoint_epoch_1.pt", "checkpoint_epoch_1.pt.sha256"):
+        (elsewhere / name).write_bytes((trained_in / name).read_bytes())
+    retrained = _mnist_train(tmp_path, trained_in, "--epochs", "1", "--seed", "7", "--force")
+    assert retrained.exit_code == 0, retrained.output
+    before = _files(trained_in)
+
+    arguments = ["train", "--resume", str(elsewhere / "checkpoint_epoch_1.pt"), "--epochs", "2"]
+    folders = ["--data-dir", str(tmp_path / "data"), "--runs-dir", str(tmp_path / "runs")]
+    refused = CliRunner().invoke(app, [*arguments, *folders, "--quiet"])
+    assert refused.exit_code == 2
+    assert _error_line(refused) == (
+        f"error: continuing {elsewhere / 'checkpoint_epoch_1.pt'} would write into {trained_in}, "
+        "which holds another training's checkpoints (best_model.pt, checkpoint_epoch_1.pt); "
+        "give the continued run another --output-dir, or replace them with --force"
+    )
+    assert _files(trained_in) == before
+
+    continued_in = tmp_path / "continued"
+    moved = CliRunner().invoke(
+        app, [*arguments, *folders, "--quiet", "--output-dir", str(continued_in)]
+    )
+    assert moved.exit_code == 0, moved.output
+    assert load_checkpoint(continued_in / "best_model.pt").epoch in (1, 2)
+    assert (continued_in / "checkpoint_epoch_2.pt").is_file() and _files(trained_in) == before

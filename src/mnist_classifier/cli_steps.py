@@ -151,9 +151,13 @@ def train_one_run(
             check_batch_fits(config, resolve_device(config.device), launch_world_size())
             check_epochs_left(resumed, config)
     # A new run replaces an earlier training's checkpoints when told to (--force), in the lab's
-    # staging folder (as the lab's script always did), and when --resume auto found nothing to
-    # continue there (a run killed while saving its first best_model.pt); else it is refused.
-    replace_earlier = force or is_staging_dir(config) or (resume == "auto" and resumed is None)
+    # staging folder (as the lab's script always did), and when --resume auto found a run
+    # killed while saving its first best_model.pt there; else it is refused. A resumed run
+    # replaces another training's checkpoints only when told to.
+    replace_earlier = force or (
+        resumed is None
+        and (is_staging_dir(config) or (resume == "auto" and _first_save_interrupted(config)))
+    )
     where = f"rank {rank}: " if rank is not None else ""
     failures = (
         DataError,
@@ -206,6 +210,23 @@ def _interrupted(checkpoint_dir: Path) -> str:
         f"interrupted: the epochs up to {saved[0].name} are saved; continue with "
         + paths.shell_command("mnist", "train", "--resume", saved[0])
     )
+
+
+def _first_save_interrupted(config) -> bool:
+    """Whether the run's checkpoint folder holds just what a run killed between saving its
+    first best_model.pt and its checkpoint_epoch_1.pt leaves: that best model, at epoch 1.
+    Anything else there (a user's own best_model.pt, a model of a later epoch) is kept."""
+    from mnist_classifier.checkpoint import CheckpointError, load_checkpoint, training_checkpoints
+
+    if not config.output_dir:
+        return False  # a new run folder: nothing earlier in it
+    found = training_checkpoints(Path(config.output_dir))
+    if [path.name for path in found] != [paths.BEST_CHECKPOINT_NAME]:
+        return False
+    try:
+        return load_checkpoint(found[0]).epoch == 1
+    except CheckpointError:
+        return False
 
 
 def is_staging_dir(config) -> bool:

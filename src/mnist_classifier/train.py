@@ -369,19 +369,34 @@ def train(
         raise ConfigError("output_dir is empty and there is no run directory to hold checkpoints")
     checkpoint_dir = Path(config.output_dir or run_dir or ".")
     with holding_checkpoint_dir(checkpoint_dir) if writes_checkpoints else nullcontext():
-        earlier = []
-        if writes_checkpoints and resume_from is None:
-            earlier = training_checkpoints(checkpoint_dir)
+        earlier = training_checkpoints(checkpoint_dir) if writes_checkpoints else []
+        if resume_from is not None and _same_folder(resume_from.path.parent, checkpoint_dir):
+            earlier = []  # the resumed training's own
         if earlier and not replace_earlier:
             names = ", ".join(path.name for path in earlier)
+            if resume_from is None:
+                raise EarlierTrainingFound(
+                    f"{checkpoint_dir} already holds an earlier training's checkpoints ({names}); "
+                    "continue it with --resume auto, replace them with --force, or choose "
+                    "another --output-dir"
+                )
+            # A checkpoint resumed from elsewhere (a registry stage, a moved folder) still
+            # names the folder it was trained into, which may hold another training by now.
             raise EarlierTrainingFound(
-                f"{checkpoint_dir} already holds an earlier training's checkpoints ({names}); "
-                "continue it with --resume auto, replace them with --force, or choose another "
-                "--output-dir"
+                f"continuing {resume_from.path} would write into {checkpoint_dir}, which holds "
+                f"another training's checkpoints ({names}); give the continued run another "
+                "--output-dir, or replace them with --force"
             )
         return _train_holding_dir(
             config, observer, run_dir, resume_from, force, data, checkpoint_dir, earlier
         )
+
+
+def _same_folder(first: Path, second: Path) -> bool:
+    try:
+        return first.resolve() == second.resolve()
+    except OSError:
+        return False
 
 
 def _train_holding_dir(
