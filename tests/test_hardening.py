@@ -7,6 +7,7 @@ would (issue 13); each is named after what it protects.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import gzip
 import json
 import os
@@ -903,15 +904,33 @@ def test_a_checkpoint_in_a_folder_that_cannot_be_entered_is_one_line(tmp_path, m
     assert f"{hidden} cannot be read (Permission denied)" in _one_error_line(result.output)
 
 
-def test_an_unforeseen_permission_error_on_a_users_path_is_one_line(tmp_path, monkeypatch):
-    def denied(_models_dir):
-        raise PermissionError(13, "Permission denied", str(tmp_path / "models"))
+@pytest.mark.parametrize(
+    ("error", "message"),
+    [
+        (PermissionError(13, "Permission denied", "{models}"), "{models}: Permission denied"),
+        (
+            OSError(errno.ENOSPC, "No space left on device", "{models}"),
+            "no space left on the device while writing {models}; free some space and run the "
+            "command again",
+        ),
+        (
+            OSError(errno.ENOSPC, "No space left on device"),
+            "no space left on the device; free some space and run the command again",
+        ),
+    ],
+)
+def test_an_unforeseen_os_error_on_a_users_path_is_one_line(tmp_path, monkeypatch, error, message):
+    models = str(tmp_path / "models")
+    if error.filename:
+        error = type(error)(error.errno, error.strerror, error.filename.format(models=models))
 
-    monkeypatch.setattr("mnist_classifier.registry.list_models", denied)
-    result = runner.invoke(app, ["models", "--models-dir", str(tmp_path / "models")])
+    def fails(_models_dir):
+        raise error
+
+    monkeypatch.setattr("mnist_classifier.registry.list_models", fails)
+    result = runner.invoke(app, ["models", "--models-dir", models])
     assert result.exit_code == 1
-    line = _one_error_line(result.output)
-    assert line.startswith(f"error: {tmp_path / 'models'}: Permission denied")
+    assert _one_error_line(result.output).startswith(f"error: {message.format(models=models)}")
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,7 @@
 """Exact resume: a run killed after epoch k and resumed in a fresh process ends bit-identical."""
 
+import errno
+import io
 import json
 import shutil
 import subprocess
@@ -182,11 +184,26 @@ def test_a_nan_loss_stops_training_and_never_becomes_the_best(data_dir, tmp_path
     assert all(torch.isfinite(tensor).all() for tensor in best["model_state_dict"].values())
 
 
-def test_a_full_disk_stops_the_run_and_leaves_earlier_checkpoints_intact(
-    data_dir, tmp_path, monkeypatch
-):
-    import errno
+class _FullDisk(io.RawIOBase):
+    """A file that takes its first 4 KiB and then fails as a full disk does."""
 
+    def __init__(self, handle):
+        self.handle, self.written = handle, 0
+
+    def writable(self):
+        return True
+
+    def write(self, data):
+        self.written += len(data)
+        if self.written > 4096:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return self.handle.write(data)
+
+
+@pytest.mark.parametrize("where", ["in torch.save", "under torch.save's own zip writer"])
+def test_a_full_disk_stops_the_run_and_leaves_earlier_checkpoints_intact(
+    data_dir, tmp_path, monkeypatch, where
+):
     from mnist_classifier import checkpoint as checkpoint_module
 
     config = make_config(_settings(data_dir, tmp_path, **{"schedule.name": "none"}))
@@ -203,8 +220,10 @@ def test_a_full_disk_stops_the_run_and_leaves_earlier_checkpoints_intact(
         before.update(
             {p.name: p.read_bytes() for p in tmp_path.iterdir() if not p.name.startswith(".")}
         )
-        handle.write(b"partial bytes")
-        raise OSError(errno.ENOSPC, "No space left on device")
+        if where == "in torch.save":
+            handle.write(b"partial bytes")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(payload, _FullDisk(handle))  # torch raises its own RuntimeError for this
 
     monkeypatch.setattr(checkpoint_module.torch, "save", disk_fills_up_at_the_third_save)
     with pytest.raises(CheckpointSaveError, match="no space left on the device"):

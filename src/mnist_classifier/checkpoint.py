@@ -240,12 +240,23 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> str:
     e.g. with no space left on the device.
     """
     try:
-        return _commit_with_digest(path, lambda handle: torch.save(payload, handle))
+        return _commit_with_digest(path, lambda handle: _torch_save(payload, handle))
     except OSError as error:
         reason = "no space left on the device" if error.errno == errno.ENOSPC else str(error)
         raise CheckpointSaveError(
             f"could not save {path}: {reason}; the checkpoints saved before are intact"
         ) from None
+
+
+def _torch_save(payload: dict[str, Any], handle: BinaryIO) -> None:
+    """torch.save, with a failed write raised as the OSError it is: torch's zip writer turns
+    one (a full disk) into a RuntimeError ("unexpected pos ...") that keeps it as context."""
+    try:
+        torch.save(payload, handle)
+    except RuntimeError as error:
+        if isinstance(error.__context__, OSError):
+            raise error.__context__ from None
+        raise
 
 
 def remove_stale_temporaries(directory: Path) -> list[Path]:

@@ -8,6 +8,7 @@ one "error: ..." line, the choice Enums Typer checks, and the options that sever
 
 from __future__ import annotations
 
+import errno
 import sys
 from contextlib import contextmanager
 from enum import Enum
@@ -79,6 +80,9 @@ class _OneLineUsageErrors:
 
 
 def _os_error_message(error: OSError) -> str:
+    if error.errno == errno.ENOSPC:  # the file matters less than what to do
+        where = f" while writing {error.filename}" if error.filename else ""
+        return f"no space left on the device{where}; free some space and run the command again"
     reason = error.strerror or str(error) or type(error).__name__
     if error.filename is None:
         return reason
