@@ -55,6 +55,15 @@ def test_warm_up_rises_linearly_from_a_tenth_then_hands_over():
     assert rates[warmup:] == pytest.approx(expected_cosine, rel=1e-9, abs=1e-15)
 
 
+@pytest.mark.parametrize("name", ["cosine", "onecycle"])
+def test_a_warm_up_longer_than_the_run_rises_over_the_whole_run(name):
+    """1e308 epochs is finite, so allowed, but infinite in steps: it overflowed round()."""
+    total = EPOCHS * STEPS_PER_EPOCH
+    assert _trace({"schedule.name": name, "schedule.warmup_epochs": 1e308}) == _trace(
+        {"schedule.name": name, "schedule.warmup_epochs": (total - 1) / STEPS_PER_EPOCH}
+    )
+
+
 def test_onecycle_matches_torchs_scheduler():
     rates = _trace({"schedule.name": "onecycle"})
     optimizer = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=0.01)

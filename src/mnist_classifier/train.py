@@ -226,7 +226,8 @@ def make_scheduler(
     """torch's own schedulers, stepped once per optimizer step (so epochs are in steps)."""
     schedule = config.schedule
     total_steps = config.epochs * steps_per_epoch
-    warmup_steps = min(round(schedule.warmup_epochs * steps_per_epoch), total_steps - 1)
+    # Capped before rounding: a warm-up of 1e308 epochs is a finite setting, but inf in steps.
+    warmup_steps = round(min(schedule.warmup_epochs * steps_per_epoch, total_steps - 1))
     schedulers = torch.optim.lr_scheduler
     if schedule.name == "onecycle":
         rising_fraction = warmup_steps / total_steps if warmup_steps else 0.3  # torch's default
