@@ -23,6 +23,7 @@ from mnist_classifier.runs import (
     list_runs,
     record_test_accuracy,
     run_labels,
+    sweep_run_name,
 )
 
 runner = CliRunner()
@@ -371,14 +372,25 @@ def test_sweep_rejects_a_bad_grid_before_training(tmp_path):
         (["lr=0.001", "lr=0.003"], "--grid gives lr twice; list all its values in one"),
         (["lr=0.001,1e-3"], "--grid lr lists the value 0.001 twice; list it once"),
         (["batch_size=32,64,32"], "--grid batch_size lists the value 32 twice"),
+        # An empty value was dropped: one run fewer than the grid seemed to ask for.
+        (["lr=,0.1"], "--grid lr has an empty value in 'lr=,0.1'; remove the comma"),
+        (["lr=0.1,,0.2"], "--grid lr has an empty value"),
+        # The grid's values make the run names: one over the 100-character limit.
+        (["lr=0.1,0.2", f"name={'n' * 95}"], "name must be at most 100 characters"),
     ],
 )
-def test_sweep_refuses_a_grid_that_repeats_a_key_or_a_value(tmp_path, grid, message):
+def test_sweep_refuses_a_grid_it_cannot_train_as_written(tmp_path, grid, message):
     arguments = ["sweep", *(f"--grid={entry}" for entry in grid), "--runs-dir", str(tmp_path)]
     result = runner.invoke(app, arguments)
     assert result.exit_code == 2
     assert len(result.stderr.splitlines()) == 1 and message in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_swept_folder_makes_a_plain_run_name():
+    """A value holding "/" (sweeping output_dir over sub/o2) made a name that is no one
+    folder's, refused with a traceback once the grid was resolved."""
+    assert sweep_run_name("run", {"output_dir": "sub/o2"}) == "run-output_dir=sub_o2"
 
 
 def test_a_grid_value_of_another_type_is_not_a_repeat():

@@ -225,7 +225,10 @@ def sweep(
     for combination in combinations:
         settings = steps.explicit_settings(assignments, {**base, **combination})
         config = steps.resolve_config(config_file, settings)
-        configs.append(dataclasses.replace(config, name=sweep_run_name(config.name, combination)))
+        with failing(EXIT_USAGE, ConfigError):  # a name the combination makes too long, say
+            configs.append(
+                dataclasses.replace(config, name=sweep_run_name(config.name, combination))
+            )
     output_dirs = [config.output_dir for config in configs if config.output_dir]
     if repeated := [folder for folder in output_dirs if output_dirs.count(folder) > 1]:
         # Each run's checkpoints would land on the last one's (train refuses the second).

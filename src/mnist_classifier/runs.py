@@ -616,9 +616,10 @@ def comparison_rows(runs: list[RunRecord]) -> list[dict[str, Any]]:
 
 
 def sweep_run_name(name: str, combination: dict[str, Any]) -> str:
-    """A sweep run's name: the config's, then the combination's values, e.g. run-lr=0.002."""
+    """A sweep run's name: the config's, then the combination's values, e.g. run-lr=0.002; a
+    value holding "/" (a folder swept over) is written with "_", as a name is one folder's."""
     label = "-".join(f"{key.split('.')[-1]}={value}" for key, value in combination.items())
-    return f"{name}-{label}"
+    return f"{name}-{label.replace('/', '_')}"
 
 
 def grid_overrides(grid: list[str]) -> list[dict[str, Any]]:
@@ -628,9 +629,11 @@ def grid_overrides(grid: list[str]) -> list[dict[str, Any]]:
     for entry in grid:
         key, separator, values_text = entry.partition("=")
         key = key.strip()
-        texts = [text for text in values_text.split(",") if text.strip()]
-        if not separator or not key or not texts:
+        texts = values_text.split(",")
+        if not separator or not key or not values_text.strip():
             raise ConfigError(f"--grid needs KEY=V1,V2,... (got {entry!r})")
+        if not all(text.strip() for text in texts):  # 'lr=,0.1': one run fewer than meant
+            raise ConfigError(f"--grid {key} has an empty value in {entry!r}; remove the comma")
         # A key given twice would keep only its last --grid's values, silently dropping runs.
         if key in keys:
             raise ConfigError(
