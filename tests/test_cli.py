@@ -1,10 +1,13 @@
 """The `mnist` command and the lab's scripts, driven as a user drives them."""
 
 import json
+import os
 import runpy
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -446,6 +449,37 @@ def test_models_lists_odd_stage_names_literally_and_names_a_bad_card_on_one_line
     entry = "[red]production/mnist"
     assert error.startswith(f"error: {entry}: invalid model card: {terminal_safe(card)} is not")
     assert error.isprintable()
+
+
+def test_sigterm_while_training_says_what_is_saved_as_ctrl_c_does(monkeypatch, tmp_path):
+    """docker stop, timeout and batch schedulers end a run with SIGTERM, which ended the
+    process without a word; it now ends as Ctrl-C does, with SIGTERM's exit code."""
+    import mnist_classifier.train as train_module
+
+    output_dir = tmp_path / "checkpoints"
+    output_dir.mkdir()
+
+    def terminated_in_epoch_2(config, *_arguments, **_keywords):
+        (output_dir / "checkpoint_epoch_1.pt").write_bytes(b"saved")
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the signal's handler raises here
+
+    untouched = []  # this test's own handler: a SIGTERM that reaches it was not handled
+    previous = signal.signal(signal.SIGTERM, lambda *_: untouched.append(True))
+    try:
+        monkeypatch.setattr(train_module, "train", terminated_in_epoch_2)
+        arguments = ["train", "--runs-dir", str(tmp_path / "runs"), "--data-dir", str(tmp_path)]
+        result = runner.invoke(app, [*arguments, "--output-dir", str(output_dir)])
+        handler_after = signal.getsignal(signal.SIGTERM)
+    finally:
+        own_handler = signal.signal(signal.SIGTERM, previous)
+    assert untouched == [] and handler_after is own_handler  # handled, then given back
+    assert result.exit_code == 143
+    newest = output_dir / "checkpoint_epoch_1.pt"
+    assert result.stderr.strip().splitlines() == [
+        f"error: terminated: the epochs up to {newest.name} are saved; continue with "
+        f"mnist train --resume {newest}"
+    ]
 
 
 def test_ctrl_c_while_training_says_what_is_saved_and_how_to_continue(monkeypatch, tmp_path):

@@ -29,6 +29,7 @@ from mnist_classifier.datasets import DATASET_NAMES, MNIST
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
+EXIT_TERMINATED = 143  # 128 + SIGTERM: docker stop, timeout, a batch scheduler's end of time
 
 
 def fail(message: str, code: int) -> typer.Exit:

@@ -7,10 +7,21 @@ Like cli.py, it imports the library inside each step, so that `mnist --help` ans
 
 from __future__ import annotations
 
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from mnist_classifier import paths
-from mnist_classifier.cli_options import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, fail, failing
+from mnist_classifier.cli_options import (
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    EXIT_USAGE,
+    fail,
+    failing,
+)
 
 
 def checkpoint_to_read(
@@ -180,17 +191,24 @@ def train_one_run(
                 RunRecorder(run_dir),
             ]
         try:
-            run_training(
-                config,
-                observers,
-                run_dir=run_dir,
-                resume_from=resumed,
-                force=force,
-                replace_earlier=replace_earlier,
-            )
-        except KeyboardInterrupt:  # Ctrl-C: say what is kept and how to go on
+            # Under torchrun, the launcher stops the other ranks with SIGTERM when one fails:
+            # that rank's line says why, and theirs would only bury it.
+            with _terminated_as_interrupted() if rank is None else nullcontext():
+                run_training(
+                    config,
+                    observers,
+                    run_dir=run_dir,
+                    resume_from=resumed,
+                    force=force,
+                    replace_earlier=replace_earlier,
+                )
+        except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM: say what is kept, how to go on
             checkpoint_dir = Path(config.output_dir or run_dir or ".")
-            raise fail(where + _interrupted(checkpoint_dir), EXIT_INTERRUPTED) from None
+            if isinstance(stop, _Terminated):
+                message, code = _interrupted(checkpoint_dir, "terminated"), EXIT_TERMINATED
+            else:
+                message, code = _interrupted(checkpoint_dir, "interrupted"), EXIT_INTERRUPTED
+            raise fail(where + message, code) from None
         except torch.OutOfMemoryError:  # a GPU's (a CPU's memory is checked before training)
             raise fail(
                 f"{where}training ran out of GPU memory with batch_size {config.batch_size}; "
@@ -200,14 +218,37 @@ def train_one_run(
     return run_dir
 
 
-def _interrupted(checkpoint_dir: Path) -> str:
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, met where the program is, as Ctrl-C's KeyboardInterrupt is."""
+
+
+@contextmanager
+def _terminated_as_interrupted() -> Iterator[None]:
+    """Within the block, SIGTERM ends training as Ctrl-C does: the save in progress is left
+    whole (or not made), and the line says what is saved and how to go on, where the default
+    would end the process without a word. Signal handlers belong to the main thread alone."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(_signal_number, _frame) -> None:
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupted(checkpoint_dir: Path, how: str) -> str:
     from mnist_classifier.checkpoint import epoch_checkpoints
 
     saved = epoch_checkpoints(checkpoint_dir) if checkpoint_dir.is_dir() else []
     if not saved:
-        return "interrupted before the first epoch's checkpoint: nothing to resume from"
+        return f"{how} before the first epoch's checkpoint: nothing to resume from"
     return (
-        f"interrupted: the epochs up to {saved[0].name} are saved; continue with "
+        f"{how}: the epochs up to {saved[0].name} are saved; continue with "
         + paths.shell_command("mnist", "train", "--resume", saved[0])
     )
 
