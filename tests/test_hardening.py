@@ -146,6 +146,7 @@ def test_mnist_train_resume_auto_says_which_run_it_resumes(tmp_path, monkeypatch
     runs_dir = tmp_path / "runs"
     older = runs_dir / "20260101-000000-rz"
     save_checkpoint(older / "checkpoint_epoch_3.pt", _resumable_payload())
+    (older / "config.yaml").write_text("name: rz\n")  # what makes a folder a run's
     (runs_dir / "20260102-000000-rz").mkdir()  # left by a start that failed
     resumed_from = []
     monkeypatch.setattr(

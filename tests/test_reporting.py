@@ -437,6 +437,7 @@ ODD_FOLDER = Path("/tmp/odd[/]\n\x1b[2J\u202e[bold]")
         lambda folder: print_resume_choice(
             folder / "run" / "checkpoint_epoch_2.pt",
             [f"skipped run x: no valid checkpoint in {folder}:\n  skipped {folder}/a.pt: bad"],
+            folder / "run",
         ),
         lambda folder: print_promotion(
             Promotion(

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import shutil
 
 import pytest
 import yaml
@@ -668,6 +669,41 @@ def test_resume_with_nothing_left_to_train_is_refused_before_touching_a_file(
     assert line.startswith("error: nothing left to train: the run already has 2 epochs")
     assert f"to train more, resume with {wanted}" in line
     assert _run_files(finished_run) == before
+
+
+@pytest.mark.usefixtures("synthetic_data")
+def test_resuming_checkpoints_kept_outside_the_run_folder_continues_that_run(mnist_dir, tmp_path):
+    """python train_mnist.py keeps its checkpoints in the lab's staging folder, not the run
+    folder; resuming them started a second run folder that repeated the first's epochs, and
+    left the first run's record (and its test accuracy) behind."""
+    runs_dir, staging = tmp_path / "runs", tmp_path / "staging"
+    _train(mnist_dir, runs_dir, "--epochs", "1", "--output-dir", str(staging), "--quiet")
+    (run_dir,) = runs_dir.iterdir()
+    resumed = runner.invoke(
+        app,
+        ["train", "--data-dir", str(mnist_dir), "--runs-dir", str(runs_dir), "--quiet"]
+        + ["--output-dir", str(staging), "--resume", "auto", "--epochs", "2"],
+    )
+    assert resumed.exit_code == 0, resumed.output
+    assert f"Resuming from {staging / 'checkpoint_epoch_1.pt'} (run {run_dir.name})" in (
+        resumed.output
+    )
+    assert list(runs_dir.iterdir()) == [run_dir]
+    epochs = [row["epoch"] for row in csv.DictReader((run_dir / "metrics.csv").open())]
+    assert epochs == ["1", "2"]
+    assert json.loads((run_dir / "summary.json").read_text())["epochs_run"] == 2
+
+
+def test_a_checkpoint_copied_out_of_its_folder_resumes_into_a_new_run(finished_run, tmp_path):
+    elsewhere = tmp_path / "production"
+    elsewhere.mkdir()
+    for name in ("checkpoint_epoch_2.pt", "checkpoint_epoch_2.pt.sha256"):
+        shutil.copy(finished_run / name, elsewhere / name)
+    before = _run_files(finished_run)
+    resumed = _resume(elsewhere / "checkpoint_epoch_2.pt", "--epochs", "3")
+    assert resumed.exit_code == 0, resumed.output
+    assert _run_files(finished_run) == before  # its record is the run that wrote it
+    assert len(list(finished_run.parent.iterdir())) == 2
 
 
 def test_resume_keeps_the_summary_fields_it_did_not_write(finished_run):

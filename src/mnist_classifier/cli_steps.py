@@ -144,6 +144,7 @@ def train_one_run(
         RunRecordError,
         checkpoint_to_resume,
         run_directory,
+        run_of_checkpoint,
     )
     from mnist_classifier.train import TrainingDiverged, check_batch_fits
     from mnist_classifier.train import train as run_training
@@ -153,8 +154,9 @@ def train_one_run(
     with failing(EXIT_FAILURE, ResumeError, CheckpointError):
         resumed, skipped = checkpoint_to_resume(resume, config)
     resume_path = resumed.path if resumed is not None else None
+    continued_run = run_of_checkpoint(resumed) if resumed is not None else None
     if resume == "auto":
-        print_resume_choice(resume_path, skipped)
+        print_resume_choice(resume_path, skipped, continued_run)
     if resumed is not None:  # a checkpoint that cannot be resumed costs no run folder
         with failing(EXIT_USAGE, ResumeError, ConfigError, DeviceError):
             check_training_state(resumed)
@@ -182,7 +184,7 @@ def train_one_run(
     with (
         failing(EXIT_USAGE, ConfigError, ResumeError, EarlierTrainingFound, prefix=where),
         failing(EXIT_FAILURE, *failures, prefix=where),
-        run_directory(config, resume_path, rank) as run_dir,
+        run_directory(config, continued_run, rank) as run_dir,
     ):
         observers = []
         if run_dir is not None:  # under torchrun, rank 0 alone prints and records

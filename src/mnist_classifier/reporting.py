@@ -317,15 +317,18 @@ def evaluate_command(checkpoint: Path, dataset: str = MNIST.name) -> str:
     return shell_command("mnist", "evaluate", "--checkpoint", checkpoint, *dataset_flag)
 
 
-def print_resume_choice(resume_from: Path | None, skipped: list[str]) -> None:
-    """What `--resume auto` found: the checkpoints it skipped, and where it resumes."""
+def print_resume_choice(
+    resume_from: Path | None, skipped: list[str], continued_run: Path | None
+) -> None:
+    """What `--resume` found: the checkpoints it skipped, where it resumes, and the run whose
+    records it continues (or that it starts a new run's)."""
     for line in skipped:  # a skipped run's line may have detail lines: its checkpoints'
         print(terminal_safe_message(line))
     if resume_from is None:
         print("No checkpoint to resume: starting fresh")
         return
-    run = terminal_safe(resume_from.parent.name)
-    print(f"Resuming from {terminal_safe(resume_from)} (run {run})")
+    run = f"run {terminal_safe(continued_run.name)}" if continued_run else "in a new run"
+    print(f"Resuming from {terminal_safe(resume_from)} ({run})")
 
 
 def print_sweep_run(index: int, total: int, name: str) -> None:

@@ -163,20 +163,37 @@ def checkpoint_to_resume(
     return find_resume_in_runs(run_dirs_newest_first(config.runs_dir, config.name))
 
 
+def run_of_checkpoint(checkpoint: LoadedCheckpoint) -> Path | None:
+    """The run whose records a resumption of `checkpoint` continues: the run folder it lies in;
+    else the run that saved it, when it still lies in the folder that run saved it to (the
+    lab's staging folder, an --output-dir) and that run's folder is still there. A checkpoint
+    taken elsewhere (a registry stage's copy) starts a run of its own."""
+    if is_run_folder(checkpoint.path.parent):
+        return checkpoint.path.parent
+    saved_in, saved_by = checkpoint.config.output_dir, checkpoint.run_dir
+    if not (saved_in and saved_by and is_run_folder(Path(saved_by))):
+        return None
+    try:
+        where_it_was_saved = checkpoint.path.parent.resolve() == Path(saved_in).resolve()
+    except OSError:
+        return None
+    return Path(saved_by) if where_it_was_saved else None
+
+
 @contextmanager
 def run_directory(
-    config: TrainConfig, resume_from: Path | None, rank: int | None = None
+    config: TrainConfig, continued_run: Path | None, rank: int | None = None
 ) -> Iterator[Path | None]:
-    """The folder a run logs to, while it trains: a checkpoint inside a run directory continues
-    that run's logs; anything else starts a new one. Under torchrun only rank 0 keeps one (the
-    others get None). The folders made here (the run's, and a new runs folder) that a failed
-    start wrote nothing into (unverified data, say) are removed again."""
+    """The folder a run logs to, while it trains: `continued_run` (see run_of_checkpoint) when
+    resuming one, else a new one. Under torchrun only rank 0 keeps one (the others get None).
+    The folders made here (the run's, and a new runs folder) that a failed start wrote nothing
+    into (unverified data, say) are removed again."""
     if rank not in (None, 0):
         yield None
         return
-    if resume_from is not None and is_run_folder(resume_from.parent):
-        check_records_to_continue(resume_from.parent)
-        yield resume_from.parent
+    if continued_run is not None:
+        check_records_to_continue(continued_run)
+        yield continued_run
         return
     made = make_folders(config.runs_dir)
     try:
