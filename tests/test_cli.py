@@ -157,6 +157,14 @@ def test_a_missing_stage_names_the_stages_that_exist(command, tmp_path):
     for stage in ("staging", "canary"):
         (tmp_path / stage / "mnist").mkdir(parents=True)
         save_checkpoint(tmp_path / stage / "mnist" / "best_model.pt", checkpoint_payload())
+    # Training keeps every epoch's checkpoint beside the best one: a stage is named once all
+    # the same, and a folder holding only epoch checkpoints (no best_model.pt) is no stage.
+    for epoch in (1, 2, 3):
+        save_checkpoint(
+            tmp_path / "staging" / "mnist" / f"checkpoint_epoch_{epoch}.pt", checkpoint_payload()
+        )
+    (tmp_path / "scratch" / "mnist").mkdir(parents=True)
+    save_checkpoint(tmp_path / "scratch" / "mnist" / "checkpoint_epoch_1.pt", checkpoint_payload())
     result = runner.invoke(app, [*command, "--stage", "nosuch", "--models-dir", str(tmp_path)])
     assert result.exit_code == 2
     assert result.output.startswith(f"error: no stage 'nosuch' in {tmp_path} (no ")

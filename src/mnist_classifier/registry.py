@@ -76,7 +76,13 @@ def existing_stage_checkpoint(models_dir: Path | str, stage: str, name: str = "m
     path = stage_checkpoint(models_dir, stage, name)
     if path.is_file():
         return path
-    stages = sorted(found.parent.parent.name for found in Path(models_dir).glob(f"*/{name}/*.pt"))
+    # Only a stage's best_model.pt makes it a stage: training keeps every epoch's checkpoint
+    # beside it (models/staging/mnist/), which must not name the stage once per epoch.
+    stages = sorted(
+        found.parent.parent.name
+        for found in Path(models_dir).glob(f"*/{name}/{BEST_CHECKPOINT_NAME}")
+        if found.is_file()
+    )
     missing = f"no stage {stage!r} in {models_dir} (no {path})"
     if stages:
         raise RegistryError(f"{missing}; the stages there are: {', '.join(stages)}")
