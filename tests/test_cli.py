@@ -152,7 +152,15 @@ def test_checkpoint_with_stage_is_refused(command, tmp_path):
     assert result.output.strip() == "error: give --checkpoint or --stage, not both"
 
 
-@pytest.mark.parametrize("command", [["serve"], ["evaluate"], ["predict", "x.png"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["serve", "--stage"],
+        ["evaluate", "--stage"],
+        ["predict", "x.png", "--stage"],
+        ["promote", "--from"],
+    ],
+)
 def test_a_missing_stage_names_the_stages_that_exist(command, tmp_path):
     for stage in ("staging", "canary"):
         (tmp_path / stage / "mnist").mkdir(parents=True)
@@ -165,11 +173,23 @@ def test_a_missing_stage_names_the_stages_that_exist(command, tmp_path):
         )
     (tmp_path / "scratch" / "mnist").mkdir(parents=True)
     save_checkpoint(tmp_path / "scratch" / "mnist" / "checkpoint_epoch_1.pt", checkpoint_payload())
-    result = runner.invoke(app, [*command, "--stage", "nosuch", "--models-dir", str(tmp_path)])
+    before = sorted(tmp_path.rglob("*"))
+    result = runner.invoke(app, [*command, "nosuch", "--models-dir", str(tmp_path)])
     assert result.exit_code == 2
     assert result.output.startswith(f"error: no stage 'nosuch' in {tmp_path} (no ")
     assert result.output.strip().endswith("; the stages there are: canary, staging")
     assert len(result.output.strip().splitlines()) == 1
+    assert sorted(tmp_path.rglob("*")) == before  # promote copied nothing, wrote no history
+
+
+def test_promote_from_a_checkpoint_path_reads_that_file(tmp_path):
+    # A path, not a stage name: its absence is a missing checkpoint (exit 1), as for evaluate.
+    candidate = tmp_path / "runs" / "a" / "best_model.pt"
+    result = runner.invoke(
+        app, ["promote", "--from", str(candidate), "--models-dir", str(tmp_path / "models")]
+    )
+    assert result.exit_code == 1
+    assert result.output.startswith(f"error: checkpoint not found: {candidate}. Train a model")
 
 
 def test_evaluate_missing_checkpoint_says_train_first(tmp_path):

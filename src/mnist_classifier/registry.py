@@ -104,9 +104,11 @@ def checkpoint_to_read(
 
 
 def resolve_source(models_dir: Path | str, source: str, name: str) -> Path:
-    """`--from` is a stage name, or a path to a checkpoint (e.g. a run's best_model.pt)."""
+    """`--from` is a stage name, or a path to a checkpoint (e.g. a run's best_model.pt).
+
+    A stage must exist: a RegistryError names those that do, as `evaluate --stage` does."""
     if PLAIN_NAME.fullmatch(source) and not source.endswith(".pt"):
-        return stage_checkpoint(models_dir, source, name)
+        return existing_stage_checkpoint(models_dir, source, name)
     return Path(source)
 
 
