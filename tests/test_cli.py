@@ -19,7 +19,13 @@ import mnist_classifier.train
 from mnist_classifier.checkpoint import save_checkpoint
 from mnist_classifier.cli import app
 from mnist_classifier.datasets import MNIST
-from mnist_classifier.registry import MODEL_CARD_NAME, checkpoint_to_read
+from mnist_classifier.files import sha256_of
+from mnist_classifier.registry import (
+    MODEL_CARD_NAME,
+    STALE_MODEL_CARD,
+    checkpoint_to_read,
+    list_models,
+)
 from mnist_classifier.reporting import terminal_safe
 
 runner = CliRunner()
@@ -474,6 +480,30 @@ def test_models_lists_odd_stage_names_literally_and_names_a_bad_card_on_one_line
     entry = "[red]production/mnist"
     assert error.startswith(f"error: {entry}: invalid model card: {terminal_safe(card)} is not")
     assert error.isprintable()
+
+
+def test_models_shows_no_figures_from_a_card_written_for_the_model_since_replaced(tmp_path):
+    for stage in ("staging", "production"):
+        checkpoint = tmp_path / stage / "mnist" / "best_model.pt"
+        save_checkpoint(checkpoint, checkpoint_payload())
+        card = {
+            "checkpoint_sha256": sha256_of(checkpoint),
+            "promoted_utc": "2026-01-02T03:04:05+00:00",
+            "metrics": {"test_accuracy": 0.9123},
+        }
+        (checkpoint.parent / MODEL_CARD_NAME).write_text(json.dumps(card))
+    # As `python train_mnist.py` does: a retrained best_model.pt lands beside staging's old card.
+    save_checkpoint(tmp_path / "staging" / "mnist" / "best_model.pt", checkpoint_payload(epoch=4))
+
+    rows = {row["stage"]: row for row in list_models(tmp_path)}
+    assert rows["production"]["test_accuracy"] == 0.9123 and rows["production"]["status"] == "ok"
+    assert rows["staging"]["epoch"] == 4
+    assert rows["staging"]["test_accuracy"] is None and rows["staging"]["promoted_utc"] is None
+    assert rows["staging"]["status"] == STALE_MODEL_CARD
+    result = runner.invoke(app, ["models", "--models-dir", str(tmp_path)])
+    assert result.exit_code == 2
+    assert result.stdout.count("91.23%") == 1  # production's, never beside the new model
+    assert result.stderr.splitlines() == [f"error: staging/mnist: {STALE_MODEL_CARD}"]
 
 
 def test_ctrl_c_while_training_says_what_is_saved_and_how_to_continue(monkeypatch, tmp_path):
