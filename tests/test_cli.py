@@ -22,7 +22,13 @@ import mnist_classifier.train
 from mnist_classifier.checkpoint import save_checkpoint
 from mnist_classifier.cli import app
 from mnist_classifier.datasets import MNIST
-from mnist_classifier.registry import MODEL_CARD_NAME, checkpoint_to_read
+from mnist_classifier.files import sha256_of
+from mnist_classifier.registry import (
+    MODEL_CARD_NAME,
+    STALE_MODEL_CARD,
+    checkpoint_to_read,
+    list_models,
+)
 from mnist_classifier.reporting import terminal_safe
 
 runner = CliRunner()
@@ -155,16 +161,44 @@ def test_checkpoint_with_stage_is_refused(command, tmp_path):
     assert result.output.strip() == "error: give --checkpoint or --stage, not both"
 
 
-@pytest.mark.parametrize("command", [["serve"], ["evaluate"], ["predict", "x.png"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["serve", "--stage"],
+        ["evaluate", "--stage"],
+        ["predict", "x.png", "--stage"],
+        ["promote", "--from"],
+    ],
+)
 def test_a_missing_stage_names_the_stages_that_exist(command, tmp_path):
     for stage in ("staging", "canary"):
         (tmp_path / stage / "mnist").mkdir(parents=True)
         save_checkpoint(tmp_path / stage / "mnist" / "best_model.pt", checkpoint_payload())
-    result = runner.invoke(app, [*command, "--stage", "nosuch", "--models-dir", str(tmp_path)])
+    # Training keeps every epoch's checkpoint beside the best one: a stage is named once all
+    # the same, and a folder holding only epoch checkpoints (no best_model.pt) is no stage.
+    for epoch in (1, 2, 3):
+        save_checkpoint(
+            tmp_path / "staging" / "mnist" / f"checkpoint_epoch_{epoch}.pt", checkpoint_payload()
+        )
+    (tmp_path / "scratch" / "mnist").mkdir(parents=True)
+    save_checkpoint(tmp_path / "scratch" / "mnist" / "checkpoint_epoch_1.pt", checkpoint_payload())
+    before = sorted(tmp_path.rglob("*"))
+    result = runner.invoke(app, [*command, "nosuch", "--models-dir", str(tmp_path)])
     assert result.exit_code == 2
     assert result.output.startswith(f"error: no stage 'nosuch' in {tmp_path} (no ")
     assert result.output.strip().endswith("; the stages there are: canary, staging")
     assert len(result.output.strip().splitlines()) == 1
+    assert sorted(tmp_path.rglob("*")) == before  # promote copied nothing, wrote no history
+
+
+def test_promote_from_a_checkpoint_path_reads_that_file(tmp_path):
+    # A path, not a stage name: its absence is a missing checkpoint (exit 1), as for evaluate.
+    candidate = tmp_path / "runs" / "a" / "best_model.pt"
+    result = runner.invoke(
+        app, ["promote", "--from", str(candidate), "--models-dir", str(tmp_path / "models")]
+    )
+    assert result.exit_code == 1
+    assert result.output.startswith(f"error: checkpoint not found: {candidate}. Train a model")
 
 
 def test_evaluate_missing_checkpoint_says_train_first(tmp_path):
@@ -480,6 +514,30 @@ def test_sigterm_while_training_says_what_is_saved_as_ctrl_c_does(monkeypatch, t
         f"error: terminated: the epochs up to {newest.name} are saved; continue with "
         f"mnist train --resume {newest}"
     ]
+
+
+def test_models_shows_no_figures_from_a_card_written_for_the_model_since_replaced(tmp_path):
+    for stage in ("staging", "production"):
+        checkpoint = tmp_path / stage / "mnist" / "best_model.pt"
+        save_checkpoint(checkpoint, checkpoint_payload())
+        card = {
+            "checkpoint_sha256": sha256_of(checkpoint),
+            "promoted_utc": "2026-01-02T03:04:05+00:00",
+            "metrics": {"test_accuracy": 0.9123},
+        }
+        (checkpoint.parent / MODEL_CARD_NAME).write_text(json.dumps(card))
+    # As `python train_mnist.py` does: a retrained best_model.pt lands beside staging's old card.
+    save_checkpoint(tmp_path / "staging" / "mnist" / "best_model.pt", checkpoint_payload(epoch=4))
+
+    rows = {row["stage"]: row for row in list_models(tmp_path)}
+    assert rows["production"]["test_accuracy"] == 0.9123 and rows["production"]["status"] == "ok"
+    assert rows["staging"]["epoch"] == 4
+    assert rows["staging"]["test_accuracy"] is None and rows["staging"]["promoted_utc"] is None
+    assert rows["staging"]["status"] == STALE_MODEL_CARD
+    result = runner.invoke(app, ["models", "--models-dir", str(tmp_path)])
+    assert result.exit_code == 2
+    assert result.stdout.count("91.23%") == 1  # production's, never beside the new model
+    assert result.stderr.splitlines() == [f"error: staging/mnist: {STALE_MODEL_CARD}"]
 
 
 def test_ctrl_c_while_training_says_what_is_saved_and_how_to_continue(monkeypatch, tmp_path):

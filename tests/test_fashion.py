@@ -13,6 +13,7 @@ import io
 import json
 import os
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -439,6 +440,28 @@ def test_the_registry_keeps_each_data_sets_models_apart(tmp_path, tiny_data):
     assert result.exit_code == 0, result.output
     result = runner.invoke(app, ["evaluate", "--stage", "production", "--models-dir", str(models)])
     assert result.exit_code == 2 and "production/mnist/best_model.pt" in result.output
+
+
+def test_each_data_sets_stage_report_has_a_folder_of_its_own(tmp_path, tiny_data, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    mnist_model = Path("models/production/mnist/best_model.pt")
+    fashion_model = Path("models/production/fashion-mnist/best_model.pt")
+    save_checkpoint(mnist_model, checkpoint_payload())
+    fashion_checkpoint(fashion_model)
+
+    for dataset in ("mnist", "fashion-mnist"):
+        result = runner.invoke(
+            app,
+            ["evaluate", "--stage", "production", "--dataset", dataset,
+             "--data-dir", str(tiny_data)],
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+
+    # MNIST's where it always was; Fashion-MNIST's beside it, not over it.
+    mnist_report = json.loads(Path("reports/production/report.json").read_text())
+    fashion_report = json.loads(Path("reports/production/fashion-mnist/report.json").read_text())
+    assert mnist_report["checkpoint"]["path"] == str(mnist_model)
+    assert fashion_report["checkpoint"]["path"] == str(fashion_model)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -198,14 +198,20 @@ def test_a_setting_named_like_an_accuracy_is_shown_whatever_it_holds(setting, ca
     assert "50.00%" in second
 
 
-def test_report_folders_are_keyed_by_stage_or_run():
+def test_report_folders_are_keyed_by_stage_and_data_set_or_run():
     best = Path("models/staging/mnist/best_model.pt")
-    assert default_report_dir(best, "staging", "/r/20260101-000000-a") == Path("reports/staging")
-    assert default_report_dir(best, "production", "/r/x") == Path("reports/production")
-    first = default_report_dir(Path("runs/a/best_model.pt"), None, "/abs/runs/a")
-    second = default_report_dir(Path("runs/b/best_model.pt"), None, "/abs/runs/b")
+    staging = default_report_dir(best, "staging", "/r/20260101-000000-a", "mnist")
+    assert staging == Path("reports/staging")
+    production = default_report_dir(best, "production", "/r/x", "mnist")
+    assert production == Path("reports/production")
+    # Each data set's models sit in their own folder of a stage, and so do their reports.
+    fashion = Path("models/production/fashion-mnist/best_model.pt")
+    fashion_report = default_report_dir(fashion, "production", "/r/y", "fashion-mnist")
+    assert fashion_report == Path("reports/production/fashion-mnist")
+    first = default_report_dir(Path("runs/a/best_model.pt"), None, "/abs/runs/a", "mnist")
+    second = default_report_dir(Path("runs/b/best_model.pt"), None, "/abs/runs/b", "fashion-mnist")
     assert first == Path("reports/a/best_model") and second == Path("reports/b/best_model")
-    loose = default_report_dir(Path("/tmp/x/best_model.pt"), None, "")
+    loose = default_report_dir(Path("/tmp/x/best_model.pt"), None, "", "mnist")
     assert loose == Path("reports/x-best_model")
 
 

@@ -218,6 +218,25 @@ def test_model_gives_digest_stage_and_fractions_but_no_paths_or_git_commit(tmp_p
         load_checkpoint_model(checkpoint, stage="production")
 
 
+def test_model_gives_no_metrics_from_a_card_written_for_the_model_since_replaced(tmp_path):
+    from conftest import checkpoint_payload
+
+    from mnist_classifier.files import sha256_of
+
+    checkpoint = stage_checkpoint(tmp_path, "staging")
+    save_checkpoint(checkpoint, checkpoint_payload())
+    card = {"checkpoint_sha256": sha256_of(checkpoint), "metrics": {"test_accuracy": 0.9123}}
+    (checkpoint.parent / "model_card.json").write_text(json.dumps(card))
+    served = load_checkpoint_model(checkpoint, stage="staging")
+    assert served.info.metrics.test_accuracy == 0.9123  # the card is this model's
+    # As `python train_mnist.py` does: a retrained best_model.pt lands beside the old card.
+    save_checkpoint(checkpoint, checkpoint_payload(epoch=4))
+    served = load_checkpoint_model(checkpoint, stage="staging")
+    model = local_client(create_app(ChecksumPredictor(), served.info)).get("/model").json()
+    assert model["digest"] == sha256_of(checkpoint) != card["checkpoint_sha256"]
+    assert model["epoch"] == 4 and model["metrics"] is None
+
+
 # --- On the wire: a real server on loopback -----------------------------------------------------
 
 

@@ -288,7 +288,9 @@ def evaluate(
     checkpoint = steps.checkpoint_to_read(checkpoint, stage, models_dir, dataset.value)
     loaded = steps.load_for_dataset(checkpoint, dataset.value, "evaluate")
     # The report's folder is known from the checkpoint: refuse it before the evaluation.
-    report_dir = output_dir or default_report_dir(loaded.path, stage, loaded.run_dir)
+    report_dir = output_dir or default_report_dir(
+        loaded.path, stage, loaded.run_dir, loaded.dataset.name
+    )
     with failing(EXIT_USAGE, NotOurFile):
         check_report_dir(report_dir)
     with (

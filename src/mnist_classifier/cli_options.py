@@ -329,7 +329,8 @@ ReportDirOption = Annotated[
         parser=_path_to_write,
         metavar="<path>",
         help="Where report.json and the figures go (replacing only an earlier report). "
-        "[default: ./reports/<stage>, or ./reports/<run>/<checkpoint name>]",
+        "[default: ./reports/<stage> for MNIST, ./reports/<stage>/<dataset> for another "
+        "data set, or ./reports/<run>/<checkpoint name>]",
         show_default=False,
     ),
 ]

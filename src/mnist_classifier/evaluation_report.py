@@ -138,7 +138,7 @@ def save_report(
         class_names=loaded.dataset.class_names,
     )
     run_dir = loaded.run_dir
-    report_dir = output_dir or default_report_dir(loaded.path, stage, run_dir)
+    report_dir = output_dir or default_report_dir(loaded.path, stage, run_dir, loaded.dataset.name)
     check_report_dir(report_dir)
     try:
         written = write_report_files(
@@ -177,13 +177,17 @@ def _is_our_report(path: Path) -> bool:
     return report is not None and all(report.get(k) == v for k, v in WRITTEN_BY.items())
 
 
-def default_report_dir(checkpoint: Path, stage: str | None, run_dir: str) -> Path:
-    """Where a report goes unless told: one folder per stage, or per run and checkpoint, so
-    that evaluating production, staging and each run's best_model.pt never overwrite each other.
+def default_report_dir(checkpoint: Path, stage: str | None, run_dir: str, dataset: str) -> Path:
+    """Where a report goes unless told: one folder per stage and data set, or per run and
+    checkpoint, so that evaluating production, staging and each run's best_model.pt, on MNIST
+    or Fashion-MNIST, never overwrite each other.
 
-    `run_dir` is the run a checkpoint names (saved in every checkpoint); "" for none."""
+    `run_dir` is the run a checkpoint names (saved in every checkpoint); "" for none. A stage
+    holds a model per data set (models/<stage>/<dataset>/), and so its reports: MNIST's in
+    reports/<stage>/, where reports of earlier versions are and scripts read them, and another
+    data set's in a folder of its name within it, which no report's file name can be."""
     if stage:
-        return REPORTS_DIR / stage
+        return REPORTS_DIR / stage if dataset == MNIST.name else REPORTS_DIR / stage / dataset
     if run_dir:
         return REPORTS_DIR / Path(run_dir).name / checkpoint.stem
     return REPORTS_DIR / f"{checkpoint.resolve().parent.name}-{checkpoint.stem}"

@@ -46,11 +46,13 @@ PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 # What `mnist models` shows of a card and `mnist serve` sends: a card is written by `promote`,
 # so a value of another type is a damaged (or hand-edited) card. Serving checks the metrics it
 # sends against its own schema as well (ranges, the per-class list).
-MODEL_CARD_TYPES = {"promoted_utc": TEXT, "metrics": OBJECT}
+MODEL_CARD_TYPES = {"promoted_utc": TEXT, "metrics": OBJECT, "checkpoint_sha256": TEXT}
 MODEL_CARD_METRIC_TYPES = {"test_accuracy": FRACTION, "test_loss": NUMBER}
 # A card is a few kilobytes; the history grows by about 200 bytes per promotion.
 MAX_MODEL_CARD_BYTES = 1 << 20
 MAX_HISTORY_BYTES = 64 << 20
+# A stage's status in `mnist models` when its card was written for the model it replaced.
+STALE_MODEL_CARD = "stale model card: it is for another model; promote again or move it aside"
 
 
 class RegistryError(RuntimeError):
@@ -76,7 +78,13 @@ def existing_stage_checkpoint(models_dir: Path | str, stage: str, name: str = "m
     path = stage_checkpoint(models_dir, stage, name)
     if path.is_file():
         return path
-    stages = sorted(found.parent.parent.name for found in Path(models_dir).glob(f"*/{name}/*.pt"))
+    # Only a stage's best_model.pt makes it a stage: training keeps every epoch's checkpoint
+    # beside it (models/staging/mnist/), which must not name the stage once per epoch.
+    stages = sorted(
+        found.parent.parent.name
+        for found in Path(models_dir).glob(f"*/{name}/{BEST_CHECKPOINT_NAME}")
+        if found.is_file()
+    )
     missing = f"no stage {stage!r} in {models_dir} (no {path})"
     if stages:
         raise RegistryError(f"{missing}; the stages there are: {', '.join(stages)}")
@@ -98,9 +106,11 @@ def checkpoint_to_read(
 
 
 def resolve_source(models_dir: Path | str, source: str, name: str) -> Path:
-    """`--from` is a stage name, or a path to a checkpoint (e.g. a run's best_model.pt)."""
+    """`--from` is a stage name, or a path to a checkpoint (e.g. a run's best_model.pt).
+
+    A stage must exist: a RegistryError names those that do, as `evaluate --stage` does."""
     if PLAIN_NAME.fullmatch(source) and not source.endswith(".pt"):
-        return stage_checkpoint(models_dir, source, name)
+        return existing_stage_checkpoint(models_dir, source, name)
     return Path(source)
 
 
@@ -258,6 +268,17 @@ def read_model_card(path: Path) -> dict[str, Any]:
     return card
 
 
+def is_card_of(card: dict[str, Any], checkpoint_digest: str) -> bool:
+    """Whether `card` was written for the checkpoint whose SHA-256 is `checkpoint_digest`.
+
+    `promote` writes a card beside the best_model.pt it copies, but a later best_model.pt may
+    land there by other means (train_mnist.py retrains into models/staging/mnist/): the card
+    then holds the figures of the model that was replaced. A card recording no digest (not
+    written by `promote`) cannot tell, and is taken at its word."""
+    recorded = card.get("checkpoint_sha256")
+    return recorded is None or recorded.lower() == checkpoint_digest
+
+
 def list_models(models_dir: Path | str) -> list[dict[str, Any]]:
     """One row per <stage>/<name> holding a best_model.pt; `status` is "ok" or the problem."""
     rows = []
@@ -278,6 +299,10 @@ def list_models(models_dir: Path | str) -> list[dict[str, Any]]:
             row["status"] = "ok"
         except Exception as error:  # a listing reports a broken file, it does not stop at it
             row.update(epoch=None, validation_accuracy=None, status=f"invalid: {error}")
+        else:  # a regular file that the safe loader read: hashing it cannot hang
+            if card and not is_card_of(card, sha256_of(checkpoint)):
+                # Its test accuracy and promotion time are another model's: shown as absent.
+                row.update(test_accuracy=None, promoted_utc=None, status=STALE_MODEL_CARD)
         if card_problem:
             row["status"] = f"invalid model card: {card_problem}"
         rows.append(row)

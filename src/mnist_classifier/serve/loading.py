@@ -3,7 +3,8 @@
 Everything here happens once, at start; no endpoint loads a model. A registry stage NAME is the
 folder `<models_dir>/<NAME>/<dataset>/` (e.g. `production/mnist/`) holding `best_model.pt` and,
 when the registry wrote one, `model_card.json` (whose test metrics `GET /model` shows, and
-nothing else of it). A model trained on another data set than the one asked for is refused.
+nothing else of it; none when the card records another model's digest). A model trained on
+another data set than the one asked for is refused.
 """
 
 from __future__ import annotations
@@ -72,17 +73,20 @@ def load_checkpoint_model(
     except CheckpointError as error:
         raise ServeError(str(error)) from None
     card_path = checkpoint.parent / MODEL_CARD_NAME
+    digest = sha256_of(checkpoint)
     try:
-        metrics = registry.read_model_card(card_path).get("metrics")  # a regular file, capped
+        card = registry.read_model_card(card_path)  # a regular file, capped
     except registry.RegistryError as error:
         raise ServeError(str(error)) from None
+    # A card written for the model this one replaced holds none of this model's metrics.
+    metrics = card.get("metrics") if registry.is_card_of(card, digest) else None
     try:
         # The card's paths and git commit are this machine's business: only metrics go out.
         served_metrics = ModelMetrics.model_validate(metrics) if metrics is not None else None
     except ValidationError as error:
         raise ServeError(f"{card_path}: metrics are not valid: {_first_problem(error)}") from None
     info = ModelInfo(
-        digest=sha256_of(checkpoint),
+        digest=digest,
         stage=stage,
         backend="torch",
         file_name=checkpoint.name,
