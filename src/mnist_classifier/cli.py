@@ -394,7 +394,7 @@ def export(
     export_format: Annotated[
         options.ExportFormat, typer.Option("--format")
     ] = options.ExportFormat.onnx,
-    checkpoint: options.ExportCheckpointOption = options.DEFAULT_CHECKPOINT,
+    checkpoint: options.ExportCheckpointOption = None,
     data_dir: options.TestDataDirOption = options.DEFAULT_DATA_DIR,
     dataset: options.DatasetOption = options.MNIST_DATASET,
 ) -> None:

@@ -168,12 +168,13 @@ def _path_to_write(text: str) -> Path:
     return Path(text)
 
 
-DEFAULT_CHECKPOINT = Path(paths.DEFAULT_CHECKPOINT)
 DEFAULT_DATA_DIR = Path(paths.DEFAULT_DATA_DIR)
 DEFAULT_MODELS_DIR = Path(paths.DEFAULT_MODELS_DIR)
 # Help texts write every default one way, "[default: ./data]" (Click would print Path("./data")
 # as "data" and a show_default text in parentheses).
-SHOWN_CHECKPOINT = f"[default: ./{DEFAULT_CHECKPOINT}]"
+# --checkpoint's default is None, "not given": the --dataset's staging model is then read. A
+# default path could not be told from the same path given on purpose with another --dataset.
+SHOWN_CHECKPOINT = f"[default: {paths.CHECKPOINT_OF_DATASET}]"
 
 # For commands that read a checkpoint, --dataset names the data set the model must have been
 # trained on: its test split, its registry folder (models/<stage>/<dataset>/) and its default
@@ -369,7 +370,8 @@ ExportOutputOption = Annotated[
     ),
 ]
 ExportCheckpointOption = Annotated[
-    Path, typer.Option(help=f"Checkpoint to export. {SHOWN_CHECKPOINT}", show_default=False)
+    Path | None,
+    typer.Option(help=f"Checkpoint to export. {SHOWN_CHECKPOINT}", show_default=False),
 ]
 
 # --- mnist serve ---------------------------------------------------------------------------------
