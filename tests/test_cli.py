@@ -152,6 +152,40 @@ def test_checkpoint_with_stage_is_refused(command, tmp_path):
     assert result.output.strip() == "error: give --checkpoint or --stage, not both"
 
 
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--model", "m.onnx"], "--model is for --backend onnxruntime; use --checkpoint"),
+        (
+            ["--backend", "onnxruntime"],
+            "--backend onnxruntime needs --model PATH.onnx (see mnist export)",
+        ),
+        (
+            ["--backend", "onnxruntime", "--model", "m.onnx", "--stage", "staging"],
+            "--backend onnxruntime runs --model PATH.onnx alone; drop --checkpoint and --stage",
+        ),
+        (
+            ["--backend", "onnxruntime", "--model", "m.onnx", "--checkpoint", "X.pt"],
+            "--backend onnxruntime runs --model PATH.onnx alone; drop --checkpoint and --stage",
+        ),
+    ],
+)
+def test_predict_refuses_contradictory_model_options_as_serve_does(
+    arguments, message, tmp_path, monkeypatch
+):
+    """An option that would be ignored is refused before any model is loaded: the lab's
+    staging model is there to be read, and no model file named exists."""
+    monkeypatch.chdir(tmp_path)
+    Path("models/staging/mnist").mkdir(parents=True)
+    save_checkpoint(Path("models/staging/mnist/best_model.pt"), checkpoint_payload())
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save("x.png")
+    predicted = runner.invoke(app, ["predict", *arguments, "x.png"])
+    served = runner.invoke(app, ["serve", *arguments, "--port", "1"])
+    for result in (predicted, served):
+        assert result.exit_code == 2
+        assert result.output.strip() == f"error: {message}"
+
+
 @pytest.mark.parametrize("command", [["serve"], ["evaluate"], ["predict", "x.png"]])
 def test_a_missing_stage_names_the_stages_that_exist(command, tmp_path):
     for stage in ("staging", "canary"):

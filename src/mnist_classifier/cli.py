@@ -359,14 +359,11 @@ def predict(
         print_predictions_json,
     )
 
+    steps.check_model_options(backend, model, checkpoint, stage)
     if save_preprocessed is not None:
         with failing(EXIT_USAGE, ConfigError):
             check_output_dir(save_preprocessed, "save_preprocessed", "--save-preprocessed")
     if backend is options.Backend.onnxruntime:
-        if model is None:
-            raise fail(
-                "--backend onnxruntime needs --model PATH.onnx (see mnist export)", EXIT_USAGE
-            )
         with failing(EXIT_FAILURE, ModelFileError):
             runner = load_onnx_backend(model, dataset.value)
         answering = ModelIdentity.of(model)
@@ -434,13 +431,8 @@ def serve(
     default), or with --backend onnxruntime an exported --model. API: POST /predict,
     POST /predict/batch, GET /model, GET /health; its schema at /openapi.json.
     """
-    if checkpoint is not None and stage is not None:
-        raise fail("give --checkpoint or --stage, not both", EXIT_USAGE)
+    steps.check_model_options(backend, model, checkpoint, stage)
     onnx = backend is options.Backend.onnxruntime
-    if onnx and (model is None or checkpoint or stage):
-        raise fail("--backend onnxruntime serves --model PATH.onnx alone", EXIT_USAGE)
-    if not onnx and model is not None:
-        raise fail("--model is for --backend onnxruntime; use --checkpoint", EXIT_USAGE)
     from mnist_classifier.serve.loading import ServeError, load_checkpoint_model, load_onnx_model
     from mnist_classifier.serve.server import host_pattern_problem, listen_problem, run_server
 

@@ -10,7 +10,36 @@ from __future__ import annotations
 from pathlib import Path
 
 from mnist_classifier import paths
-from mnist_classifier.cli_options import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, fail, failing
+from mnist_classifier.cli_options import (
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    Backend,
+    fail,
+    failing,
+)
+
+
+def check_model_options(
+    backend: Backend, model: Path | None, checkpoint: Path | None, stage: str | None
+) -> None:
+    """The model options of predict and serve, refused before anything is loaded when they
+    contradict each other: one of them would be ignored, and another model than the one meant
+    would answer without a word."""
+    if checkpoint is not None and stage is not None:
+        raise fail("give --checkpoint or --stage, not both", EXIT_USAGE)
+    if backend is Backend.onnxruntime:
+        if model is None:
+            raise fail(
+                "--backend onnxruntime needs --model PATH.onnx (see mnist export)", EXIT_USAGE
+            )
+        if checkpoint is not None or stage is not None:
+            raise fail(
+                "--backend onnxruntime runs --model PATH.onnx alone; drop --checkpoint and --stage",
+                EXIT_USAGE,
+            )
+    elif model is not None:
+        raise fail("--model is for --backend onnxruntime; use --checkpoint", EXIT_USAGE)
 
 
 def checkpoint_to_read(
