@@ -280,6 +280,7 @@ def evaluate(
         print_report_details,
     )
 
+    steps.check_data_dir(data_dir)
     text = output_format is options.OutputFormat.text
     target = steps.resolved_device(device.value)
     checkpoint = steps.checkpoint_to_read(checkpoint, stage, models_dir, dataset.value)
@@ -318,8 +319,10 @@ def data(
     from mnist_classifier.data import DataError, ensure_dataset
     from mnist_classifier.reporting import print_data
 
+    data_dir = data_dir or options.DEFAULT_DATA_DIR
+    steps.check_data_dir(data_dir)
     with failing(EXIT_FAILURE, DataError):
-        files = ensure_dataset(data_dir or options.DEFAULT_DATA_DIR, dataset.value)
+        files = ensure_dataset(data_dir, dataset.value)
     print_data(files)
 
 
@@ -401,6 +404,7 @@ def export(
     from mnist_classifier.files import NotOurFile
     from mnist_classifier.reporting import print_export
 
+    steps.check_data_dir(data_dir)
     checkpoint = steps.checkpoint_to_read(
         checkpoint, None, options.DEFAULT_MODELS_DIR, dataset.value
     )
@@ -475,6 +479,7 @@ def promote(
     from mnist_classifier.registry import promote as promote_candidate
     from mnist_classifier.reporting import print_promotion
 
+    steps.check_data_dir(data_dir)
     name = name or dataset.value  # each data set's models in their own folder of every stage
     with (
         failing(EXIT_USAGE, RegistryError),

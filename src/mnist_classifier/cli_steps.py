@@ -51,6 +51,16 @@ def checkpoint_to_read(
         return checkpoint_to_read(checkpoint, stage, models_dir, dataset)
 
 
+def check_data_dir(data_dir: Path) -> None:
+    """A --data-dir that is a file is a usage error before any work, as `mnist train` has it:
+    else the command would start (load a model, print its device) and fail on reading it."""
+    from mnist_classifier.data import DataError
+    from mnist_classifier.data import check_data_dir as check
+
+    with failing(EXIT_USAGE, DataError):
+        check(data_dir)
+
+
 def load_for_dataset(checkpoint: Path, dataset: str, action: str):
     """The checkpoint, read by the safe loader and refused if trained on another data set."""
     from mnist_classifier.checkpoint import CheckpointError, load_checkpoint, require_dataset
