@@ -332,6 +332,25 @@ def test_scripts_and_module_offer_the_same_flags_as_the_package():
     assert "train" in help_text("-m", "mnist_classifier")
 
 
+def test_train_mnist_script_and_mnist_train_each_show_their_own_output_dir_default():
+    """The script's --help shows its default alone, not also the package's written in the
+    option's help text; `mnist train --help` keeps the package's."""
+    import re
+
+    def output_dir_defaults(help_text: str) -> list[str]:
+        text = " ".join(help_text.split())  # unwrapped
+        entry = text.split("--output-dir <path>")[1].split(" --")[0]
+        return re.findall(r"\[default: ([^\]]*)\]", entry)
+
+    script = subprocess.run(
+        [sys.executable, "train_mnist.py", "--help"], cwd=REPO_ROOT, capture_output=True, text=True
+    )
+    assert script.returncode == 0, script.stderr
+    assert output_dir_defaults(script.stdout) == ["./models/staging/<dataset>"]
+    package = runner.invoke(app, ["train", "--help"])
+    assert output_dir_defaults(package.output) == ["the run directory"]
+
+
 @pytest.mark.parametrize(
     ("arguments", "checkpoints_in"),
     [

@@ -8,6 +8,7 @@ one "error: ..." line, the choice Enums Typer checks, and the options that sever
 
 from __future__ import annotations
 
+import re
 import sys
 from contextlib import contextmanager
 from enum import Enum
@@ -98,8 +99,21 @@ class Group(_OneLineUsageErrors, typer_core.TyperGroup):
                 formatter.write_dl(rows)
 
 
+# The default an option's help text states, as every help text here ends with it.
+_WRITTEN_DEFAULT = re.compile(r"\s*\[default: [^\]]*\]$")
+
+
 class _Command(_OneLineUsageErrors, typer_core.TyperCommand):
     """A stand-alone script's command (train_mnist.py, test_mnist.py)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # An option whose default the script replaces (its default_map) shows that default,
+        # as Click adds it: the package's, written into the help text, would contradict it.
+        replaced = (self.context_settings or {}).get("default_map") or {}
+        for parameter in self.params:
+            if parameter.name in replaced and getattr(parameter, "help", None):
+                parameter.help = _WRITTEN_DEFAULT.sub("", parameter.help)
 
 
 APP_SETTINGS = {
