@@ -162,6 +162,40 @@ def test_checkpoint_with_stage_is_refused(command, tmp_path):
 
 
 @pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--model", "m.onnx"], "--model is for --backend onnxruntime; use --checkpoint"),
+        (
+            ["--backend", "onnxruntime"],
+            "--backend onnxruntime needs --model PATH.onnx (see mnist export)",
+        ),
+        (
+            ["--backend", "onnxruntime", "--model", "m.onnx", "--stage", "staging"],
+            "--backend onnxruntime runs --model PATH.onnx alone; drop --checkpoint and --stage",
+        ),
+        (
+            ["--backend", "onnxruntime", "--model", "m.onnx", "--checkpoint", "X.pt"],
+            "--backend onnxruntime runs --model PATH.onnx alone; drop --checkpoint and --stage",
+        ),
+    ],
+)
+def test_predict_refuses_contradictory_model_options_as_serve_does(
+    arguments, message, tmp_path, monkeypatch
+):
+    """An option that would be ignored is refused before any model is loaded: the lab's
+    staging model is there to be read, and no model file named exists."""
+    monkeypatch.chdir(tmp_path)
+    Path("models/staging/mnist").mkdir(parents=True)
+    save_checkpoint(Path("models/staging/mnist/best_model.pt"), checkpoint_payload())
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save("x.png")
+    predicted = runner.invoke(app, ["predict", *arguments, "x.png"])
+    served = runner.invoke(app, ["serve", *arguments, "--port", "1"])
+    for result in (predicted, served):
+        assert result.exit_code == 2
+        assert result.output.strip() == f"error: {message}"
+
+
+@pytest.mark.parametrize(
     "command",
     [
         ["serve", "--stage"],
@@ -329,8 +363,29 @@ def test_scripts_and_module_offer_the_same_flags_as_the_package():
     evaluate_help = help_text("test_mnist.py")
     for flag in ("--checkpoint", "--batch-size", "--data-dir", "--show-samples"):
         assert flag in evaluate_help
-    assert "./models/staging/mnist/best_model.pt" in evaluate_help
+    # Unwrapped: the help wraps the default's text where the terminal width falls.
+    default_checkpoint = "[default: ./models/staging/<dataset>/best_model.pt]"
+    assert default_checkpoint in " ".join(evaluate_help.split())
     assert "train" in help_text("-m", "mnist_classifier")
+
+
+def test_train_mnist_script_and_mnist_train_each_show_their_own_output_dir_default():
+    """The script's --help shows its default alone, not also the package's written in the
+    option's help text; `mnist train --help` keeps the package's."""
+    import re
+
+    def output_dir_defaults(help_text: str) -> list[str]:
+        text = " ".join(help_text.split())  # unwrapped
+        entry = text.split("--output-dir <path>")[1].split(" --")[0]
+        return re.findall(r"\[default: ([^\]]*)\]", entry)
+
+    script = subprocess.run(
+        [sys.executable, "train_mnist.py", "--help"], cwd=REPO_ROOT, capture_output=True, text=True
+    )
+    assert script.returncode == 0, script.stderr
+    assert output_dir_defaults(script.stdout) == ["./models/staging/<dataset>"]
+    package = runner.invoke(app, ["train", "--help"])
+    assert output_dir_defaults(package.output) == ["the run directory"]
 
 
 @pytest.mark.parametrize(

@@ -12,13 +12,15 @@ import hashlib
 import io
 import json
 import os
+import runpy
 import struct
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import DATA_DIR, checkpoint_payload
+from conftest import DATA_DIR, REPO_ROOT, checkpoint_payload
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -280,6 +282,64 @@ def test_a_fashion_model_is_refused_for_mnist_and_the_reverse(tmp_path, command)
     assert result.exit_code == 1
     assert "with Fashion-MNIST: it was trained on MNIST; use --dataset mnist" in result.output
     assert not (tmp_path / "model.onnx").exists()
+
+
+def lab_staging_models(folder) -> dict[str, str]:
+    """The lab's two staging models under `folder`, as ./-relative paths the user would type;
+    each with its own epoch, so that a report names which one it evaluated."""
+    staging = {
+        "mnist": "./models/staging/mnist/best_model.pt",
+        "fashion-mnist": "./models/staging/fashion-mnist/best_model.pt",
+    }
+    (folder / "models" / "staging" / "mnist").mkdir(parents=True)
+    save_checkpoint(folder / staging["mnist"], checkpoint_payload(epoch=2))
+    (folder / "models" / "staging" / "fashion-mnist").mkdir(parents=True)
+    fashion_checkpoint(folder / staging["fashion-mnist"], epoch=4)
+    return staging
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["evaluate", "--output-dir", "report"],
+        ["predict", "coat.png"],
+        ["export", "--output", "model.onnx"],
+    ],
+)
+def test_the_named_mnist_staging_checkpoint_is_the_one_read_with_another_data_set(
+    tmp_path, tiny_data, monkeypatch, command
+):
+    """--checkpoint naming MNIST's default with --dataset fashion-mnist reads that file (and so
+    refuses it), not the Fashion-MNIST staging model in its place."""
+    monkeypatch.chdir(tmp_path)  # ./data is tiny_data, ./models the lab's staging models
+    staging = lab_staging_models(tmp_path)
+    Path("coat.png").write_bytes(png_bytes(garment()))
+    arguments = [*command, "--dataset", "fashion-mnist", "--checkpoint", staging["mnist"]]
+    result = runner.invoke(app, arguments)
+    assert result.exit_code == 1
+    line = one_line_error(result)
+    assert "models/staging/mnist/best_model.pt with Fashion-MNIST: it was trained on MNIST" in line
+    assert not Path("report").exists() and not Path("model.onnx").exists()
+
+
+@pytest.mark.parametrize(
+    ("arguments", "epoch", "test_set"),
+    [([], 2, "MNIST"), (["--dataset", "fashion-mnist"], 4, "Fashion-MNIST")],
+)
+def test_test_mnist_script_evaluates_the_staging_model_of_its_data_set(
+    tmp_path, tiny_data, monkeypatch, capsys, arguments, epoch, test_set
+):
+    """As the lab's README says: python test_mnist.py [--dataset D] evaluates
+    ./models/staging/D/best_model.pt (D = mnist by default)."""
+    monkeypatch.chdir(tmp_path)
+    lab_staging_models(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["test_mnist.py", *arguments, "--show-samples", "0"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(REPO_ROOT / "test_mnist.py"), run_name="__main__")
+    output = capsys.readouterr().out
+    assert exit_info.value.code == 0, output
+    assert f"Loading {test_set} test set..." in output
+    assert f"  - Epoch: {epoch}" in output
 
 
 def test_serve_refuses_a_model_of_another_data_set(tmp_path):

@@ -906,6 +906,34 @@ def test_a_checkpoint_in_a_folder_that_cannot_be_entered_is_one_line(tmp_path, m
 
 
 @pytest.mark.parametrize(
+    "command",
+    [
+        ["train", "--runs-dir", "runs"],
+        ["data"],
+        ["data", "--dataset", "fashion-mnist"],
+        ["evaluate", "--output-dir", "report"],
+        ["export", "--output", "model.onnx"],
+        ["promote"],
+    ],
+)
+def test_a_data_dir_that_is_a_file_is_a_usage_error_before_any_work(tmp_path, monkeypatch, command):
+    """Every command that reads the data set refuses such a --data-dir as train does: one line,
+    exit code 2, before a model is loaded, a device named or anything written."""
+    monkeypatch.chdir(tmp_path)
+    Path("models/staging/mnist").mkdir(parents=True)
+    save_checkpoint(Path("models/staging/mnist/best_model.pt"), checkpoint_payload())
+    Path("a-file").write_text("")
+    before = sorted(tmp_path.rglob("*"))
+    result = runner.invoke(app, [*command, "--data-dir", "a-file"])
+    assert result.exit_code == 2
+    assert _one_error_line(result.output) == (
+        "error: data_dir 'a-file' is a file, not a folder; give --data-dir a folder "
+        "(each data set goes into its own folder there, e.g. MNIST/raw/)"
+    )
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize(
     ("error", "message"),
     [
         (PermissionError(13, "Permission denied", "{models}"), "{models}: Permission denied"),

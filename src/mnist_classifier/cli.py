@@ -283,6 +283,7 @@ def evaluate(
         print_report_details,
     )
 
+    steps.check_data_dir(data_dir)
     text = output_format is options.OutputFormat.text
     target = steps.resolved_device(device.value)
     checkpoint = steps.checkpoint_to_read(checkpoint, stage, models_dir, dataset.value)
@@ -323,8 +324,10 @@ def data(
     from mnist_classifier.data import DataError, ensure_dataset
     from mnist_classifier.reporting import print_data
 
+    data_dir = data_dir or options.DEFAULT_DATA_DIR
+    steps.check_data_dir(data_dir)
     with failing(EXIT_FAILURE, DataError):
-        files = ensure_dataset(data_dir or options.DEFAULT_DATA_DIR, dataset.value)
+        files = ensure_dataset(data_dir, dataset.value)
     print_data(files)
 
 
@@ -364,14 +367,11 @@ def predict(
         print_predictions_json,
     )
 
+    steps.check_model_options(backend, model, checkpoint, stage)
     if save_preprocessed is not None:
         with failing(EXIT_USAGE, ConfigError):
             check_output_dir(save_preprocessed, "save_preprocessed", "--save-preprocessed")
     if backend is options.Backend.onnxruntime:
-        if model is None:
-            raise fail(
-                "--backend onnxruntime needs --model PATH.onnx (see mnist export)", EXIT_USAGE
-            )
         with failing(EXIT_FAILURE, ModelFileError):
             runner = load_onnx_backend(model, dataset.value)
         answering = ModelIdentity.of(model)
@@ -399,7 +399,7 @@ def export(
     export_format: Annotated[
         options.ExportFormat, typer.Option("--format")
     ] = options.ExportFormat.onnx,
-    checkpoint: options.ExportCheckpointOption = options.DEFAULT_CHECKPOINT,
+    checkpoint: options.ExportCheckpointOption = None,
     data_dir: options.TestDataDirOption = options.DEFAULT_DATA_DIR,
     dataset: options.DatasetOption = options.MNIST_DATASET,
 ) -> None:
@@ -409,6 +409,7 @@ def export(
     from mnist_classifier.files import NotOurFile
     from mnist_classifier.reporting import print_export
 
+    steps.check_data_dir(data_dir)
     checkpoint = steps.checkpoint_to_read(
         checkpoint, None, options.DEFAULT_MODELS_DIR, dataset.value
     )
@@ -439,13 +440,8 @@ def serve(
     default), or with --backend onnxruntime an exported --model. API: POST /predict,
     POST /predict/batch, GET /model, GET /health; its schema at /openapi.json.
     """
-    if checkpoint is not None and stage is not None:
-        raise fail("give --checkpoint or --stage, not both", EXIT_USAGE)
+    steps.check_model_options(backend, model, checkpoint, stage)
     onnx = backend is options.Backend.onnxruntime
-    if onnx and (model is None or checkpoint or stage):
-        raise fail("--backend onnxruntime serves --model PATH.onnx alone", EXIT_USAGE)
-    if not onnx and model is not None:
-        raise fail("--model is for --backend onnxruntime; use --checkpoint", EXIT_USAGE)
     from mnist_classifier.serve.loading import ServeError, load_checkpoint_model, load_onnx_model
     from mnist_classifier.serve.server import host_pattern_problem, listen_problem, run_server
 
@@ -488,6 +484,7 @@ def promote(
     from mnist_classifier.registry import promote as promote_candidate
     from mnist_classifier.reporting import print_promotion
 
+    steps.check_data_dir(data_dir)
     name = name or dataset.value  # each data set's models in their own folder of every stage
     with (
         failing(EXIT_USAGE, RegistryError),

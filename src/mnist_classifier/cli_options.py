@@ -9,6 +9,7 @@ one "error: ..." line, the choice Enums Typer checks, and the options that sever
 from __future__ import annotations
 
 import errno
+import re
 import sys
 from contextlib import contextmanager
 from enum import Enum
@@ -103,8 +104,21 @@ class Group(_OneLineUsageErrors, typer_core.TyperGroup):
                 formatter.write_dl(rows)
 
 
+# The default an option's help text states, as every help text here ends with it.
+_WRITTEN_DEFAULT = re.compile(r"\s*\[default: [^\]]*\]$")
+
+
 class _Command(_OneLineUsageErrors, typer_core.TyperCommand):
     """A stand-alone script's command (train_mnist.py, test_mnist.py)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # An option whose default the script replaces (its default_map) shows that default,
+        # as Click adds it: the package's, written into the help text, would contradict it.
+        replaced = (self.context_settings or {}).get("default_map") or {}
+        for parameter in self.params:
+            if parameter.name in replaced and getattr(parameter, "help", None):
+                parameter.help = _WRITTEN_DEFAULT.sub("", parameter.help)
 
 
 APP_SETTINGS = {
@@ -173,12 +187,13 @@ def _path_to_write(text: str) -> Path:
     return Path(text)
 
 
-DEFAULT_CHECKPOINT = Path(paths.DEFAULT_CHECKPOINT)
 DEFAULT_DATA_DIR = Path(paths.DEFAULT_DATA_DIR)
 DEFAULT_MODELS_DIR = Path(paths.DEFAULT_MODELS_DIR)
 # Help texts write every default one way, "[default: ./data]" (Click would print Path("./data")
 # as "data" and a show_default text in parentheses).
-SHOWN_CHECKPOINT = f"[default: ./{DEFAULT_CHECKPOINT}]"
+# --checkpoint's default is None, "not given": the --dataset's staging model is then read. A
+# default path could not be told from the same path given on purpose with another --dataset.
+SHOWN_CHECKPOINT = f"[default: {paths.CHECKPOINT_OF_DATASET}]"
 
 # For commands that read a checkpoint, --dataset names the data set the model must have been
 # trained on: its test split, its registry folder (models/<stage>/<dataset>/) and its default
@@ -375,7 +390,8 @@ ExportOutputOption = Annotated[
     ),
 ]
 ExportCheckpointOption = Annotated[
-    Path, typer.Option(help=f"Checkpoint to export. {SHOWN_CHECKPOINT}", show_default=False)
+    Path | None,
+    typer.Option(help=f"Checkpoint to export. {SHOWN_CHECKPOINT}", show_default=False),
 ]
 
 # --- mnist serve ---------------------------------------------------------------------------------

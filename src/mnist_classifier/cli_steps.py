@@ -19,9 +19,32 @@ from mnist_classifier.cli_options import (
     EXIT_INTERRUPTED,
     EXIT_TERMINATED,
     EXIT_USAGE,
+    Backend,
     fail,
     failing,
 )
+
+
+def check_model_options(
+    backend: Backend, model: Path | None, checkpoint: Path | None, stage: str | None
+) -> None:
+    """The model options of predict and serve, refused before anything is loaded when they
+    contradict each other: one of them would be ignored, and another model than the one meant
+    would answer without a word."""
+    if checkpoint is not None and stage is not None:
+        raise fail("give --checkpoint or --stage, not both", EXIT_USAGE)
+    if backend is Backend.onnxruntime:
+        if model is None:
+            raise fail(
+                "--backend onnxruntime needs --model PATH.onnx (see mnist export)", EXIT_USAGE
+            )
+        if checkpoint is not None or stage is not None:
+            raise fail(
+                "--backend onnxruntime runs --model PATH.onnx alone; drop --checkpoint and --stage",
+                EXIT_USAGE,
+            )
+    elif model is not None:
+        raise fail("--model is for --backend onnxruntime; use --checkpoint", EXIT_USAGE)
 
 
 def checkpoint_to_read(
@@ -31,6 +54,16 @@ def checkpoint_to_read(
 
     with failing(EXIT_USAGE, RegistryError):
         return checkpoint_to_read(checkpoint, stage, models_dir, dataset)
+
+
+def check_data_dir(data_dir: Path) -> None:
+    """A --data-dir that is a file is a usage error before any work, as `mnist train` has it:
+    else the command would start (load a model, print its device) and fail on reading it."""
+    from mnist_classifier.data import DataError
+    from mnist_classifier.data import check_data_dir as check
+
+    with failing(EXIT_USAGE, DataError):
+        check(data_dir)
 
 
 def load_for_dataset(checkpoint: Path, dataset: str, action: str):

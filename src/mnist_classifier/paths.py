@@ -25,7 +25,8 @@ DEFAULT_STAGING_DIR = staging_dir("mnist")
 # train_mnist.py's default --output-dir, written as its --help shows it: the staging folder of
 # the data set the run trains on (the flag, --set or the --config file says which).
 STAGING_DIR_OF_DATASET = staging_dir("<dataset>")
-DEFAULT_CHECKPOINT = f"{DEFAULT_STAGING_DIR}/{BEST_CHECKPOINT_NAME}"
+# The checkpoint evaluate, predict and export read when none is named, as their --help shows it.
+CHECKPOINT_OF_DATASET = f"{STAGING_DIR_OF_DATASET}/{BEST_CHECKPOINT_NAME}"
 # A run folder (<runs dir>/<UTC time>-<name>/) holds the run's resolved config under this name,
 # from the run's start: that file is what tells a run folder from any other.
 RUN_CONFIG_NAME = "config.yaml"

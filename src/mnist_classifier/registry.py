@@ -26,7 +26,7 @@ from mnist_classifier.files import (
     why_not_writable,
     write_json_atomically,
 )
-from mnist_classifier.paths import BEST_CHECKPOINT_NAME, DEFAULT_CHECKPOINT, staging_dir
+from mnist_classifier.paths import BEST_CHECKPOINT_NAME, staging_dir
 from mnist_classifier.provenance import git_commit
 from mnist_classifier.records import (
     FRACTION,
@@ -94,10 +94,14 @@ def existing_stage_checkpoint(models_dir: Path | str, stage: str, name: str = "m
 def checkpoint_to_read(
     checkpoint: Path | None, stage: str | None, models_dir: Path | str, dataset: str
 ) -> Path:
-    """The checkpoint a command reads: the one named (the lab's default follows the data set:
-    models/staging/<dataset>/best_model.pt), or a stage's, never both."""
+    """The checkpoint a command reads: the one named, or a stage's, never both; with neither,
+    the lab's default, which follows the data set: models/staging/<dataset>/best_model.pt.
+
+    A named checkpoint is always the one read, even where it is the default of another data set
+    (MNIST's, say, with --dataset fashion-mnist): loading it then refuses the mismatch, rather
+    than another model than the one named answering in its place."""
     if stage is None:
-        if checkpoint is None or checkpoint == Path(DEFAULT_CHECKPOINT):
+        if checkpoint is None:
             return Path(staging_dir(dataset)) / BEST_CHECKPOINT_NAME
         return checkpoint
     if checkpoint is not None:
