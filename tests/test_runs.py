@@ -410,6 +410,20 @@ def test_test_accuracy_reaches_the_run_that_wrote_a_checkpoint_kept_elsewhere(tm
     assert record_test_accuracy(staged, 0.99, "") is None  # no run to tell
 
 
+def test_only_the_best_models_test_accuracy_is_the_runs(tmp_path):
+    """Evaluating checkpoint_epoch_1.pt replaced the run's test accuracy, shown beside the
+    best validation accuracy as if the best model had scored it."""
+    run_dir = tmp_path / "20260101-000000-run"
+    run_dir.mkdir()
+    (run_dir / "summary.json").write_text('{"best_epoch": 2}')
+    earlier = run_dir / "checkpoint_epoch_1.pt"
+    assert record_test_accuracy(earlier, 0.5, str(run_dir), epoch=1) is None
+    assert json.loads((run_dir / "summary.json").read_text()) == {"best_epoch": 2}
+    best = run_dir / "best_model.pt"
+    assert record_test_accuracy(best, 0.9, str(run_dir), epoch=2) == run_dir / "summary.json"
+    assert json.loads((run_dir / "summary.json").read_text())["test_accuracy"] == 0.9
+
+
 @pytest.mark.parametrize("damaged", ["{broken", "[1, 2]", '{"best_epoch": "two"}'])
 def test_a_damaged_run_summary_is_left_as_it_is_and_named(tmp_path, damaged):
     run_dir = tmp_path / "20260101-000000-run"
@@ -679,6 +693,8 @@ def test_resuming_checkpoints_kept_outside_the_run_folder_continues_that_run(mni
     runs_dir, staging = tmp_path / "runs", tmp_path / "staging"
     _train(mnist_dir, runs_dir, "--epochs", "1", "--output-dir", str(staging), "--quiet")
     (run_dir,) = runs_dir.iterdir()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["stop_reason"] == "completed its 1 epoch"  # not "all 1 epochs"
     resumed = runner.invoke(
         app,
         ["train", "--data-dir", str(mnist_dir), "--runs-dir", str(runs_dir), "--quiet"]
@@ -691,7 +707,8 @@ def test_resuming_checkpoints_kept_outside_the_run_folder_continues_that_run(mni
     assert list(runs_dir.iterdir()) == [run_dir]
     epochs = [row["epoch"] for row in csv.DictReader((run_dir / "metrics.csv").open())]
     assert epochs == ["1", "2"]
-    assert json.loads((run_dir / "summary.json").read_text())["epochs_run"] == 2
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["epochs_run"] == 2 and summary["stop_reason"] == "completed all 2 epochs"
 
 
 def test_a_checkpoint_copied_out_of_its_folder_resumes_into_a_new_run(finished_run, tmp_path):

@@ -688,7 +688,8 @@ def _train_holding_dir(
             result.stop_reason = early_stopping.reason(epoch)
             break
 
-    result.stop_reason = result.stop_reason or f"completed all {config.epochs} epochs"
+    completed = f"all {config.epochs} epochs" if config.epochs != 1 else "its 1 epoch"
+    result.stop_reason = result.stop_reason or f"completed {completed}"
     shutdown()
     result.wall_seconds = time.perf_counter() - wall_start
     observer.finished(result)
