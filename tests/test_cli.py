@@ -196,6 +196,27 @@ def test_predict_refuses_contradictory_model_options_as_serve_does(
 
 
 @pytest.mark.parametrize(
+    ("arguments", "how"),
+    [
+        (
+            ["--stage", "production"],
+            "python train_mnist.py trains one into staging, then mnist promote --to production",
+        ),
+        (
+            ["--stage", "staging", "--dataset", "fashion-mnist"],
+            "python train_mnist.py --dataset fashion-mnist trains one into staging",
+        ),
+    ],
+)
+def test_serving_an_empty_registry_says_how_to_fill_that_stage(arguments, how, tmp_path):
+    """Serving production with no models said only to train one, which fills staging."""
+    result = runner.invoke(app, ["serve", "--models-dir", str(tmp_path), *arguments])
+    assert result.exit_code == 2
+    dataset = arguments[-1] if "--dataset" in arguments else "mnist"
+    assert result.output.strip().endswith(f"it holds no {dataset} models yet: {how}")
+
+
+@pytest.mark.parametrize(
     "command",
     [
         ["serve", "--stage"],

@@ -151,7 +151,7 @@ def save_report(
     # A checkpoint inside a run directory gets its test accuracy into that run's summary,
     # so `mnist runs` can show it beside the validation figures.
     try:
-        record_test_accuracy(loaded.path, evaluation.result.accuracy, run_dir)
+        record_test_accuracy(loaded.path, evaluation.result.accuracy, run_dir, loaded.epoch)
     except RunRecordError as error:  # the report stands; only the run's summary lacks it
         raise ReportError(
             f"the report is in {report_dir}, but the test accuracy could not be added to the "

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from mnist_classifier.checkpoint import copy_checkpoint, load_checkpoint
+from mnist_classifier.datasets import DATASET_NAMES, MNIST
 from mnist_classifier.files import (
     read_regular_file,
     sha256_of,
@@ -88,7 +89,12 @@ def existing_stage_checkpoint(models_dir: Path | str, stage: str, name: str = "m
     missing = f"no stage {stage!r} in {models_dir} (no {path})"
     if stages:
         raise RegistryError(f"{missing}; the stages there are: {', '.join(stages)}")
-    raise RegistryError(f"{missing}; it holds no models yet: python train_mnist.py trains one")
+    # How to get one there: training writes the staging model; other stages are promoted to.
+    dataset = f" --dataset {name}" if name in DATASET_NAMES and name != MNIST.name else ""
+    how = f"python train_mnist.py{dataset} trains one into staging"
+    if stage != "staging":
+        how += f", then mnist promote{dataset} --to {stage}"
+    raise RegistryError(f"{missing}; it holds no {name} models yet: {how}")
 
 
 def checkpoint_to_read(

@@ -389,14 +389,21 @@ class RunRecorder(TrainingObserver):
             self.writer.file_writer.add_summary(summary)
 
 
-def record_test_accuracy(checkpoint: Path, accuracy: float, run_dir: str = "") -> Path | None:
+def record_test_accuracy(
+    checkpoint: Path, accuracy: float, run_dir: str = "", epoch: int | None = None
+) -> Path | None:
     """Add the test accuracy to the summary of the run that wrote `checkpoint`: the run
     directory it names (`run_dir`, saved in every checkpoint) or else the folder it is in.
-    Raises RunRecordError, changing nothing, when that summary is damaged."""
+    Only the run's best model's (of the summary's best_epoch, wherever it was copied): `mnist
+    runs` shows it beside the best validation accuracy, and a figure of an earlier `epoch`
+    there would pass for the run's own. Raises RunRecordError, changing nothing, when that
+    summary is damaged."""
     for folder in (Path(run_dir) if run_dir else None, Path(checkpoint).resolve().parent):
         summary_path = folder / "summary.json" if folder else None
         if summary_path is not None and summary_path.is_file():
             summary = _read_summary(summary_path)  # RunRecordError when it is damaged
+            if epoch is not None and summary.get("best_epoch") not in (None, epoch):
+                return None
             summary["test_accuracy"] = accuracy
             summary["test_checkpoint"] = str(checkpoint)
             write_json_atomically(summary_path, summary)
