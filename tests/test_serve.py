@@ -109,6 +109,8 @@ def test_json_base64_as_encoders_write_it_answers_as_the_upload_does(client):
         encoded,
         "data:image/png;base64," + encoded,  # a canvas's toDataURL()
         "data:application/octet-stream;base64," + encoded,  # a file read as a data URL
+        "data:image/png;name=seven.png;base64," + encoded,  # RFC 2397's parameters
+        "data:image/png;charset=utf-8;base64," + encoded,
         base64.encodebytes(SEVEN_PNG).decode(),  # lines of 76 characters, as `base64` writes
         base64.urlsafe_b64encode(SEVEN_PNG).decode(),
         encoded.rstrip("="),  # padding dropped

@@ -59,7 +59,9 @@ LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 # At most this many validation problems are listed in a 422, so a 28x28 array of NaN answers
 # with three lines, not 784.
 MAX_LISTED_PROBLEMS = 3
-DATA_URL_PREFIX = re.compile(r"data:[A-Za-z0-9.+/-]*;base64,")
+# RFC 2397: data:[<type/subtype>][;name=value]...;base64, (a file reader may add a name or a
+# charset); only at the start.
+DATA_URL_PREFIX = re.compile(r"\s*data:[A-Za-z0-9.+/-]*(?:;[^;,=]+=[^;,]*)*;base64,")
 # Base64 as encoders write it besides the plain alphabet: the URL-safe alphabet's two letters.
 URL_SAFE_LETTERS = str.maketrans("-_", "+/")
 
@@ -357,7 +359,9 @@ async def _sources_from_form(request: Request, field: str, batch: bool) -> list[
 def _source_from_json(item: ImageInput, index: int, batch: bool) -> ImageSource:
     if item.pixels is not None:
         return np.asarray(item.pixels, dtype=np.float64)  # (28, 28), validated
-    encoded = DATA_URL_PREFIX.sub("", item.image or "", count=1)
+    image = item.image or ""
+    prefix = DATA_URL_PREFIX.match(image)
+    encoded = image[prefix.end() :] if prefix else image
     # Also as encoders write it: broken into lines (the `base64` command, every 76 characters),
     # URL-safe, or with its "=" padding dropped.
     encoded = "".join(encoded.split()).translate(URL_SAFE_LETTERS)
