@@ -147,6 +147,9 @@ def _bad_files(folder):
         "webp.png": encode(_bar_on_white(), "WEBP"),  # named as what it is not
         "phone.heic": b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic",
         "phone.png": b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic",
+        # Uploads carry no file name: their contents say what they are.
+        "drawing.png": b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg"/>',
+        "scan.png": b"\x00\x00\x00\x0cjP  \r\n\x87\n\x00\x00\x00\x14ftypjp2 ",
     }
     for name, data in files.items():
         (folder / name).write_bytes(data)
@@ -169,6 +172,8 @@ BAD_INPUT_REASONS = {
     "webp.png": "WebP images are not supported: save it as PNG or JPEG",
     "phone.heic": "HEIC images are not supported: save it as PNG or JPEG",
     "phone.png": "HEIC images are not supported: save it as PNG or JPEG",
+    "drawing.png": "SVG images are not supported: save it as PNG or JPEG",
+    "scan.png": "JPEG 2000 images are not supported: save it as PNG or JPEG",
 }
 
 

@@ -196,6 +196,10 @@ def open_image(data: bytes) -> Image.Image:
             raise ImageError(_unsupported("WebP"))
         if data[4:8] == b"ftyp" and data[8:12] in (b"heic", b"heix", b"mif1", b"avif"):
             raise ImageError(_unsupported("AVIF" if data[8:12] == b"avif" else "HEIC"))
+        if data.startswith((b"\x00\x00\x00\x0cjP  \r\n\x87\n", b"\xff\x4f\xff\x51")):
+            raise ImageError(_unsupported("JPEG 2000"))
+        if b"<svg" in data[:1024].lower():  # an upload has no file name to go by
+            raise ImageError(_unsupported("SVG"))
         raise ImageError("not an image (not PNG, JPEG, BMP, GIF or TIFF)")
     if formats == ["TIFF"]:
         _silence_libtiff()
