@@ -249,12 +249,26 @@ def test_runs_with_nothing_to_list_says_so(tmp_path):
     [
         (["lr"], "a run filter is KEY=VALUE"),
         (["learning_rate=0.1"], "unknown config key 'learning_rate'"),
+        # These named --set, an option `runs` does not have.
+        (["=1"], "a run filter is KEY=VALUE, e.g. lr=0.002 (got '=1')"),
+        (["lr="], "a run filter is KEY=VALUE, e.g. lr=0.002 (got 'lr=')"),
+        # No run has two learning rates: "no runs match" would hide the slip.
+        (["lr=0.001", "lr=0.002"], "the filters give lr twice; give it once"),
     ],
 )
 def test_a_bad_run_filter_is_a_usage_error(tmp_path, filters, message):
     result = runner.invoke(app, ["runs", *filters, "--runs-dir", str(tmp_path)])
     assert result.exit_code == 2 and message in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_a_runs_dir_that_is_a_file_is_named_as_one(tmp_path):
+    (tmp_path / "f").write_text("")
+    result = runner.invoke(app, ["runs", "--runs-dir", str(tmp_path / "f")])
+    assert result.exit_code == 2
+    assert result.output.strip() == (
+        f"error: {tmp_path / 'f'} is a file, not a runs folder; give --runs-dir a folder"
+    )
 
 
 def test_a_run_with_an_odd_name_in_an_odd_folder_is_shown_literally_and_listed_exactly(

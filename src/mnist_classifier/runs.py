@@ -551,6 +551,8 @@ def list_runs(runs_dir: Path | str) -> tuple[list[RunRecord], list[str]]:
     """Runs under `runs_dir`, oldest first, and one line for each run folder left out because
     one of its files is damaged (one bad record must not hide the other runs)."""
     runs_dir = Path(runs_dir)
+    if runs_dir.exists() and not runs_dir.is_dir():
+        raise ConfigError(f"{runs_dir} is a file, not a runs folder; give --runs-dir a folder")
     if not runs_dir.is_dir():
         return [], []
     records, unreadable = [], []
@@ -570,11 +572,14 @@ def parse_run_filters(filters: list[str]) -> dict[str, Any]:
     known = flatten(TrainConfig().to_dict())
     wanted = {}
     for text in filters:
-        if "=" not in text:
+        key, _, value_text = text.partition("=")
+        if not key.strip() or not value_text.strip():  # parse_assignment would name --set
             raise ConfigError(f"a run filter is KEY=VALUE, e.g. lr=0.002 (got {text!r})")
         key, value = parse_assignment(text)
         if key not in known:
             raise ConfigError(f"unknown config key {key!r} in filter {text!r}")
+        if key in wanted:  # no run has two values: "no runs match" would hide the slip
+            raise ConfigError(f"the filters give {key} twice; give it once")
         wanted[key] = value
     return wanted
 
