@@ -219,3 +219,25 @@ def test_export_under_a_file_says_it_is_no_folder_before_any_data_is_read(checkp
         f"cannot write {users_file / 'model.onnx'}: {users_file} is not a folder",
     )
     assert users_file.read_bytes() == b"the user's own file"
+
+
+@pytest.mark.parametrize(
+    ("export_format", "name", "message"),
+    [
+        (
+            "onnx",
+            "model.ts",
+            "--output {out}/model.ts is named as a TorchScript file, but --format is onnx: "
+            "name it {out}/model.onnx, or give --format torchscript",
+        ),
+        ("torchscript", "model.ONNX", "is named as an ONNX file, but --format is torchscript"),
+        ("onnx", "model.safetensors", "name it {out}/model.onnx, or give --format safetensors"),
+    ],
+)
+def test_an_output_named_for_another_format_is_refused(
+    checkpoint, tmp_path, export_format, name, message
+):
+    """An ONNX file named model.ts would later be handed to torch.jit.load."""
+    out = tmp_path / "exports"
+    _refused(_export(checkpoint, export_format, out / name), message.format(out=out))
+    assert not out.exists()

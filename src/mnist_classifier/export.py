@@ -90,10 +90,20 @@ def exported_files(export_format: str, output: Path) -> tuple[Path, ...]:
     return (output,)
 
 
+# The file names each format goes by; an --output named for another format is a slip (an ONNX
+# file named model.ts would be handed to torch.jit.load). Other names are the user's choice.
+FORMAT_SUFFIXES = {
+    "onnx": (".onnx",),
+    "torchscript": (".ts", ".pt", ".pth", ".torchscript"),
+    "safetensors": (".safetensors",),
+}
+FILE_KINDS = {"onnx": "an ONNX", "torchscript": "a TorchScript", "safetensors": "a safetensors"}
+
+
 def check_export_output(export_format: str, output: Path, checkpoint: Path) -> None:
-    """Before any work: NotOurFile if the export would replace `checkpoint` (or its digest
-    file), or any file at the names it writes that is not an earlier export of this project;
-    ExportError if the folder it goes in cannot be written."""
+    """Before any work: ExportError if `output` is named for another format, or the folder it
+    goes in cannot be written; NotOurFile if the export would replace `checkpoint` (or its
+    digest file), or any file at the names it writes that is not an earlier export of ours."""
     instead = "choose another --output, or move that file away"
     if output.is_dir():
         raise NotOurFile(f"{output} is a folder; --output names the file to write")
@@ -112,6 +122,14 @@ def check_export_output(export_format: str, output: Path, checkpoint: Path) -> N
             refuse_to_replace(target, is_our_export, "an export of this project", instead)
         else:
             refuse_to_replace(target, _is_our_sidecar, "a safetensors sidecar of ours", instead)
+    suffix = output.suffix.lower()
+    for other, suffixes in FORMAT_SUFFIXES.items():
+        if other != export_format and suffix in suffixes:
+            wanted = FORMAT_SUFFIXES[export_format][0]
+            raise ExportError(
+                f"--output {output} is named as {FILE_KINDS[other]} file, but --format is "
+                f"{export_format}: name it {output.with_suffix(wanted)}, or give --format {other}"
+            )
 
 
 def is_our_export(path: Path) -> bool:
