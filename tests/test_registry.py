@@ -89,11 +89,22 @@ def test_promotion_copies_verifies_writes_a_card_and_appends_history(models_dir,
     assert f"Overall Accuracy: {100 * card['metrics']['test_accuracy']:.2f}%" in evaluated.output
 
 
-@pytest.mark.parametrize("stage", ["../elsewhere", "-x", "a b", ""])
-def test_a_stage_name_cannot_leave_the_registry_or_pass_for_an_option(models_dir, mnist_dir, stage):
+@pytest.mark.parametrize(
+    "option",
+    [
+        *(["--to", stage] for stage in ("../elsewhere", "-x", "a b", "")),
+        ["--name", ""],  # was quietly taken as the data set's name
+        ["--name", "../x"],
+    ],
+)
+def test_a_stage_or_model_name_cannot_leave_the_registry_or_pass_for_an_option(
+    models_dir, mnist_dir, option
+):
     before = sorted(models_dir.rglob("*"))
-    result = _promote(models_dir, mnist_dir, "--to", stage)
-    assert result.exit_code == 2 and "plain name" in result.output
+    result = _promote(models_dir, mnist_dir, *option)
+    label = "stage" if option[0] == "--to" else "name"
+    assert result.exit_code == 2
+    assert f"{label} must be a plain name like" in result.output
     assert sorted(models_dir.rglob("*")) == before
 
 

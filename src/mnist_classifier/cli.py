@@ -485,7 +485,7 @@ def promote(
     from mnist_classifier.reporting import print_promotion
 
     steps.check_data_dir(data_dir)
-    name = name or dataset.value  # each data set's models in their own folder of every stage
+    name = dataset.value if name is None else name  # each data set's in its folder of a stage
     with (
         failing(EXIT_USAGE, RegistryError),
         failing(EXIT_FAILURE, CheckpointError, DataError, PromotionRefused),

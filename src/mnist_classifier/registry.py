@@ -65,10 +65,10 @@ class PromotionRefused(RuntimeError):
 
 
 def stage_checkpoint(models_dir: Path | str, stage: str, name: str = "mnist") -> Path:
-    for label, value in (("stage", stage), ("name", name)):
+    for label, value, example in (("stage", stage, "production"), ("name", name, "mnist")):
         if not PLAIN_NAME.fullmatch(value):
             raise RegistryError(
-                f"{label} must be a plain name like production: letters, digits, _ and -, "
+                f"{label} must be a plain name like {example}: letters, digits, _ and -, "
                 f"beginning with a letter or digit (got {value!r})"
             )
     return Path(models_dir) / stage / name / BEST_CHECKPOINT_NAME
