@@ -376,9 +376,18 @@ def _load_checkpoint(path: Path) -> LoadedCheckpoint:
         )
     with path.open("rb") as file:
         export_format = export_format_of(file, path.name)
+        file.seek(0)
+        head = file.read(4)
     if export_format:
         what, instead = EXPORT_USE[export_format]
         raise CheckpointError(f"{path} is {what}, not a checkpoint: {instead}")
+    # torch.save writes a zip, or (before torch 1.6) a pickle: anything else (a text file named
+    # .pt) would reach the unpickler, whose refusal speaks of code it could run.
+    if not head.startswith((b"PK\x03\x04", b"\x80")):
+        raise CheckpointError(
+            f"{path} is not a PyTorch checkpoint: its first bytes are not those torch.save "
+            "writes (a file of another kind under a checkpoint's name?)"
+        )
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -388,10 +397,9 @@ def _load_checkpoint(path: Path) -> LoadedCheckpoint:
             f"{path} was refused: it holds an object that is not a tensor or plain value{what}, "
             "and loading it could run code"
         ) from None
-    except Exception as error:  # a malformed file can fail anywhere in the unpickler
+    except Exception:  # a malformed file can fail anywhere in the unpickler
         raise CheckpointError(
-            f"{path} is not a readable PyTorch checkpoint (truncated or another kind of file): "
-            f"{str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}"
+            f"{path} is not a readable PyTorch checkpoint: it is truncated or damaged"
         ) from None
     if not isinstance(raw, dict) or any(key not in raw for key in REQUIRED_KEYS):
         missing = [key for key in REQUIRED_KEYS if not isinstance(raw, dict) or key not in raw]
