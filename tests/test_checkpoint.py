@@ -2,6 +2,7 @@ import dataclasses
 import hashlib
 import os
 import pickle
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -278,12 +279,16 @@ def test_an_export_given_as_a_checkpoint_is_named_with_what_to_do(tmp_path):
         assert str(raised.value).startswith(f"{tmp_path / name} is {message}")
 
 
-def test_a_checkpoint_without_its_digest_file_is_refused(tmp_path):
-    path = tmp_path / "model.pt"
+def test_a_checkpoint_without_its_digest_file_is_refused_with_a_command_that_vouches(tmp_path):
+    folder = tmp_path / "my models"  # the command must work from anywhere, a space and all
+    path = folder / "model.pt"
     save_checkpoint(path, checkpoint_payload())
-    (tmp_path / "model.pt.sha256").unlink()
-    with pytest.raises(CheckpointError, match="no digest file model.pt.sha256.*sha256sum"):
+    (folder / "model.pt.sha256").unlink()
+    with pytest.raises(CheckpointError, match="no digest file model.pt.sha256") as refused:
         load_checkpoint(path)
+    command = str(refused.value).split("create one: ")[1]
+    subprocess.run(command, shell=True, check=True, cwd="/")
+    assert load_checkpoint(path).epoch == 3  # vouched for by the command it was given
 
 
 def test_an_interrupted_save_leaves_a_file_its_digest_vouches_for(tmp_path, monkeypatch):

@@ -47,7 +47,7 @@ from mnist_classifier.files import (
     write_atomically,
 )
 from mnist_classifier.model import SimpleCNN
-from mnist_classifier.paths import BEST_CHECKPOINT_NAME, DEFAULT_STAGING_DIR
+from mnist_classifier.paths import BEST_CHECKPOINT_NAME, DEFAULT_STAGING_DIR, shell_command
 
 SCHEMA_VERSION = 1
 ARCHITECTURE = "SimpleCNN"
@@ -365,8 +365,8 @@ def _load_checkpoint(path: Path) -> LoadedCheckpoint:
     if not accepted:
         raise CheckpointError(
             f"{path} has no digest file {digest_path(path).name} beside it, so it cannot be "
-            f"verified; if you trust the file, create one: sha256sum {path.name} > "
-            f"{digest_path(path).name}"
+            "verified; if you trust the file, create one: "
+            f"{shell_command('sha256sum', path)} > {shell_command(digest_path(path))}"
         )
     actual = sha256_of(path)
     if actual not in accepted:
