@@ -30,6 +30,14 @@ def with_exif_chunk(png: bytes, exif: bytes) -> bytes:
     return png[:cut] + png_chunk(b"eXIf", exif) + png[cut:]
 
 
+def png_text_bomb() -> bytes:
+    """A small white PNG whose comment decompresses to 16 MiB: more than Pillow reads."""
+    png = encode(Image.new("L", (50, 50), 255), "PNG")
+    comment = png_chunk(b"zTXt", b"Comment\x00\x00" + zlib.compress(b"a" * 2**24))
+    cut = PNG_SIGNATURE_AND_HEADER
+    return png[:cut] + comment + png[cut:]
+
+
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG declaring width x height greyscale pixels, with data for only a few rows."""
     chunk = png_chunk
@@ -57,4 +65,6 @@ ODD_IMAGES = {
     "lab": (lambda: _tiff(Image.new("LAB", (64, 64), (50, 0, 0))), "colour mode LAB"),
     "1000000x1": (lambda: png_header_only(1_000_000, 1), "times the other"),
     "1x60": (lambda: encode(Image.new("L", (1, 60)), "PNG"), "times the other"),
+    # Pillow's refusal named its own constant, PngImagePlugin.MAX_TEXT_CHUNK.
+    "text-bomb": (png_text_bomb, "its PNG text metadata would decompress to over the size read"),
 }

@@ -64,6 +64,19 @@ def test_ink_as_bright_as_the_paper_is_not_called_one_flat_colour():
     assert str(refused.value) == NO_INK and "darker or lighter than the paper" in NO_INK
 
 
+@pytest.mark.parametrize("file_format", ["GIF", "PNG", "TIFF"])
+def test_a_file_whose_first_frame_is_blank_says_only_that_frame_is_read(file_format):
+    """An animation (or a multi-page scan) that starts blank: "the image is blank" alone is
+    false of the file, whose digit is in its second frame."""
+    blank = Image.new("L", (100, 100), 255)
+    digit = blank.copy()
+    ImageDraw.Draw(digit).line((50, 10, 50, 90), fill=0, width=8)
+    frames = encode(blank, file_format, save_all=True, append_images=[digit])
+    with pytest.raises(ImageError) as refused:
+        preprocess_image(frames)
+    assert str(refused.value) == f"{NO_INK} (in the first of its 2 frames, the only one read)"
+
+
 def test_dark_on_light_is_inverted_cropped_scaled_to_20_and_centred_by_mass():
     digit = preprocess_image(_bar_on_white()).numpy()
     assert digit.dtype == np.uint8 and digit.shape == (28, 28)

@@ -214,6 +214,11 @@ def open_image(data: bytes) -> Image.Image:
     except UnidentifiedImageError:  # its message names an in-memory object, not the file
         raise ImageError(f"not a valid {formats[0]} file (its header cannot be read)") from None
     except Exception as error:
+        if "MAX_TEXT_CHUNK" in str(error):  # Pillow's own limit, named by its constant
+            raise ImageError(
+                f"its {formats[0]} text metadata would decompress to over the size read "
+                "(refused, as a decompression bomb is); save the picture again without it"
+            ) from None
         raise ImageError(f"unreadable {formats[0]} header ({_one_line(error)})") from None
     _check_dimensions(image)
     if image.format == "JPEG":
@@ -258,9 +263,13 @@ def _unsupported(kind: str) -> str:
 
 def preprocess_image(source: bytes | Image.Image) -> torch.Tensor:
     """One digit image (bytes or PIL, any size and mode) -> uint8 (28, 28), light ink on black."""
-    grey = _upright_grey(source)  # float32 (H, W), 0..255, long side under 2 * ANALYSIS_SIDE
+    image = open_image(source) if isinstance(source, bytes | bytearray) else source
+    grey = _upright_grey(image)  # float32 (H, W), 0..255, long side under 2 * ANALYSIS_SIDE
     if float(grey.max() - grey.min()) < MIN_INK_CONTRAST * 255:
-        raise ImageError(NO_INK)
+        frames = getattr(image, "n_frames", 1)
+        # An animation or a multi-page scan whose first frame is blank: say what was read.
+        first_frame = f" (in the first of its {frames} frames, the only one read)"
+        raise ImageError(NO_INK + (first_frame if frames > 1 else ""))
 
     ink, strokes, box = _find_digit(_dark_ink_on_light_paper(grey))
     if _extent_in_stroke_widths(strokes[box]) < MIN_EXTENT_IN_STROKE_WIDTHS:
