@@ -361,6 +361,29 @@ def test_sweep_refuses_a_setting_given_to_every_run_and_in_the_grid(tmp_path, fi
     assert list(tmp_path.iterdir()) == []  # before any run
 
 
+@pytest.mark.parametrize(("stopped_at", "left"), [(1, "runs 2 to 3 were"), (2, "run 3 was")])
+def test_an_interrupted_sweep_says_which_runs_it_did_not_train(
+    tmp_path, monkeypatch, stopped_at, left
+):
+    import mnist_classifier.train as train_module
+
+    calls = []
+
+    def interrupted_at_its_run(*_arguments, **_keywords):
+        calls.append(True)
+        if len(calls) == stopped_at:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "train", interrupted_at_its_run)
+    arguments = ["sweep", "--grid", "lr=0.001,0.002,0.003", "--runs-dir", str(tmp_path / "runs")]
+    result = runner.invoke(app, [*arguments, "--set", f"data.data_dir={tmp_path}"])
+    assert result.exit_code == 130
+    assert result.stderr.splitlines() == [
+        "error: interrupted before the first epoch's checkpoint: nothing to resume from",
+        f"The sweep stopped at run {stopped_at} of 3: {left} not trained.",
+    ]
+
+
 def test_sweep_rejects_a_bad_grid_before_training(tmp_path):
     result = runner.invoke(app, ["sweep", "--grid", "lr", "--runs-dir", str(tmp_path)])
     assert result.exit_code == 2 and "KEY=V1,V2" in result.output

@@ -19,6 +19,8 @@ from mnist_classifier import paths
 from mnist_classifier.cli_options import (
     APP_SETTINGS,
     EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
     EXIT_USAGE,
     Group,
     fail,
@@ -198,7 +200,11 @@ def sweep(
     import dataclasses
 
     from mnist_classifier.config import ConfigError
-    from mnist_classifier.reporting import print_sweep_results, print_sweep_run
+    from mnist_classifier.reporting import (
+        print_sweep_results,
+        print_sweep_run,
+        print_sweep_stopped,
+    )
     from mnist_classifier.runs import (
         RunRecordError,
         comparison_rows,
@@ -241,7 +247,12 @@ def sweep(
     run_dirs = []
     for index, config in enumerate(configs, start=1):
         print_sweep_run(index, len(configs), config.name)
-        run_dirs.append(steps.train_one_run(config, quiet))
+        try:
+            run_dirs.append(steps.train_one_run(config, quiet))
+        except typer.Exit as stop:  # Ctrl-C or SIGTERM: the run's line says what is saved
+            if stop.exit_code in (EXIT_INTERRUPTED, EXIT_TERMINATED) and index < len(configs):
+                print_sweep_stopped(index, len(configs))
+            raise
     with failing(EXIT_FAILURE, RunRecordError):
         print_sweep_results(comparison_rows([read_run(run_dir) for run_dir in run_dirs]))
 

@@ -335,6 +335,12 @@ def print_sweep_run(index: int, total: int, name: str) -> None:
     print(f"\n=== sweep run {index}/{total}: {name} ===")
 
 
+def print_sweep_stopped(index: int, total: int) -> None:
+    """After the interrupted run's own line: what the rest of the sweep did not do."""
+    left = f"run {total} was" if index + 1 == total else f"runs {index + 1} to {total} were"
+    error_console.print(f"The sweep stopped at run {index} of {total}: {left} not trained.")
+
+
 def print_sweep_results(rows: list[dict]) -> None:
     print()
     print_runs(rows, "table")
