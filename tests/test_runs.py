@@ -317,6 +317,19 @@ def test_a_plot_in_a_format_not_drawn_is_a_usage_error_before_any_work(tmp_path,
     assert not plot.exists()
 
 
+def test_a_plot_that_cannot_be_written_is_refused_before_the_table(tmp_path):
+    """The table was printed, and then the plot failed: the command looked half done."""
+    _a_recorded_run(tmp_path / "runs")
+    notes = tmp_path / "notes"
+    notes.write_text("a file, so no folder can be made here")
+    plot = notes / "curves.png"
+    result = runner.invoke(app, ["runs", "--runs-dir", str(tmp_path / "runs"), "--plot", str(plot)])
+    assert result.exit_code == 2
+    assert result.output == (
+        f"error: cannot write {plot}: {notes} is not a folder; choose another --plot\n"
+    )
+
+
 def test_a_plot_never_replaces_a_file_it_did_not_draw(tmp_path):
     _a_recorded_run(tmp_path / "runs")
     notes = tmp_path / "notes.png"

@@ -77,13 +77,16 @@ def load_for_dataset(checkpoint: Path, dataset: str, action: str):
 
 
 def check_plot_file(plot: Path) -> None:
-    """--plot names a format matplotlib draws here, and no file but an earlier plot of ours."""
+    """--plot names a format matplotlib draws here, in a folder that can be written (checked
+    before the table is printed, not after), and no file but an earlier plot of ours."""
     from mnist_classifier.figures import PLOT_FORMATS, is_our_figure
-    from mnist_classifier.files import NotOurFile, refuse_to_replace
+    from mnist_classifier.files import NotOurFile, refuse_to_replace, why_not_writable
 
     if plot.suffix.lower().removeprefix(".") not in PLOT_FORMATS:
         endings = ", ".join(f".{extension}" for extension in PLOT_FORMATS)
         raise fail(f"--plot {plot} must end in one of {endings}", EXIT_USAGE)
+    if problem := why_not_writable(plot.parent):
+        raise fail(f"cannot write {plot}: {problem}; choose another --plot", EXIT_USAGE)
     with failing(EXIT_USAGE, NotOurFile):
         instead = "choose another --plot, or move that file away"
         refuse_to_replace(plot, is_our_figure, "a plot of this project", instead)
