@@ -99,6 +99,12 @@ def test_type_errors_from_the_parser_exit_2():
         (["export", "--output", ""], "Invalid value for '--output': an empty path"),
         (["runs", "--plot", ""], "Invalid value for '--plot': an empty path"),
         (["evaluate", "--output-dir", ""], "Invalid value for '--output-dir': an empty path"),
+        # A folder option left empty (an unset variable) named the current folder.
+        (["train", "--output-dir", ""], "Invalid value for '--output-dir': an empty path"),
+        (["train", "--runs-dir", ""], "Invalid value for '--runs-dir': an empty path"),
+        (["data", "--data-dir", ""], "Invalid value for '--data-dir': an empty path"),
+        (["runs", "--runs-dir", ""], "Invalid value for '--runs-dir': an empty path"),
+        (["models", "--models-dir", ""], "Invalid value for '--models-dir': an empty path"),
     ],
 )
 def test_every_usage_error_is_one_error_line_with_exit_2(arguments, message):

@@ -179,6 +179,14 @@ def value_of(choice: Enum | None) -> str | None:
     return None if choice is None else choice.value
 
 
+def _path_given(text: str) -> Path:
+    """A folder option's path. Path("") is ".", the current folder: an empty value (an unset
+    shell variable, say) would read or write there, so it is refused while parsing."""
+    if not text:
+        raise typer.BadParameter("an empty path names no folder; give one")
+    return Path(text)
+
+
 def _path_to_write(text: str) -> Path:
     """A path the command writes to. Path("") is ".", the current folder: an empty value (an
     unset shell variable, say) would write there, so it is refused while parsing."""
@@ -201,11 +209,18 @@ SHOWN_CHECKPOINT = f"[default: {paths.CHECKPOINT_OF_DATASET}]"
 DatasetOption = Annotated[Dataset, typer.Option("--dataset", help="The model's data set.")]
 MNIST_DATASET = Dataset(MNIST.name)
 DataDirOption = Annotated[
-    Path | None, typer.Option(help="Where the data lives (torchvision layout). [default: ./data]")
+    Path | None,
+    typer.Option(
+        parser=_path_given,
+        metavar="<path>",
+        help="Where the data lives (torchvision layout). [default: ./data]",
+    ),
 ]
 TestDataDirOption = Annotated[  # for the commands that read the test split
     Path,
     typer.Option(
+        parser=_path_given,
+        metavar="<path>",
         help="Where the data set lives (torchvision layout). [default: ./data]",
         show_default=False,
     ),
@@ -215,7 +230,13 @@ StageOption = Annotated[
     typer.Option(help="Use the registry's model of this stage (e.g. production) instead."),
 ]
 ModelsDirOption = Annotated[
-    Path, typer.Option(help="The registry's root folder. [default: ./models]", show_default=False)
+    Path,
+    typer.Option(
+        parser=_path_given,
+        metavar="<path>",
+        help="The registry's root folder. [default: ./models]",
+        show_default=False,
+    ),
 ]
 OnnxModelOption = Annotated[
     Path | None, typer.Option(help="Exported .onnx model (onnxruntime backend).")
@@ -251,7 +272,12 @@ TrainDatasetOption = Annotated[
     typer.Option("--dataset", help="The data set. [default: mnist]", show_default=False),
 ]
 OutputDirOption = Annotated[
-    Path | None, typer.Option(help="Where checkpoints go. [default: the run directory]")
+    Path | None,
+    typer.Option(
+        parser=_path_given,
+        metavar="<path>",
+        help="Where checkpoints go. [default: the run directory]",
+    ),
 ]
 ValidationSizeOption = Annotated[
     int | None, typer.Option(help="Training images held out for validation. [default: 5000]")
@@ -260,7 +286,10 @@ MaxTrainImagesOption = Annotated[
     int | None, typer.Option(help="Train on only this many images (0 = all). [default: 0]")
 ]
 RunsDirOption = Annotated[
-    Path | None, typer.Option(help="Where run directories go. [default: ./runs]")
+    Path | None,
+    typer.Option(
+        parser=_path_given, metavar="<path>", help="Where run directories go. [default: ./runs]"
+    ),
 ]
 NameOption = Annotated[
     str | None, typer.Option(help="The run's name, after its start time. [default: run]")
@@ -314,7 +343,13 @@ RunFiltersArgument = Annotated[
     ),
 ]
 RunsToCompareOption = Annotated[
-    Path, typer.Option(help="Where run directories are. [default: ./runs]", show_default=False)
+    Path,
+    typer.Option(
+        parser=_path_given,
+        metavar="<path>",
+        help="Where run directories are. [default: ./runs]",
+        show_default=False,
+    ),
 ]
 PlotOption = Annotated[
     Path | None,
