@@ -477,6 +477,15 @@ def test_16_bit_and_float_images_are_read_in_their_full_range():
     noise = np.random.default_rng(0).integers(-3, 4, size=(160, 200))
     with pytest.raises(ImageError, match="blank"):
         preprocess_image(encode(Image.fromarray((60_000 + noise).astype(np.uint16)), "PNG"))
+    # 12-bit data (0..4095) saved as 16-bit is blank in 16-bit's range: said as such, not as
+    # "no ink", and not read in a range guessed for it.
+    twelve_bit = Image.fromarray((eight_bit.astype(np.uint32) * 4095 // 255).astype(np.uint16))
+    with pytest.raises(ImageError) as refused:
+        preprocess_image(encode(twelve_bit, "PNG"))
+    assert str(refused.value) == (
+        "its 16-bit levels reach only 4095 of 65535, so it reads as blank; if it holds 8- or "
+        "12-bit data, save it scaled to 16 bits, or as 8-bit"
+    )
 
 
 def test_light_ink_on_a_transparent_canvas_is_read_as_dark_ink_is():

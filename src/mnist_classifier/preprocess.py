@@ -403,6 +403,15 @@ def _numeric_to_8_bit(values: np.ndarray) -> np.ndarray:
     full_scale = 1.0 if is_float else 65535.0
     if low >= 0.0 and high <= full_scale:
         scaled = values * (255.0 / full_scale)
+        faint, spread = np.ptp(scaled) < MIN_INK_CONTRAST * 255, high - low
+        if not is_float and high < 4096 and faint and spread >= MIN_INK_CONTRAST * 255:
+            # 8- or 12-bit data saved as 16-bit (numpy's uint16): blank in 16-bit's range,
+            # though its own levels differ. Reading it in another range would be a guess; a
+            # blank 16-bit scan (levels near white, differing by its noise) is not this.
+            raise ImageError(
+                f"its 16-bit levels reach only {high:.0f} of 65535, so it reads as blank; if it "
+                "holds 8- or 12-bit data, save it scaled to 16 bits, or as 8-bit"
+            )
     else:
         scaled = (values - low) * (255.0 / (high - low)) if high > low else values * 0
     return np.round(scaled).astype(np.uint8)
