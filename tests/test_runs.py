@@ -773,6 +773,23 @@ def test_a_checkpoint_copied_out_of_its_folder_resumes_into_a_new_run(finished_r
     assert len(list(finished_run.parent.iterdir())) == 2
 
 
+def test_a_resumed_run_drops_the_test_accuracy_of_a_model_no_longer_its_best(finished_run):
+    """A test accuracy recorded for another epoch's model than the best one the resumed run
+    ends with (the best moves only forward, so the other of the two finished epochs never is)
+    would stand beside the best validation accuracy as if it were that model's."""
+    summary_path = finished_run / "summary.json"
+    summary = json.loads(summary_path.read_text())
+    not_the_best = 2 if summary["best_epoch"] == 1 else 1
+    tested = {"test_accuracy": 0.75, "test_checkpoint": "x.pt", "test_epoch": not_the_best}
+    summary_path.write_text(json.dumps({**summary, **tested}))
+
+    assert _resume(finished_run / "checkpoint_epoch_2.pt", "--epochs", "3").exit_code == 0
+
+    summary = json.loads(summary_path.read_text())
+    assert summary["best_epoch"] != not_the_best
+    assert not set(tested) & set(summary)
+
+
 def test_resume_keeps_the_summary_fields_it_did_not_write(finished_run):
     best = finished_run / "best_model.pt"
     record_test_accuracy(best, 0.75, str(finished_run))

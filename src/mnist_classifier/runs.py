@@ -364,11 +364,16 @@ class RunRecorder(TrainingObserver):
         summary_path = self.run_dir / "summary.json"
         # A resumed run's summary may hold what other commands added (mnist evaluate's test
         # accuracy and checkpoint): those stay; only what training itself records is replaced.
+        # A test accuracy of an earlier best model goes once a later epoch is the best: shown
+        # beside the new best validation accuracy, it would pass for that model's.
         earlier = (
             _read_summary(summary_path)
             if self.setup.start_epoch > 1 and summary_path.is_file()
             else {}
         )
+        if earlier.get("test_epoch", best.epoch) != best.epoch:
+            for key in ("test_accuracy", "test_checkpoint", "test_epoch"):
+                earlier.pop(key, None)
         write_json_atomically(summary_path, {**earlier, **summary})
         self._write_hparams_table()
         self.writer.close()
@@ -406,6 +411,8 @@ def record_test_accuracy(
                 return None
             summary["test_accuracy"] = accuracy
             summary["test_checkpoint"] = str(checkpoint)
+            if epoch is not None:
+                summary["test_epoch"] = epoch
             write_json_atomically(summary_path, summary)
             return summary_path
     return None
@@ -448,6 +455,7 @@ SUMMARY_TYPES: dict[str, FieldType] = {
     "stop_reason": TEXT,
     "checkpoint_dir": TEXT,
     "test_checkpoint": TEXT,
+    "test_epoch": WHOLE_NUMBER,
 }
 # The columns the learning curves draw; a metrics.csv without them cannot be plotted.
 PLOTTED_COLUMNS = (
