@@ -180,16 +180,8 @@ def value_of(choice: Enum | None) -> str | None:
 
 
 def _path_given(text: str) -> Path:
-    """A folder option's path. Path("") is ".", the current folder: an empty value (an unset
+    """A path option's value. Path("") is ".", the current folder: an empty value (an unset
     shell variable, say) would read or write there, so it is refused while parsing."""
-    if not text:
-        raise typer.BadParameter("an empty path names no folder; give one")
-    return Path(text)
-
-
-def _path_to_write(text: str) -> Path:
-    """A path the command writes to. Path("") is ".", the current folder: an empty value (an
-    unset shell variable, say) would write there, so it is refused while parsing."""
     if not text:
         raise typer.BadParameter("an empty path names no file or folder; give one")
     return Path(text)
@@ -354,7 +346,7 @@ RunsToCompareOption = Annotated[
 PlotOption = Annotated[
     Path | None,
     typer.Option(
-        parser=_path_to_write,
+        parser=_path_given,
         metavar="<path>",
         help="Also draw the runs' learning curves into this .png, .svg or .pdf file (an "
         "existing file is replaced only if it is such a plot).",
@@ -376,7 +368,7 @@ ShowSamplesOption = Annotated[int, typer.Option(min=0, help="How many test predi
 ReportDirOption = Annotated[
     Path | None,
     typer.Option(
-        parser=_path_to_write,
+        parser=_path_given,
         metavar="<path>",
         help="Where report.json and the figures go (replacing only an earlier report). "
         "[default: ./reports/<stage> for MNIST, ./reports/<stage>/<dataset> for another "
@@ -418,7 +410,7 @@ SavePreprocessedOption = Annotated[
 ExportOutputOption = Annotated[
     Path,
     typer.Option(
-        parser=_path_to_write,
+        parser=_path_given,
         metavar="<path>",
         help="File to write (safetensors adds a .json sidecar); an existing file is replaced "
         "only if it is an earlier export.",
