@@ -116,6 +116,15 @@ def why_not_writable(folder: Path | str) -> str:
     return ""
 
 
+def same_path(first: Path | str, second: Path | str) -> bool:
+    """Whether two spellings of a path (relative, through links) name one place; False where
+    either cannot be resolved."""
+    try:
+        return Path(first).resolve() == Path(second).resolve()
+    except OSError:
+        return False
+
+
 def read_regular_file(path: Path | str, max_bytes: int) -> bytes:
     """The bytes of `path`, refusing anything but a regular file of at most `max_bytes`.
 

@@ -43,6 +43,7 @@ from mnist_classifier.config import (
 from mnist_classifier.files import (
     make_folders,
     remove_made_folders,
+    same_path,
     write_atomically,
     write_json_atomically,
 )
@@ -173,11 +174,7 @@ def run_of_checkpoint(checkpoint: LoadedCheckpoint) -> Path | None:
     saved_in, saved_by = checkpoint.config.output_dir, checkpoint.run_dir
     if not (saved_in and saved_by and is_run_folder(Path(saved_by))):
         return None
-    try:
-        where_it_was_saved = checkpoint.path.parent.resolve() == Path(saved_in).resolve()
-    except OSError:
-        return None
-    return Path(saved_by) if where_it_was_saved else None
+    return Path(saved_by) if same_path(checkpoint.path.parent, saved_in) else None
 
 
 @contextmanager

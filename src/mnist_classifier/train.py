@@ -63,6 +63,7 @@ from mnist_classifier.distributed import (
     shutdown,
 )
 from mnist_classifier.evaluate import evaluate
+from mnist_classifier.files import same_path
 from mnist_classifier.model import SimpleCNN, count_parameters
 from mnist_classifier.paths import BEST_CHECKPOINT_NAME
 from mnist_classifier.resume import (
@@ -371,7 +372,7 @@ def train(
     checkpoint_dir = Path(config.output_dir or run_dir or ".")
     with holding_checkpoint_dir(checkpoint_dir) if writes_checkpoints else nullcontext():
         earlier = training_checkpoints(checkpoint_dir) if writes_checkpoints else []
-        if resume_from is not None and _same_folder(resume_from.path.parent, checkpoint_dir):
+        if resume_from is not None and same_path(resume_from.path.parent, checkpoint_dir):
             earlier = []  # the resumed training's own
         if earlier and not replace_earlier:
             names = ", ".join(path.name for path in earlier)
@@ -391,13 +392,6 @@ def train(
         return _train_holding_dir(
             config, observer, run_dir, resume_from, force, data, checkpoint_dir, earlier
         )
-
-
-def _same_folder(first: Path, second: Path) -> bool:
-    try:
-        return first.resolve() == second.resolve()
-    except OSError:
-        return False
 
 
 def _train_holding_dir(
