@@ -1,8 +1,12 @@
 """Run directories, TensorBoard logs, early stopping, `mnist runs` and `mnist sweep`, for real."""
 
 import csv
+import errno
 import json
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -13,12 +17,13 @@ from typer.testing import CliRunner
 
 from mnist_classifier.checkpoint import load_checkpoint
 from mnist_classifier.cli import app
-from mnist_classifier.config import TrainConfig, config_from_dict
+from mnist_classifier.config import TrainConfig, config_from_dict, make_config
 from mnist_classifier.datasets import MNIST
 from mnist_classifier.figures import is_our_figure
 from mnist_classifier.reporting import terminal_safe
 from mnist_classifier.runs import (
     METRIC_COLUMNS,
+    RunRecorder,
     RunRecordError,
     grid_overrides,
     list_runs,
@@ -26,28 +31,30 @@ from mnist_classifier.runs import (
     run_labels,
     sweep_run_name,
 )
+from mnist_classifier.train import TrainingObserver, train
 
 runner = CliRunner()
 
 
+def _small_run(mnist_dir, runs_dir) -> list[str]:
+    """`mnist train` on 512 images of `mnist_dir` on the CPU, recorded under `runs_dir`."""
+    return [
+        "train",
+        "--data-dir",
+        str(mnist_dir),
+        "--runs-dir",
+        str(runs_dir),
+        "--max-train-images",
+        "512",
+        "--validation-size",
+        "500",
+        "--device",
+        "cpu",
+    ]
+
+
 def _train(mnist_dir, runs_dir, *arguments):
-    result = runner.invoke(
-        app,
-        [
-            "train",
-            "--data-dir",
-            str(mnist_dir),
-            "--runs-dir",
-            str(runs_dir),
-            "--max-train-images",
-            "512",
-            "--validation-size",
-            "500",
-            "--device",
-            "cpu",
-            *arguments,
-        ],
-    )
+    result = runner.invoke(app, [*_small_run(mnist_dir, runs_dir), *arguments])
     assert result.exit_code == 0, result.output
     return result
 
@@ -146,6 +153,70 @@ def test_tensorboard_has_step_level_training_loss_and_learning_rate(mnist_dir, t
     (epoch_loss,) = events.Scalars("train/loss")
     assert epoch_loss.step == 100
     assert epoch_loss.value == pytest.approx(float(row["train_loss"]), rel=1e-6)
+
+
+def _on_a_small_filesystem(folder, size, command):
+    """`command` run with a tmpfs of `size` mounted on `folder` (in a mount namespace of its own,
+    so it needs no root and leaves no mount behind), as a full disk really fails; the test is
+    skipped where this machine allows no such namespace."""
+    folder.mkdir()
+    mount = ["unshare", "--mount", "--map-root-user", "sh", "-c"]
+    script = 'mount -t tmpfs -o size="$0" tmpfs "$1" && shift && exec "$@"'
+    if (
+        shutil.which("unshare") is None
+        or subprocess.run([*mount, script, size, folder, "true"]).returncode
+    ):
+        pytest.skip("no mount namespace here to make a small filesystem in")
+    return subprocess.run(
+        [*mount, script, size, str(folder), *command], capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.mark.slow  # the real files, in a process of its own
+def test_a_disk_that_fills_under_tensorboard_ends_the_run_with_one_line(mnist_dir, tmp_path):
+    """TensorBoard writes its events from a thread of its own: its error on a full disk ends
+    training with the one line any full disk gets, not that thread's traceback, and the
+    checkpoints saved (on another disk here) stay."""
+    checkpoints = tmp_path / "checkpoints"
+    # 32 KiB: the run's config, provenance and metrics fit, the first epoch's figure does not.
+    train = [*_small_run(mnist_dir, tmp_path / "runs"), "--output-dir", str(checkpoints)]
+    completed = _on_a_small_filesystem(
+        tmp_path / "runs",
+        "32k",
+        [sys.executable, "-m", "mnist_classifier", *train, "--epochs", "2", "--quiet"],
+    )
+    assert completed.returncode == 1, completed.stdout + completed.stderr
+    assert "Traceback" not in completed.stderr and "Exception in thread" not in completed.stderr
+    (line,) = completed.stderr.splitlines()
+    assert line.startswith("error: no space left on the device")
+    assert line.endswith("; free some space and run the command again")
+    assert load_checkpoint(checkpoints / "checkpoint_epoch_1.pt").epoch == 1
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full, the full device")
+@pytest.mark.usefixtures("synthetic_data")  # tiny synthetic data: no MNIST needed
+# pytest's warning for an error a thread left uncaught, which Python would print as a traceback
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_full_disk_under_tensorboards_last_writes_is_raised_not_printed(tmp_path):
+    """The run's last events (the hparams table) fail in TensorBoard's thread as close() ends
+    it: the error reaches the training's caller, and the thread leaves it unprinted."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+
+    class DiskFullAtTheEnd(TrainingObserver):
+        def finished(self, result):
+            # The kernel's full device: every write to it fails with ENOSPC.
+            (events,) = run_dir.glob("events.out.tfevents.*")
+            events.unlink()
+            events.symlink_to("/dev/full")
+
+    config = make_config(
+        {"epochs": 1, "data.max_train_images": 256, "data.validation_size": 100, "device": "cpu"}
+    )
+    with pytest.raises(OSError) as raised:
+        train(config, [DiskFullAtTheEnd(), RunRecorder(run_dir)], run_dir=run_dir)
+    assert raised.value.errno == errno.ENOSPC
+    assert load_checkpoint(run_dir / "checkpoint_epoch_1.pt").epoch == 1
 
 
 @pytest.mark.usefixtures("synthetic_data")  # tiny synthetic data: no MNIST needed

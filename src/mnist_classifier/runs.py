@@ -22,6 +22,7 @@ import itertools
 import math
 import re
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -281,7 +282,10 @@ class RunRecorder(TrainingObserver):
         self._write_metrics()
         # Every event is logged against the optimizer step; purge_step hides the events a
         # killed run logged beyond the step it resumes from.
+        threads_before = set(threading.enumerate())
         self.writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=setup.start_step + 1)
+        # The thread the writer started is the one that writes its events to the file.
+        self.writer_failures = _ThreadFailures(set(threading.enumerate()) - threads_before)
 
     def batch_done(
         self, epoch, images_seen, images_total, loss, correct, step=0, learning_rate=0.0
@@ -373,7 +377,8 @@ class RunRecorder(TrainingObserver):
                 earlier.pop(key, None)
         write_json_atomically(summary_path, {**earlier, **summary})
         self._write_hparams_table()
-        self.writer.close()
+        self.writer.close()  # its thread has ended: anything that failed there is known now
+        self.writer_failures.stop()
         save_learning_curves({self.run_dir.name: self.rows}, self.run_dir / "curves.png")
 
     def _write_hparams_table(self) -> None:
@@ -389,6 +394,40 @@ class RunRecorder(TrainingObserver):
         metrics = {EPOCH_TAGS["validation_accuracy"]: 0.0, EPOCH_TAGS["validation_loss"]: 0.0}
         for summary in hparams(values, metrics):
             self.writer.file_writer.add_summary(summary)
+
+
+class _ThreadFailures:
+    """What fails in `threads` (TensorBoard's event writer's), kept for the training's thread
+    to raise, not printed there.
+
+    SummaryWriter writes its events from a thread of its own. A write that fails in it (a full
+    disk) ends that thread, which keeps the error for the writer's next call to raise in the
+    training's thread, where the command reports it on one line; but the thread also prints
+    its own traceback, and the writer's close() looks for the error before the thread has
+    written the last events, not after. threading.excepthook is Python's own say in what
+    becomes of a thread's uncaught error: this one keeps those threads' errors, for stop() to
+    raise, and passes any other thread's on. Should training fail first, it stays, to keep the
+    ended writer thread's error quiet too."""
+
+    def __init__(self, threads: set[threading.Thread]) -> None:
+        self.threads = threads
+        self.error: BaseException | None = None
+        self.passed_on = threading.excepthook
+        threading.excepthook = self.caught
+
+    def caught(self, args) -> None:
+        if args.thread in self.threads:
+            self.error = args.exc_value
+        else:
+            self.passed_on(args)
+
+    def stop(self) -> None:
+        """Once the threads have ended: raise what failed in them, and hand threading's
+        excepthook back (unless another took it since)."""
+        if threading.excepthook == self.caught:
+            threading.excepthook = self.passed_on
+        if self.error is not None:
+            raise self.error
 
 
 def record_test_accuracy(
