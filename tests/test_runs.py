@@ -787,6 +787,19 @@ def test_resume_with_provenance_moved_aside_says_where_the_record_begins(finishe
     assert [start["from_epoch"] for start in record["resumptions"]] == [2]
 
 
+@pytest.mark.parametrize("resume", ["auto", "checkpoint_epoch_2.pt"])
+def test_resume_says_where_it_resumes_from_whether_found_or_named(finished_run, resume):
+    """--resume auto said which checkpoint it resumes and which run it continues; a checkpoint
+    named by its path said neither, though the same checkpoint was resumed the same way."""
+    named = str(finished_run / resume) if resume != "auto" else resume
+    resumed = _resume(named, "--runs-dir", str(finished_run.parent), "--epochs", "3")
+    assert resumed.exit_code == 0, resumed.output
+    checkpoint = finished_run / "checkpoint_epoch_2.pt"
+    assert resumed.output.splitlines()[0] == (
+        f"Resuming from {checkpoint} (run {finished_run.name})"
+    )
+
+
 @pytest.mark.parametrize(
     ("checkpoint", "epochs", "wanted"),
     [(2, [], "--epochs 3"), (2, ["--epochs", "1"], "--epochs 3")],

@@ -191,8 +191,6 @@ def train_one_run(
         resumed, skipped = checkpoint_to_resume(resume, config)
     resume_path = resumed.path if resumed is not None else None
     continued_run = run_of_checkpoint(resumed) if resumed is not None else None
-    if resume == "auto":
-        print_resume_choice(resume_path, skipped, continued_run)
     if resumed is not None:  # a checkpoint that cannot be resumed costs no run folder
         with failing(EXIT_USAGE, ResumeError, ConfigError, DeviceError):
             check_training_state(resumed)
@@ -222,6 +220,10 @@ def train_one_run(
         failing(EXIT_FAILURE, *failures, prefix=where),
         run_directory(config, continued_run, rank) as run_dir,
     ):
+        # Said once the resumption is accepted and the run it continues is known to take it,
+        # so that a refusal stays the one line it is.
+        if resume is not None:
+            print_resume_choice(resume_path, skipped, continued_run)
         observers = []
         if run_dir is not None:  # under torchrun, rank 0 alone prints and records
             observers = [

@@ -320,8 +320,8 @@ def evaluate_command(checkpoint: Path, dataset: str = MNIST.name) -> str:
 def print_resume_choice(
     resume_from: Path | None, skipped: list[str], continued_run: Path | None
 ) -> None:
-    """What `--resume` found: the checkpoints it skipped, where it resumes, and the run whose
-    records it continues (or that it starts a new run's)."""
+    """Where `--resume` resumes (the checkpoint named, or the one 'auto' found and the ones it
+    skipped), and the run whose records it continues (or that it starts a new run's)."""
     for line in skipped:  # a skipped run's line may have detail lines: its checkpoints'
         print(terminal_safe_message(line))
     if resume_from is None:
