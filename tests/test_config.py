@@ -208,6 +208,27 @@ def test_config_show_only_shows_even_a_config_this_machine_could_not_run(tmp_pat
     assert list(tmp_path.iterdir()) == []  # no folder made, no device or data checked
 
 
+@pytest.mark.parametrize(
+    "settings",
+    [
+        ["batch_size=100000"],
+        ["data.max_train_images=500", "batch_size=501"],
+        ["data.validation_size=10000", "batch_size=50001"],
+    ],
+)
+def test_config_show_refuses_a_batch_larger_than_the_training_images_as_train_does(
+    tmp_path, monkeypatch, settings
+):
+    """config show printed such a config as if it could train, which train then refused."""
+    monkeypatch.chdir(tmp_path)
+    arguments = [part for setting in settings for part in ("--set", setting)]
+    trained = CliRunner().invoke(app, ["train", *arguments])
+    shown = CliRunner().invoke(app, ["config", "show", *arguments])
+    assert trained.exit_code == 2 and trained.output.startswith("error: batch_size ")
+    assert (shown.exit_code, shown.output) == (trained.exit_code, trained.output)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_config_show_prints_the_resolved_config_and_rejects_before_reading_data(tmp_path):
     runner = CliRunner()
     shown = runner.invoke(

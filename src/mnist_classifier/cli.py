@@ -142,10 +142,15 @@ def config_show(
     config_file: options.ConfigFileOption = None, assignments: options.SetOption = None
 ) -> None:
     """Print the resolved config (defaults < --config file < --set) as YAML."""
+    from mnist_classifier.config import ConfigError, check_batch_size
     from mnist_classifier.reporting import print_config
 
-    # Only shown: no device, folder or data check, so nothing is created.
-    print_config(steps.load_config(config_file, steps.explicit_settings(assignments, {})))
+    config = steps.load_config(config_file, steps.explicit_settings(assignments, {}))
+    # The settings' own limits, as train checks them; but no device, folder or data check
+    # (this machine's), so nothing is created.
+    with failing(EXIT_USAGE, ConfigError):
+        check_batch_size(config)
+    print_config(config)
 
 
 @app.command()
