@@ -10,7 +10,9 @@ from mnist_classifier.datasets import MNIST
 from mnist_classifier.model import SimpleCNN
 
 
-def checkpoint_payload(model=None, optimizer=None, **changes) -> dict:
+def checkpoint_payload(
+    model=None, optimizer=None, validation_accuracy: float = 0.985, **changes
+) -> dict:
     """A valid checkpoint dict for `model` (by default an untrained SimpleCNN) and its
     `optimizer` (by default a fresh Adam), without the state an exact resume needs; `changes`
     override the file's keys."""
@@ -20,7 +22,7 @@ def checkpoint_payload(model=None, optimizer=None, **changes) -> dict:
         model_state_dict=model.state_dict(),
         optimizer_state_dict=(optimizer or torch.optim.Adam(model.parameters())).state_dict(),
         validation_loss=0.05,
-        validation_accuracy=0.985,
+        validation_accuracy=validation_accuracy,
         config=TrainConfig(),
         normalization=MNIST.normalization,
     ).to_payload()

@@ -16,6 +16,8 @@ from mnist_classifier.checkpoint import (
     CheckpointError,
     check_output_dir,
     copy_checkpoint,
+    fraction_of_lab_percent,
+    lab_percent,
     load_checkpoint,
     remove_stale_temporaries,
     save_checkpoint,
@@ -111,6 +113,26 @@ def test_every_field_of_the_schema_is_written_and_read_back(tmp_path):
     on_disk = torch.load(path, weights_only=True)
     assert (on_disk["epoch"], on_disk["loss"], on_disk["accuracy"]) == (4, 0.25, 87.5)
     assert set(on_disk) >= {"model_state_dict", "optimizer_state_dict", "schema_version"}
+
+
+@pytest.mark.parametrize("total", [500, 5000, 10000])
+def test_every_accuracy_a_split_can_score_is_saved_and_read_back_as_counted(total):
+    """The lab's key holds a percent: 9696 right of 10000 was saved as 96.96000000000001 and
+    read back as 0.9696000000000001, which the server and the model card then showed."""
+    for correct in range(total + 1):
+        percent = lab_percent(correct / total)
+        assert percent == correct * 100 / total, correct
+        assert fraction_of_lab_percent(percent) == correct / total, correct
+
+
+def test_an_accuracy_of_9696_in_10000_is_written_and_loaded_as_such(tmp_path):
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, checkpoint_payload(validation_accuracy=9696 / 10000))
+    assert torch.load(path, weights_only=True)["accuracy"] == 96.96
+    assert load_checkpoint(path).validation_accuracy == 0.9696
+    # A file saved before, with the percent's noise in it, reads as counted too.
+    save_checkpoint(path, checkpoint_payload(accuracy=100.0 * (9696 / 10000)))
+    assert load_checkpoint(path).validation_accuracy == 0.9696
 
 
 def test_missing_checkpoint_says_to_train_first(tmp_path):

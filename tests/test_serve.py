@@ -18,6 +18,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import checkpoint_payload
 from fastapi.testclient import TestClient
 from images import ODD_IMAGES, png_header_only, with_exif_chunk
 from PIL import Image
@@ -378,6 +379,16 @@ def test_a_stage_name_cannot_leave_the_models_folder(tmp_path):
     result = runner.invoke(cli_app, ["serve", "--models-dir", str(tmp_path), "--stage", "../x"])
     assert result.exit_code == 2
     assert "plain name" in result.output
+
+
+def test_model_shows_the_validation_accuracy_as_counted(tmp_path):
+    """9696 of 10000 validation images right was served as 0.9696000000000001."""
+    checkpoint = stage_checkpoint(tmp_path, "production")
+    save_checkpoint(checkpoint, checkpoint_payload(validation_accuracy=9696 / 10000))
+    served = load_checkpoint_model(checkpoint, stage="production")
+    answer = local_client(create_app(served.predictor, served.info)).get("/model")
+    assert answer.json()["validation_accuracy"] == 9696 / 10000
+    assert '"validation_accuracy":0.9696,' in answer.text
 
 
 @pytest.fixture(scope="module")

@@ -67,6 +67,22 @@ REQUIRED_KEYS = (
     "architecture",
     "config",
 )
+# The lab's `accuracy` key holds a percent, where the rest of the schema holds a fraction. The
+# conversions' float error showed: 9696 of 10000 right went in as 96.96000000000001 and came
+# back as 0.9696000000000001. A split holds fewer than 10**5 images, so ten decimals of a
+# fraction tell every count of images right from the next: rounded to them, the figure is the
+# count's again, and a percent saved with the noise reads back as counted too.
+ACCURACY_DECIMALS = 10
+
+
+def lab_percent(fraction: float) -> float:
+    """A fraction 0..1 as the percent the lab's `accuracy` key holds."""
+    return round(100 * fraction, ACCURACY_DECIMALS - 2)
+
+
+def fraction_of_lab_percent(percent: float) -> float:
+    """The lab's percent as the fraction 0..1 the rest of the schema holds."""
+    return round(percent / 100, ACCURACY_DECIMALS)
 
 
 class CheckpointError(RuntimeError):
@@ -130,7 +146,7 @@ class CheckpointContents:
             "optimizer_state_dict": self.optimizer_state_dict,
             "epoch": self.epoch,
             "loss": self.validation_loss,
-            "accuracy": 100.0 * self.validation_accuracy,  # the lab's key holds a percent
+            "accuracy": lab_percent(self.validation_accuracy),
             "schema_version": SCHEMA_VERSION,
             "architecture": ARCHITECTURE,
             "config": self.config.to_dict(),
@@ -499,7 +515,7 @@ def _contents(raw: dict[str, Any], config: TrainConfig) -> dict[str, Any]:
         "model_state_dict": raw["model_state_dict"],
         "optimizer_state_dict": raw["optimizer_state_dict"],
         "validation_loss": float(raw["loss"]),
-        "validation_accuracy": float(raw["accuracy"]) / 100,  # the lab's percent, as a fraction
+        "validation_accuracy": fraction_of_lab_percent(float(raw["accuracy"])),
         "config": config,
         # Checkpoints from before it was saved are MNIST's.
         "normalization": Normalization(**saved_normalization)
