@@ -3,9 +3,11 @@
 import csv
 import errno
 import json
+import re
 import shutil
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -573,6 +575,40 @@ def _run_folder(runs_dir, name, lr):
 def _runs_json(runs_dir):
     result = runner.invoke(app, ["runs", "--runs-dir", str(runs_dir), "--format", "json"])
     return result, json.loads(result.stdout) if result.stdout else []
+
+
+def test_the_runs_table_shows_start_times_and_seconds_alike_and_machines_get_them_as_saved(
+    tmp_path,
+):
+    """The table showed the folder's raw stamp (20260314-093005) as the start, and seconds with
+    four significant digits: 3.5, 61.25 and 1.235e+04 in one column."""
+    # Folder name -> wall seconds, oldest first as `mnist runs` lists them.
+    runs = {"20260314-093005-a": 3.5, "20260314-093005-b": 12345.678, "20261231-235959-c": 61.25}
+    for number, (folder, wall_seconds) in enumerate(runs.items()):
+        run_dir = _run_folder(tmp_path, folder[-1], 0.001 * (number + 1))
+        summary = json.loads((run_dir / "summary.json").read_text())
+        (run_dir / "summary.json").write_text(json.dumps({**summary, "wall_seconds": wall_seconds}))
+        run_dir.rename(tmp_path / folder)
+
+    table = runner.invoke(app, ["runs", "--runs-dir", str(tmp_path)])
+    assert table.exit_code == 0, table.output
+    header, *rows = [
+        [cell.strip() for cell in line.replace("┃", "│").split("│")[1:-1]]
+        for line in table.stdout.splitlines()
+        if line.startswith(("┃", "│"))
+    ]
+    shown = [dict(zip(header, row, strict=True)) for row in rows]
+    assert [row["run"] for row in shown] == list(runs)
+    for row, (folder, wall_seconds) in zip(shown, runs.items(), strict=True):
+        started = datetime.strptime(folder[:15], "%Y%m%d-%H%M%S").replace(second=0)
+        assert datetime.strptime(row["started (UTC)"], "%Y-%m-%d %H:%M") == started
+        assert re.fullmatch(r"\d+\.\d", row["seconds"]), row["seconds"]
+        assert abs(float(row["seconds"]) - wall_seconds) <= 0.05
+
+    _, listed = _runs_json(tmp_path)  # for machines, as saved
+    assert [(row["started_utc"], row["wall_seconds"]) for row in listed] == [
+        (folder[:15], wall_seconds) for folder, wall_seconds in runs.items()
+    ]
 
 
 DAMAGED_RECORDS = [

@@ -30,6 +30,8 @@ CHECKPOINT_OF_DATASET = f"{STAGING_DIR_OF_DATASET}/{BEST_CHECKPOINT_NAME}"
 # A run folder (<runs dir>/<UTC time>-<name>/) holds the run's resolved config under this name,
 # from the run's start: that file is what tells a run folder from any other.
 RUN_CONFIG_NAME = "config.yaml"
+# The <UTC time> a run folder's name starts with (strftime), e.g. 20260314-093005.
+RUN_TIME_FORMAT = "%Y%m%d-%H%M%S"
 
 
 def is_run_folder(folder: Path) -> bool:

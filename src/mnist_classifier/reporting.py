@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 
 import torch
@@ -33,7 +34,12 @@ from mnist_classifier.config import TrainConfig
 from mnist_classifier.data import MnistFiles
 from mnist_classifier.datasets import MNIST, DatasetSpec, class_noun, dataset_spec
 from mnist_classifier.evaluate import EvalResult, EvaluationObserver
-from mnist_classifier.paths import BEST_CHECKPOINT_NAME, shell_command, staging_dir
+from mnist_classifier.paths import (
+    BEST_CHECKPOINT_NAME,
+    RUN_TIME_FORMAT,
+    shell_command,
+    staging_dir,
+)
 from mnist_classifier.records import NUMBER
 from mnist_classifier.train import EpochResult, TrainingObserver, TrainResult, TrainSetup
 
@@ -416,6 +422,10 @@ SHORT_HEADERS = {
 def _cell(column: str, value) -> str:
     if value is None:
         return "-"
+    if column == "started_utc":
+        return _run_start(value)
+    if column == "wall_seconds" and NUMBER.accepts(value):
+        return f"{value:.1f}"  # one column, one precision: 3.5 and 12345.7, not 1.235e+04
     # A run's config.yaml may be edited to hold a setting named *_accuracy of any value:
     # only a number is shown as a percentage.
     if column.endswith("accuracy") and NUMBER.accepts(value):
@@ -423,6 +433,15 @@ def _cell(column: str, value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
+
+
+def _run_start(stamp: str) -> str:
+    """A run folder's UTC time, 20260314-093005, as a person reads it: 2026-03-14 09:30. A
+    folder named otherwise (a run folder is any folder with the run's config) shows as is."""
+    try:
+        return datetime.strptime(stamp, RUN_TIME_FORMAT).strftime("%Y-%m-%d %H:%M")
+    except ValueError:
+        return stamp
 
 
 def print_checkpoint_info(checkpoint: LoadedCheckpoint) -> None:

@@ -48,7 +48,7 @@ from mnist_classifier.files import (
     write_atomically,
     write_json_atomically,
 )
-from mnist_classifier.paths import RUN_CONFIG_NAME, is_run_folder, shell_command
+from mnist_classifier.paths import RUN_CONFIG_NAME, RUN_TIME_FORMAT, is_run_folder, shell_command
 from mnist_classifier.provenance import software_provenance
 from mnist_classifier.records import (
     FRACTION,
@@ -91,7 +91,7 @@ EPOCH_TAGS = {
 
 def create_run_dir(runs_dir: Path | str, name: str) -> Path:
     """A new, empty folder named by the UTC start time, so runs sort by date."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = datetime.now(timezone.utc).strftime(RUN_TIME_FORMAT)
     runs_dir = Path(runs_dir)
     for attempt in itertools.count(1):
         suffix = "" if attempt == 1 else f"-{attempt}"
