@@ -104,3 +104,19 @@ NAME_PIECES = st.sampled_from(["$", "$", "\\frac", "\\", "x", "^", "_", "{", "}"
 )
 def test_any_printable_run_name_is_drawn_in_the_legend_as_typed(names):
     _legends_show_as_typed(names)
+
+
+@pytest.mark.parametrize("epochs", [[1], [3], [1, 2, 3], [4, 5]])
+def test_the_epoch_axis_has_whole_epochs_and_room_for_each(epochs):
+    """A run of a single epoch was drawn on an axis from 0.96 to 1.04, ticked in hundredths."""
+    rows = [{**EPOCH_ROWS[0], "epoch": float(epoch)} for epoch in epochs]
+    figure = learning_curves_figure({"run": rows})
+    try:
+        figure.canvas.draw()
+        for axes in figure.axes:
+            low, high = axes.get_xlim()
+            ticks = [tick for tick in axes.get_xticks() if low <= tick <= high]
+            assert ticks == list(range(epochs[0], epochs[-1] + 1))  # each epoch, and only those
+            assert low <= epochs[0] - 0.25 and high >= epochs[-1] + 0.25  # each marker in full
+    finally:
+        plt.close(figure)

@@ -202,10 +202,18 @@ def learning_curves_figure(curves: dict[str, list[dict]]):
     loss_axes.set_ylabel("loss")
     accuracy_axes.set_title("Accuracy")
     accuracy_axes.set_ylabel("accuracy (%)")
+    every_epoch = [int(row["epoch"]) for rows in curves.values() for row in rows]
     for axes in (loss_axes, accuracy_axes):
         axes.set_xlabel("epoch")
         axes.grid(alpha=0.3)
         for text in axes.legend(fontsize=8).get_texts():
             text.set_parse_math(False)
-        axes.xaxis.get_major_locator().set_params(integer=True)
+        # Whole epochs only, even when the axis has room for one alone (it would fall back
+        # to fractions for want of a second): around the one point of a single epoch, the
+        # axis went from 0.96 to 1.04, ticked in hundredths. Half an epoch of room at least
+        # either side, too.
+        axes.xaxis.get_major_locator().set_params(integer=True, min_n_ticks=1)
+        if every_epoch:
+            low, high = axes.get_xlim()
+            axes.set_xlim(min(low, min(every_epoch) - 0.5), max(high, max(every_epoch) + 0.5))
     return figure
