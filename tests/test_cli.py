@@ -105,6 +105,15 @@ def test_type_errors_from_the_parser_exit_2():
         (["data", "--data-dir", ""], "Invalid value for '--data-dir': an empty path"),
         (["runs", "--runs-dir", ""], "Invalid value for '--runs-dir': an empty path"),
         (["models", "--models-dir", ""], "Invalid value for '--models-dir': an empty path"),
+        # A grid of no images was drawn as two blank figures.
+        (
+            ["evaluate", "--grid-size", "0"],
+            "'--grid-size': Input should be greater than or equal to 1",
+        ),
+        (
+            ["evaluate", "--grid-size", "-1"],
+            "'--grid-size': Input should be greater than or equal to 1",
+        ),
     ],
 )
 def test_every_usage_error_is_one_error_line_with_exit_2(arguments, message):

@@ -381,7 +381,8 @@ ReportFormatOption = Annotated[
     typer.Option("--format", help="text (the lab's report and more) or json (stdout)."),
 ]
 GridSizeOption = Annotated[
-    int, typer.Option(min=0, help="Images in the misclassified and sample-prediction grids.")
+    # min=1: a grid of no images was drawn as two blank figures.
+    int, typer.Option(min=1, help="Images in the misclassified and sample-prediction grids.")
 ]
 
 # --- mnist predict -------------------------------------------------------------------------------
