@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import checkpoint_payload
+from matplotlib.figure import Figure
 from synthetic_data import synthetic_images
 from typer.testing import CliRunner
 
@@ -22,6 +23,7 @@ from mnist_classifier.evaluation_report import (
     evaluate_checkpoint,
     save_report,
 )
+from mnist_classifier.figures import is_our_figure
 from mnist_classifier.files import NotOurFile
 from mnist_classifier.model import SimpleCNN
 
@@ -140,6 +142,70 @@ def test_a_report_never_replaces_a_file_it_did_not_write(tmp_path, name):
         save_report(evaluation, grid_size=4, output_dir=folder)
     assert [path.name for path in folder.iterdir()] == [name]  # nothing written beside it
     assert (folder / name).read_bytes() == b"the user's own file"
+
+
+def _figures_drawn(monkeypatch) -> dict[str, list[dict]]:
+    """Every figure saved from now on, by file name: per axes, its title, the texts drawn in
+    it (a grid's captions) and how many images it shows."""
+    drawn = {}
+    save = Figure.savefig
+
+    def recording_save(figure, path, *arguments, **keywords):
+        drawn[Path(path).name] = [
+            {
+                "title": axes.get_title(),
+                "texts": [text.get_text() for text in axes.texts],
+                "images": len(axes.images),
+            }
+            for axes in figure.axes
+        ]
+        return save(figure, path, *arguments, **keywords)
+
+    monkeypatch.setattr(Figure, "savefig", recording_save)
+    return drawn
+
+
+def test_a_model_without_mistakes_gets_a_misclassified_figure_that_says_so(tmp_path, monkeypatch):
+    """misclassified.png was an empty grid under a title of "(0 of 0)" when nothing was wrong."""
+    path, test_data = _checkpoint(tmp_path), _test_data()
+    # Labelled with the model's own answers: a test split on which it makes no mistake.
+    answers = evaluate_checkpoint(path, "mnist", test_data=test_data).result.predictions
+    answered = VerifiedTestSplit(test_data.files, Split(test_data.split.images, answers))
+    evaluation = evaluate_checkpoint(path, "mnist", test_data=answered)
+    drawn = _figures_drawn(monkeypatch)
+
+    report = save_report(evaluation, grid_size=4, output_dir=tmp_path / "report")
+
+    assert report["misclassified"] == [] and report["correct"] == report["test_images"] == 200
+    figure = Path(report["files"]["misclassified"])
+    assert is_our_figure(figure)  # still written, still marked as ours
+    (axes,) = drawn[figure.name]
+    assert axes["title"] == f"No misclassified images among the {len(answers):,} test images"
+    assert axes["images"] == 0  # no empty grid beneath it
+
+
+def test_the_misclassified_figure_shows_the_most_confident_mistakes_first(tmp_path, monkeypatch):
+    evaluation = evaluate_checkpoint(_checkpoint(tmp_path), "mnist", test_data=_test_data())
+    labels, result = evaluation.test_data.split.labels, evaluation.result
+    wrong = [index for index in range(result.total) if result.predictions[index] != labels[index]]
+    assert len(wrong) > 4  # an untrained model: more mistakes than the grid shows
+    worst = sorted(wrong, key=lambda index: -float(result.confidences[index]))[:4]
+    drawn = _figures_drawn(monkeypatch)
+
+    report = save_report(evaluation, grid_size=4, output_dir=tmp_path / "report")
+
+    assert is_our_figure(Path(report["files"]["misclassified"]))
+    (axes,) = drawn["misclassified.png"]
+    assert axes["title"] == (
+        f"Misclassified test images, most confident first (4 of {len(wrong)})\n"
+        "true→predicted confidence"
+    )
+    assert axes["texts"] == [
+        f"{int(labels[index])}→{int(result.predictions[index])} "
+        f"{100 * float(result.confidences[index]):.0f}%"
+        for index in worst
+    ]
+    assert axes["images"] == 1
 
 
 runner = CliRunner()

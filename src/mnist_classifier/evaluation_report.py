@@ -251,7 +251,8 @@ def write_report_files(
     report: dict, images: torch.Tensor, output_dir: Path, *, grid_size: int
 ) -> dict:
     """report.json and the four PNGs in `output_dir`; returns the report as report.json holds
-    it, with the files written under "files"."""
+    it, with the files written under "files". Every PNG is written, misclassified.png too
+    when nothing was misclassified (it then says so)."""
     output_dir.mkdir(parents=True, exist_ok=True)
     images = images.cpu()
     paths = {name: output_dir / file for name, file in FIGURE_FILES.items()}
@@ -264,15 +265,21 @@ def write_report_files(
     figures.save_reliability_diagram(
         Calibration(**report["calibration"]), paths["reliability_diagram"]
     )
-    shown_wrong = report["misclassified"][:grid_size]
-    _grid(
-        images,
-        shown_wrong,
-        f"Misclassified test images, most confident first "
-        f"({len(shown_wrong)} of {len(report['misclassified'])})",
-        paths["misclassified"],
-        class_names,
-    )
+    wrong = report["misclassified"]
+    if wrong:
+        shown_wrong = wrong[:grid_size]
+        _grid(
+            images,
+            shown_wrong,
+            f"Misclassified test images, most confident first ({len(shown_wrong)} of {len(wrong)})",
+            paths["misclassified"],
+            class_names,
+        )
+    else:  # an empty grid would read as a figure that failed to draw
+        figures.save_notice(
+            f"No misclassified images among the {report['test_images']:,} test images",
+            paths["misclassified"],
+        )
     samples = report["sample_predictions"]
     _grid(
         images,

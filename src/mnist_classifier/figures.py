@@ -121,6 +121,15 @@ def save_digit_grid(
     _save(digit_grid_figure(images, captions, colours, title), path)
 
 
+def save_notice(text: str, path: Path) -> None:
+    """A figure that is one line of text, for where a figure has nothing to draw (no
+    misclassified images): the file is still there for whoever expects it, and says why."""
+    figure, axes = plt.subplots(figsize=(5, 0.6), dpi=DPI)
+    axes.set_axis_off()
+    axes.set_title(text, fontsize=10)
+    _save(figure, path)
+
+
 def tile(cells: torch.Tensor, columns: int, padding: int) -> torch.Tensor:
     """(N, H, W) cells in rows of `columns`, each with `padding` white (1.0) pixels around it
     and the gaps not doubled: one image, laid out as torchvision's make_grid lays it out."""
