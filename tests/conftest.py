@@ -36,6 +36,16 @@ def vouch_for(path: Path) -> None:
     digest_path(path).write_text(f"{sha256_of(path)}  {path.name}\n")
 
 
+def table_rows(output: str) -> list[dict[str, str]]:
+    """The rows of the Rich table in `output` (`mnist runs`, `mnist models`): header -> cell."""
+    header, *rows = [
+        [cell.strip() for cell in line.replace("┃", "│").split("│")[1:-1]]
+        for line in output.splitlines()
+        if line.startswith(("┃", "│"))
+    ]
+    return [dict(zip(header, row, strict=True)) for row in rows]
+
+
 class CreatesAFile:
     """Pickles to a call of Path.touch: loading it with a full unpickler would create `target`."""
 

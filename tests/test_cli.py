@@ -8,12 +8,13 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT, checkpoint_payload
+from conftest import REPO_ROOT, checkpoint_payload, table_rows
 from images import encode
 from PIL import Image
 from typer.testing import CliRunner
@@ -661,3 +662,30 @@ def test_ctrl_c_while_training_says_what_is_saved_and_how_to_continue(monkeypatc
         f"error: interrupted: the epochs up to {newest.name} are saved; continue with "
         f"mnist train --resume {newest}"
     ]
+
+
+def test_models_shows_promotion_times_as_runs_shows_start_times_and_lists_them_as_saved(tmp_path):
+    """The table showed a card's raw ISO time (2026-01-02T03:04:05+00:00) where `mnist runs`
+    shows 2026-03-14 09:30."""
+    promoted = {
+        "production": "2026-01-02T03:04:05+00:00",
+        "staging": "2026-12-31T23:59:59+00:00",
+        "edited": "2026-06-30T01:30:00+02:00",  # a card edited by hand: shown in UTC as well
+    }
+    for stage, promoted_utc in promoted.items():
+        checkpoint = tmp_path / stage / "mnist" / "best_model.pt"
+        save_checkpoint(checkpoint, checkpoint_payload())
+        card = {"checkpoint_sha256": sha256_of(checkpoint), "promoted_utc": promoted_utc}
+        (checkpoint.parent / MODEL_CARD_NAME).write_text(json.dumps(card))
+
+    result = runner.invoke(app, ["models", "--models-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    shown = {row["stage"]: row["promoted (UTC)"] for row in table_rows(result.stdout)}
+    assert set(shown) == set(promoted)
+    for stage, promoted_utc in promoted.items():
+        in_utc = datetime.fromisoformat(promoted_utc).astimezone(timezone.utc)
+        assert datetime.strptime(shown[stage], "%Y-%m-%d %H:%M") == in_utc.replace(
+            second=0, tzinfo=None
+        )
+    # For machines, as the card saved it.
+    assert {row["stage"]: row["promoted_utc"] for row in list_models(tmp_path)} == promoted

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import table_rows
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -592,12 +593,7 @@ def test_the_runs_table_shows_start_times_and_seconds_alike_and_machines_get_the
 
     table = runner.invoke(app, ["runs", "--runs-dir", str(tmp_path)])
     assert table.exit_code == 0, table.output
-    header, *rows = [
-        [cell.strip() for cell in line.replace("┃", "│").split("│")[1:-1]]
-        for line in table.stdout.splitlines()
-        if line.startswith(("┃", "│"))
-    ]
-    shown = [dict(zip(header, row, strict=True)) for row in rows]
+    shown = table_rows(table.stdout)
     assert [row["run"] for row in shown] == list(runs)
     for row, (folder, wall_seconds) in zip(shown, runs.items(), strict=True):
         started = datetime.strptime(folder[:15], "%Y%m%d-%H%M%S").replace(second=0)

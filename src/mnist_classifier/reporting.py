@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -419,11 +419,19 @@ SHORT_HEADERS = {
 }
 
 
+# The tables' UTC times, each read as it is saved: a run folder's stamp (20260314-093005), a
+# model card's ISO time (2026-03-14T09:30:05+00:00). Both are shown as 2026-03-14 09:30.
+TIME_COLUMNS: dict[str, Callable[[str], datetime]] = {
+    "started_utc": lambda stamp: datetime.strptime(stamp, RUN_TIME_FORMAT),
+    "promoted_utc": datetime.fromisoformat,
+}
+
+
 def _cell(column: str, value) -> str:
     if value is None:
         return "-"
-    if column == "started_utc":
-        return _run_start(value)
+    if column in TIME_COLUMNS:
+        return _utc_time(value, TIME_COLUMNS[column])
     if column == "wall_seconds" and NUMBER.accepts(value):
         return f"{value:.1f}"  # one column, one precision: 3.5 and 12345.7, not 1.235e+04
     # A run's config.yaml may be edited to hold a setting named *_accuracy of any value:
@@ -435,13 +443,17 @@ def _cell(column: str, value) -> str:
     return str(value)
 
 
-def _run_start(stamp: str) -> str:
-    """A run folder's UTC time, 20260314-093005, as a person reads it: 2026-03-14 09:30. A
-    folder named otherwise (a run folder is any folder with the run's config) shows as is."""
+def _utc_time(stamp: str, parse: Callable[[str], datetime]) -> str:
+    """A saved UTC time as a person reads it, 2026-03-14 09:30; one with another offset (a
+    model card edited by hand) is shown in UTC. Text that `parse` does not read shows as is: a
+    run folder is any folder with the run's config, whatever its name."""
     try:
-        return datetime.strptime(stamp, RUN_TIME_FORMAT).strftime("%Y-%m-%d %H:%M")
-    except ValueError:
+        moment = parse(stamp)
+        if moment.tzinfo is not None:
+            moment = moment.astimezone(timezone.utc)
+    except (ValueError, OverflowError):  # Overflow: an offset taking year 1 into year 0
         return stamp
+    return moment.strftime("%Y-%m-%d %H:%M")
 
 
 def print_checkpoint_info(checkpoint: LoadedCheckpoint) -> None:
