@@ -272,6 +272,21 @@ def test_promote_from_a_checkpoint_path_reads_that_file(tmp_path):
     assert result.output.startswith(f"error: checkpoint not found: {candidate}. Train a model")
 
 
+def test_promote_from_a_symlink_loop_is_one_line_naming_it(tmp_path):
+    """The check that the candidate is not already the stage's model resolved the path by hand,
+    and a symlink loop ended promote with a traceback (RuntimeError, before Python 3.13)."""
+    loop = tmp_path / "loop.pt"
+    loop.symlink_to(loop)
+    models_dir, no_data = tmp_path / "models", tmp_path / "no-data"
+    arguments = ["--models-dir", str(models_dir), "--data-dir", str(no_data)]
+    result = runner.invoke(app, ["promote", "--from", str(loop), *arguments])
+    assert result.exit_code == 1
+    assert result.output.splitlines() == [
+        f"error: {loop} is a broken link or a symlink loop; point it at a checkpoint"
+    ]
+    assert not models_dir.exists() and not no_data.exists()
+
+
 def test_evaluate_missing_checkpoint_says_train_first(tmp_path):
     result = runner.invoke(app, ["evaluate", "--checkpoint", str(tmp_path / "nope.pt")])
     assert result.exit_code == 1

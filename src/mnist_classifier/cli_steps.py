@@ -312,7 +312,8 @@ def _first_save_interrupted(config) -> bool:
 
 def is_staging_dir(config) -> bool:
     """Whether the run writes into the lab's staging folder of its data set."""
+    from mnist_classifier.files import same_path
+
     if not config.output_dir:
         return False
-    staging = Path(paths.staging_dir(config.data.dataset))
-    return Path(config.output_dir).resolve() == staging.resolve()
+    return same_path(config.output_dir, paths.staging_dir(config.data.dataset))

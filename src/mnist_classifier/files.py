@@ -121,7 +121,7 @@ def same_path(first: Path | str, second: Path | str) -> bool:
     either cannot be resolved."""
     try:
         return Path(first).resolve() == Path(second).resolve()
-    except OSError:
+    except (OSError, RuntimeError):  # RuntimeError: a symlink loop, before Python 3.13
         return False
 
 

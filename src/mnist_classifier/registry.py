@@ -23,6 +23,7 @@ from mnist_classifier.checkpoint import copy_checkpoint, load_checkpoint
 from mnist_classifier.datasets import DATASET_NAMES, MNIST
 from mnist_classifier.files import (
     read_regular_file,
+    same_path,
     sha256_of,
     why_not_writable,
     write_json_atomically,
@@ -179,7 +180,7 @@ def promote(
     from mnist_classifier.evaluation_report import evaluate_checkpoint
 
     destination = stage_checkpoint(models_dir, to_stage, name)
-    if Path(candidate).resolve() == destination.resolve():
+    if same_path(candidate, destination):
         # Copying a file onto itself would only add a promotion that changed nothing.
         raise RegistryError(
             f"{candidate} is already the {to_stage} model; promote from another stage (--from) "
