@@ -704,3 +704,33 @@ def test_models_shows_promotion_times_as_runs_shows_start_times_and_lists_them_a
         )
     # For machines, as the card saved it.
     assert {row["stage"]: row["promoted_utc"] for row in list_models(tmp_path)} == promoted
+
+
+def test_models_reads_each_checkpoint_through_sha256_once(tmp_path, monkeypatch):
+    """The listing hashed each checkpoint twice: verifying it on loading, then again to tell
+    whether its model card was written for it."""
+    import mnist_classifier.checkpoint as checkpoint_module
+    import mnist_classifier.registry as registry_module
+
+    checkpoints = []
+    for stage in ("staging", "production"):
+        checkpoint = tmp_path / stage / "mnist" / "best_model.pt"
+        save_checkpoint(checkpoint, checkpoint_payload())
+        card = {"checkpoint_sha256": sha256_of(checkpoint), "metrics": {"test_accuracy": 0.9}}
+        (checkpoint.parent / MODEL_CARD_NAME).write_text(json.dumps(card))
+        checkpoints.append(checkpoint)
+    hashed = []
+
+    def counting_sha256_of(path):
+        hashed.append(Path(path))
+        return sha256_of(path)
+
+    for module in (checkpoint_module, registry_module):
+        monkeypatch.setattr(module, "sha256_of", counting_sha256_of)
+
+    result = runner.invoke(app, ["models", "--models-dir", str(tmp_path)])
+
+    assert result.exit_code == 0, result.output
+    assert sorted(hashed) == sorted(checkpoints)
+    # Each card still matched to its model: both stages show their test accuracy.
+    assert [row["test"] for row in table_rows(result.stdout)] == ["90.00%", "90.00%"]

@@ -175,6 +175,7 @@ class LoadedCheckpoint(CheckpointContents):
 
     path: Path
     model: SimpleCNN  # on the CPU, in eval mode
+    sha256: str  # the file's, as read and verified against its sidecar
 
 
 def require_dataset(checkpoint: LoadedCheckpoint, dataset: str, action: str) -> None:
@@ -457,7 +458,7 @@ def _load_checkpoint(path: Path) -> LoadedCheckpoint:
             "the training that wrote it diverged: use an earlier checkpoint"
         )
     model.eval()
-    return LoadedCheckpoint(path=path, model=model, **_contents(raw, config))
+    return LoadedCheckpoint(path=path, model=model, sha256=actual, **_contents(raw, config))
 
 
 # What each export format is called, and what to do with such a file given where a checkpoint

@@ -310,8 +310,8 @@ def list_models(models_dir: Path | str) -> list[dict[str, Any]]:
             row["status"] = "ok"
         except Exception as error:  # a listing reports a broken file, it does not stop at it
             row.update(epoch=None, validation_accuracy=None, status=f"invalid: {error}")
-        else:  # a regular file that the safe loader read: hashing it cannot hang
-            if card and not is_card_of(card, sha256_of(checkpoint)):
+        else:  # the digest the loader verified: the file is read once, not hashed again
+            if card and not is_card_of(card, loaded.sha256):
                 # Its test accuracy and promotion time are another model's: shown as absent.
                 row.update(test_accuracy=None, promoted_utc=None, status=STALE_MODEL_CARD)
         if card_problem:
