@@ -2,6 +2,7 @@
 trains on that file alone (the torchrun runs themselves are in test_distributed.py, slow)."""
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import yaml
@@ -42,18 +43,22 @@ def test_the_ranks_get_the_resolved_config_and_no_command_line(tmp_path, monkeyp
     assert not Path(launch_file).exists()  # the launch file went with the launch
 
 
-def test_a_rank_trains_the_config_in_its_launch_file(tmp_path, synthetic_data):
-    settings = {
-        "epochs": 1,
-        "data.max_train_images": 128,
-        "data.validation_size": 64,
-        "device": "cpu",
-        "runs_dir": str(tmp_path / "runs"),
-        "name": "from-file",
-    }
-    config = load_config(None, settings)
+# One epoch on 128 synthetic images (the tests' synthetic_data fixture), on the CPU.
+TINY_RUN = {"epochs": 1, "data.max_train_images": 128, "data.validation_size": 64, "device": "cpu"}
+
+
+def _write_launch(tmp_path: Path, config, **options) -> Path:
+    """The file `mnist train --nproc N` hands its ranks: the resolved config, and `options`."""
     launch_file = tmp_path / "launch.json"
-    launch_file.write_text(json.dumps({"config": config.to_dict(), "quiet": True}))
+    launch = RankLaunch(config=config.to_dict(), quiet=True, **options)
+    launch_file.write_text(json.dumps(asdict(launch)))
+    return launch_file
+
+
+def test_a_rank_trains_the_config_in_its_launch_file(tmp_path, synthetic_data):
+    settings = {**TINY_RUN, "runs_dir": str(tmp_path / "runs"), "name": "from-file"}
+    config = load_config(None, settings)
+    launch_file = _write_launch(tmp_path, config)
 
     result = runner.invoke(app, ["train-rank", str(launch_file)])
 
@@ -66,3 +71,28 @@ def test_a_rank_trains_the_config_in_its_launch_file(tmp_path, synthetic_data):
 
 def test_train_rank_is_not_offered_to_people():
     assert "train-rank" not in runner.invoke(app, ["--help"]).output
+
+
+def test_only_rank_0_says_where_it_resumes(tmp_path, synthetic_data, monkeypatch):
+    """Under torchrun every rank printed "Resuming from ...", where rank 0 alone prints the
+    rest of the training's output."""
+    import mnist_classifier.train as train_module
+
+    config = load_config(None, {**TINY_RUN, "runs_dir": str(tmp_path / "runs")})
+    assert runner.invoke(app, ["train-rank", str(_write_launch(tmp_path, config))]).exit_code == 0
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    checkpoint = run_dir / "checkpoint_epoch_1.pt"
+    # Each rank resumes it for a second epoch; which rank prints is the point, not the training.
+    monkeypatch.setattr(train_module, "train", lambda *_arguments, **_keywords: None)
+    launch_file = _write_launch(tmp_path, config, resume=str(checkpoint), explicit={"epochs": 2})
+
+    printed = {}
+    for rank in (0, 1):
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("RANK", str(rank))
+        result = runner.invoke(app, ["train-rank", str(launch_file)])
+        assert result.exit_code == 0, result.output
+        printed[rank] = result.output
+
+    assert printed[0].splitlines() == [f"Resuming from {checkpoint} (run {run_dir.name})"]
+    assert printed[1] == ""

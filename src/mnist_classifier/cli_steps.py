@@ -220,12 +220,12 @@ def train_one_run(
         failing(EXIT_FAILURE, *failures, prefix=where),
         run_directory(config, continued_run, rank) as run_dir,
     ):
-        # Said once the resumption is accepted and the run it continues is known to take it,
-        # so that a refusal stays the one line it is.
-        if resume is not None:
-            print_resume_choice(resume_path, skipped, continued_run)
         observers = []
         if run_dir is not None:  # under torchrun, rank 0 alone prints and records
+            # Said once the resumption is accepted and the run it continues is known to take
+            # it, so that a refusal stays the one line it is.
+            if resume is not None:
+                print_resume_choice(resume_path, skipped, continued_run)
             observers = [
                 ConsoleTrainingObserver(quiet=quiet, run_dir=run_dir),
                 RunRecorder(run_dir),
