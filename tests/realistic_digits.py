@@ -63,3 +63,68 @@ def side_by_side(first: np.ndarray, second: np.ndarray, gap: int) -> bytes:
     buffer = io.BytesIO()
     drawn.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+PRINTED_LINE_KINDS = ("underline", "through", "ruled", "margin")
+
+
+def on_printed_line(digit: np.ndarray, index: int, rng: np.random.Generator) -> bytes:
+    """One MNIST digit written on a printed line across the picture, a PNG: a form's
+    underline under it, a line through it, ruled paper (lines a digit's height apart, the
+    digit on one), or a notebook's margin down through its left side, by `index` in that order.
+    Scaled 6-12x; the line is 0.3-1.0 of a 2-pixel MNIST stroke deep and about as dark as the
+    pen; the picture is 1.4-2.5 times the digit's canvas high and 1.6-3 times wide."""
+    kind = PRINTED_LINE_KINDS[index % len(PRINTED_LINE_KINDS)]
+    scale = int(rng.integers(6, 13))
+    ink = (
+        np.asarray(
+            Image.fromarray(digit).resize((28 * scale, 28 * scale), Image.Resampling.BICUBIC),
+            dtype=np.float64,
+        )
+        / 255.0
+    )
+    inked_rows = np.flatnonzero(ink.max(axis=1) > 0.3)
+    inked_columns = np.flatnonzero(ink.max(axis=0) > 0.3)
+    height = int(ink.shape[0] * rng.uniform(1.4, 2.5))
+    width = int(ink.shape[1] * rng.uniform(1.6, 3.0))
+    top = int(rng.integers(0, height - ink.shape[0] + 1))
+    left = int(rng.integers(0, width - ink.shape[1] + 1))
+    coverage = np.zeros((height, width))
+    coverage[top : top + ink.shape[0], left : left + ink.shape[1]] = ink
+    depth = max(1, round(2 * scale * rng.uniform(0.3, 1.0)))
+    foot = top + inked_rows[-1]  # the digit's lowest row
+    line = np.zeros((height, width), dtype=bool)
+    if kind == "underline":
+        row = foot + int(rng.integers(-depth, 2))
+        line[max(0, row) : row + depth, :] = True
+    elif kind == "through":
+        row = top + int(rng.integers(inked_rows[0] + 2 * scale, inked_rows[-1] - 2 * scale))
+        line[row : row + depth, :] = True
+    elif kind == "ruled":
+        spacing = int((inked_rows[-1] - inked_rows[0]) * rng.uniform(1.1, 1.5))
+        for row in range((foot + int(rng.integers(-depth, 2))) % spacing, height, spacing):
+            line[row : row + depth, :] = True
+    else:
+        column = left + inked_columns[0] + int(rng.integers(-2 * scale, 2 * scale))
+        line[:, max(0, column) : column + depth] = True
+    paper, pen, printed = rng.uniform(200, 250), rng.uniform(10, 60), rng.uniform(20, 90)
+    grey = np.where(line, printed, paper)
+    grey = grey + (pen - grey) * coverage  # the pen's ink over the paper and the line
+    grey += rng.normal(0, 4, grey.shape)
+    buffer = io.BytesIO()
+    Image.fromarray(np.clip(grey, 0, 255).astype(np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def tight_crop(digit: np.ndarray) -> bytes:
+    """One MNIST digit cropped to its ink and a pixel round it, dark on white at 10x, a PNG:
+    its long strokes run across the picture as a printed line would."""
+    rows = np.flatnonzero(digit.max(axis=1) > 60)
+    columns = np.flatnonzero(digit.max(axis=0) > 60)
+    crop = digit[max(0, rows[0] - 1) : rows[-1] + 2, max(0, columns[0] - 1) : columns[-1] + 2]
+    drawn = Image.fromarray(255 - crop).resize(
+        (10 * crop.shape[1], 10 * crop.shape[0]), Image.Resampling.BILINEAR
+    )
+    buffer = io.BytesIO()
+    drawn.save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from images import ODD_IMAGES, encode, png_header_only, with_exif_chunk
 from PIL import Image, ImageDraw, ImageFile
 
+from mnist_classifier import preprocess
 from mnist_classifier.preprocess import (
     A_DOT,
     MAX_IMAGE_PIXELS,
@@ -464,6 +465,84 @@ def test_side_by_side_digit_sized_bars_are_counted_as_digits(widths, gaps, heigh
     else:
         with pytest.raises(ImageError, match="looks like several digits side by side"):
             _prepared(sheet)
+
+
+def _printed_line(sheet: np.ndarray, angle: float, offset: float, depth: float, level=30.0):
+    """A printed line across the whole sheet: `angle` radians from level (pi / 2: upright),
+    its middle `offset` pixels from the sheet's centre, `depth` pixels deep, as dark as
+    `level`. Where it meets the digit the darker ink shows."""
+    height, width = sheet.shape
+    rows, columns = np.mgrid[0:height, 0:width]
+    across = (rows - height / 2) * np.cos(angle) - (columns - width / 2) * np.sin(angle)
+    return np.where(np.abs(across - offset) < depth / 2, np.minimum(sheet, level), sheet)
+
+
+def _zero_on_paper() -> np.ndarray:
+    """A "0" (a ring 16 px wide, 120 px across) in the middle of a 400x360 sheet."""
+    return _ring_on_paper(canvas=(400, 360), centre=(200, 180))
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        [(0.0, 63, 6)],  # the digit written on a form's line: its foot on the line
+        [(0.0, 0, 6)],  # a line through the digit
+        [(0.0, -67, 5), (0.0, 63, 5)],  # ruled paper, the digit between two lines
+        [(0.1, 20, 5)],  # a photo of a form, tilted about 6 degrees
+        [(np.pi / 2, -52, 6)],  # a notebook's margin down through the digit's left side
+        [(0.0, 63, 12)],  # a line three quarters as deep as the pen is wide
+    ],
+)
+def test_a_printed_line_the_digit_is_written_on_or_across_is_cleared(lines):
+    # Before, the line and the digit were one mark, scaled together: a "0" on a line read as
+    # a flat bar with a bump, which no model of digits reads right.
+    sheet = _zero_on_paper()
+    lined = sheet
+    for angle, offset, depth in lines:
+        lined = _printed_line(lined, angle, offset, depth)
+    assert _similar(_prepared(lined), _prepared(sheet)) > 0.97
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    tilt=st.floats(-0.17, 0.17),  # up to about 10 degrees either way
+    upright=st.booleans(),
+    # Through the ring's sides (|offset| < 40) or past it (|offset| > 70): a line along one of
+    # its strokes hides that stroke, in a picture as to the eye.
+    offset=st.one_of(st.floats(-40, 40), st.floats(70, 150), st.floats(-150, -70)),
+    # Up to over half the pen's 16 px: the ring's strokes measure about 11-12 px wide as the
+    # stroke width is estimated (curves read narrower), and lines up to that deep are cleared;
+    # a tilted line of 9 px spans 10 rows.
+    depth=st.floats(2, 9),
+    level=st.floats(0, 100),
+)
+def test_any_printed_line_across_the_picture_leaves_the_digit_as_it_was(
+    tilt, upright, offset, depth, level
+):
+    sheet = _zero_on_paper()
+    lined = _printed_line(sheet, tilt + (np.pi / 2 if upright else 0.0), offset, depth, level)
+    assert _similar(_prepared(lined), _prepared(sheet)) > 0.95
+
+
+@pytest.mark.parametrize(
+    "sheet",
+    [
+        # Strokes across the picture and nothing else: they are what there is to read.
+        _marks((135, 10, 165, 390), canvas=(300, 400)),  # a "1"
+        _marks((10, 10, 290, 40), (200, 40, 230, 390), canvas=(300, 400)),  # a 7, upright stem
+        # A 7's bar across a tight crop, its stem a ninth as wide: the bar is as deep as the
+        # stem is wide (a printed line is finer than the pen).
+        _marks((10, 10, 290, 40), (140, 40, 170, 250), canvas=(300, 400)),
+        # A 2 in a tight crop: its right side runs down the picture, as deep as the other
+        # strokes are wide; its base, finer, across it, with the rest spanning most of it.
+        _marks((10, 370, 290, 385), (40, 10, 260, 40), (230, 40, 260, 370), canvas=(300, 400)),
+    ],
+)
+def test_a_digits_own_long_stroke_is_not_taken_for_a_printed_line(sheet, monkeypatch):
+    # Oracle: the digit as prepared with no line ever cleared.
+    prepared = _prepared(sheet)
+    monkeypatch.setattr(preprocess, "_printed_lines", lambda ink: None)
+    assert torch.equal(prepared, _prepared(sheet))
 
 
 def test_16_bit_and_float_images_are_read_in_their_full_range():
