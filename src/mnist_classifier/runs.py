@@ -160,9 +160,17 @@ def checkpoint_to_resume(
         raise ResumeError("--resume needs a checkpoint path or 'auto' (got an empty value)")
     if resume != "auto":
         return load_checkpoint(Path(resume)), []
+    return newest_checkpoint(config, run_dirs_newest_first(config.runs_dir, config.name))
+
+
+def newest_checkpoint(
+    config: TrainConfig, run_dirs: Sequence[Path]
+) -> tuple[LoadedCheckpoint | None, list[str]]:
+    """--resume auto's choice: the newest valid checkpoint in `config.output_dir` when set, else
+    in the newest of `run_dirs` (newest first) that holds one; and why newer ones were skipped."""
     if config.output_dir:
         return find_resume_checkpoint(Path(config.output_dir))
-    return find_resume_in_runs(run_dirs_newest_first(config.runs_dir, config.name))
+    return find_resume_in_runs(run_dirs)
 
 
 def run_of_checkpoint(checkpoint: LoadedCheckpoint) -> Path | None:
