@@ -5,6 +5,7 @@ import errno
 import itertools
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import typer
 import yaml
 from conftest import table_rows
 from hypothesis import HealthCheck, given, settings
@@ -29,6 +31,7 @@ from mnist_classifier.cli import app
 from mnist_classifier.config import TrainConfig, config_from_dict, flatten, make_config
 from mnist_classifier.datasets import MNIST
 from mnist_classifier.figures import is_our_figure
+from mnist_classifier.paths import shell_command
 from mnist_classifier.reporting import terminal_safe
 from mnist_classifier.runs import (
     METRIC_COLUMNS,
@@ -456,8 +459,12 @@ def test_sweep_refuses_a_setting_given_to_every_run_and_in_the_grid(tmp_path, fi
     assert list(tmp_path.iterdir()) == []  # before any run
 
 
-@pytest.mark.parametrize(("stopped_at", "left"), [(1, "runs 2 to 3 were"), (2, "run 3 was")])
-def test_an_interrupted_sweep_says_which_runs_it_did_not_train(
+@pytest.mark.parametrize(
+    ("stopped_at", "left"),
+    [(1, "run 1 of 3: runs 2 to 3 were not trained"), (2, "run 2 of 3: run 3 was not trained")]
+    + [(3, "its last run, 3 of 3")],
+)
+def test_an_interrupted_sweep_says_which_runs_it_did_not_train_and_how_to_continue(
     tmp_path, monkeypatch, stopped_at, left
 ):
     calls = []
@@ -468,12 +475,18 @@ def test_an_interrupted_sweep_says_which_runs_it_did_not_train(
             raise KeyboardInterrupt
 
     monkeypatch.setattr(train_module, "train", interrupted_at_its_run)
-    arguments = ["sweep", "--grid", "lr=0.001,0.002,0.003", "--runs-dir", str(tmp_path / "runs")]
-    result = runner.invoke(app, [*arguments, "--set", f"data.data_dir={tmp_path}"])
+    grid, runs_dir, data = "lr=0.001,0.002,0.003", str(tmp_path / "runs"), str(tmp_path)
+    arguments = ["--grid", grid, "--runs-dir", runs_dir, "--set", f"data.data_dir={data}"]
+    result = runner.invoke(app, ["sweep", *arguments])
     assert result.exit_code == 130
+    # The same options, in the order of sweep's --help.
+    continue_with = shell_command(
+        "mnist", "sweep", "--grid", grid, "--set", f"data.data_dir={data}", "--runs-dir", runs_dir
+    )
+    continue_with += " --resume"
     assert result.stderr.splitlines() == [
         "error: interrupted before the first epoch's checkpoint: nothing to resume from",
-        f"The sweep stopped at run {stopped_at} of 3: {left} not trained.",
+        f"The sweep stopped at {left}; continue the sweep with {continue_with}",
     ]
 
 
@@ -1098,7 +1111,7 @@ def uninterrupted_sweep(tmp_path_factory):
 
 
 @pytest.mark.usefixtures("synthetic_data")
-def test_an_interrupted_sweep_continues_exactly_with_resume(
+def test_an_interrupted_sweep_continues_exactly_with_the_command_it_names(
     tmp_path, monkeypatch, uninterrupted_sweep
 ):
     runs_dir = tmp_path / "runs"
@@ -1108,10 +1121,15 @@ def test_an_interrupted_sweep_continues_exactly_with_resume(
     kept, interrupted = sorted(runs_dir.iterdir())
     assert (interrupted / "checkpoint_epoch_1.pt").is_file()
     assert not (interrupted / "summary.json").exists()
+    said = "The sweep stopped at run 2 of 3: run 3 was not trained; continue the sweep with "
+    *_, last_line = stopped.stderr.splitlines()
+    assert last_line.startswith(said)
+    command = shlex.split(last_line.removeprefix(said))
+    assert command[:2] == ["mnist", "sweep"] and command[-1] == "--resume"
     monkeypatch.setattr(train_module, "train", real_train)
     kept_files = _files_as_they_are(kept)
 
-    resumed = _sweep(runs_dir, "--resume")
+    resumed = runner.invoke(app, command[1:])
 
     assert resumed.exit_code == 0, resumed.output
     assert _files_as_they_are(kept) == kept_files  # not trained again, not a byte rewritten
@@ -1353,3 +1371,32 @@ def test_a_combination_is_matched_to_the_runs_saved_with_its_settings_newest_fir
             if is_the_combinations:
                 expected.append(run_dir)
         assert runs_with_config(combination) == sorted(expected, reverse=True)
+
+
+def test_the_continue_command_gives_the_sweep_every_option_it_was_given(tmp_path, monkeypatch):
+    config_file = tmp_path / "settings.yaml"
+    config_file.write_text("epochs: 1\n")
+    arguments = ["--config", str(config_file), "--grid", "lr=0.001,0.002", "--grid"]
+    arguments += ["batch_size=32,64", "--set", "seed=3", "--set", f"data.data_dir={tmp_path}"]
+    arguments += ["--runs-dir", str(tmp_path / "runs"), "--dataset", "fashion-mnist", "--verbose"]
+    sweep = typer.main.get_command(app).commands["sweep"]
+    # Every option of sweep is given above: one the command would leave out shows below.
+    assert {param.name for param in sweep.params} - {"resume"} == {
+        "config_file",
+        "grid",
+        "assignments",
+        "runs_dir",
+        "dataset",
+        "quiet",
+    }
+
+    def interrupted_at_once(*_arguments, **_keywords):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "train", interrupted_at_once)
+    result = runner.invoke(app, ["sweep", *arguments])
+    assert result.exit_code == 130, result.output
+    command = shlex.split(result.stderr.splitlines()[-1].partition("continue the sweep with ")[2])
+    assert command[:2] == ["mnist", "sweep"]
+    given = sweep.make_context("sweep", list(arguments)).params
+    assert sweep.make_context("sweep", command[2:]).params == {**given, "resume": True}

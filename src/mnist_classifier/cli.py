@@ -263,6 +263,7 @@ def sweep(
     if resume:
         with failing(EXIT_FAILURE, RunRecordError, ResumeError):
             earlier = [earlier_sweep_run(config) for config in configs]
+    continue_command = _sweep_command(config_file, grid, assignments, runs_dir, dataset, quiet)
     run_dirs = []
     for index, (config, found) in enumerate(zip(configs, earlier, strict=True), start=1):
         print_sweep_run(index, len(configs), config.name)
@@ -284,11 +285,38 @@ def sweep(
                 )
             )
         except typer.Exit as stop:  # Ctrl-C or SIGTERM: the run's line says what is saved
-            if stop.exit_code in (EXIT_INTERRUPTED, EXIT_TERMINATED) and index < len(configs):
-                print_sweep_stopped(index, len(configs))
+            if stop.exit_code in (EXIT_INTERRUPTED, EXIT_TERMINATED):
+                print_sweep_stopped(index, len(configs), continue_command)
             raise
     with failing(EXIT_FAILURE, RunRecordError):
         print_sweep_results(comparison_rows([read_run(run_dir) for run_dir in run_dirs]))
+
+
+def _sweep_command(
+    config_file: Path | None,
+    grid: list[str],
+    assignments: list[str] | None,
+    runs_dir: Path | None,
+    dataset: options.Dataset | None,
+    quiet: bool,
+) -> str:
+    """The `mnist sweep` command that continues this one: its options as given, and --resume.
+    Built from what was parsed rather than read back from sys.argv, so that it is the sweep's
+    command however the sweep was started (a console script, python -m, a test's runner)."""
+    words = ["mnist", "sweep"]
+    if config_file is not None:
+        words += ["--config", config_file]
+    for entry in grid:
+        words += ["--grid", entry]
+    for assignment in assignments or []:
+        words += ["--set", assignment]
+    if runs_dir is not None:
+        words += ["--runs-dir", runs_dir]
+    if dataset is not None:
+        words += ["--dataset", dataset.value]
+    if not quiet:
+        words.append("--verbose")
+    return paths.shell_command(*words, "--resume")
 
 
 @app.command()

@@ -365,10 +365,16 @@ def print_sweep_choice(earlier: EarlierSweepRun) -> None:
         print("No earlier run has these settings: training it from scratch")
 
 
-def print_sweep_stopped(index: int, total: int) -> None:
-    """After the interrupted run's own line: what the rest of the sweep did not do."""
-    left = f"run {total} was" if index + 1 == total else f"runs {index + 1} to {total} were"
-    error_console.print(f"The sweep stopped at run {index} of {total}: {left} not trained.")
+def print_sweep_stopped(index: int, total: int, continue_command: str) -> None:
+    """After the interrupted run's own line: what the rest of the sweep did not do, and the
+    command that continues the sweep."""
+    if index == total:
+        stopped = f"its last run, {total} of {total}"
+    else:
+        left = f"run {total} was" if index + 1 == total else f"runs {index + 1} to {total} were"
+        stopped = f"run {index} of {total}: {left} not trained"
+    line = f"The sweep stopped at {stopped}; continue the sweep with {continue_command}"
+    error_console.print(Text(terminal_safe(line)), soft_wrap=True)
 
 
 def print_sweep_results(rows: list[dict]) -> None:
