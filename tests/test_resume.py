@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import REPO_ROOT
+from tensor_states import same_state
 
 from mnist_classifier import train as train_module
 from mnist_classifier.checkpoint import TRAINING_LOCK_NAME, CheckpointSaveError, digest_path
@@ -60,18 +61,6 @@ def _worker(settings, record, *arguments):
     return torch.load(record, weights_only=True)
 
 
-def _state_equal(first, second):
-    if isinstance(first, torch.Tensor):
-        return torch.equal(first, second)
-    if isinstance(first, dict):
-        return first.keys() == second.keys() and all(
-            _state_equal(first[k], second[k]) for k in first
-        )
-    if isinstance(first, (list, tuple)):
-        return len(first) == len(second) and all(map(_state_equal, first, second))
-    return first == second
-
-
 @pytest.fixture(scope="module")
 def uninterrupted(data_dir, tmp_path_factory):
     folder = tmp_path_factory.mktemp("uninterrupted")
@@ -100,8 +89,8 @@ def test_resume_in_a_fresh_process_is_bit_identical(
     steps_per_epoch = len(full["losses"]) // EPOCHS
     assert resumed["losses"] == full["losses"][killed_after * steps_per_epoch :]
     assert all(map(torch.equal, resumed["orders"], full["orders"][killed_after:]))
-    assert _state_equal(resumed["model"], full["model"])
-    assert _state_equal(resumed["optimizer"], full["optimizer"])
+    assert same_state(resumed["model"], full["model"])
+    assert same_state(resumed["optimizer"], full["optimizer"])
 
 
 def test_without_the_random_state_restore_the_resume_would_differ(
@@ -122,7 +111,7 @@ def test_without_the_random_state_restore_the_resume_would_differ(
         "--no-rng-restore",
     )
     assert not all(map(torch.equal, resumed["orders"], full["orders"][2:]))
-    assert not _state_equal(resumed["model"], full["model"])
+    assert not same_state(resumed["model"], full["model"])
 
 
 def test_resume_refuses_a_changed_batch_size_unless_forced(data_dir, tmp_path, uninterrupted):

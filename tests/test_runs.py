@@ -2,36 +2,47 @@
 
 import csv
 import errno
+import itertools
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 from datetime import datetime
 from pathlib import Path
 
 import pytest
+import torch
+import typer
 import yaml
 from conftest import table_rows
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from synthetic_data import synthetic_train_data
+from tensor_states import same_state
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from typer.testing import CliRunner
 
-from mnist_classifier.checkpoint import load_checkpoint
+from mnist_classifier import train as train_module
+from mnist_classifier.checkpoint import epoch_checkpoints, load_checkpoint
 from mnist_classifier.cli import app
-from mnist_classifier.config import TrainConfig, config_from_dict, make_config
+from mnist_classifier.config import TrainConfig, config_from_dict, flatten, make_config
 from mnist_classifier.datasets import MNIST
 from mnist_classifier.figures import is_our_figure
+from mnist_classifier.paths import shell_command
 from mnist_classifier.reporting import terminal_safe
 from mnist_classifier.runs import (
     METRIC_COLUMNS,
     RunRecorder,
     RunRecordError,
+    earlier_sweep_run,
     grid_overrides,
     list_runs,
     record_test_accuracy,
     run_labels,
+    runs_with_config,
     sweep_run_name,
 )
 from mnist_classifier.train import TrainingObserver, train
@@ -448,12 +459,14 @@ def test_sweep_refuses_a_setting_given_to_every_run_and_in_the_grid(tmp_path, fi
     assert list(tmp_path.iterdir()) == []  # before any run
 
 
-@pytest.mark.parametrize(("stopped_at", "left"), [(1, "runs 2 to 3 were"), (2, "run 3 was")])
-def test_an_interrupted_sweep_says_which_runs_it_did_not_train(
+@pytest.mark.parametrize(
+    ("stopped_at", "left"),
+    [(1, "run 1 of 3: runs 2 to 3 were not trained"), (2, "run 2 of 3: run 3 was not trained")]
+    + [(3, "its last run, 3 of 3")],
+)
+def test_an_interrupted_sweep_says_which_runs_it_did_not_train_and_how_to_continue(
     tmp_path, monkeypatch, stopped_at, left
 ):
-    import mnist_classifier.train as train_module
-
     calls = []
 
     def interrupted_at_its_run(*_arguments, **_keywords):
@@ -462,12 +475,18 @@ def test_an_interrupted_sweep_says_which_runs_it_did_not_train(
             raise KeyboardInterrupt
 
     monkeypatch.setattr(train_module, "train", interrupted_at_its_run)
-    arguments = ["sweep", "--grid", "lr=0.001,0.002,0.003", "--runs-dir", str(tmp_path / "runs")]
-    result = runner.invoke(app, [*arguments, "--set", f"data.data_dir={tmp_path}"])
+    grid, runs_dir, data = "lr=0.001,0.002,0.003", str(tmp_path / "runs"), str(tmp_path)
+    arguments = ["--grid", grid, "--runs-dir", runs_dir, "--set", f"data.data_dir={data}"]
+    result = runner.invoke(app, ["sweep", *arguments])
     assert result.exit_code == 130
+    # The same options, in the order of sweep's --help.
+    continue_with = shell_command(
+        "mnist", "sweep", "--grid", grid, "--set", f"data.data_dir={data}", "--runs-dir", runs_dir
+    )
+    continue_with += " --resume"
     assert result.stderr.splitlines() == [
         "error: interrupted before the first epoch's checkpoint: nothing to resume from",
-        f"The sweep stopped at run {stopped_at} of 3: {left} not trained.",
+        f"The sweep stopped at {left}; continue the sweep with {continue_with}",
     ]
 
 
@@ -1009,3 +1028,375 @@ def test_resuming_an_early_stopped_run_says_how_to_train_more(early_stopped_run)
     assert summary["epochs_run"] == 3 and summary["stop_reason"].startswith(
         "early stopping after epoch 3"
     )
+
+
+# --- mnist sweep --resume -------------------------------------------------------------------
+
+SWEEP_GRID = "lr=0.001,0.002,0.003"
+# The columns of metrics.csv that time the epoch: the only ones two runs alike differ in.
+TIMED_COLUMNS = ("seconds", "images_per_second")
+
+
+def _sweep(runs_dir, *arguments, grid=SWEEP_GRID, epochs=2):
+    """`mnist sweep` of tiny runs on the CPU (the synthetic data: the data folder is not read)."""
+    settings = [f"epochs={epochs}", "data.max_train_images=128", "data.validation_size=100"]
+    settings += ["device=cpu", f"data.data_dir={runs_dir.parent}"]
+    return runner.invoke(
+        app,
+        ["sweep", "--grid", grid, "--runs-dir", str(runs_dir)]
+        + [word for setting in settings for word in ("--set", setting)]
+        + list(arguments),
+    )
+
+
+class _CtrlCInEpoch(TrainingObserver):
+    """Ctrl-C at the first step of `epoch`: the epochs before it are saved, this one is not."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def batch_done(self, epoch, *_arguments) -> None:
+        if epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+def _interrupt_the_run_of(monkeypatch, lr: float, epoch: int):
+    """Every training of learning rate `lr` is interrupted in `epoch`; returns the real train."""
+    real_train = train_module.train
+
+    def train_interrupted(config, observers, **keywords):
+        if config.lr == lr:
+            observers = [*observers, _CtrlCInEpoch(epoch)]
+        return real_train(config, observers, **keywords)
+
+    monkeypatch.setattr(train_module, "train", train_interrupted)
+    return real_train
+
+
+def _files_as_they_are(run_dir):
+    """Every file of a run folder: its bytes, and when it was last written."""
+    return {path.name: (path.read_bytes(), path.stat().st_mtime_ns) for path in run_dir.iterdir()}
+
+
+def _trained_alike(run_dir, oracle_dir) -> bool:
+    """Whether two runs ended the same to the bit: the last checkpoint's weights and optimizer
+    state, every figure of metrics.csv but its timings, and the summary but its clock."""
+
+    def trained(folder):
+        (last, *_) = epoch_checkpoints(folder)
+        state = torch.load(last, weights_only=True)
+        with (folder / "metrics.csv").open() as metrics:
+            rows = [
+                {column: value for column, value in row.items() if column not in TIMED_COLUMNS}
+                for row in csv.DictReader(metrics)
+            ]
+        summary = json.loads((folder / "summary.json").read_text())
+        for key in ("wall_seconds", "checkpoint_dir"):
+            summary.pop(key)
+        return last.name, state["model_state_dict"], state["optimizer_state_dict"], rows, summary
+
+    return same_state(trained(run_dir), trained(oracle_dir))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_sweep(tmp_path_factory):
+    """The oracle: the sweep never interrupted; its run folders by learning rate."""
+    runs_dir = tmp_path_factory.mktemp("uninterrupted") / "runs"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train_module, "load_train_validation", synthetic_train_data)
+        swept = _sweep(runs_dir)
+    assert swept.exit_code == 0, swept.output
+    records, _ = list_runs(runs_dir)
+    return {record.config["lr"]: record.path for record in records}
+
+
+@pytest.mark.usefixtures("synthetic_data")
+def test_an_interrupted_sweep_continues_exactly_with_the_command_it_names(
+    tmp_path, monkeypatch, uninterrupted_sweep
+):
+    runs_dir = tmp_path / "runs"
+    real_train = _interrupt_the_run_of(monkeypatch, lr=0.002, epoch=2)
+    stopped = _sweep(runs_dir)
+    assert stopped.exit_code == 130, stopped.output
+    kept, interrupted = sorted(runs_dir.iterdir())
+    assert (interrupted / "checkpoint_epoch_1.pt").is_file()
+    assert not (interrupted / "summary.json").exists()
+    said = "The sweep stopped at run 2 of 3: run 3 was not trained; continue the sweep with "
+    *_, last_line = stopped.stderr.splitlines()
+    assert last_line.startswith(said)
+    command = shlex.split(last_line.removeprefix(said))
+    assert command[:2] == ["mnist", "sweep"] and command[-1] == "--resume"
+    monkeypatch.setattr(train_module, "train", real_train)
+    kept_files = _files_as_they_are(kept)
+
+    resumed = runner.invoke(app, command[1:])
+
+    assert resumed.exit_code == 0, resumed.output
+    assert _files_as_they_are(kept) == kept_files  # not trained again, not a byte rewritten
+    *_, trained = sorted(runs_dir.iterdir())
+    assert sorted(runs_dir.iterdir()) == [kept, interrupted, trained]  # no second lr=0.002 run
+    lines = resumed.stdout.splitlines()
+    assert f"Kept run {kept.name}: completed all 2 epochs; not trained again" in lines
+    checkpoint = interrupted / "checkpoint_epoch_1.pt"
+    assert f"Resuming from {checkpoint} (run {interrupted.name})" in lines
+    assert "No earlier run has these settings: training it from scratch" in lines
+    for lr, run_dir in zip((0.001, 0.002, 0.003), (kept, interrupted, trained), strict=True):
+        assert _trained_alike(run_dir, uninterrupted_sweep[lr]), lr
+    rows = table_rows(resumed.stdout)
+    assert [row["run"] for row in rows] == [kept.name, interrupted.name, trained.name]
+    assert [row["epochs"] for row in rows] == ["2", "2", "2"]
+
+
+@pytest.mark.usefixtures("synthetic_data")
+def test_a_sweep_trains_anew_without_resume_and_resuming_keeps_the_newest_of_its_runs(tmp_path):
+    runs_dir, grid = tmp_path / "runs", "lr=0.001,0.002"
+    # No runs folder yet: nothing to continue, which is no error.
+    first = _sweep(runs_dir, "--resume", grid=grid, epochs=1)
+    assert first.exit_code == 0, first.output
+    assert first.stdout.count("No earlier run has these settings: training it from scratch") == 2
+    again = _sweep(runs_dir, grid=grid, epochs=1)  # as before --resume was: all trained again
+    assert again.exit_code == 0, again.output
+    assert not {"Kept", "Resuming", "scratch"} & set(again.stdout.split())
+    runs = sorted(runs_dir.iterdir())
+    assert len(runs) == 4
+    # Oldest first by name; the last of each learning rate is its newest run.
+    newest = {yaml.safe_load((run / "config.yaml").read_text())["lr"]: run for run in runs}
+    before = {run: _files_as_they_are(run) for run in runs}
+
+    resumed = _sweep(runs_dir, "--resume", grid=grid, epochs=1)
+
+    assert resumed.exit_code == 0, resumed.output
+    assert sorted(runs_dir.iterdir()) == runs
+    assert {run: _files_as_they_are(run) for run in runs} == before
+    lines = resumed.stdout.splitlines()
+    for run in newest.values():
+        assert (
+            f"2 runs have these settings; using the newest that holds a checkpoint: {run.name}"
+            in (lines)
+        )
+        assert f"Kept run {run.name}: completed its 1 epoch; not trained again" in lines
+    assert [row["run"] for row in table_rows(resumed.stdout)] == [
+        newest[0.001].name,
+        newest[0.002].name,
+    ]
+
+
+def _never_trains(monkeypatch):
+    def trained(*_arguments, **_keywords):
+        raise AssertionError("a sweep that is refused trains nothing")
+
+    monkeypatch.setattr(train_module, "train", trained)
+
+
+def _a_sweeps_run(runs_dir, lr, started="20260101-000000", **changes):
+    """A run folder as `_sweep --grid lr=...` starts it: its config, nothing trained yet."""
+    config = make_config(
+        {
+            "epochs": 2,
+            "lr": lr,
+            "data.max_train_images": 128,
+            "data.validation_size": 100,
+            "device": "cpu",
+            "data.data_dir": str(runs_dir.parent),
+            "runs_dir": str(runs_dir),
+            "name": f"run-lr={lr}",
+            **changes,
+        }
+    )
+    run_dir = runs_dir / f"{started}-{config.name}"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    return run_dir
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"lr: [0.1\n", "config.yaml is not valid YAML"),
+        (b"lr: 2026-01-01\n", "config.yaml: 'lr' holds a date, not a setting"),
+    ],
+)
+def test_a_damaged_config_of_a_sweeps_run_is_named_on_one_line_before_any_training(
+    tmp_path, monkeypatch, content, message
+):
+    _never_trains(monkeypatch)
+    runs_dir = tmp_path / "runs"
+    damaged = _a_sweeps_run(runs_dir, 0.002)
+    (damaged / "config.yaml").write_bytes(content)
+
+    result = _sweep(runs_dir, "--resume")
+
+    assert result.exit_code == 1, result.output
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("error: ") and str(damaged / "config.yaml") in line and message in line
+    assert f"cannot tell whether run {damaged.name} is the sweep's run-lr=0.002" in line
+    assert result.stdout == "" and list(runs_dir.iterdir()) == [damaged]
+
+
+@pytest.mark.parametrize(
+    ("damaged_file", "content", "message"),
+    [
+        (None, b"", ""),
+        (
+            "metrics.csv",
+            b"epoch,train_loss\n1,0.5\n",
+            "metrics.csv has no train_accuracy, validation_loss, validation_accuracy column; "
+            "run {run} has finished the sweep's run-lr=0.001",
+        ),
+        # Without a summary saying so, the run has not finished: it would be resumed, and the
+        # resumption adds to the summary.
+        ("summary.json", b'{"best_epoch": 2,', "error: cannot resume into run {run}: "),
+    ],
+)
+def test_a_finished_sweep_moved_elsewhere_is_kept_whole_unless_a_record_is_damaged(
+    tmp_path, monkeypatch, uninterrupted_sweep, damaged_file, content, message
+):
+    _never_trains(monkeypatch)
+    # Another runs folder, and another data folder: the same sweep, which matches its runs.
+    runs_dir = tmp_path / "moved" / "runs"
+    shutil.copytree(uninterrupted_sweep[0.001].parent, runs_dir)
+    runs = sorted(runs_dir.iterdir())
+    if damaged_file:
+        (runs[0] / damaged_file).write_bytes(content)
+    before = {run: _files_as_they_are(run) for run in runs}
+
+    result = _sweep(runs_dir, "--resume")
+
+    assert {run: _files_as_they_are(run) for run in runs} == before
+    if damaged_file:
+        assert result.exit_code == 1, result.output
+        (line,) = result.stderr.splitlines()
+        assert line.startswith("error: ") and str(runs[0] / damaged_file) in line
+        assert message.format(run=runs[0].name) in line
+        assert result.stdout == ""
+        return
+    assert result.exit_code == 0, result.output
+    kept = [line for line in result.stdout.splitlines() if line.startswith("Kept run ")]
+    assert kept == [
+        f"Kept run {run.name}: completed all 2 epochs; not trained again" for run in runs
+    ]
+    assert [row["run"] for row in table_rows(result.stdout)] == [run.name for run in runs]
+
+
+def test_a_sweeps_run_whose_checkpoints_are_all_damaged_is_refused_as_resume_auto_does(
+    tmp_path, monkeypatch
+):
+    _never_trains(monkeypatch)
+    runs_dir = tmp_path / "runs"
+    damaged = _a_sweeps_run(runs_dir, 0.002)
+    (damaged / "checkpoint_epoch_1.pt").write_bytes(b"not a checkpoint")
+
+    result = _sweep(runs_dir, "--resume")
+
+    assert result.exit_code == 1, result.output
+    first, *details = result.stderr.splitlines()
+    assert first == "error: no run holds a valid checkpoint to resume from:"
+    assert details and all(line.startswith("  ") for line in details)
+    assert f"skipped run {damaged.name}" in details[0]
+    assert result.stdout == "" and list(runs_dir.iterdir()) == [damaged]
+
+
+def test_a_sweeps_runs_without_checkpoints_are_named_and_it_trains_from_scratch(
+    tmp_path, monkeypatch
+):
+    runs_dir = tmp_path / "runs"
+    older = _a_sweeps_run(runs_dir, 0.002, "20260101-000000")
+    newer = _a_sweeps_run(runs_dir, 0.002, "20260102-000000")
+    other = _a_sweeps_run(runs_dir, 0.002, "20260103-000000", epochs=3)  # another sweep's
+    config = make_config(yaml.safe_load((older / "config.yaml").read_text()))
+
+    earlier = earlier_sweep_run(config)
+
+    assert earlier.matching == (newer, older) and other not in earlier.matching
+    assert earlier.checkpoint is None and earlier.finished is None
+    assert earlier.skipped == tuple(
+        f"skipped run {run.name}: it holds no checkpoint" for run in (newer, older)
+    )
+    calls = []
+
+    def interrupted_at_once(*_arguments, **keywords):
+        calls.append(keywords["resume_from"])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "train", interrupted_at_once)
+    result = _sweep(runs_dir, "--resume", grid="lr=0.002")
+    assert result.exit_code == 130 and calls == [None]  # a fresh start
+    assert result.stdout.splitlines()[-3:] == [
+        f"skipped run {newer.name}: it holds no checkpoint",
+        f"skipped run {older.name}: it holds no checkpoint",
+        "No checkpoint of these settings to resume: training it from scratch",
+    ]
+
+
+# Settings a run's saved config may hold, beside the combination's own, and whether that run
+# is still the combination's: another spelling of the runs or data folder is the same run.
+SAVED_SETTINGS = [
+    ({}, True),
+    ({"runs_dir": "RUNS/."}, True),
+    ({"data.data_dir": "elsewhere/data"}, True),
+    ({"lr": 0.003}, False),
+    ({"epochs": 3}, False),
+    ({"device": "cuda"}, False),
+    ({"seed": 2}, False),
+    ({"name": "run-lr=0.002-2"}, False),  # a folder name the combination's pattern matches
+]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    saved=st.lists(
+        st.tuples(st.integers(1, 4), st.sampled_from(range(len(SAVED_SETTINGS)))), max_size=6
+    )
+)
+def test_a_combination_is_matched_to_the_runs_saved_with_its_settings_newest_first(saved):
+    with tempfile.TemporaryDirectory() as folder:
+        runs_dir = Path(folder) / "runs"
+        combination = make_config({"lr": 0.002, "name": "run-lr=0.002", "runs_dir": str(runs_dir)})
+        expected = []
+        for day, which in saved:
+            changes, is_the_combinations = SAVED_SETTINGS[which]
+            changes = {
+                key: value.replace("RUNS", str(runs_dir)) if key == "runs_dir" else value
+                for key, value in changes.items()
+            }
+            config = make_config({**flatten(combination.to_dict()), **changes})
+            # As create_run_dir names it: a run started in the same second gets a suffix.
+            run_dir = runs_dir / f"2026010{day}-000000-{config.name}"
+            for repeat in itertools.count(2):
+                if not run_dir.exists():
+                    break
+                run_dir = runs_dir / f"2026010{day}-000000-{config.name}-{repeat}"
+            run_dir.mkdir(parents=True)
+            (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict()))
+            if is_the_combinations:
+                expected.append(run_dir)
+        assert runs_with_config(combination) == sorted(expected, reverse=True)
+
+
+def test_the_continue_command_gives_the_sweep_every_option_it_was_given(tmp_path, monkeypatch):
+    config_file = tmp_path / "settings.yaml"
+    config_file.write_text("epochs: 1\n")
+    arguments = ["--config", str(config_file), "--grid", "lr=0.001,0.002", "--grid"]
+    arguments += ["batch_size=32,64", "--set", "seed=3", "--set", f"data.data_dir={tmp_path}"]
+    arguments += ["--runs-dir", str(tmp_path / "runs"), "--dataset", "fashion-mnist", "--verbose"]
+    sweep = typer.main.get_command(app).commands["sweep"]
+    # Every option of sweep is given above: one the command would leave out shows below.
+    assert {param.name for param in sweep.params} - {"resume"} == {
+        "config_file",
+        "grid",
+        "assignments",
+        "runs_dir",
+        "dataset",
+        "quiet",
+    }
+
+    def interrupted_at_once(*_arguments, **_keywords):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "train", interrupted_at_once)
+    result = runner.invoke(app, ["sweep", *arguments])
+    assert result.exit_code == 130, result.output
+    command = shlex.split(result.stderr.splitlines()[-1].partition("continue the sweep with ")[2])
+    assert command[:2] == ["mnist", "sweep"]
+    given = sweep.make_context("sweep", list(arguments)).params
+    assert sweep.make_context("sweep", command[2:]).params == {**given, "resume": True}

@@ -199,20 +199,28 @@ def sweep(
     assignments: options.SetOption = None,
     runs_dir: options.RunsDirOption = None,
     dataset: options.TrainDatasetOption = None,
+    resume: options.SweepResumeOption = False,
     quiet: Annotated[bool, typer.Option("--quiet/--verbose", help="One line per epoch.")] = True,
 ) -> None:
-    """Train every combination of the --grid values in turn, then compare the runs."""
+    """Train every combination of the --grid values in turn, then compare the runs.
+
+    With --resume, a stopped sweep goes on: each combination's finished run is kept, an
+    interrupted one resumed from its newest checkpoint, and the others are trained.
+    """
     import dataclasses
 
-    from mnist_classifier.config import ConfigError
+    from mnist_classifier.config import ConfigError, flatten
     from mnist_classifier.reporting import (
+        print_sweep_choice,
         print_sweep_results,
         print_sweep_run,
         print_sweep_stopped,
     )
+    from mnist_classifier.resume import ResumeError
     from mnist_classifier.runs import (
         RunRecordError,
         comparison_rows,
+        earlier_sweep_run,
         grid_overrides,
         read_run,
         sweep_run_name,
@@ -249,17 +257,66 @@ def sweep(
             "own run folder) or sweep over output_dir too",
             EXIT_USAGE,
         )
+    # What earlier starts left of each combination, found before any is trained, so a damaged
+    # record costs nothing.
+    earlier = [None] * len(configs)
+    if resume:
+        with failing(EXIT_FAILURE, RunRecordError, ResumeError):
+            earlier = [earlier_sweep_run(config) for config in configs]
+    continue_command = _sweep_command(config_file, grid, assignments, runs_dir, dataset, quiet)
     run_dirs = []
-    for index, config in enumerate(configs, start=1):
+    for index, (config, found) in enumerate(zip(configs, earlier, strict=True), start=1):
         print_sweep_run(index, len(configs), config.name)
+        if found is not None:
+            print_sweep_choice(found)
+            if found.finished is not None:
+                run_dirs.append(found.finished.path)
+                continue
+        checkpoint = found.checkpoint if found is not None else None
         try:
-            run_dirs.append(steps.train_one_run(config, quiet))
+            # A resumption goes on with the combination's config as resolved here, all of it
+            # (the name the sweep gives it too): the config its run's records were matched on.
+            run_dirs.append(
+                steps.train_one_run(
+                    config,
+                    quiet,
+                    resume=str(checkpoint) if checkpoint is not None else None,
+                    settings=flatten(config.to_dict()),
+                )
+            )
         except typer.Exit as stop:  # Ctrl-C or SIGTERM: the run's line says what is saved
-            if stop.exit_code in (EXIT_INTERRUPTED, EXIT_TERMINATED) and index < len(configs):
-                print_sweep_stopped(index, len(configs))
+            if stop.exit_code in (EXIT_INTERRUPTED, EXIT_TERMINATED):
+                print_sweep_stopped(index, len(configs), continue_command)
             raise
     with failing(EXIT_FAILURE, RunRecordError):
         print_sweep_results(comparison_rows([read_run(run_dir) for run_dir in run_dirs]))
+
+
+def _sweep_command(
+    config_file: Path | None,
+    grid: list[str],
+    assignments: list[str] | None,
+    runs_dir: Path | None,
+    dataset: options.Dataset | None,
+    quiet: bool,
+) -> str:
+    """The `mnist sweep` command that continues this one: its options as given, and --resume.
+    Built from what was parsed rather than read back from sys.argv, so that it is the sweep's
+    command however the sweep was started (a console script, python -m, a test's runner)."""
+    words = ["mnist", "sweep"]
+    if config_file is not None:
+        words += ["--config", config_file]
+    for entry in grid:
+        words += ["--grid", entry]
+    for assignment in assignments or []:
+        words += ["--set", assignment]
+    if runs_dir is not None:
+        words += ["--runs-dir", runs_dir]
+    if dataset is not None:
+        words += ["--dataset", dataset.value]
+    if not quiet:
+        words.append("--verbose")
+    return paths.shell_command(*words, "--resume")
 
 
 @app.command()

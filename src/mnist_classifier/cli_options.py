@@ -354,6 +354,14 @@ PlotOption = Annotated[
 ]
 
 # --- mnist sweep ---------------------------------------------------------------------------------
+SweepResumeOption = Annotated[
+    bool,
+    typer.Option(
+        "--resume",
+        help="Continue a stopped sweep (same --config, --set and --grid): keep each finished run, "
+        "resume an interrupted one from its newest checkpoint, train the rest.",
+    ),
+]
 GridOption = Annotated[
     list[str] | None,
     typer.Option(help="KEY=V1,V2,... ; runs every combination (repeatable)."),

@@ -41,6 +41,7 @@ from mnist_classifier.paths import (
     staging_dir,
 )
 from mnist_classifier.records import NUMBER
+from mnist_classifier.runs import EarlierSweepRun
 from mnist_classifier.train import EpochResult, TrainingObserver, TrainResult, TrainSetup
 
 RULE = "=" * 60
@@ -341,10 +342,39 @@ def print_sweep_run(index: int, total: int, name: str) -> None:
     print(f"\n=== sweep run {index}/{total}: {name} ===")
 
 
-def print_sweep_stopped(index: int, total: int) -> None:
-    """After the interrupted run's own line: what the rest of the sweep did not do."""
-    left = f"run {total} was" if index + 1 == total else f"runs {index + 1} to {total} were"
-    error_console.print(f"The sweep stopped at run {index} of {total}: {left} not trained.")
+def print_sweep_choice(earlier: EarlierSweepRun) -> None:
+    """What `sweep --resume` does with the combination about to run, from the runs an earlier
+    start left: the ones passed over and why, then which it takes and whether it keeps it or
+    trains from scratch. (A resumption says where it resumes once it is accepted.)"""
+    for line in earlier.skipped:  # a skipped run's line may have detail lines: its checkpoints'
+        print(terminal_safe_message(line))
+    if len(earlier.matching) > 1 and earlier.run_dir is not None:
+        print(
+            f"{len(earlier.matching)} runs have these settings; using the newest that holds a "
+            f"checkpoint: {terminal_safe(earlier.run_dir.name)}"
+        )
+    if earlier.finished is not None:
+        stop_reason = earlier.finished.summary.get("stop_reason") or "finished"
+        print(
+            f"Kept run {terminal_safe(earlier.finished.name)}: {terminal_safe(stop_reason)}; "
+            "not trained again"
+        )
+    elif earlier.checkpoint is None and earlier.matching:
+        print("No checkpoint of these settings to resume: training it from scratch")
+    elif earlier.checkpoint is None:
+        print("No earlier run has these settings: training it from scratch")
+
+
+def print_sweep_stopped(index: int, total: int, continue_command: str) -> None:
+    """After the interrupted run's own line: what the rest of the sweep did not do, and the
+    command that continues the sweep."""
+    if index == total:
+        stopped = f"its last run, {total} of {total}"
+    else:
+        left = f"run {total} was" if index + 1 == total else f"runs {index + 1} to {total} were"
+        stopped = f"run {index} of {total}: {left} not trained"
+    line = f"The sweep stopped at {stopped}; continue the sweep with {continue_command}"
+    error_console.print(Text(terminal_safe(line)), soft_wrap=True)
 
 
 def print_sweep_results(rows: list[dict]) -> None:

@@ -135,6 +135,25 @@ def check_epochs_left(checkpoint: LoadedCheckpoint, config: TrainConfig) -> None
     or early stopping under `config`'s patience) and whose records are complete: it would only
     rewrite them for nothing. A finished run killed before it wrote its summary may resume: it
     trains nothing and writes the records."""
+    finished, needed = _why_finished(checkpoint, config)
+    if finished and run_records_complete(checkpoint):
+        raise ResumeError(
+            f"nothing left to train: {' and '.join(finished)} ({checkpoint.path}); "
+            f"to train more, resume with {' and '.join(needed)}"
+        )
+
+
+def run_finished(checkpoint: LoadedCheckpoint, config: TrainConfig) -> bool:
+    """Whether a run resumed from `checkpoint` under `config` would train nothing (its epochs
+    are done, or early stopping ended it) and its records say it finished: the resumption
+    check_epochs_left refuses."""
+    finished, _ = _why_finished(checkpoint, config)
+    return bool(finished) and run_records_complete(checkpoint)
+
+
+def _why_finished(checkpoint: LoadedCheckpoint, config: TrainConfig) -> tuple[list[str], list[str]]:
+    """Why a run resumed from `checkpoint` under `config` would train no further epoch (nothing
+    when it would), and the settings each reason needs changed to train more."""
     epochs = f"{checkpoint.epoch} epoch{'s' if checkpoint.epoch != 1 else ''}"
     finished, needed = [], []
     if config.epochs <= checkpoint.epoch:
@@ -150,11 +169,7 @@ def check_epochs_left(checkpoint: LoadedCheckpoint, config: TrainConfig) -> None
             f"epochs; early_stopping.patience is {patience})"
         )
         needed.append(f"--set early_stopping.patience={stalled + 1} or more (0 switches it off)")
-    if finished and run_records_complete(checkpoint):
-        raise ResumeError(
-            f"nothing left to train: {' and '.join(finished)} ({checkpoint.path}); "
-            f"to train more, resume with {' and '.join(needed)}"
-        )
+    return finished, needed
 
 
 def run_records_complete(checkpoint: LoadedCheckpoint) -> bool:

@@ -61,7 +61,12 @@ from mnist_classifier.records import (
     read_json_record,
     read_record_text,
 )
-from mnist_classifier.resume import MAX_SUMMARY_BYTES, ResumeError, find_resume_checkpoint
+from mnist_classifier.resume import (
+    MAX_SUMMARY_BYTES,
+    ResumeError,
+    find_resume_checkpoint,
+    run_finished,
+)
 from mnist_classifier.train import EpochResult, TrainingObserver, TrainResult, TrainSetup
 
 METRIC_COLUMNS = (
@@ -160,9 +165,17 @@ def checkpoint_to_resume(
         raise ResumeError("--resume needs a checkpoint path or 'auto' (got an empty value)")
     if resume != "auto":
         return load_checkpoint(Path(resume)), []
+    return newest_checkpoint(config, run_dirs_newest_first(config.runs_dir, config.name))
+
+
+def newest_checkpoint(
+    config: TrainConfig, run_dirs: Sequence[Path]
+) -> tuple[LoadedCheckpoint | None, list[str]]:
+    """--resume auto's choice: the newest valid checkpoint in `config.output_dir` when set, else
+    in the newest of `run_dirs` (newest first) that holds one; and why newer ones were skipped."""
     if config.output_dir:
         return find_resume_checkpoint(Path(config.output_dir))
-    return find_resume_in_runs(run_dirs_newest_first(config.runs_dir, config.name))
+    return find_resume_in_runs(run_dirs)
 
 
 def run_of_checkpoint(checkpoint: LoadedCheckpoint) -> Path | None:
@@ -721,3 +734,79 @@ def grid_overrides(grid: list[str]) -> list[dict[str, Any]]:
             raise ConfigError(f"--grid {key} lists the value {repeated[0]!r} twice; list it once")
         axes.append([(key, value) for value in values])
     return [dict(combination) for combination in itertools.product(*axes)]
+
+
+# What a run's saved config may hold otherwise than a sweep's combination resolved again, and
+# still be that combination's run: the two folders it names, which are where things lie, not
+# settings of the run. The run is found inside the runs folder searched, however that folder
+# was spelled when it started (./runs, runs, an absolute path) or wherever it was moved since;
+# and the data is the same files wherever they lie (each data set's digests are pinned, and a
+# resumption checks them again). Any other setting, the name the sweep gives the run included,
+# must be equal: a run that differs in one trained something else and must not pass for it.
+FOLDER_SETTINGS = ("runs_dir", "data.data_dir")
+
+
+def runs_with_config(config: TrainConfig) -> list[Path]:
+    """The run folders of `config`'s name under its runs_dir whose saved config is `config` (but
+    for FOLDER_SETTINGS), newest first. RunRecordError for one whose config.yaml cannot be read:
+    it may be this run, which must not be trained again unseen."""
+    wanted = _run_settings(flatten(config.to_dict()))
+    found = []
+    for run_dir in run_dirs_newest_first(config.runs_dir, config.name):
+        if not is_run_folder(run_dir):
+            continue
+        try:
+            saved = _read_run_config(run_dir / RUN_CONFIG_NAME)
+        except RunRecordError as error:
+            raise RunRecordError(
+                f"{error}; cannot tell whether run {run_dir.name} is the sweep's {config.name}: "
+                "repair the file, or move the run aside"
+            ) from None
+        if _run_settings(saved) == wanted:
+            found.append(run_dir)
+    return found
+
+
+def _run_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in settings.items() if key not in FOLDER_SETTINGS}
+
+
+@dataclass(frozen=True)
+class EarlierSweepRun:
+    """What earlier starts of a sweep left of one combination, for `mnist sweep --resume`."""
+
+    matching: tuple[Path, ...]  # the run folders holding its config, newest first
+    run_dir: Path | None  # the newest of them that holds a valid checkpoint
+    checkpoint: Path | None  # that run's newest valid checkpoint: resume from it (None: anew)
+    finished: RunRecord | None  # that run, read back, when it has finished: kept as it is
+    skipped: tuple[str, ...]  # why newer runs and checkpoints were passed over
+
+
+def earlier_sweep_run(config: TrainConfig) -> EarlierSweepRun:
+    """Where the sweep's combination resolved as `config` stands, from the runs holding its
+    config (runs_with_config): the newest valid checkpoint among them, chosen as --resume auto
+    chooses, is resumed; or its run has finished, and is kept; or there is none, and the
+    combination is trained anew.
+
+    ResumeError when those runs hold checkpoints but none is valid (as --resume auto: never
+    silently started again); RunRecordError when a record of the run it would keep or continue
+    is damaged. The sweep asks this of every combination before it trains any."""
+    matching = tuple(runs_with_config(config))
+    if not matching:
+        return EarlierSweepRun(matching, None, None, None, ())
+    checkpoint, skipped = newest_checkpoint(config, matching)
+    run_dir = run_of_checkpoint(checkpoint) if checkpoint is not None else None
+    # A checkpoint in a shared --output-dir may be another training's: not this one's to go on.
+    if run_dir is None or not any(same_path(run_dir, found) for found in matching):
+        return EarlierSweepRun(matching, None, None, None, tuple(skipped))
+    if not run_finished(checkpoint, config):
+        check_records_to_continue(run_dir)
+        return EarlierSweepRun(matching, run_dir, checkpoint.path, None, tuple(skipped))
+    try:
+        finished = read_run(run_dir)
+    except RunRecordError as error:
+        raise RunRecordError(
+            f"{error}; run {run_dir.name} has finished the sweep's {config.name}, and the "
+            "sweep's table shows it: repair the file, or move the run aside to train it again"
+        ) from None
+    return EarlierSweepRun(matching, run_dir, checkpoint.path, finished, tuple(skipped))
