@@ -734,3 +734,30 @@ def test_models_reads_each_checkpoint_through_sha256_once(tmp_path, monkeypatch)
     assert sorted(hashed) == sorted(checkpoints)
     # Each card still matched to its model: both stages show their test accuracy.
     assert [row["test"] for row in table_rows(result.stdout)] == ["90.00%", "90.00%"]
+
+
+def test_serving_a_checkpoint_hashes_it_once_and_still_matches_its_card(tmp_path, monkeypatch):
+    """The server hashed the checkpoint twice too: verifying it on loading, then again to match
+    its model card (a second read, which could see another file put there in between)."""
+    import mnist_classifier.checkpoint as checkpoint_module
+    import mnist_classifier.serve.loading as loading_module
+    from mnist_classifier.serve.loading import load_checkpoint_model
+
+    checkpoint = tmp_path / "production" / "mnist" / "best_model.pt"
+    save_checkpoint(checkpoint, checkpoint_payload())
+    card = {"checkpoint_sha256": sha256_of(checkpoint), "metrics": {"test_accuracy": 0.9}}
+    (checkpoint.parent / MODEL_CARD_NAME).write_text(json.dumps(card))
+    hashed = []
+
+    def counting_sha256_of(path):
+        hashed.append(Path(path))
+        return sha256_of(path)
+
+    for module in (checkpoint_module, loading_module):
+        monkeypatch.setattr(module, "sha256_of", counting_sha256_of)
+
+    served = load_checkpoint_model(checkpoint, stage="production")
+
+    assert hashed == [checkpoint]
+    assert served.info.digest == card["checkpoint_sha256"]
+    assert served.info.metrics.test_accuracy == 0.9  # the card was still read as this model's

@@ -73,7 +73,7 @@ def load_checkpoint_model(
     except CheckpointError as error:
         raise ServeError(str(error)) from None
     card_path = checkpoint.parent / MODEL_CARD_NAME
-    digest = sha256_of(checkpoint)
+    digest = loaded.sha256  # the digest the loader verified: the file is hashed once
     try:
         card = registry.read_model_card(card_path)  # a regular file, capped
     except registry.RegistryError as error:
