@@ -706,6 +706,19 @@ def test_models_shows_promotion_times_as_runs_shows_start_times_and_lists_them_a
     assert {row["stage"]: row["promoted_utc"] for row in list_models(tmp_path)} == promoted
 
 
+def _count_hashing(monkeypatch, *modules) -> list[Path]:
+    """Every file `modules` hash with sha256_of from now on, in order."""
+    hashed = []
+
+    def counting_sha256_of(path):
+        hashed.append(Path(path))
+        return sha256_of(path)
+
+    for module in modules:
+        monkeypatch.setattr(module, "sha256_of", counting_sha256_of)
+    return hashed
+
+
 def test_models_reads_each_checkpoint_through_sha256_once(tmp_path, monkeypatch):
     """The listing hashed each checkpoint twice: verifying it on loading, then again to tell
     whether its model card was written for it."""
@@ -719,14 +732,7 @@ def test_models_reads_each_checkpoint_through_sha256_once(tmp_path, monkeypatch)
         card = {"checkpoint_sha256": sha256_of(checkpoint), "metrics": {"test_accuracy": 0.9}}
         (checkpoint.parent / MODEL_CARD_NAME).write_text(json.dumps(card))
         checkpoints.append(checkpoint)
-    hashed = []
-
-    def counting_sha256_of(path):
-        hashed.append(Path(path))
-        return sha256_of(path)
-
-    for module in (checkpoint_module, registry_module):
-        monkeypatch.setattr(module, "sha256_of", counting_sha256_of)
+    hashed = _count_hashing(monkeypatch, checkpoint_module, registry_module)
 
     result = runner.invoke(app, ["models", "--models-dir", str(tmp_path)])
 
@@ -747,14 +753,7 @@ def test_serving_a_checkpoint_hashes_it_once_and_still_matches_its_card(tmp_path
     save_checkpoint(checkpoint, checkpoint_payload())
     card = {"checkpoint_sha256": sha256_of(checkpoint), "metrics": {"test_accuracy": 0.9}}
     (checkpoint.parent / MODEL_CARD_NAME).write_text(json.dumps(card))
-    hashed = []
-
-    def counting_sha256_of(path):
-        hashed.append(Path(path))
-        return sha256_of(path)
-
-    for module in (checkpoint_module, loading_module):
-        monkeypatch.setattr(module, "sha256_of", counting_sha256_of)
+    hashed = _count_hashing(monkeypatch, checkpoint_module, loading_module)
 
     served = load_checkpoint_model(checkpoint, stage="production")
 
