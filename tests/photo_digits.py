@@ -27,8 +27,13 @@ EXIF_ORIENTATION = 0x0112
 ROTATED_90_CLOCKWISE = 6  # the EXIF value a phone writes when held upright for a landscape sensor
 
 
-def photo_like(digit: np.ndarray, index: int, rng: np.random.Generator) -> bytes:
-    """One MNIST digit (uint8 28x28, light on black) -> the bytes of a photo-like JPEG."""
+def photo_like(
+    digit: np.ndarray, index: int, rng: np.random.Generator, sensor_noise: float | None = None
+) -> bytes:
+    """One MNIST digit (uint8 28x28, light on black) -> the bytes of a photo-like JPEG.
+
+    `sensor_noise`: the noise's standard deviation (0-255) in place of the usual 2-7, for a
+    photo taken in poor light; the same seed gives the same photo otherwise."""
     width, height = (int(side) for side in rng.integers(300, 901, size=2))
     digit_side = int(min(width, height) * rng.uniform(0.25, 0.60))
     ink = Image.fromarray(digit).resize((digit_side, digit_side), Image.Resampling.BICUBIC)
@@ -64,7 +69,9 @@ def photo_like(digit: np.ndarray, index: int, rng: np.random.Generator) -> bytes
     shadow = np.asarray(shadow.filter(ImageFilter.GaussianBlur(softness))) / 255.0
     lighting = lighting * (1.0 - rng.uniform(0.20, 0.45) * shadow)
 
-    photo = colour * lighting[..., None] + rng.normal(0, rng.uniform(2, 7), (height, width, 3))
+    usual_noise = rng.uniform(2, 7)  # drawn either way, so the draws after it stay the same
+    noise = usual_noise if sensor_noise is None else sensor_noise
+    photo = colour * lighting[..., None] + rng.normal(0, noise, (height, width, 3))
     image = Image.fromarray(np.clip(photo, 0, 255).astype(np.uint8), "RGB")
     buffer = io.BytesIO()
     quality = int(rng.integers(55, 91))
