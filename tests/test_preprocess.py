@@ -10,6 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from images import ODD_IMAGES, encode, png_header_only, with_exif_chunk
+from photo_digits import photo_like
 from PIL import Image, ImageDraw, ImageFile
 
 from mnist_classifier import preprocess
@@ -17,6 +18,7 @@ from mnist_classifier.preprocess import (
     A_DOT,
     MAX_IMAGE_PIXELS,
     NO_INK,
+    ONLY_SPECKS,
     ImageError,
     _digits_side_by_side,
     open_image,
@@ -465,6 +467,91 @@ def test_side_by_side_digit_sized_bars_are_counted_as_digits(widths, gaps, heigh
     else:
         with pytest.raises(ImageError, match="looks like several digits side by side"):
             _prepared(sheet)
+
+
+# --- Noise: a blank photo's specks are no digit, and no number either ------------------------
+
+
+def _noise_picture(kind: str) -> bytes:
+    """A picture of nothing but noise, as a phone in the dark or a scanner's grain gives it."""
+    rng = np.random.default_rng(0)
+    if kind == "uniform noise, JPEG":
+        return encode(Image.fromarray(rng.integers(0, 256, (1500, 2000), dtype=np.uint8)), "JPEG")
+    if kind == "grey paper, noise 25, JPEG":
+        grey = 200 + rng.normal(0, 25, (900, 1200))
+        return encode(Image.fromarray(np.clip(grey, 0, 255).astype(np.uint8)), "JPEG")
+    if kind == "white paper, noise 40, PNG":
+        grey = 220 + rng.normal(0, 40, (600, 800))
+        return encode(Image.fromarray(np.clip(grey, 0, 255).astype(np.uint8)), "PNG")
+    if kind == "colour noise, JPEG":
+        colour = 230 + rng.normal(0, 30, (480, 640, 3))
+        return encode(Image.fromarray(np.clip(colour, 0, 255).astype(np.uint8), "RGB"), "JPEG")
+    if kind == "salt and pepper":
+        grey = np.full((500, 700), 230, dtype=np.uint8)
+        speckled = rng.uniform(size=grey.shape)
+        grey[speckled < 0.03], grey[speckled > 0.97] = 0, 255
+        return encode(Image.fromarray(grey), "PNG")
+    index = int(kind.split("#")[1])  # "blank photo #N": tests/photo_digits.py's Nth photo
+    blank = np.zeros((28, 28), dtype=np.uint8)
+    return photo_like(blank, index, np.random.default_rng(index), sensor_noise=45)
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "uniform noise, JPEG",
+        "grey paper, noise 25, JPEG",
+        "white paper, noise 40, PNG",
+        "colour noise, JPEG",
+        "salt and pepper",
+        "blank photo #0",
+        "blank photo #1",
+        "blank photo #2",
+    ],
+)
+def test_a_picture_of_noise_is_refused_as_specks_not_as_several_digits(kind):
+    """Otsu's threshold falls inside the noise, and thousands of specks pass it: the heaviest
+    was taken for the digit, and others of its size beside it for more digits."""
+    with pytest.raises(ImageError) as refused:
+        preprocess_image(_noise_picture(kind))
+    assert str(refused.value) == ONLY_SPECKS
+    assert "no digit" in ONLY_SPECKS and "closer, with more light" in ONLY_SPECKS
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    paper=st.floats(150, 245),
+    noise=st.floats(0, 60),  # standard deviation, 0-255
+    light_angle=st.floats(0, 2 * np.pi),
+    darkest=st.floats(0.55, 0.85),
+    size=st.tuples(st.integers(200, 900), st.integers(200, 900)),
+    quality=st.sampled_from([None, 55, 75, 90]),  # None: a PNG
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_blank_paper_with_any_noise_and_lighting_is_refused_and_never_as_digits(
+    paper, noise, light_angle, darkest, size, quality, seed
+):
+    # A lighting gradient, not a shadow: a shadow's sharp edge can still be left as ink and be
+    # taken for a mark (benchmarks/noise_specks.py's blank photos at noise 10-20).
+    sheet = _lit_from_one_side(np.full(size, paper), light_angle, darkest)
+    photo = sheet + np.random.default_rng(seed).normal(0, noise, size)
+    image = Image.fromarray(np.clip(photo, 0, 255).astype(np.uint8))
+    data = encode(image, "PNG") if quality is None else encode(image, "JPEG", quality=quality)
+    with pytest.raises(ImageError) as refused:
+        preprocess_image(data)
+    assert str(refused.value) in (ONLY_SPECKS, NO_INK)
+
+
+@pytest.mark.parametrize("noise", [10, 20, 30])
+@pytest.mark.parametrize("sheet", ["ring", "bar"])
+def test_a_digit_in_a_noisy_photo_is_still_read(sheet, noise):
+    # Sensor noise up to 30 (of 255): tests/photo_digits.py's usual is 2-7.
+    clean = _ring_on_paper() if sheet == "ring" else np.asarray(_bar_on_white(), float) * 0.9
+    rng = np.random.default_rng(noise)
+    lit = _lit_from_one_side(clean, rng.uniform(0, 2 * np.pi), rng.uniform(0.55, 0.85))
+    photo = np.clip(lit + rng.normal(0, noise, clean.shape), 0, 255).astype(np.uint8)
+    seen = preprocess_image(encode(Image.fromarray(photo), "JPEG", quality=75))
+    assert _similar(seen, _prepared(clean)) > 0.95
 
 
 def _printed_line(sheet: np.ndarray, angle: float, offset: float, depth: float, level=30.0):

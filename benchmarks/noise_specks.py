@@ -1,0 +1,215 @@
+"""Noise taken for digits: preprocess.SPECKS_DIGIT_SHARE and SPECKS_CONTRAST.
+
+    python benchmarks/noise_specks.py [--images 500] [--scans 10000] [--noisy 100] [--blank 40]
+
+Over a blank picture's noise, the digit preprocess_image finds is one speck among thousands:
+`preprocess.measure_specks` weighs it against the other marks clear of the picture's edge
+(its share of their ink, its mean ink over theirs), and the image is refused as specks when
+both are low. This prints, for pictures with no digit (blank photo-like JPEGs with stronger
+sensor noise, blank paper under a lighting gradient, pictures of pure noise) and for pictures
+of digits (the first --images MNIST test digits in photo_accuracy.py's four forms, --scans test
+digits as scans, pairs side by side, --noisy photos with sensor noise 10-40), how each was
+answered and what the rule saw; then the margins: the noise nearest to passing for a digit, and
+the digits nearest to being refused as noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+from collections import Counter
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+from PIL import Image
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT / "tests"))  # the test sets' generators
+
+from photo_accuracy import page_drawing  # noqa: E402  (this folder is on sys.path when run)
+from photo_digits import photo_like  # noqa: E402
+from realistic_digits import realistic_variant, side_by_side  # noqa: E402
+from train_speed import _machine  # noqa: E402
+
+from mnist_classifier import preprocess  # noqa: E402
+from mnist_classifier.data import load_split  # noqa: E402
+
+SENSOR_NOISE = (10, 15, 20, 30, 45, 60)  # standard deviations, 0-255: a phone gives up to ~20
+DIGIT_NOISE = (10, 20, 30, 40)
+ANSWERS = {  # the start of each refusal, for counting
+    preprocess.ONLY_SPECKS: "specks",
+    preprocess.SEVERAL_DIGITS: "several digits",
+    preprocess.NO_INK: "no ink",
+    preprocess.A_DOT: "a dot",
+}
+
+
+def answered(source) -> tuple[str, preprocess.Specks | None]:
+    """How preprocess_image answered `source`, and what measure_specks saw on its first look
+    (None when it was refused before: a blank image, no ink)."""
+    seen = []
+
+    def recording(*args, **kwargs):
+        seen.append(measure(*args, **kwargs))
+        return seen[-1]
+
+    measure = preprocess.measure_specks
+    with mock.patch.object(preprocess, "measure_specks", recording):
+        try:
+            preprocess.preprocess_image(source)
+            answer = "read"
+        except preprocess.ImageError as error:
+            answer = ANSWERS.get(str(error), str(error).split(":")[0])
+    return answer, seen[0] if seen else None
+
+
+def encode(grey: np.ndarray, quality: int | None) -> bytes:
+    buffer = io.BytesIO()
+    image = Image.fromarray(np.clip(grey, 0, 255).astype(np.uint8))
+    image.save(buffer, format="PNG") if quality is None else image.save(
+        buffer, format="JPEG", quality=quality
+    )
+    return buffer.getvalue()
+
+
+def noise_sets(count: int, seed: int) -> dict[str, list]:
+    """Pictures with no digit: `count` of each kind."""
+    rng = np.random.default_rng(seed)
+    blank = np.zeros((28, 28), dtype=np.uint8)
+    sets = {
+        f"blank photos, noise {noise}": [
+            photo_like(blank, index, np.random.default_rng([seed, noise, index]), noise)
+            for index in range(count)
+        ]
+        for noise in SENSOR_NOISE
+    }
+    gradient = []  # tests/test_preprocess.py's property: paper, a gradient, noise 0-60
+    for index in range(2 * count):
+        height, width = (int(side) for side in rng.integers(200, 901, size=2))
+        rows, columns = np.mgrid[0:height, 0:width]
+        angle = rng.uniform(0, 2 * np.pi)
+        along = np.cos(angle) * columns / width + np.sin(angle) * rows / height
+        along = (along - along.min()) / (along.max() - along.min())
+        lit = rng.uniform(150, 245) * (1.0 - (1.0 - rng.uniform(0.55, 0.85)) * along)
+        noisy = lit + rng.normal(0, rng.uniform(0, 60), lit.shape)
+        gradient.append(encode(noisy, [None, 55, 75, 90][index % 4]))
+    sets["blank paper, gradient, noise 0-60"] = gradient
+    shapes = [tuple(int(side) for side in rng.integers(200, 1500, size=2)) for _ in range(count)]
+    sets["uniform noise"] = [
+        encode(rng.uniform(0, 256, shape), [None, 75][index % 2])
+        for index, shape in enumerate(shapes)
+    ]
+    sets["paper with noise 8-70"] = [
+        encode(rng.uniform(120, 245) + rng.normal(0, rng.uniform(8, 70), shape), [None, 75][i % 2])
+        for i, shape in enumerate(shapes)
+    ]
+    salt_and_pepper = []
+    for index, shape in enumerate(shapes):
+        grey, speckled = np.full(shape, 230.0), rng.uniform(size=shape)
+        share = rng.uniform(0.005, 0.2)
+        grey[speckled < share / 2], grey[speckled > 1 - share / 2] = 0, 255
+        salt_and_pepper.append(encode(grey, [None, 75][index % 2]))
+    sets["salt and pepper"] = salt_and_pepper
+    return sets
+
+
+def digit_sets(digits: list[np.ndarray], scans: list[np.ndarray], noisy: int, seed: int):
+    """Pictures of digits (or of numbers, which must stay refused as several digits)."""
+    forms = {
+        "MNIST crops": lambda digit, index, rng: Image.fromarray(digit),
+        "photo-like JPEGs": photo_like,
+        "realistic scans": realistic_variant,
+        "drawing page": lambda digit, index, rng: page_drawing(digit),
+    }
+    sets = {}
+    for name, make in forms.items():
+        rng = np.random.default_rng(seed)
+        sets[name] = [make(digit, index, rng) for index, digit in enumerate(digits)]
+    sets["MNIST test digits as scans"] = [Image.fromarray(255 - digit) for digit in scans]
+    rng = np.random.default_rng(seed)
+    sets["pairs side by side"] = [
+        side_by_side(digits[2 * index], digits[2 * index + 1], int(rng.integers(1, 17)))
+        for index in range(len(digits) // 2)
+    ]
+    for noise in DIGIT_NOISE:
+        rng = np.random.default_rng(seed)
+        sets[f"photos with noise {noise}"] = [
+            photo_like(digit, index, rng, noise) for index, digit in enumerate(digits[:noisy])
+        ]
+    return sets
+
+
+def report(name: str, sources: list) -> list[tuple[preprocess.Specks, str, int]]:
+    results = [answered(source) for source in sources]
+    answers = Counter(answer for answer, _ in results)
+    seen = [(specks, name, index) for index, (_, specks) in enumerate(results) if specks]
+    under = [specks.contrast for specks, _, _ in seen if is_low_share(specks)]
+    shares = [specks.digit_share for specks, _, _ in seen]
+    print(
+        f"  {name:34s} {len(sources):6,}: "
+        + ", ".join(f"{count} {answer}" for answer, count in answers.most_common())
+        + f"; digit share {min(shares, default=1):.3f}..{max(shares, default=1):.3f}"
+        + (f"; under {preprocess.SPECKS_DIGIT_SHARE}: {len(under)}" if under else "")
+        + (f", contrast {min(under):.2f}..{max(under):.2f}" if under else "")
+    )
+    return seen
+
+
+def is_low_share(specks: preprocess.Specks) -> bool:
+    return specks.digit_share < preprocess.SPECKS_DIGIT_SHARE
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--images", type=int, default=500)
+    parser.add_argument("--scans", type=int, default=10_000)
+    parser.add_argument("--noisy", type=int, default=100)
+    parser.add_argument("--blank", type=int, default=40, help="pictures of each kind of noise")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data-dir", default=str(REPO_ROOT / "data"))
+    arguments = parser.parse_args()
+
+    images, _labels = load_split(arguments.data_dir, train=False)
+    digits = [image.numpy() for image in images[: arguments.images]]
+    scans = [image.numpy() for image in images[: arguments.scans]]
+    print(f"Machine: {_machine()}")
+    print(
+        f"Refused as specks: digit share < {preprocess.SPECKS_DIGIT_SHARE} and contrast < "
+        f"{preprocess.SPECKS_CONTRAST}"
+    )
+    print("No digit:")
+    noise = [
+        seen
+        for name, sources in noise_sets(arguments.blank, arguments.seed).items()
+        for seen in report(name, sources)
+    ]
+    print("Digits:")
+    sets = digit_sets(digits, scans, arguments.noisy, arguments.seed)
+    written = [seen for name, sources in sets.items() for seen in report(name, sources)]
+
+    def described(item) -> str:
+        specks, name, index = item
+        return f"{specks.contrast:.2f} ({name} #{index}, share {specks.digit_share:.3f})"
+
+    low_noise = sorted((item for item in noise if is_low_share(item[0])), key=lambda i: -i[0][1])
+    low_digits = sorted((item for item in written if is_low_share(item[0])), key=lambda i: i[0][1])
+    print("Margins:")
+    passed = sum(not is_low_share(item[0]) for item in noise)
+    print(f"  noise, digit share above {preprocess.SPECKS_DIGIT_SHARE}: {passed} of {len(noise)}")
+    print("  noise, highest contrast: " + ", ".join(map(described, low_noise[:3])))
+    lowest_share = sorted(written, key=lambda item: item[0].digit_share)[:3]
+    print(
+        "  digits, lowest share: "
+        + ", ".join(f"{s.digit_share:.3f} ({name} #{i})" for s, name, i in lowest_share)
+    )
+    print(
+        "  digits under that share, lowest contrast: " + ", ".join(map(described, low_digits[:3]))
+    )
+
+
+if __name__ == "__main__":
+    main()
