@@ -554,6 +554,19 @@ def test_a_digit_in_a_noisy_photo_is_still_read(sheet, noise):
     assert _similar(seen, _prepared(clean)) > 0.95
 
 
+@pytest.mark.parametrize("noise", [40, 50])
+def test_a_small_digit_in_a_large_noisy_photo_is_still_read(noise):
+    # The noise's specks over 1600x1200 outweigh the ring's ink some 30 to 1 (its share ~0.03,
+    # under SPECKS_DIGIT_SHARE): it is told from them by being darker (SPECKS_CONTRAST).
+    clean = _ring_on_paper(canvas=(1600, 1200), centre=(800, 600))
+    rng = np.random.default_rng(noise)
+    lit = _lit_from_one_side(clean, rng.uniform(0, 2 * np.pi), rng.uniform(0.55, 0.85))
+    photo = np.clip(lit + rng.normal(0, noise, clean.shape), 0, 255).astype(np.uint8)
+    seen = preprocess_image(encode(Image.fromarray(photo), "JPEG", quality=75))
+    # Read, not refused as specks; the noise's specks fringing the ring still thicken it.
+    assert _similar(seen, _prepared(clean)) > 0.75
+
+
 def _printed_line(sheet: np.ndarray, angle: float, offset: float, depth: float, level=30.0):
     """A printed line across the whole sheet: `angle` radians from level (pi / 2: upright),
     its middle `offset` pixels from the sheet's centre, `depth` pixels deep, as dark as
