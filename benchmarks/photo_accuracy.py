@@ -1,24 +1,26 @@
 """How well `mnist predict`'s preprocessing serves a model on photos, scans and the drawing page.
 
     python benchmarks/photo_accuracy.py --checkpoint PATH [--images 500] [--seed 0]
-                                        [--save-examples DIR]
+                                        [--sensor-noise 20 30] [--save-examples DIR]
 
 Takes the first N MNIST test digits (never training images) and predicts each in four forms,
 with the same checkpoint: as the MNIST crop itself (the reference, then prepared as any
-upload is), as a photo-like JPEG
-(tests/photo_digits.py: paper, lighting gradient, shadow, noise, tilt; a tenth chalk, a tenth
-EXIF-rotated), as a realistic scan (tests/realistic_digits.py: scaled, thick or thin, off-centre,
-PNG/JPEG/transparent PNG) and as the drawing page sends it (280x280 PNG, dark on white). Every
-image goes through `preprocess_image`, the function `mnist predict` and `mnist serve` share.
-Prints the accuracy of each, how many were refused (and of those, as several digits side by
-side), and the mean preparation time; then how many of N/2 pairs of those digits, written side
-by side on the drawing page, are refused as several digits. --save-examples writes a strip of
-the first photos above the 28x28 images the model saw.
+upload is), as a photo-like JPEG (tests/photo_digits.py: paper, lighting gradient, shadow,
+noise, tilt; a tenth chalk, a tenth EXIF-rotated), as the same photos taken in poor light (each
+--sensor-noise level, a standard deviation of 0-255 in place of the usual 2-7; a phone gives up
+to about 20), as a realistic scan (tests/realistic_digits.py: scaled, thick or thin,
+off-centre, PNG/JPEG/transparent PNG) and as the drawing page sends it (280x280 PNG, dark on
+white). Every image goes through `preprocess_image`, the function `mnist predict` and `mnist
+serve` share. Prints the accuracy of each, how many were refused (and of those, as several
+digits side by side), and the mean preparation time; then how many of N/2 pairs of those
+digits, written side by side on the drawing page, are refused as several digits.
+--save-examples writes a strip of the first photos above the 28x28 images the model saw.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import sys
 import time
@@ -42,6 +44,9 @@ from mnist_classifier.data import load_split  # noqa: E402
 from mnist_classifier.preprocess import ImageError, preprocess_image  # noqa: E402
 
 PAGE_CANVAS = 280  # the drawing page's canvas size
+# Photos in poor light: a phone gives sensor noise up to about 20 (of 255), 30 is a dark room.
+POOR_LIGHT_NOISE = [20.0, 30.0]
+NAME_WIDTH = 34  # "photo-like JPEGs, sensor noise 20" and a space
 EXAMPLES = 8
 EXAMPLE_SIDE = 112
 
@@ -77,6 +82,13 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", type=Path, default=REPO_ROOT / "data")
+    parser.add_argument(
+        "--sensor-noise",
+        type=float,
+        nargs="*",
+        default=POOR_LIGHT_NOISE,
+        help="noise levels (0-255) of the photos in poor light; none: skip them",
+    )
     parser.add_argument("--save-examples", type=Path, help="folder for photos-and-seen.png")
     arguments = parser.parse_args()
 
@@ -87,6 +99,12 @@ def main() -> None:
     forms = {
         "MNIST crops, prepared": lambda digit, index, rng: Image.fromarray(digit),
         "photo-like JPEGs": photo_like,
+        **{
+            f"photo-like JPEGs, sensor noise {noise:g}": functools.partial(
+                photo_like, sensor_noise=noise
+            )
+            for noise in arguments.sensor_noise
+        },
         "realistic scans": realistic_variant,
         "drawing page (280x280)": lambda digit, index, rng: page_drawing(digit),
     }
@@ -94,7 +112,7 @@ def main() -> None:
     print(f"Checkpoint: {arguments.checkpoint}; first {len(digits)} MNIST test digits")
     with torch.inference_mode():
         reference = (model(normalize(images[: len(digits)])).argmax(1) == labels).float().mean()
-    print(f"{'MNIST crops, as they are':26s} accuracy {100 * reference.item():6.2f}%")
+    print(f"{'MNIST crops, as they are':{NAME_WIDTH}s} accuracy {100 * reference.item():6.2f}%")
     for name, make in forms.items():
         rng = np.random.default_rng(arguments.seed)
         sources = [make(digit, index, rng) for index, digit in enumerate(digits)]
@@ -111,7 +129,7 @@ def main() -> None:
             logits = model(normalize(torch.stack([prepared[index] for index in usable])))
         correct = (logits.argmax(1) == labels[usable]).sum().item()
         print(
-            f"{name:26s} accuracy {100 * correct / len(sources):6.2f}%  "
+            f"{name:{NAME_WIDTH}s} accuracy {100 * correct / len(sources):6.2f}%  "
             f"({len(sources) - len(usable)} refused, {several} of them as several digits)  "
             f"{1000 * seconds:6.1f} ms per image"
         )
@@ -120,7 +138,10 @@ def main() -> None:
     by_gap = count_numbers_refused(digits, arguments.seed)
     refused, pairs = (sum(counts[k] for counts in by_gap.values()) for k in (0, 1))
     gaps = ", ".join(f"{gap} px {counts[0]}/{counts[1]}" for gap, counts in by_gap.items())
-    print(f"{'pairs side by side':26s} {refused} of {pairs} refused as several digits ({gaps})")
+    print(
+        f"{'pairs side by side':{NAME_WIDTH}s} {refused} of {pairs} refused as several digits "
+        f"({gaps})"
+    )
 
 
 def save_examples(photos: list[bytes], seen: list[torch.Tensor | None], folder: Path) -> None:
