@@ -1,16 +1,20 @@
-"""Noise taken for digits: preprocess.SPECKS_DIGIT_SHARE and SPECKS_CONTRAST.
+"""Noise and shading taken for digits: preprocess.SPECKS_* and SHADING_*.
 
     python benchmarks/noise_specks.py [--images 500] [--scans 10000] [--noisy 100] [--blank 40]
+        [--without-shading]
 
 Over a blank picture's noise, the digit preprocess_image finds is one speck among thousands:
 `preprocess.measure_specks` weighs it against the other marks clear of the picture's edge
 (its share of their ink, its mean ink over theirs), and the image is refused as specks when
-both are low. This prints, for pictures with no digit (blank photo-like JPEGs with stronger
-sensor noise, blank paper under a lighting gradient, pictures of pure noise) and for pictures
-of digits (the first --images MNIST test digits in photo_accuracy.py's four forms, --scans test
-digits as scans, pairs side by side, --noisy photos with sensor noise 10-40), how each was
-answered and what the rule saw; then the margins: the noise nearest to passing for a digit, and
-the digits nearest to being refused as noise.
+both are low. Over blank paper under a shadow, the mark found is the band the picture-wide
+paper leaves along the shadow's edge: `preprocess.measure_shading` measures the paper again at
+the mark's scale, and the mark is shading when it fades (keeps little of its ink) and holds
+little. This prints, for pictures with no digit (blank photo-like JPEGs with the usual and with
+stronger sensor noise, blank paper under a lighting gradient, pictures of pure noise) and for
+pictures of digits (the first --images MNIST test digits in photo_accuracy.py's four forms,
+--scans test digits as scans, pairs side by side, --noisy photos with sensor noise 10-40), how
+each was answered and what the rules saw; then the margins: the noise nearest to passing for a
+digit, the digits nearest to being refused as noise, and the same for shading.
 """
 
 from __future__ import annotations
@@ -36,33 +40,40 @@ from train_speed import _machine  # noqa: E402
 from mnist_classifier import preprocess  # noqa: E402
 from mnist_classifier.data import load_split  # noqa: E402
 
-SENSOR_NOISE = (10, 15, 20, 30, 45, 60)  # standard deviations, 0-255: a phone gives up to ~20
+# Standard deviations, 0-255: a phone gives up to ~20; None is photo_like's usual 2-7.
+SENSOR_NOISE = (None, 10, 15, 20, 30, 45, 60)
 DIGIT_NOISE = (10, 20, 30, 40)
 ANSWERS = {  # the start of each refusal, for counting
     preprocess.ONLY_SPECKS: "specks",
     preprocess.SEVERAL_DIGITS: "several digits",
     preprocess.NO_INK: "no ink",
     preprocess.A_DOT: "a dot",
+    preprocess.ONLY_SHADING: "shading",
 }
 
 
-def answered(source) -> tuple[str, preprocess.Specks | None]:
-    """How preprocess_image answered `source`, and what measure_specks saw on its first look
-    (None when it was refused before: a blank image, no ink)."""
-    seen = []
+def answered(source) -> tuple[str, preprocess.Specks | None, preprocess.Shading | None]:
+    """How preprocess_image answered `source`, what measure_specks saw on its first look and
+    measure_shading on its second (None where it was refused before, or had no second look)."""
+    seen: dict[str, list] = {"measure_specks": [], "measure_shading": []}
 
-    def recording(*args, **kwargs):
-        seen.append(measure(*args, **kwargs))
-        return seen[-1]
+    def recording(name):
+        measure = getattr(preprocess, name)
 
-    measure = preprocess.measure_specks
-    with mock.patch.object(preprocess, "measure_specks", recording):
+        def record(*args, **kwargs):
+            seen[name].append(measure(*args, **kwargs))
+            return seen[name][-1]
+
+        return mock.patch.object(preprocess, name, record)
+
+    with recording("measure_specks"), recording("measure_shading"):
         try:
             preprocess.preprocess_image(source)
             answer = "read"
         except preprocess.ImageError as error:
             answer = ANSWERS.get(str(error), str(error).split(":")[0])
-    return answer, seen[0] if seen else None
+    specks, shading = (seen[name][0] if seen[name] else None for name in seen)
+    return answer, specks, shading
 
 
 def encode(grey: np.ndarray, quality: int | None) -> bytes:
@@ -79,8 +90,8 @@ def noise_sets(count: int, seed: int) -> dict[str, list]:
     rng = np.random.default_rng(seed)
     blank = np.zeros((28, 28), dtype=np.uint8)
     sets = {
-        f"blank photos, noise {noise}": [
-            photo_like(blank, index, np.random.default_rng([seed, noise, index]), noise)
+        f"blank photos, noise {noise or 'usual'}": [
+            photo_like(blank, index, np.random.default_rng([seed, noise or 0, index]), noise)
             for index in range(count)
         ]
         for noise in SENSOR_NOISE
@@ -141,20 +152,29 @@ def digit_sets(digits: list[np.ndarray], scans: list[np.ndarray], noisy: int, se
     return sets
 
 
-def report(name: str, sources: list) -> list[tuple[preprocess.Specks, str, int]]:
+def report(name: str, sources: list) -> tuple[list, list]:
+    """Prints how `sources` were answered; returns (specks, name, index) for each first look
+    and (shading, name, index) for each second look."""
     results = [answered(source) for source in sources]
-    answers = Counter(answer for answer, _ in results)
-    seen = [(specks, name, index) for index, (_, specks) in enumerate(results) if specks]
+    answers = Counter(answer for answer, _, _ in results)
+    seen = [(specks, name, index) for index, (_, specks, _) in enumerate(results) if specks]
+    looked = [(shading, name, i) for i, (_, _, shading) in enumerate(results) if shading]
     under = [specks.contrast for specks, _, _ in seen if is_low_share(specks)]
     shares = [specks.digit_share for specks, _, _ in seen]
+    faded = [shading.ink for shading, _, _ in looked if is_faded(shading)]
     print(
         f"  {name:34s} {len(sources):6,}: "
         + ", ".join(f"{count} {answer}" for answer, count in answers.most_common())
         + f"; digit share {min(shares, default=1):.3f}..{max(shares, default=1):.3f}"
         + (f"; under {preprocess.SPECKS_DIGIT_SHARE}: {len(under)}" if under else "")
         + (f", contrast {min(under):.2f}..{max(under):.2f}" if under else "")
+        + (f"; faded: {len(faded)}, ink {min(faded):.2f}..{max(faded):.2f}" if faded else "")
     )
-    return seen
+    return seen, looked
+
+
+def is_faded(shading: preprocess.Shading) -> bool:
+    return shading.kept < preprocess.SHADING_KEPT
 
 
 def is_low_share(specks: preprocess.Specks) -> bool:
@@ -171,7 +191,12 @@ def main() -> None:
     parser.add_argument("--blank", type=int, default=40, help="pictures of each kind of noise")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", default=str(REPO_ROOT / "data"))
+    parser.add_argument(
+        "--without-shading", action="store_true", help="switch the shading rule off, to compare"
+    )
     arguments = parser.parse_args()
+    if arguments.without_shading:
+        preprocess.SHADING_KEPT = 0.0  # no mark keeps under none of its ink
 
     images, _labels = load_split(arguments.data_dir, train=False)
     digits = [image.numpy() for image in images[: arguments.images]]
@@ -182,14 +207,15 @@ def main() -> None:
         f"{preprocess.SPECKS_CONTRAST}"
     )
     print("No digit:")
-    noise = [
-        seen
-        for name, sources in noise_sets(arguments.blank, arguments.seed).items()
-        for seen in report(name, sources)
-    ]
+    blank_sets = noise_sets(arguments.blank, arguments.seed)
+    reports = [report(name, sources) for name, sources in blank_sets.items()]
+    noise = [seen for specks, _ in reports for seen in specks]
+    noise_looks = [looked for _, shading in reports for looked in shading]
     print("Digits:")
     sets = digit_sets(digits, scans, arguments.noisy, arguments.seed)
-    written = [seen for name, sources in sets.items() for seen in report(name, sources)]
+    reports = [report(name, sources) for name, sources in sets.items()]
+    written = [seen for specks, _ in reports for seen in specks]
+    written_looks = [looked for _, shading in reports for looked in shading]
 
     def described(item) -> str:
         specks, name, index = item
@@ -209,6 +235,14 @@ def main() -> None:
     print(
         "  digits under that share, lowest contrast: " + ", ".join(map(described, low_digits[:3]))
     )
+
+    def faded(items, key) -> str:
+        chosen = sorted((item for item in items if is_faded(item[0])), key=key)[:3]
+        return ", ".join(f"{s.ink:.2f} ({name} #{i}, kept {s.kept:.2f})" for s, name, i in chosen)
+
+    print(f"  shading: marks keeping under {preprocess.SHADING_KEPT} of their ink, then holding")
+    print("    no digit, most ink: " + faded(noise_looks, lambda item: -item[0].ink))
+    print("    digits, least ink: " + faded(written_looks, lambda item: item[0].ink))
 
 
 if __name__ == "__main__":
