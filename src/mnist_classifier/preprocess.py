@@ -396,12 +396,12 @@ def _find_digit(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[slice, 
             strokes = _digit_strokes(ink)
             stroke_width = _stroke_width(strokes)
             smoothed = grey
-            if _smoothing(noise, stroke_width):
+            if sigma := _smoothing(noise, stroke_width):
                 # The noise's specks fringe the strokes with hairs, which halve the width
                 # measured (and a closing that narrow would not fill the strokes): it is
                 # measured again on the picture smoothed as that width allows, at this look's
                 # wide scale.
-                smoothed = ndimage.gaussian_filter(grey, _smoothing(noise, stroke_width))
+                smoothed = ndimage.gaussian_filter(grey, sigma)
                 ink = _without(printed, _ink_map(smoothed, paper_scale))
                 strokes = _digit_strokes(ink, within=strokes)
                 stroke_width = _stroke_width(strokes)
