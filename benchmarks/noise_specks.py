@@ -20,7 +20,6 @@ digit, the digits nearest to being refused as noise, and the same for shading.
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 from collections import Counter
 from pathlib import Path
@@ -32,6 +31,7 @@ from PIL import Image
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT / "tests"))  # the test sets' generators
 
+from images import encode  # noqa: E402
 from photo_accuracy import page_drawing  # noqa: E402  (this folder is on sys.path when run)
 from photo_digits import photo_like  # noqa: E402
 from realistic_digits import realistic_variant, side_by_side  # noqa: E402
@@ -76,13 +76,10 @@ def answered(source) -> tuple[str, preprocess.Specks | None, preprocess.Shading 
     return answer, specks, shading
 
 
-def encode(grey: np.ndarray, quality: int | None) -> bytes:
-    buffer = io.BytesIO()
+def as_file(grey: np.ndarray, quality: int | None) -> bytes:
+    """A grey picture (float, 0-255) as a PNG (`quality` None) or a JPEG of that quality."""
     image = Image.fromarray(np.clip(grey, 0, 255).astype(np.uint8))
-    image.save(buffer, format="PNG") if quality is None else image.save(
-        buffer, format="JPEG", quality=quality
-    )
-    return buffer.getvalue()
+    return encode(image, "PNG") if quality is None else encode(image, "JPEG", quality=quality)
 
 
 def noise_sets(count: int, seed: int) -> dict[str, list]:
@@ -105,15 +102,15 @@ def noise_sets(count: int, seed: int) -> dict[str, list]:
         along = (along - along.min()) / (along.max() - along.min())
         lit = rng.uniform(150, 245) * (1.0 - (1.0 - rng.uniform(0.55, 0.85)) * along)
         noisy = lit + rng.normal(0, rng.uniform(0, 60), lit.shape)
-        gradient.append(encode(noisy, [None, 55, 75, 90][index % 4]))
+        gradient.append(as_file(noisy, [None, 55, 75, 90][index % 4]))
     sets["blank paper, gradient, noise 0-60"] = gradient
     shapes = [tuple(int(side) for side in rng.integers(200, 1500, size=2)) for _ in range(count)]
     sets["uniform noise"] = [
-        encode(rng.uniform(0, 256, shape), [None, 75][index % 2])
+        as_file(rng.uniform(0, 256, shape), [None, 75][index % 2])
         for index, shape in enumerate(shapes)
     ]
     sets["paper with noise 8-70"] = [
-        encode(rng.uniform(120, 245) + rng.normal(0, rng.uniform(8, 70), shape), [None, 75][i % 2])
+        as_file(rng.uniform(120, 245) + rng.normal(0, rng.uniform(8, 70), shape), [None, 75][i % 2])
         for i, shape in enumerate(shapes)
     ]
     salt_and_pepper = []
@@ -121,7 +118,7 @@ def noise_sets(count: int, seed: int) -> dict[str, list]:
         grey, speckled = np.full(shape, 230.0), rng.uniform(size=shape)
         share = rng.uniform(0.005, 0.2)
         grey[speckled < share / 2], grey[speckled > 1 - share / 2] = 0, 255
-        salt_and_pepper.append(encode(grey, [None, 75][index % 2]))
+        salt_and_pepper.append(as_file(grey, [None, 75][index % 2]))
     sets["salt and pepper"] = salt_and_pepper
     return sets
 
