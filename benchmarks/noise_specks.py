@@ -31,7 +31,7 @@ from PIL import Image
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT / "tests"))  # the test sets' generators
 
-from images import encode  # noqa: E402
+from images import as_file  # noqa: E402
 from photo_accuracy import page_drawing  # noqa: E402  (this folder is on sys.path when run)
 from photo_digits import photo_like  # noqa: E402
 from realistic_digits import realistic_variant, side_by_side  # noqa: E402
@@ -74,12 +74,6 @@ def answered(source) -> tuple[str, preprocess.Specks | None, preprocess.Shading 
             answer = ANSWERS.get(str(error), str(error).split(":")[0])
     specks, shading = (seen[name][0] if seen[name] else None for name in seen)
     return answer, specks, shading
-
-
-def as_file(grey: np.ndarray, quality: int | None) -> bytes:
-    """A grey picture (float, 0-255) as a PNG (`quality` None) or a JPEG of that quality."""
-    image = Image.fromarray(np.clip(grey, 0, 255).astype(np.uint8))
-    return encode(image, "PNG") if quality is None else encode(image, "JPEG", quality=quality)
 
 
 def noise_sets(count: int, seed: int) -> dict[str, list]:

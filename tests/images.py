@@ -16,6 +16,12 @@ def encode(image: Image.Image, format: str, **options) -> bytes:
     return buffer.getvalue()
 
 
+def as_file(grey: np.ndarray, quality: int | None) -> bytes:
+    """A grey picture (float, 0-255) as a PNG (`quality` None) or a JPEG of that quality."""
+    image = Image.fromarray(np.clip(grey, 0, 255).astype(np.uint8))
+    return encode(image, "PNG") if quality is None else encode(image, "JPEG", quality=quality)
+
+
 def png_chunk(kind: bytes, data: bytes) -> bytes:
     crc = zlib.crc32(kind + data) & 0xFFFFFFFF
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)

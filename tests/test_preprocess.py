@@ -9,7 +9,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from images import ODD_IMAGES, encode, png_header_only, with_exif_chunk
+from images import ODD_IMAGES, as_file, encode, png_header_only, with_exif_chunk
 from photo_digits import photo_like
 from PIL import Image, ImageDraw, ImageFile
 
@@ -537,9 +537,7 @@ def test_blank_paper_with_any_noise_and_lighting_is_refused_and_never_as_digits(
     # A lighting gradient, not a shadow: a shadow's sharp edge can still be left as ink and be
     # taken for a mark (benchmarks/noise_specks.py's blank photos at noise 10-20).
     sheet = _lit_from_one_side(np.full(size, paper), light_angle, darkest)
-    photo = sheet + np.random.default_rng(seed).normal(0, noise, size)
-    image = Image.fromarray(np.clip(photo, 0, 255).astype(np.uint8))
-    data = encode(image, "PNG") if quality is None else encode(image, "JPEG", quality=quality)
+    data = as_file(sheet + np.random.default_rng(seed).normal(0, noise, size), quality)
     with pytest.raises(ImageError) as refused:
         preprocess_image(data)
     assert str(refused.value) in (ONLY_SPECKS, NO_INK)
@@ -640,10 +638,8 @@ def _blank_sheet_under_a_shadow(rng: np.random.Generator) -> bytes:
     side = min(size)
     shadow = (rng.uniform(0, 2 * np.pi), rng.uniform(-0.4, 0.4) * side, rng.uniform(0.2, 0.45))
     sheet = _under_a_shadow(lit, *shadow, rng.uniform(1, 0.05 * side))
-    photo = np.clip(sheet + rng.normal(0, rng.uniform(2, 7), size), 0, 255).astype(np.uint8)
-    quality = rng.choice([0, 55, 75, 90])
-    image = Image.fromarray(photo)
-    return encode(image, "PNG") if quality == 0 else encode(image, "JPEG", quality=int(quality))
+    photo = sheet + rng.normal(0, rng.uniform(2, 7), size)
+    return as_file(photo, int(rng.choice([0, 55, 75, 90])) or None)  # 0: a PNG
 
 
 def test_blank_sheets_under_shadows_are_refused_not_read():
