@@ -19,7 +19,51 @@ def test_auto_precision_is_fp32_where_bf16_is_not_native(monkeypatch):
 
 def test_auto_precision_is_bf16_where_the_cpu_has_it(monkeypatch):
     monkeypatch.setattr(device_module, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(device_module, "kernels_may_use_bf16", lambda: True)
     assert resolve_precision("auto", CPU) == "bf16"
+
+
+@pytest.mark.parametrize(
+    ("aten_level", "onednn_isa", "allowed"),
+    [
+        ("AVX512", None, True),
+        ("AVX512", "ALL", True),
+        ("AVX512", "avx512_core_bf16", True),
+        ("AVX512", "AVX2", False),  # convolutions held to AVX2
+        ("AVX512", "AVX512_CORE", False),  # AVX-512 without its bf16 instructions
+        ("AVX2", None, False),  # torch's own kernels held to AVX2
+        ("DEFAULT", None, False),
+    ],
+)
+def test_bf16_needs_kernels_that_may_use_it(monkeypatch, aten_level, onednn_isa, allowed):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: aten_level)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    if onednn_isa is None:
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    else:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", onednn_isa)
+    assert device_module.kernels_may_use_bf16() is allowed
+
+
+def test_auto_precision_is_fp32_where_the_kernels_are_held_to_avx2():
+    """A bf16 CPU whose kernels are held to AVX2 (as benchmarks/train_speed.py --cpu-isa avx2
+    does) would emulate bf16, several times slower: auto must pick fp32 there. In a fresh
+    process, since torch reads the variables once."""
+    program = (
+        "import torch\n"
+        "from mnist_classifier import device\n"
+        "device.cpu_has_native_bf16 = lambda: True\n"
+        "print(device.resolve_precision('auto', torch.device('cpu')))"
+    )
+    held = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    completed = subprocess.run(
+        [sys.executable, "-c", program],
+        env={**os.environ, **held},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert completed.stdout.strip() == "fp32"
 
 
 @pytest.mark.parametrize(

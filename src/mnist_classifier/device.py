@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 import platform
 from pathlib import Path
 
@@ -39,8 +40,25 @@ def cpu_has_native_bf16() -> bool:
     return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
 
 
+# oneDNN's instruction sets below those with bf16 arithmetic, as ONEDNN_MAX_CPU_ISA names them.
+_ONEDNN_ISAS_WITHOUT_BF16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE", "AVX512_CORE_VNNI"}
+# torch's own kernel levels below AVX-512, as torch.backends.cpu.get_cpu_capability() names them.
+_ATEN_LEVELS_WITHOUT_BF16 = {"DEFAULT", "NO AVX", "AVX2"}
+
+
+def kernels_may_use_bf16() -> bool:
+    """False where torch's kernels are held below AVX-512 (ATEN_CPU_CAPABILITY) or oneDNN's
+    convolutions below its bf16 instructions (ONEDNN_MAX_CPU_ISA, or its older name
+    DNNL_MAX_CPU_ISA): bf16 is then emulated, several times slower than fp32, whatever the
+    CPU itself could do."""
+    if torch.backends.cpu.get_cpu_capability() in _ATEN_LEVELS_WITHOUT_BF16:
+        return False
+    held = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or ""
+    return held.strip().upper() not in _ONEDNN_ISAS_WITHOUT_BF16
+
+
 def resolve_precision(requested: str, device: torch.device) -> str:
-    """'auto' -> bf16 on CPUs that multiply bf16 natively, else fp32."""
+    """'auto' -> bf16 on CPUs that multiply bf16 natively (where torch's kernels may), else fp32."""
     if requested == "auto":
         # Measured on an H100 (benchmarks/accuracy.py, fast preset): bf16 autocast trained this
         # small model at 0.88x the speed of fp32, because its steps are bound by kernel launches,
@@ -48,7 +66,7 @@ def resolve_precision(requested: str, device: torch.device) -> str:
         # is 1.26x fp32 on an H200 (benchmarks/gpu_speed.py), but several processes under DDP
         # launch every kernel, so CUDA stays fp32 unless asked.
         if device.type == "cpu":
-            return "bf16" if cpu_has_native_bf16() else "fp32"
+            return "bf16" if cpu_has_native_bf16() and kernels_may_use_bf16() else "fp32"
         return "fp32"
     if requested == "fp16" and device.type == "cpu":
         raise DeviceError("precision fp16 is not supported on the CPU; use bf16 or fp32")
