@@ -1,12 +1,14 @@
 """Where a training step's time goes, and how close its biggest layer runs to the hardware.
 
     python benchmarks/step_profile.py [--config configs/seed.yaml] [--batch-size N] [--steps 50]
+                                      [--precision auto|fp32|bf16]
 
 Profiles the engine's training step (the config's batch size and dropout, channels-last, fused
-Adam, the precision `auto` picks) on a ready batch on the CPU, and prints the operators that
-take the most time; that step times the steps of an epoch is the epoch's compute floor. Then it
-times conv2 alone, forward and forward + backward, as GFLOP/s, beside a large single-precision
-matrix multiply: the rate this machine's math library reaches at best.
+Adam, the precision `auto` picks unless given) on a ready batch on the CPU, and prints the
+operators that take the most time; that step times the steps of an epoch is the epoch's compute
+floor. Then it times conv2 alone, forward and forward + backward, as GFLOP/s, beside a large
+matrix multiply: the rate this machine's math library reaches at best. Both in the step's
+precision (bf16 under autocast, as the step runs it).
 """
 
 from __future__ import annotations
@@ -21,7 +23,12 @@ from compile_speed import synthetic_training_step  # this folder is on sys.path 
 from torch.profiler import ProfilerActivity, profile
 
 from mnist_classifier.config import ModelConfig, load_config
-from mnist_classifier.device import memory_format_for, resolve_precision, reuse_freed_memory
+from mnist_classifier.device import (
+    autocast,
+    memory_format_for,
+    resolve_precision,
+    reuse_freed_memory,
+)
 from mnist_classifier.model import SimpleCNN
 
 MATMUL_SIZE = 1024
@@ -41,14 +48,16 @@ def best_milliseconds(function, repeats: int = 5, calls: int = 30) -> float:
     return min(timings)
 
 
-def ready_batch_step(batch_size: int, settings: ModelConfig) -> tuple[SimpleCNN, Callable]:
+def ready_batch_step(
+    batch_size: int, settings: ModelConfig, precision: str = "auto"
+) -> tuple[SimpleCNN, Callable]:
     """The engine's CPU training step on one fixed batch: no data handling, only arithmetic."""
     torch.manual_seed(0)
     reuse_freed_memory()  # as train() does on the CPU: page faults are no part of the floor
     cpu = torch.device("cpu")
     model = SimpleCNN(settings).to(memory_format=memory_format_for(cpu))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
-    precision = resolve_precision("auto", cpu)
+    precision = resolve_precision(precision, cpu)
     return model, synthetic_training_step(model, optimizer, cpu, precision, batch_size)
 
 
@@ -67,19 +76,25 @@ def main() -> None:
     )
     parser.add_argument("--batch-size", type=int, help="default: the config's")
     parser.add_argument("--steps", type=int, default=50, help="profiled training steps")
+    parser.add_argument(
+        "--precision", choices=["auto", "fp32", "bf16"], default="auto", help="default: auto's"
+    )
     arguments = parser.parse_args()
     config = load_config(arguments.config)
     arguments.batch_size = arguments.batch_size or config.batch_size
 
-    model, step = ready_batch_step(arguments.batch_size, config.model)
-    memory_format = memory_format_for(torch.device("cpu"))
+    cpu = torch.device("cpu")
+    precision = resolve_precision(arguments.precision, cpu)
+    model, step = ready_batch_step(arguments.batch_size, config.model, precision)
+    memory_format = memory_format_for(cpu)
     step_ms = best_milliseconds(step, calls=arguments.steps)
     with profile(activities=[ProfilerActivity.CPU]) as profiler:
         for _ in range(arguments.steps):
             step()
     print(
         f"Training step, batch {arguments.batch_size}: {step_ms:.1f} ms "
-        f"({arguments.batch_size / step_ms * 1e3:,.0f} images/s), {torch.get_num_threads()} threads"
+        f"({arguments.batch_size / step_ms * 1e3:,.0f} images/s), {torch.get_num_threads()} "
+        f"threads, {precision}"
     )
     print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
 
@@ -88,22 +103,29 @@ def main() -> None:
     conv2 = model.conv2
     inputs = torch.randn(arguments.batch_size, 32, 14, 14).contiguous(memory_format=memory_format)
     inputs.requires_grad_(True)
-    output_gradient = torch.randn_like(conv2(inputs))
     forward_flop = 2 * arguments.batch_size * 14 * 14 * 64 * 32 * 9
 
-    def forward_and_backward():
-        conv2(inputs).backward(output_gradient)
+    def forward():
+        with autocast(cpu, precision):
+            return conv2(inputs)
 
-    forward_ms = best_milliseconds(lambda: conv2(inputs))
+    output_gradient = torch.randn_like(forward())
+
+    def forward_and_backward():
+        forward().backward(output_gradient)
+
+    forward_ms = best_milliseconds(forward)
     both_ms = best_milliseconds(forward_and_backward)
-    left, right = torch.randn(MATMUL_SIZE, MATMUL_SIZE), torch.randn(MATMUL_SIZE, MATMUL_SIZE)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    left = torch.randn(MATMUL_SIZE, MATMUL_SIZE, dtype=dtype)
+    right = torch.randn(MATMUL_SIZE, MATMUL_SIZE, dtype=dtype)
     matmul_ms = best_milliseconds(lambda: left @ right, calls=10)
     print(
         f"conv2 forward: {forward_ms:.2f} ms, {forward_flop / forward_ms / 1e6:.0f} GFLOP/s\n"
         f"conv2 forward + backward: {both_ms:.2f} ms, "
         f"{3 * forward_flop / both_ms / 1e6:.0f} GFLOP/s "
         f"({both_ms / step_ms:.0%} of the training step)\n"
-        f"{MATMUL_SIZE}x{MATMUL_SIZE} fp32 matrix multiply: "
+        f"{MATMUL_SIZE}x{MATMUL_SIZE} {precision} matrix multiply: "
         f"{2 * MATMUL_SIZE**3 / matmul_ms / 1e6:.0f} GFLOP/s"
     )
 
