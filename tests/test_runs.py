@@ -37,9 +37,11 @@ from mnist_classifier.runs import (
     METRIC_COLUMNS,
     RunRecorder,
     RunRecordError,
+    comparison_rows,
     earlier_sweep_run,
     grid_overrides,
     list_runs,
+    read_run,
     record_test_accuracy,
     run_labels,
     runs_with_config,
@@ -1179,6 +1181,102 @@ def test_a_sweep_trains_anew_without_resume_and_resuming_keeps_the_newest_of_its
         newest[0.001].name,
         newest[0.002].name,
     ]
+
+
+# The middle learning rate is far too high: its first epoch's loss is not a number.
+DIVERGING_GRID = "lr=0.001,10000000000,0.003"
+
+
+@pytest.mark.usefixtures("synthetic_data")
+def test_a_sweep_goes_on_past_a_run_that_diverges_and_resuming_keeps_that_run(
+    tmp_path, uninterrupted_sweep
+):
+    runs_dir = tmp_path / "runs"
+
+    swept = _sweep(runs_dir, grid=DIVERGING_GRID)
+
+    assert swept.exit_code == 1, swept.output
+    records, _ = list_runs(runs_dir)
+    by_lr = {record.config["lr"]: record.path for record in records}
+    first, diverged, third = by_lr[0.001], by_lr[1e10], by_lr[0.003]
+    # The runs around it trained as in a sweep without it, to the bit.
+    assert _trained_alike(first, uninterrupted_sweep[0.001])
+    assert _trained_alike(third, uninterrupted_sweep[0.003])
+    summary = json.loads((diverged / "summary.json").read_text())
+    assert summary["diverged_in_epoch"] == 1 and summary["epochs_run"] == 0
+    assert re.match(
+        r"training diverged in epoch 1: training loss (nan|inf)", summary["stop_reason"]
+    )
+    assert "best_validation_accuracy" not in summary and not list(diverged.glob("*.pt"))
+    run_line, last_line = swept.stderr.splitlines()
+    assert (
+        run_line
+        == f"error: {summary['stop_reason']}; nothing from this epoch was saved. Try a lower --lr."
+    )
+    assert last_line.startswith(
+        f"error: 1 of the sweep's 3 runs diverged: {diverged.name} (in epoch 1); "
+    )
+    rows = table_rows(swept.stdout)
+    assert [row["run"] for row in rows] == [first.name, diverged.name, third.name]
+    assert [row["epochs"] for row in rows] == ["2", "0", "2"]
+    before = {run: _files_as_they_are(run) for run in (first, diverged, third)}
+
+    resumed = _sweep(runs_dir, "--resume", grid=DIVERGING_GRID)
+
+    assert resumed.exit_code == 1, resumed.output
+    assert sorted(runs_dir.iterdir()) == sorted([first, diverged, third])
+    assert {run: _files_as_they_are(run) for run in before} == before  # nothing trained again
+    kept = f"Kept run {diverged.name}: {summary['stop_reason']}; not trained again"
+    assert kept in resumed.stdout.splitlines()
+    assert resumed.stderr.splitlines() == [last_line]
+
+
+class _NotANumberFromEpoch(TrainingObserver):
+    """From the start of `epoch`, every loss the training computes is NaN."""
+
+    def __init__(self, epoch: int, monkeypatch) -> None:
+        self.epoch, self.monkeypatch = epoch, monkeypatch
+
+    def epoch_started(self, epoch, *_arguments) -> None:
+        if epoch == self.epoch:
+            real_cross_entropy = train_module.F.cross_entropy
+
+            def not_a_number(*arguments, **keywords):
+                return real_cross_entropy(*arguments, **keywords) * float("nan")
+
+            self.monkeypatch.setattr(train_module.F, "cross_entropy", not_a_number)
+
+
+@pytest.mark.usefixtures("synthetic_data")
+def test_a_run_that_diverges_fails_in_one_line_is_recorded_and_resumes_past_it(
+    mnist_dir, tmp_path, monkeypatch
+):
+    real_train, real_cross_entropy = train_module.train, train_module.F.cross_entropy
+
+    def train_diverging(config, observers, **keywords):
+        return real_train(config, [*observers, _NotANumberFromEpoch(2, monkeypatch)], **keywords)
+
+    monkeypatch.setattr(train_module, "train", train_diverging)
+    arguments = ["--epochs", "2", "--schedule", "none", "--quiet"]
+    failed = runner.invoke(app, [*_small_run(mnist_dir, tmp_path / "runs"), *arguments])
+
+    assert failed.exit_code == 1, failed.output
+    (line,) = failed.stderr.splitlines()
+    assert line.startswith("error: training diverged in epoch 2: training loss nan")
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    record = read_run(run_dir)
+    assert record.summary["diverged_in_epoch"] == 2
+    assert record.summary["epochs_run"] == 1 and record.summary["best_epoch"] == 1
+    assert [row["epochs"] for row in comparison_rows([record])] == [1]
+
+    monkeypatch.setattr(train_module, "train", real_train)
+    monkeypatch.setattr(train_module.F, "cross_entropy", real_cross_entropy)
+    resumed = _resume(run_dir / "checkpoint_epoch_1.pt")
+
+    assert resumed.exit_code == 0, resumed.output
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert "diverged_in_epoch" not in summary
+    assert summary["epochs_run"] == 2 and summary["stop_reason"] == "completed all 2 epochs"
 
 
 def _never_trains(monkeypatch):

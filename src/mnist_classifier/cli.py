@@ -206,6 +206,9 @@ def sweep(
 
     With --resume, a stopped sweep goes on: each combination's finished run is kept, an
     interrupted one resumed from its newest checkpoint, and the others are trained.
+
+    A run that diverges is recorded as such and the sweep goes on to the next; the sweep then
+    ends with exit 1 and a line naming it (--resume keeps it, as a finished run).
     """
     import dataclasses
 
@@ -218,6 +221,7 @@ def sweep(
     )
     from mnist_classifier.resume import ResumeError
     from mnist_classifier.runs import (
+        DIVERGED_KEY,
         RunRecordError,
         comparison_rows,
         earlier_sweep_run,
@@ -282,6 +286,7 @@ def sweep(
                     quiet,
                     resume=str(checkpoint) if checkpoint is not None else None,
                     settings=flatten(config.to_dict()),
+                    divergence_fails=False,  # a learning rate too high is a result: go on
                 )
             )
         except typer.Exit as stop:  # Ctrl-C or SIGTERM: the run's line says what is saved
@@ -289,7 +294,17 @@ def sweep(
                 print_sweep_stopped(index, len(configs), continue_command)
             raise
     with failing(EXIT_FAILURE, RunRecordError):
-        print_sweep_results(comparison_rows([read_run(run_dir) for run_dir in run_dirs]))
+        records = [read_run(run_dir) for run_dir in run_dirs]
+    print_sweep_results(comparison_rows(records))
+    if diverged := [record for record in records if DIVERGED_KEY in record.summary]:
+        names = ", ".join(
+            f"{record.name} (in epoch {record.summary[DIVERGED_KEY]})" for record in diverged
+        )
+        raise fail(
+            f"{len(diverged)} of the sweep's {len(records)} runs diverged: {names}; the table "
+            "shows what each trained before (try lower learning rates)",
+            EXIT_FAILURE,
+        )
 
 
 def _sweep_command(

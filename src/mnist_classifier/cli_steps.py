@@ -146,11 +146,14 @@ def train_one_run(
     force: bool = False,
     config_file: Path | None = None,
     settings: dict | None = None,
+    divergence_fails: bool = True,
 ) -> Path | None:
     """Train in a run directory (a new one, or the resumed run's), printing progress.
 
     A resumed run continues with its own saved config under the settings given now (the
-    --config file and the flags), so the user need not retype them.
+    --config file and the flags), so the user need not retype them. A run that diverges stops
+    the command with its line; unless not `divergence_fails` (a sweep's run): then the line is
+    printed and the run's folder, whose summary records the divergence, is returned.
     """
     import torch
 
@@ -167,6 +170,7 @@ def train_one_run(
     from mnist_classifier.distributed import LaunchError, launch_rank, launch_world_size
     from mnist_classifier.reporting import (
         ConsoleTrainingObserver,
+        print_error,
         print_resume_choice,
     )
     from mnist_classifier.resume import (
@@ -242,6 +246,10 @@ def train_one_run(
                     force=force,
                     replace_earlier=replace_earlier,
                 )
+        except TrainingDiverged as error:
+            if divergence_fails:
+                raise
+            print_error(where + str(error))
         except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM: say what is kept, how to go on
             checkpoint_dir = Path(config.output_dir or run_dir or ".")
             if isinstance(stop, _Terminated):

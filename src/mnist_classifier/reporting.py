@@ -301,6 +301,12 @@ class ConsoleTrainingObserver(TrainingObserver):
         if result.is_best:
             print(f"New best accuracy: {100 * result.validation_accuracy:.2f}%")
 
+    def diverged(self, result: TrainResult, epoch: int) -> None:
+        # The bar goes; the command that trained says what diverged, in its own line.
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
     def finished(self, result: TrainResult) -> None:
         best = result.best
         print(f"\n{RULE}\nTraining completed! ({result.stop_reason})")

@@ -365,16 +365,35 @@ class RunRecorder(TrainingObserver):
     def finished(self, result: TrainResult) -> None:
         from mnist_classifier.figures import save_learning_curves
 
-        best = result.best
-        summary = {
-            "best_epoch": best.epoch,
-            "best_validation_accuracy": best.validation_accuracy,
-            "best_validation_loss": best.validation_loss,
-            "epochs_run": len(result.epochs),
-            "stop_reason": result.stop_reason,
-            "wall_seconds": result.wall_seconds,
-            "checkpoint_dir": str(result.checkpoint_dir),
-        }
+        self._write_summary(result)
+        self._write_hparams_table()
+        self._close_writer()
+        save_learning_curves({self.run_dir.name: self.rows}, self.run_dir / "curves.png")
+
+    def diverged(self, result: TrainResult, epoch: int) -> None:
+        # Marked, so that `mnist runs` tells it from a run still training or killed, and so
+        # that `mnist sweep --resume` keeps it rather than train it into the same divergence.
+        self._write_summary(result, {DIVERGED_KEY: epoch})
+        self._close_writer()
+
+    def _write_summary(self, result: TrainResult, extra: dict[str, Any] | None = None) -> None:
+        summary: dict[str, Any] = {}
+        if result.epochs:  # none when the first epoch diverged
+            best = result.best
+            summary = {
+                "best_epoch": best.epoch,
+                "best_validation_accuracy": best.validation_accuracy,
+                "best_validation_loss": best.validation_loss,
+            }
+        summary.update(
+            {
+                "epochs_run": len(result.epochs),
+                "stop_reason": result.stop_reason,
+                "wall_seconds": result.wall_seconds,
+                "checkpoint_dir": str(result.checkpoint_dir),
+                **(extra or {}),
+            }
+        )
         summary_path = self.run_dir / "summary.json"
         # A resumed run's summary may hold what other commands added (mnist evaluate's test
         # accuracy and checkpoint): those stay; only what training itself records is replaced.
@@ -385,14 +404,16 @@ class RunRecorder(TrainingObserver):
             if self.setup.start_epoch > 1 and summary_path.is_file()
             else {}
         )
-        if earlier.get("test_epoch", best.epoch) != best.epoch:
+        earlier.pop(DIVERGED_KEY, None)  # an earlier start's divergence, trained past now
+        tested = earlier.get("test_epoch")
+        if tested is not None and tested != summary.get("best_epoch"):
             for key in ("test_accuracy", "test_checkpoint", "test_epoch"):
                 earlier.pop(key, None)
         write_json_atomically(summary_path, {**earlier, **summary})
-        self._write_hparams_table()
+
+    def _close_writer(self) -> None:
         self.writer.close()  # its thread has ended: anything that failed there is known now
         self.writer_failures.stop()
-        save_learning_curves({self.run_dir.name: self.rows}, self.run_dir / "curves.png")
 
     def _write_hparams_table(self) -> None:
         """The hparams table alone: its metric columns read this run's epoch scalars, so no
@@ -493,6 +514,8 @@ class RunRecordError(ValueError):
 # summary.json and provenance.json MAX_SUMMARY_BYTES): a metrics row is about 150 bytes, so
 # these are never reached by a real run, only by a file linked to a device or replaced.
 MAX_METRICS_BYTES = 64 * 1024 * 1024
+# In the summary of a run whose training diverged: the epoch it diverged in.
+DIVERGED_KEY = "diverged_in_epoch"
 # What the summary's readers format: a value of another type is a damaged record, not a run's.
 SUMMARY_TYPES: dict[str, FieldType] = {
     "best_epoch": WHOLE_NUMBER,
@@ -505,6 +528,7 @@ SUMMARY_TYPES: dict[str, FieldType] = {
     "checkpoint_dir": TEXT,
     "test_checkpoint": TEXT,
     "test_epoch": WHOLE_NUMBER,
+    DIVERGED_KEY: WHOLE_NUMBER,
 }
 # The columns the learning curves draw; a metrics.csv without them cannot be plotted.
 PLOTTED_COLUMNS = (
@@ -794,6 +818,9 @@ def earlier_sweep_run(config: TrainConfig) -> EarlierSweepRun:
     matching = tuple(runs_with_config(config))
     if not matching:
         return EarlierSweepRun(matching, None, None, None, ())
+    if diverged := _diverged_run(matching[0], config):
+        # Trained again, the same settings and seed would diverge the same way.
+        return EarlierSweepRun(matching, matching[0], None, diverged, ())
     checkpoint, skipped = newest_checkpoint(config, matching)
     run_dir = run_of_checkpoint(checkpoint) if checkpoint is not None else None
     # A checkpoint in a shared --output-dir may be another training's: not this one's to go on.
@@ -810,3 +837,21 @@ def earlier_sweep_run(config: TrainConfig) -> EarlierSweepRun:
             "sweep's table shows it: repair the file, or move the run aside to train it again"
         ) from None
     return EarlierSweepRun(matching, run_dir, checkpoint.path, finished, tuple(skipped))
+
+
+def _diverged_run(run_dir: Path, config: TrainConfig) -> RunRecord | None:
+    """`run_dir`, read back, when its summary records that its training diverged. (A damaged
+    summary says nothing: the run is then judged by its checkpoints, as any other.)"""
+    summary_path = run_dir / "summary.json"
+    try:
+        if not (summary_path.is_file() and DIVERGED_KEY in _read_summary(summary_path)):
+            return None
+    except RunRecordError:
+        return None
+    try:
+        return read_run(run_dir)
+    except RunRecordError as error:
+        raise RunRecordError(
+            f"{error}; cannot tell whether run {run_dir.name} of the sweep's {config.name} "
+            "diverged: repair the file, or move the run aside to train it again"
+        ) from None

@@ -158,6 +158,10 @@ class TrainingObserver:
 
     def finished(self, result: TrainResult) -> None: ...
 
+    def diverged(self, result: TrainResult, epoch: int) -> None:
+        """Training diverged in `epoch` and is about to raise TrainingDiverged: `result` holds
+        the epochs finished before it, and its stop_reason says what diverged."""
+
 
 class Observers(TrainingObserver):
     """Several observers as one, called in order."""
@@ -188,6 +192,10 @@ class Observers(TrainingObserver):
     def finished(self, result):
         for observer in self.observers:
             observer.finished(result)
+
+    def diverged(self, result, epoch):
+        for observer in self.observers:
+            observer.diverged(result, epoch)
 
 
 @dataclass(frozen=True)
@@ -611,9 +619,14 @@ def _train_holding_dir(
         validation_loss = validation_loss_sum.item() / validation_total.item()
         validation_accuracy = validation_correct.item() / validation_total.item()
         if not (math.isfinite(train_loss) and math.isfinite(validation_loss)):
-            raise TrainingDiverged(
+            result.stop_reason = (
                 f"training diverged in epoch {epoch}: training loss {train_loss}, validation "
-                f"loss {validation_loss}; nothing from this epoch was saved. Try a lower --lr."
+                f"loss {validation_loss}"
+            )
+            result.wall_seconds = time.perf_counter() - wall_start
+            observer.diverged(result, epoch)
+            raise TrainingDiverged(
+                f"{result.stop_reason}; nothing from this epoch was saved. Try a lower --lr."
             )
         is_best = validation_accuracy > best_validation_accuracy
         best_validation_accuracy = max(best_validation_accuracy, validation_accuracy)
