@@ -26,7 +26,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from typer.testing import CliRunner
 
 from mnist_classifier import train as train_module
-from mnist_classifier.checkpoint import epoch_checkpoints, load_checkpoint
+from mnist_classifier.checkpoint import CheckpointSaveError, epoch_checkpoints, load_checkpoint
 from mnist_classifier.cli import app
 from mnist_classifier.config import TrainConfig, config_from_dict, flatten, make_config
 from mnist_classifier.datasets import MNIST
@@ -461,33 +461,50 @@ def test_sweep_refuses_a_setting_given_to_every_run_and_in_the_grid(tmp_path, fi
     assert list(tmp_path.iterdir()) == []  # before any run
 
 
+# How a run stops the sweep: its exception, the exit code and the run's own line.
+SWEEP_STOPS = {
+    "Ctrl-C": (
+        KeyboardInterrupt(),
+        130,
+        "error: interrupted before the first epoch's checkpoint: nothing to resume from",
+    ),
+    "a full disk": (
+        CheckpointSaveError("no space left on the device"),
+        1,
+        "error: no space left on the device",
+    ),
+}
+
+
+@pytest.mark.parametrize("stop", sorted(SWEEP_STOPS))
 @pytest.mark.parametrize(
     ("stopped_at", "left"),
     [(1, "run 1 of 3: runs 2 to 3 were not trained"), (2, "run 2 of 3: run 3 was not trained")]
     + [(3, "its last run, 3 of 3")],
 )
-def test_an_interrupted_sweep_says_which_runs_it_did_not_train_and_how_to_continue(
-    tmp_path, monkeypatch, stopped_at, left
+def test_a_stopped_sweep_says_which_runs_it_did_not_train_and_how_to_continue(
+    tmp_path, monkeypatch, stopped_at, left, stop
 ):
     calls = []
+    error, exit_code, run_line = SWEEP_STOPS[stop]
 
-    def interrupted_at_its_run(*_arguments, **_keywords):
+    def stopped_at_its_run(*_arguments, **_keywords):
         calls.append(True)
         if len(calls) == stopped_at:
-            raise KeyboardInterrupt
+            raise error
 
-    monkeypatch.setattr(train_module, "train", interrupted_at_its_run)
+    monkeypatch.setattr(train_module, "train", stopped_at_its_run)
     grid, runs_dir, data = "lr=0.001,0.002,0.003", str(tmp_path / "runs"), str(tmp_path)
     arguments = ["--grid", grid, "--runs-dir", runs_dir, "--set", f"data.data_dir={data}"]
     result = runner.invoke(app, ["sweep", *arguments])
-    assert result.exit_code == 130
+    assert result.exit_code == exit_code
     # The same options, in the order of sweep's --help.
     continue_with = shell_command(
         "mnist", "sweep", "--grid", grid, "--set", f"data.data_dir={data}", "--runs-dir", runs_dir
     )
     continue_with += " --resume"
     assert result.stderr.splitlines() == [
-        "error: interrupted before the first epoch's checkpoint: nothing to resume from",
+        run_line,
         f"The sweep stopped at {left}; continue the sweep with {continue_with}",
     ]
 

@@ -19,8 +19,6 @@ from mnist_classifier import paths
 from mnist_classifier.cli_options import (
     APP_SETTINGS,
     EXIT_FAILURE,
-    EXIT_INTERRUPTED,
-    EXIT_TERMINATED,
     EXIT_USAGE,
     Group,
     fail,
@@ -289,9 +287,8 @@ def sweep(
                     divergence_fails=False,  # a learning rate too high is a result: go on
                 )
             )
-        except typer.Exit as stop:  # Ctrl-C or SIGTERM: the run's line says what is saved
-            if stop.exit_code in (EXIT_INTERRUPTED, EXIT_TERMINATED):
-                print_sweep_stopped(index, len(configs), continue_command)
+        except typer.Exit:  # Ctrl-C, SIGTERM or a failure (a full disk): the run's line says why
+            print_sweep_stopped(index, len(configs), continue_command)
             raise
     with failing(EXIT_FAILURE, RunRecordError):
         records = [read_run(run_dir) for run_dir in run_dirs]

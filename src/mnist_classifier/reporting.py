@@ -372,8 +372,8 @@ def print_sweep_choice(earlier: EarlierSweepRun) -> None:
 
 
 def print_sweep_stopped(index: int, total: int, continue_command: str) -> None:
-    """After the interrupted run's own line: what the rest of the sweep did not do, and the
-    command that continues the sweep."""
+    """After the stopped run's own line (interrupted, or failed): what the rest of the sweep
+    did not do, and the command that continues the sweep."""
     if index == total:
         stopped = f"its last run, {total} of {total}"
     else:
