@@ -257,9 +257,22 @@ def test_a_missing_stage_names_the_stages_that_exist(command, tmp_path):
     result = runner.invoke(app, [*command, "nosuch", "--models-dir", str(tmp_path)])
     assert result.exit_code == 2
     assert result.output.startswith(f"error: no stage 'nosuch' in {tmp_path} (no ")
-    assert result.output.strip().endswith("; the stages there are: canary, staging")
+    assert result.output.strip().endswith(
+        "; the stages there are: canary, staging: name one of them, or first mnist promote "
+        "--to nosuch"
+    )
     assert len(result.output.strip().splitlines()) == 1
     assert sorted(tmp_path.rglob("*")) == before  # promote copied nothing, wrote no history
+
+
+def test_a_missing_staging_stage_beside_others_says_to_train_one(tmp_path):
+    (tmp_path / "production" / "mnist").mkdir(parents=True)
+    save_checkpoint(tmp_path / "production" / "mnist" / "best_model.pt", checkpoint_payload())
+    result = runner.invoke(app, ["serve", "--stage", "staging", "--models-dir", str(tmp_path)])
+    assert result.exit_code == 2
+    assert result.output.strip().endswith(
+        "; the stages there are: production: name one of them, or first python train_mnist.py"
+    )
 
 
 def test_promote_from_a_checkpoint_path_reads_that_file(tmp_path):

@@ -88,10 +88,18 @@ def existing_stage_checkpoint(models_dir: Path | str, stage: str, name: str = "m
         if found.is_file()
     )
     missing = f"no stage {stage!r} in {models_dir} (no {path})"
-    if stages:
-        raise RegistryError(f"{missing}; the stages there are: {', '.join(stages)}")
     # How to get one there: training writes the staging model; other stages are promoted to.
     dataset = f" --dataset {name}" if name in DATASET_NAMES and name != MNIST.name else ""
+    if stages:
+        how = (
+            f"mnist promote{dataset} --to {stage}"
+            if stage != "staging"
+            else f"python train_mnist.py{dataset}"
+        )
+        raise RegistryError(
+            f"{missing}; the stages there are: {', '.join(stages)}: name one of them, or "
+            f"first {how}"
+        )
     how = f"python train_mnist.py{dataset} trains one into staging"
     if stage != "staging":
         how += f", then mnist promote{dataset} --to {stage}"
