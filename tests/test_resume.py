@@ -18,7 +18,7 @@ from mnist_classifier.checkpoint import TRAINING_LOCK_NAME, CheckpointSaveError,
 from mnist_classifier.config import make_config
 from mnist_classifier.resume import ResumeError, find_resume_checkpoint, load_resume_checkpoint
 from mnist_classifier.runs import checkpoint_to_resume
-from mnist_classifier.train import TrainingDiverged, train
+from mnist_classifier.train import TrainingDiverged, TrainingObserver, train
 
 # Every train() here, and in the worker, reads tiny synthetic data: exactness needs no MNIST.
 pytestmark = pytest.mark.usefixtures("synthetic_data")
@@ -149,6 +149,36 @@ def test_auto_picks_the_newest_valid_checkpoint_and_says_what_it_skipped(tmp_pat
     with pytest.raises(ResumeError, match="no valid checkpoint"):
         find_resume_checkpoint(tmp_path)
     assert find_resume_checkpoint(tmp_path / "empty") == (None, [])
+
+
+class _Steps(TrainingObserver):
+    """The optimizer steps of the run, as they are taken."""
+
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+
+    def batch_done(self, epoch, images_seen, images_total, loss, correct, step=0, lr=0.0):
+        self.steps.append(step)
+
+
+def test_on_the_cpu_a_loss_that_is_not_a_number_ends_the_epoch_at_once(
+    data_dir, tmp_path, monkeypatch
+):
+    calls = {"count": 0}
+    real_cross_entropy = F.cross_entropy
+
+    def nan_from_the_third_step(logits, labels, **kwargs):
+        calls["count"] += 1
+        loss = real_cross_entropy(logits, labels, **kwargs)
+        return loss * float("nan") if calls["count"] >= 3 else loss
+
+    monkeypatch.setattr(train_module.F, "cross_entropy", nan_from_the_third_step)
+    config = make_config(_settings(data_dir, tmp_path))  # 6 steps an epoch
+    taken = _Steps()
+    with pytest.raises(TrainingDiverged, match="diverged in epoch 1: training loss nan"):
+        train(config, taken)
+    assert taken.steps == [1, 2, 3]  # not the epoch's other 3 steps
+    assert not list(tmp_path.glob("*.pt"))
 
 
 def test_a_nan_loss_stops_training_and_never_becomes_the_best(data_dir, tmp_path, monkeypatch):

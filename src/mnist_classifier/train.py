@@ -546,6 +546,7 @@ def _train_holding_dir(
         else None
     )
     images_this_rank = len(shard(torch.arange(len(train_split)), ranks))  # same every epoch
+    stop_at_non_finite_loss = device.type == "cpu" and not ranks.enabled
     for epoch in range(start_epoch, last_epoch + 1):
         # --- Epoch: forward, loss, backward, step, schedule -----------------------------------
         observer.epoch_started(epoch, config.epochs, len(train_split))
@@ -584,6 +585,12 @@ def _train_holding_dir(
                 global_step,
                 float(step_learning_rate),
             )
+            # A loss that is no longer a number stays so, and the epoch would end in
+            # TrainingDiverged (below) however long it ran on: on the CPU, where reading the sum
+            # costs nothing, end it now. (A GPU would stall to read it; under DDP every rank
+            # must stop at the same step.)
+            if stop_at_non_finite_loss and not torch.isfinite(loss_sum):
+                break
 
         if device.type == "cuda":
             torch.cuda.synchronize()
