@@ -40,6 +40,7 @@ from mnist_classifier.runs import (
     comparison_rows,
     earlier_sweep_run,
     grid_overrides,
+    how_it_ended,
     list_runs,
     read_run,
     record_test_accuracy,
@@ -1236,6 +1237,7 @@ def test_a_sweep_goes_on_past_a_run_that_diverges_and_resuming_keeps_that_run(
     rows = table_rows(swept.stdout)
     assert [row["run"] for row in rows] == [first.name, diverged.name, third.name]
     assert [row["epochs"] for row in rows] == ["2", "0", "2"]
+    assert [row["ended"] for row in rows] == ["completed", "diverged in epoch 1", "completed"]
     before = {run: _files_as_they_are(run) for run in (first, diverged, third)}
 
     resumed = _sweep(runs_dir, "--resume", grid=DIVERGING_GRID)
@@ -1265,6 +1267,23 @@ class _NotANumberFromEpoch(TrainingObserver):
 
 
 @pytest.mark.usefixtures("synthetic_data")
+@pytest.mark.parametrize(
+    ("summary", "ended"),
+    [
+        ({"stop_reason": "completed all 5 epochs", "epochs_run": 5}, "completed"),
+        ({"stop_reason": "early stopping after epoch 3: ...", "epochs_run": 3}, "stopped early"),
+        (
+            {"stop_reason": "training diverged in epoch 2: ...", "diverged_in_epoch": 2},
+            "diverged in epoch 2",
+        ),
+        ({"test_accuracy": 0.99}, None),  # evaluated, but training wrote no summary: killed
+        ({}, None),
+    ],
+)
+def test_the_runs_table_says_how_each_run_ended(summary, ended):
+    assert how_it_ended(summary) == ended
+
+
 def test_a_run_that_diverges_fails_in_one_line_is_recorded_and_resumes_past_it(
     mnist_dir, tmp_path, monkeypatch
 ):

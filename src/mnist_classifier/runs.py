@@ -720,9 +720,21 @@ def comparison_rows(runs: list[RunRecord]) -> list[dict[str, Any]]:
         row["best_validation_accuracy"] = run.summary.get("best_validation_accuracy")
         row["test_accuracy"] = run.summary.get("test_accuracy")
         row["epochs"] = run.summary.get("epochs_run", len(run.metrics))
+        row["ended"] = how_it_ended(run.summary)
         row["wall_seconds"] = run.summary.get("wall_seconds")
         rows.append(row)
     return rows
+
+
+def how_it_ended(summary: dict[str, Any]) -> str | None:
+    """'completed', 'stopped early' or 'diverged in epoch N', from a run's summary; None when
+    training has written none (the run is training, or was killed before it ended)."""
+    if DIVERGED_KEY in summary:
+        return f"diverged in epoch {summary[DIVERGED_KEY]}"
+    stop_reason = summary.get("stop_reason")
+    if not stop_reason:
+        return None
+    return "stopped early" if stop_reason.startswith("early stopping") else "completed"
 
 
 def sweep_run_name(name: str, combination: dict[str, Any]) -> str:
