@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO_ROOT / "tests"))  # the test sets' generators
 
 from images import as_file  # noqa: E402
 from photo_accuracy import page_drawing  # noqa: E402  (this folder is on sys.path when run)
-from photo_digits import photo_like  # noqa: E402
+from photo_digits import lighting_gradient, photo_like  # noqa: E402
 from realistic_digits import realistic_variant, side_by_side  # noqa: E402
 from train_speed import _machine  # noqa: E402
 
@@ -90,11 +90,8 @@ def noise_sets(count: int, seed: int) -> dict[str, list]:
     gradient = []  # tests/test_preprocess.py's property: paper, a gradient, noise 0-60
     for index in range(2 * count):
         height, width = (int(side) for side in rng.integers(200, 901, size=2))
-        rows, columns = np.mgrid[0:height, 0:width]
-        angle = rng.uniform(0, 2 * np.pi)
-        along = np.cos(angle) * columns / width + np.sin(angle) * rows / height
-        along = (along - along.min()) / (along.max() - along.min())
-        lit = rng.uniform(150, 245) * (1.0 - (1.0 - rng.uniform(0.55, 0.85)) * along)
+        angle, paper = rng.uniform(0, 2 * np.pi), rng.uniform(150, 245)
+        lit = paper * lighting_gradient(height, width, angle, rng.uniform(0.55, 0.85))
         noisy = lit + rng.normal(0, rng.uniform(0, 60), lit.shape)
         gradient.append(as_file(noisy, [None, 55, 75, 90][index % 4]))
     sets["blank paper, gradient, noise 0-60"] = gradient

@@ -27,6 +27,15 @@ EXIF_ORIENTATION = 0x0112
 ROTATED_90_CLOCKWISE = 6  # the EXIF value a phone writes when held upright for a landscape sensor
 
 
+def lighting_gradient(height: int, width: int, angle: float, darkest: float) -> np.ndarray:
+    """Light falling off across a (height, width) sheet from one side, at `angle` (radians):
+    1.0 at the brightest corner, `darkest` at the opposite one."""
+    rows, columns = np.mgrid[0:height, 0:width]
+    along = np.cos(angle) * columns / width + np.sin(angle) * rows / height
+    along = (along - along.min()) / (along.max() - along.min())
+    return 1.0 - (1.0 - darkest) * along
+
+
 def photo_like(
     digit: np.ndarray, index: int, rng: np.random.Generator, sensor_noise: float | None = None
 ) -> bytes:
@@ -50,9 +59,7 @@ def photo_like(
 
     rows, columns = np.mgrid[0:height, 0:width]
     angle = rng.uniform(0, 2 * np.pi)
-    along = np.cos(angle) * columns / width + np.sin(angle) * rows / height
-    along = (along - along.min()) / (along.max() - along.min())
-    lighting = 1.0 - (1.0 - rng.uniform(0.55, 0.85)) * along  # darkest corner 55-85%
+    lighting = lighting_gradient(height, width, angle, rng.uniform(0.55, 0.85))
 
     # The shadow's edge is a straight line, through the digit in 60% of images.
     if rng.uniform() < 0.6:

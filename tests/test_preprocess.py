@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from images import ODD_IMAGES, as_file, encode, png_header_only, with_exif_chunk
-from photo_digits import photo_like
+from photo_digits import lighting_gradient, photo_like
 from PIL import Image, ImageDraw, ImageFile
 
 from mnist_classifier import preprocess
@@ -299,11 +299,7 @@ def _under_a_shadow(sheet, angle, offset, darkening, softness) -> np.ndarray:
 
 def _lit_from_one_side(sheet, angle, darkest) -> np.ndarray:
     """A lighting gradient whose darkest corner is `darkest` times the brightest."""
-    height, width = sheet.shape
-    rows, columns = np.mgrid[0:height, 0:width]
-    along = np.cos(angle) * columns / width + np.sin(angle) * rows / height
-    along = (along - along.min()) / (along.max() - along.min())
-    return sheet * (1.0 - (1.0 - darkest) * along)
+    return sheet * lighting_gradient(*sheet.shape, angle, darkest)
 
 
 def _prepared(sheet: np.ndarray) -> torch.Tensor:
