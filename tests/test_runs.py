@@ -744,6 +744,11 @@ def test_when_every_run_is_damaged_each_gets_its_line(tmp_path):
     assert all(line.startswith("error: ") for line in result.stderr.splitlines())
 
 
+# Keys the property below writes into records: some typed summary fields (the ones the table
+# derives its `ended` column from among them) and a setting.
+SAMPLED_RECORD_KEYS = ["best_epoch", "test_accuracy", "stop_reason", "diverged_in_epoch", "lr"]
+
+
 @settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
@@ -755,7 +760,7 @@ def test_when_every_run_is_damaged_each_gets_its_line(tmp_path):
         st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=10),
         lambda inner: (
             st.lists(inner, max_size=3)
-            | st.dictionaries(st.sampled_from(["best_epoch", "test_accuracy", "lr"]), inner)
+            | st.dictionaries(st.sampled_from(SAMPLED_RECORD_KEYS), inner)
         ),
         max_leaves=8,
     ).map(lambda value: json.dumps(value).encode()),
