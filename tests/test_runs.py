@@ -26,11 +26,17 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from typer.testing import CliRunner
 
 from mnist_classifier import train as train_module
-from mnist_classifier.checkpoint import CheckpointSaveError, epoch_checkpoints, load_checkpoint
+from mnist_classifier.checkpoint import (
+    TRAINING_LOCK_NAME,
+    CheckpointSaveError,
+    epoch_checkpoints,
+    load_checkpoint,
+)
 from mnist_classifier.cli import app
 from mnist_classifier.config import TrainConfig, config_from_dict, flatten, make_config
 from mnist_classifier.datasets import MNIST
 from mnist_classifier.figures import is_our_figure
+from mnist_classifier.files import LockHeld, holding_lock, lock_is_held
 from mnist_classifier.paths import shell_command
 from mnist_classifier.reporting import terminal_safe
 from mnist_classifier.runs import (
@@ -1287,6 +1293,37 @@ class _NotANumberFromEpoch(TrainingObserver):
 )
 def test_the_runs_table_says_how_each_run_ended(summary, ended):
     assert how_it_ended(summary) == ended
+
+
+def test_a_lock_is_seen_held_only_while_a_process_holds_it(tmp_path):
+    lock = tmp_path / TRAINING_LOCK_NAME
+    assert not lock_is_held(lock)  # no such file
+    with holding_lock(lock):
+        assert lock_is_held(lock)
+        assert not lock_is_held(tmp_path)  # another file
+        with pytest.raises(LockHeld), holding_lock(lock):  # what a training that starts meets
+            pass
+    assert lock.is_file() and not lock_is_held(lock)
+
+
+def test_the_runs_table_says_training_for_a_run_whose_folder_is_held(tmp_path):
+    own = _run_folder(tmp_path, "own", 0.001)
+    (own / "summary.json").unlink()  # it has not ended
+    shared = _run_folder(tmp_path, "shared", 0.002)
+    (shared / "summary.json").unlink()
+    config = yaml.safe_load((shared / "config.yaml").read_text())
+    config["output_dir"] = str(tmp_path / "staging")  # its checkpoints go elsewhere
+    (shared / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+    def ended():
+        _, rows = _runs_json(tmp_path)
+        return {row["run"]: row["ended"] for row in rows}
+
+    assert ended() == {own.name: None, shared.name: None}
+    with holding_lock(own / TRAINING_LOCK_NAME), holding_lock(shared / TRAINING_LOCK_NAME):
+        # The shared folder's lock does not say which of its runs is training.
+        assert ended() == {own.name: "training", shared.name: None}
+    assert ended() == {own.name: None, shared.name: None}  # killed, or ended without a word
 
 
 def test_a_run_that_diverges_fails_in_one_line_is_recorded_and_resumes_past_it(

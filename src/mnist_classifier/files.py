@@ -56,6 +56,22 @@ def holding_lock(path: Path | str) -> Iterator[None]:
         os.close(descriptor)  # releases the lock
 
 
+def lock_is_held(path: Path | str) -> bool:
+    """Whether some process holds a `holding_lock` lock on `path`; False where that cannot be
+    told (no such file, no /proc/locks). Read from the kernel's table of locks rather than by
+    trying the lock, which for that instant would refuse a training that starts."""
+    try:
+        status = os.stat(path)
+        table = Path("/proc/locks").read_text()
+    except OSError:
+        return False
+    # A row: "1: FLOCK  ADVISORY  WRITE 1234 fe:00:2148172 0 EOF" (device in hex, then inode);
+    # a process waiting for the lock has "->" before FLOCK, and holds nothing.
+    file_id = f"{os.major(status.st_dev):02x}:{os.minor(status.st_dev):02x}:{status.st_ino}"
+    rows = (line.split() for line in table.splitlines())
+    return any(row[1:2] == ["FLOCK"] and row[5:6] == [file_id] for row in rows)
+
+
 def make_folders(path: Path | str) -> list[Path]:
     """Make `path` with its missing parents; the folders made here, outermost first (one that
     another process makes meanwhile is theirs, and not listed). Those made before a failure

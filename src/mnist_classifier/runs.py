@@ -42,6 +42,7 @@ from mnist_classifier.config import (
     shown,
 )
 from mnist_classifier.files import (
+    lock_is_held,
     make_folders,
     remove_made_folders,
     same_path,
@@ -720,10 +721,17 @@ def comparison_rows(runs: list[RunRecord]) -> list[dict[str, Any]]:
         row["best_validation_accuracy"] = run.summary.get("best_validation_accuracy")
         row["test_accuracy"] = run.summary.get("test_accuracy")
         row["epochs"] = run.summary.get("epochs_run", len(run.metrics))
-        row["ended"] = how_it_ended(run.summary)
+        row["ended"] = how_it_ended(run.summary) or ("training" if _is_training(run) else None)
         row["wall_seconds"] = run.summary.get("wall_seconds")
         rows.append(row)
     return rows
+
+
+def _is_training(run: RunRecord) -> bool:
+    """Whether a training holds the run's folder now. Only for a run that keeps its checkpoints
+    in its own folder: one with an output_dir shares it (the lab's staging folder) with other
+    runs, and its lock does not say which of them is training."""
+    return not run.config.get("output_dir") and lock_is_held(run.path / TRAINING_LOCK_NAME)
 
 
 def how_it_ended(summary: dict[str, Any]) -> str | None:
