@@ -2,9 +2,11 @@
 
 import json
 import re
+import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -154,3 +156,102 @@ def test_mnist_train_nproc_and_resume_under_ddp_is_bit_identical(two_rank_run, m
     straight = load_checkpoint(two_rank_run / "checkpoints" / "checkpoint_epoch_2.pt")
     expected, resumed_weights = straight.model.state_dict(), resumed_checkpoint.model.state_dict()
     assert all(torch.equal(resumed_weights[key], expected[key]) for key in expected)
+
+
+def _mnist_train_nproc_2(mnist_dir, runs_dir, *arguments) -> list[str]:
+    """`mnist train --nproc 2` on the CPU, as a person types it (python -m: the same command)."""
+    return [
+        sys.executable,
+        "-m",
+        "mnist_classifier",
+        "train",
+        "--nproc",
+        "2",
+        "--device",
+        "cpu",
+        "--data-dir",
+        str(mnist_dir),
+        "--runs-dir",
+        str(runs_dir),
+        "--quiet",
+        *arguments,
+    ]
+
+
+def test_a_rank_that_fails_under_nproc_leaves_its_own_line_and_no_traceback(mnist_dir, tmp_path):
+    """torchrun reported a failed rank with warnings, a failure table and its own traceback."""
+    command = _mnist_train_nproc_2(mnist_dir, tmp_path / "runs", "--lr", "1e10")
+    failed = subprocess.run(
+        [*command, "--epochs", "1", "--max-train-images", "1024", "--validation-size", "500"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert failed.returncode == 1, failed.stderr[-3000:]
+    lines = failed.stderr.splitlines()
+    assert all(line.startswith("error: ") for line in lines), failed.stderr[-3000:]
+    assert any(re.match(r"error: rank [01]: training diverged in epoch 1", line) for line in lines)
+    assert lines[-1].startswith("error: distributed training failed (torchrun exit code 1)")
+
+
+def _descendants(pid: int) -> set[int]:
+    """The processes below `pid`, from each process's parent in /proc."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # it ended meanwhile
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_sigterm_to_mnist_train_nproc_stops_torchrun_and_its_ranks(mnist_dir, tmp_path):
+    """SIGTERM (a scheduler's end of time, docker stop) ended `mnist train --nproc` at once and
+    left torchrun and its ranks training on, about 1 GB each."""
+    command = _mnist_train_nproc_2(mnist_dir, tmp_path / "runs", "--epochs", "5")
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while len(started := _descendants(process.pid)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.2)  # torchrun, then its two ranks
+        assert len(started) >= 3, "torchrun did not start two ranks"
+        time.sleep(2)  # the ranks under way
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 143, stderr[-3000:]
+    assert stderr.splitlines()[-1].startswith("error: terminated: the ranks were stopped")
+    assert "Traceback" not in stderr
+    assert not [pid for pid in started if _running(pid)]
+
+
+def test_a_rank_killed_without_a_word_gets_one_line_from_the_launcher(tmp_path):
+    """A rank the kernel kills (out of memory) cannot say why: the launcher's line does."""
+    script = tmp_path / "killed.py"
+    script.write_text("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n")
+    completed = subprocess.run(
+        [sys.executable, "-m", "mnist_classifier.torchrun", "--standalone", "--nproc-per-node=1"]
+        + [str(script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed.returncode == 1
+    assert completed.stderr.splitlines() == [
+        "error: rank 0 was killed by SIGKILL (the kernel ends a process so when memory runs out)"
+    ]

@@ -19,6 +19,8 @@ from mnist_classifier import paths
 from mnist_classifier.cli_options import (
     APP_SETTINGS,
     EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
     EXIT_USAGE,
     Group,
     fail,
@@ -107,8 +109,19 @@ def train(
     launch = RankLaunch(
         config.to_dict(), quiet, force, resume, str(config_file) if config_file else None, settings
     )
-    with failing(EXIT_USAGE, LaunchError):
-        code = launch_ranks(nproc, launch, RANK_COMMAND)
+    # SIGTERM as Ctrl-C: launch_ranks then stops torchrun and its ranks before this process
+    # ends (by default SIGTERM would end it at once, leaving them training).
+    with failing(EXIT_USAGE, LaunchError), steps.terminated_as_interrupted():
+        try:
+            code = launch_ranks(nproc, launch, RANK_COMMAND)
+        except KeyboardInterrupt as stop:
+            how = "terminated" if isinstance(stop, steps.Terminated) else "interrupted"
+            code = EXIT_TERMINATED if how == "terminated" else EXIT_INTERRUPTED
+            message = (
+                f"{how}: the ranks were stopped; any epochs saved so far stay: continue with "
+                "the same command and --resume auto"
+            )
+            raise fail(message, code) from None
     if code != 0:
         message = f"distributed training failed (torchrun exit code {code}); "
         raise fail(message + "the failing rank's error is above", code)

@@ -237,7 +237,7 @@ def train_one_run(
         try:
             # Under torchrun, the launcher stops the other ranks with SIGTERM when one fails:
             # that rank's line says why, and theirs would only bury it.
-            with _terminated_as_interrupted() if rank is None else nullcontext():
+            with terminated_as_interrupted() if rank is None else nullcontext():
                 run_training(
                     config,
                     observers,
@@ -252,7 +252,7 @@ def train_one_run(
             print_error(where + str(error))
         except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM: say what is kept, how to go on
             checkpoint_dir = Path(config.output_dir or run_dir or ".")
-            if isinstance(stop, _Terminated):
+            if isinstance(stop, Terminated):
                 message, code = _interrupted(checkpoint_dir, "terminated"), EXIT_TERMINATED
             else:
                 message, code = _interrupted(checkpoint_dir, "interrupted"), EXIT_INTERRUPTED
@@ -266,12 +266,12 @@ def train_one_run(
     return run_dir
 
 
-class _Terminated(KeyboardInterrupt):
+class Terminated(KeyboardInterrupt):
     """SIGTERM, met where the program is, as Ctrl-C's KeyboardInterrupt is."""
 
 
 @contextmanager
-def _terminated_as_interrupted() -> Iterator[None]:
+def terminated_as_interrupted() -> Iterator[None]:
     """Within the block, SIGTERM ends training as Ctrl-C does: the save in progress is left
     whole (or not made), and the line says what is saved and how to go on, where the default
     would end the process without a word. Signal handlers belong to the main thread alone."""
@@ -280,7 +280,7 @@ def _terminated_as_interrupted() -> Iterator[None]:
         return
 
     def terminate(_signal_number, _frame) -> None:
-        raise _Terminated
+        raise Terminated
 
     previous = signal.signal(signal.SIGTERM, terminate)
     try:

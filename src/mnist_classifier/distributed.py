@@ -190,11 +190,13 @@ def launch_ranks(nproc: int, launch: RankLaunch, rank_command: str) -> int:
 
 
 def launch_with_torchrun(nproc: int, arguments: list[str]) -> int:
-    """torchrun --nproc-per-node N -m mnist_classifier ARGUMENTS..."""
+    """torchrun --nproc-per-node N -m mnist_classifier ARGUMENTS..., through
+    mnist_classifier.torchrun: the ranks' own lines say what went wrong, without torchrun's
+    warnings, failure table and traceback around them."""
     command = [
         sys.executable,
         "-m",
-        "torch.distributed.run",
+        "mnist_classifier.torchrun",
         "--standalone",
         f"--nproc-per-node={nproc}",
         "-m",
