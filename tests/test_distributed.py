@@ -190,7 +190,9 @@ def test_a_rank_that_fails_under_nproc_leaves_its_own_line_and_no_traceback(mnis
     assert failed.returncode == 1, failed.stderr[-3000:]
     lines = failed.stderr.splitlines()
     assert all(line.startswith("error: ") for line in lines), failed.stderr[-3000:]
-    assert any(re.match(r"error: rank [01]: training diverged in epoch 1", line) for line in lines)
+    # Both ranks see the same summed loss diverge: rank 0 alone says so.
+    diverged = [line for line in lines if "training diverged" in line]
+    assert len(diverged) == 1 and diverged[0].startswith("error: rank 0: training diverged in")
     assert lines[-1].startswith("error: distributed training failed (torchrun exit code 1)")
 
 

@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
+import typer
+
 from mnist_classifier import paths
 from mnist_classifier.cli_options import (
     EXIT_FAILURE,
@@ -247,6 +249,9 @@ def train_one_run(
                     replace_earlier=replace_earlier,
                 )
         except TrainingDiverged as error:
+            if rank not in (None, 0):
+                # Every rank sees the same summed loss diverge; rank 0 says so, once.
+                raise typer.Exit(EXIT_FAILURE) from None
             if divergence_fails:
                 raise
             print_error(where + str(error))
