@@ -14,6 +14,8 @@ from typing import Generic, TypeVar
 
 import torch
 
+from mnist_classifier.messages import first_line
+
 # Real training steps run as usual before the recording: they make torch and cuDNN allocate
 # their workspaces and pick their kernels, which must not happen while a graph is recorded.
 WARMUP_STEPS = 3
@@ -82,9 +84,7 @@ class GraphedStep(Generic[Outputs]):
                 self.optimizer.zero_grad(set_to_none=False)
                 self.outputs = self.forward_backward(self.images, self.labels)
         except RuntimeError as error:
-            lines = str(error).strip().splitlines()
-            reason = lines[0] if lines else type(error).__name__
             raise CudaGraphError(
-                f"recording the training step as a CUDA graph failed ({reason}); "
+                f"recording the training step as a CUDA graph failed ({first_line(error)}); "
                 "train without one: --set cuda_graph=false"
             ) from error

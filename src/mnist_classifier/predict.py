@@ -19,6 +19,7 @@ import torch
 
 from mnist_classifier.datasets import MNIST, DatasetSpec, Normalization, dataset_spec
 from mnist_classifier.files import sha256_of
+from mnist_classifier.messages import first_line
 from mnist_classifier.preprocess import (
     IMAGE_SUFFIXES,
     UNSUPPORTED_IMAGE_SUFFIXES,
@@ -127,9 +128,8 @@ def load_onnx_backend(model_path: Path, dataset: str, action: str = "predict wit
     try:
         backend = OnnxBackend(model_path)
     except Exception as error:  # onnxruntime raises its own exception types for bad files
-        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ModelFileError(
-            f"{model_path} is not a usable exported ONNX model: {detail}"
+            f"{model_path} is not a usable exported ONNX model: {first_line(error)}"
         ) from None
     if backend.dataset.name != dataset:
         raise ModelFileError(

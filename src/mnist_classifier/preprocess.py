@@ -40,6 +40,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from scipy import ndimage
 
 from mnist_classifier.datasets import IMAGE_SIDE
+from mnist_classifier.messages import first_line
 
 MAX_FILE_BYTES = 5 * 1024 * 1024
 # A 12-megapixel phone photo (4032x3024) fits with room for 16 MP cameras (4608x3456); the
@@ -247,7 +248,7 @@ def read_image_file(path: Path | str) -> bytes:
             raise ImageError("not a regular file")
         size = path.stat().st_size
     except OSError as error:
-        raise ImageError(f"cannot be read ({error.strerror or _one_line(error)})") from None
+        raise ImageError(f"cannot be read ({error.strerror or first_line(error)})") from None
     if size == 0:
         raise ImageError("empty file (0 bytes)")
     if size > MAX_FILE_BYTES:
@@ -258,7 +259,7 @@ def read_image_file(path: Path | str) -> bytes:
     try:
         return path.read_bytes()
     except OSError as error:  # no read permission, an I/O error, a file gone since listed
-        raise ImageError(f"cannot be read ({error.strerror or _one_line(error)})") from None
+        raise ImageError(f"cannot be read ({error.strerror or first_line(error)})") from None
 
 
 def open_image(data: bytes) -> Image.Image:
@@ -299,7 +300,7 @@ def open_image(data: bytes) -> Image.Image:
                 f"its {formats[0]} text metadata would decompress to over the size read "
                 "(refused, as a decompression bomb is); save the picture again without it"
             ) from None
-        raise ImageError(f"unreadable {formats[0]} header ({_one_line(error)})") from None
+        raise ImageError(f"unreadable {formats[0]} header ({first_line(error)})") from None
     _check_dimensions(image)
     if image.format == "JPEG":
         # Decode at 1/2, 1/4 or 1/8 scale straight from the DCT data, keeping at least
@@ -312,7 +313,9 @@ def open_image(data: bytes) -> Image.Image:
         image.seek(0)  # an animated GIF or multi-page TIFF: the first frame
         image.load()
     except Exception as error:  # truncated data fails as OSError, SyntaxError, ValueError...
-        raise ImageError(f"truncated or corrupt {image.format} data ({_one_line(error)})") from None
+        raise ImageError(
+            f"truncated or corrupt {image.format} data ({first_line(error)})"
+        ) from None
     return image
 
 
@@ -1074,11 +1077,6 @@ def _centre_by_mass(digit: np.ndarray) -> np.ndarray:
     canvas = np.zeros((IMAGE_SIDE, IMAGE_SIDE), dtype=np.float64)
     canvas[top : top + height, left : left + width] = digit
     return np.clip(np.round(canvas), 0, 255)
-
-
-def _one_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 # ---------------------------------------------------------------------------------------------

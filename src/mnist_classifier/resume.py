@@ -32,6 +32,7 @@ from mnist_classifier.config import (
     read_config_file,
 )
 from mnist_classifier.files import json_object_if_regular
+from mnist_classifier.messages import first_line
 from mnist_classifier.model import SimpleCNN
 from mnist_classifier.paths import is_run_folder
 
@@ -124,9 +125,9 @@ def restoring(part: str, checkpoint_path: Path) -> Iterator[None]:
     try:
         yield
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as error:
-        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ResumeError(
-            f"cannot resume from {checkpoint_path}: its {part} is damaged ({detail[:200]})"
+            f"cannot resume from {checkpoint_path}: its {part} is damaged "
+            f"({first_line(error)[:200]})"
         ) from None
 
 

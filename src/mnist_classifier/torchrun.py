@@ -18,6 +18,8 @@ from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.run import parse_args, run
 
+from mnist_classifier.messages import first_line
+
 
 def _signal_name(number: int) -> str:
     try:
@@ -45,9 +47,7 @@ def main(arguments: list[str]) -> int:
     except SignalException as stopped:
         return 128 + int(stopped.sigval)
     except Exception as error:  # the launch itself: a rendezvous that could not start, say
-        lines = str(error).strip().splitlines()
-        reason = lines[0] if lines else type(error).__name__
-        print(f"error: torchrun could not launch the ranks: {reason}", file=sys.stderr)
+        print(f"error: torchrun could not launch the ranks: {first_line(error)}", file=sys.stderr)
         return 1
     return 0
 
