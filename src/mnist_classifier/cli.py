@@ -19,8 +19,6 @@ from mnist_classifier import paths
 from mnist_classifier.cli_options import (
     APP_SETTINGS,
     EXIT_FAILURE,
-    EXIT_INTERRUPTED,
-    EXIT_TERMINATED,
     EXIT_USAGE,
     Group,
     fail,
@@ -115,8 +113,7 @@ def train(
         try:
             code = launch_ranks(nproc, launch, RANK_COMMAND)
         except KeyboardInterrupt as stop:
-            how = "terminated" if isinstance(stop, steps.Terminated) else "interrupted"
-            code = EXIT_TERMINATED if how == "terminated" else EXIT_INTERRUPTED
+            how, code = steps.how_stopped(stop)
             message = (
                 f"{how}: the ranks were stopped; any epochs saved so far stay: continue with "
                 "the same command and --resume auto"

@@ -256,12 +256,9 @@ def train_one_run(
                 raise
             print_error(where + str(error))
         except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM: say what is kept, how to go on
+            how, code = how_stopped(stop)
             checkpoint_dir = Path(config.output_dir or run_dir or ".")
-            if isinstance(stop, Terminated):
-                message, code = _interrupted(checkpoint_dir, "terminated"), EXIT_TERMINATED
-            else:
-                message, code = _interrupted(checkpoint_dir, "interrupted"), EXIT_INTERRUPTED
-            raise fail(where + message, code) from None
+            raise fail(where + _interrupted(checkpoint_dir, how), code) from None
         except torch.OutOfMemoryError:  # a GPU's (a CPU's memory is checked before training)
             raise fail(
                 f"{where}training ran out of GPU memory with batch_size {config.batch_size}; "
@@ -271,8 +268,16 @@ def train_one_run(
     return run_dir
 
 
-class Terminated(KeyboardInterrupt):
+class _Terminated(KeyboardInterrupt):
     """SIGTERM, met where the program is, as Ctrl-C's KeyboardInterrupt is."""
+
+
+def how_stopped(stop: KeyboardInterrupt) -> tuple[str, int]:
+    """("terminated", 143) for SIGTERM under terminated_as_interrupted, else ("interrupted",
+    130): the word for the line, and the exit code a shell reports for that signal."""
+    if isinstance(stop, _Terminated):
+        return "terminated", EXIT_TERMINATED
+    return "interrupted", EXIT_INTERRUPTED
 
 
 @contextmanager
@@ -285,7 +290,7 @@ def terminated_as_interrupted() -> Iterator[None]:
         return
 
     def terminate(_signal_number, _frame) -> None:
-        raise Terminated
+        raise _Terminated
 
     previous = signal.signal(signal.SIGTERM, terminate)
     try:

@@ -273,9 +273,7 @@ class ConsoleTrainingObserver(TrainingObserver):
                 flush=True,
             )
             return
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
+        if self._end_bar():
             console.print(
                 f"Epoch {result.epoch}/{self._total_epochs}: "
                 f"loss {result.train_loss:.4f}, accuracy {100 * result.train_accuracy:.2f}%, "
@@ -302,10 +300,15 @@ class ConsoleTrainingObserver(TrainingObserver):
             print(f"New best accuracy: {100 * result.validation_accuracy:.2f}%")
 
     def diverged(self, result: TrainResult, epoch: int) -> None:
-        # The bar goes; the command that trained says what diverged, in its own line.
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
+        self._end_bar()  # the command that trained says what diverged, in its own line
+
+    def _end_bar(self) -> bool:
+        """Take the live bar off the terminal; False when there was none."""
+        if self._progress is None:
+            return False
+        self._progress.stop()
+        self._progress = None
+        return True
 
     def finished(self, result: TrainResult) -> None:
         best = result.best
