@@ -161,18 +161,23 @@ class _Steps(TrainingObserver):
         self.steps.append(step)
 
 
-def test_on_the_cpu_a_loss_that_is_not_a_number_ends_the_epoch_at_once(
-    data_dir, tmp_path, monkeypatch
-):
+def _loss_not_a_number_from_call(monkeypatch, first: int) -> None:
+    """From the `first`-th call of the loss on (steps and validation batches alike), NaN."""
     calls = {"count": 0}
     real_cross_entropy = F.cross_entropy
 
-    def nan_from_the_third_step(logits, labels, **kwargs):
+    def not_a_number_from_then_on(logits, labels, **kwargs):
         calls["count"] += 1
         loss = real_cross_entropy(logits, labels, **kwargs)
-        return loss * float("nan") if calls["count"] >= 3 else loss
+        return loss * float("nan") if calls["count"] >= first else loss
 
-    monkeypatch.setattr(train_module.F, "cross_entropy", nan_from_the_third_step)
+    monkeypatch.setattr(train_module.F, "cross_entropy", not_a_number_from_then_on)
+
+
+def test_on_the_cpu_a_loss_that_is_not_a_number_ends_the_epoch_at_once(
+    data_dir, tmp_path, monkeypatch
+):
+    _loss_not_a_number_from_call(monkeypatch, 3)  # the third step
     config = make_config(_settings(data_dir, tmp_path))  # 6 steps an epoch
     taken = _Steps()
     with pytest.raises(TrainingDiverged, match="diverged in epoch 1: training loss nan"):
@@ -182,15 +187,7 @@ def test_on_the_cpu_a_loss_that_is_not_a_number_ends_the_epoch_at_once(
 
 
 def test_a_nan_loss_stops_training_and_never_becomes_the_best(data_dir, tmp_path, monkeypatch):
-    calls = {"count": 0}
-    real_cross_entropy = F.cross_entropy
-
-    def nan_in_the_second_epoch(logits, labels, **kwargs):
-        calls["count"] += 1
-        loss = real_cross_entropy(logits, labels, **kwargs)
-        return loss * float("nan") if calls["count"] > 7 else loss  # 6 steps + 1 validation
-
-    monkeypatch.setattr(train_module.F, "cross_entropy", nan_in_the_second_epoch)
+    _loss_not_a_number_from_call(monkeypatch, 8)  # the second epoch: 6 steps + 1 validation
     config = make_config(_settings(data_dir, tmp_path, **{"schedule.name": "none"}))
     with pytest.raises(TrainingDiverged, match="diverged in epoch 2"):
         train(config)
