@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from mnist_classifier.batching import Ranks, shard
 from mnist_classifier.checkpoint import load_checkpoint
 from mnist_classifier.config import make_config
+from mnist_classifier.distributed import _children_of
 from mnist_classifier.train import train
 
 pytestmark = pytest.mark.slow
@@ -197,17 +198,10 @@ def test_a_rank_that_fails_under_nproc_leaves_its_own_line_and_no_traceback(mnis
 
 
 def _descendants(pid: int) -> set[int]:
-    """The processes below `pid`, from each process's parent in /proc."""
-    parents = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # it ended meanwhile
-        parents[int(stat.parent.name)] = int(fields[1])
+    """The processes below `pid`: its children (as the launcher finds its own), theirs, ..."""
     found, frontier = set(), {pid}
     while frontier:
-        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        frontier = {child for parent in frontier for child in _children_of(parent)} - found
         found |= frontier
     return found
 
