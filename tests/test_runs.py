@@ -902,6 +902,35 @@ def test_resume_with_nothing_left_to_train_is_refused_before_touching_a_file(
 
 
 @pytest.mark.usefixtures("synthetic_data")
+def test_a_onecycle_run_is_not_lengthened_even_with_force_and_says_to_train_anew(
+    mnist_dir, tmp_path
+):
+    """The refusal to lengthen a onecycle run said to resume with --force, and that resumption
+    ended in torch's traceback: the schedule cannot step past the steps it was laid out for."""
+    _train(mnist_dir, tmp_path / "runs", "--epochs", "1", "--schedule", "onecycle", "--quiet")
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    checkpoint = run_dir / "checkpoint_epoch_1.pt"
+    before = _run_files(run_dir)
+
+    refused = _resume(checkpoint)
+    forced = _resume(checkpoint, "--epochs", "2", "--force")
+
+    assert refused.exit_code == 2, refused.output
+    (line,) = refused.output.splitlines()
+    assert line.endswith(
+        "to train more, train a new run (a onecycle schedule spans its run) with --epochs 2 or more"
+    )
+    assert forced.exit_code == 2, forced.output
+    assert "Traceback" not in forced.output
+    assert forced.stderr.splitlines() == [  # 512 images in batches of 64: 8 steps an epoch
+        f"error: cannot resume from {checkpoint}: its onecycle schedule is laid out over 8 "
+        "steps and this run would take 16 (another --epochs, batch size or process count); a "
+        "onecycle run cannot change its length: train a new run"
+    ]
+    assert _run_files(run_dir) == before
+
+
+@pytest.mark.usefixtures("synthetic_data")
 def test_resuming_checkpoints_kept_outside_the_run_folder_continues_that_run(mnist_dir, tmp_path):
     """python train_mnist.py keeps its checkpoints in the lab's staging folder, not the run
     folder; resuming them started a second run folder that repeated the first's epochs, and

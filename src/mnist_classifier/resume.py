@@ -138,9 +138,13 @@ def check_epochs_left(checkpoint: LoadedCheckpoint, config: TrainConfig) -> None
     trains nothing and writes the records."""
     finished, needed = _why_finished(checkpoint, config)
     if finished and run_records_complete(checkpoint):
+        # A onecycle run cannot be lengthened (restore_training_state): more epochs are a new run.
+        how = "resume with"
+        if config.schedule.name == "onecycle" and config.epochs <= checkpoint.epoch:
+            how = "train a new run (a onecycle schedule spans its run) with"
         raise ResumeError(
             f"nothing left to train: {' and '.join(finished)} ({checkpoint.path}); "
-            f"to train more, resume with {' and '.join(needed)}"
+            f"to train more, {how} {' and '.join(needed)}"
         )
 
 
@@ -160,9 +164,10 @@ def _why_finished(checkpoint: LoadedCheckpoint, config: TrainConfig) -> tuple[li
     if config.epochs <= checkpoint.epoch:
         finished.append(f"the run already has {epochs} and epochs is {config.epochs}")
         needed.append(f"--epochs {checkpoint.epoch + 1} or more")
-        if config.schedule.name in ("cosine", "onecycle"):
-            # check_resumable refuses another length for these: the schedule spans the run.
-            needed.append(f"--force (the {config.schedule.name} schedule spans the epochs)")
+        # check_resumable refuses another length for these: the schedule spans the run. A
+        # cosine one can be forced on; a onecycle one cannot step past its last step.
+        if config.schedule.name == "cosine":
+            needed.append("--force (the cosine schedule spans the epochs)")
     patience, stalled = config.early_stopping.patience, (checkpoint.early_stopping or (0, 0))[1]
     if patience_used_up(patience, stalled):
         finished.append(
@@ -222,8 +227,18 @@ def restore_training_state(
     with restoring("optimizer state", checkpoint.path):
         optimizer.load_state_dict(checkpoint.optimizer_state_dict)
     if scheduler is not None and checkpoint.scheduler_state_dict:
+        # A one-cycle schedule is laid out over the run's steps and cannot step past them
+        # (torch raises): a run of another length (--force) must not continue it.
+        laid_out = getattr(scheduler, "total_steps", None)
         with restoring("schedule state", checkpoint.path):
             scheduler.load_state_dict(checkpoint.scheduler_state_dict)
+        if laid_out is not None and scheduler.total_steps != laid_out:
+            raise ResumeError(
+                f"cannot resume from {checkpoint.path}: its onecycle schedule is laid out over "
+                f"{scheduler.total_steps} steps and this run would take {laid_out} (another "
+                "--epochs, batch size or process count); a onecycle run cannot change its "
+                "length: train a new run"
+            )
     by_rank = checkpoint.rng_state_by_rank or [checkpoint.rng_state]
     with restoring("random-number state", checkpoint.path):
         restore_rng_states(by_rank[rank % len(by_rank)], batch_order_generator)
